@@ -1,0 +1,45 @@
+"""The Python API: what ``import factory; factory.finetune(...)`` calls."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from factory.config import RunConfig, load_config
+from factory.plugins import PluginManager, get_manager
+
+
+def check_selection(cfg: RunConfig, manager: PluginManager) -> None:
+    """Refuse, before any model is loaded, every selected implementation that cannot run here."""
+    manager.require("stages", cfg.stage)
+    manager.require("adapters", cfg.method)
+    manager.require("optimizers", cfg.optimizer)
+    if cfg.quantization:
+        manager.require("quantizers", cfg.quantization)
+    for name in cfg.patches:
+        manager.require("patches", name)
+    for name in cfg.callbacks:
+        manager.require("callbacks", name)
+    if cfg.loader != "auto":
+        manager.require("loaders", cfg.loader)
+    if cfg.template != "auto":
+        manager.require("templates", cfg.template)
+
+
+def finetune(
+    config: str | os.PathLike[str] | Mapping[str, Any] | RunConfig | None = None,
+    overrides: Iterable[str] = (),
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Run a training job from a YAML path, a dict or a RunConfig, plus overrides; return metrics."""
+    cfg = config if isinstance(config, RunConfig) else load_config(config, overrides, **kwargs)
+    manager = cfg.manager()
+    check_selection(cfg, manager)
+    stage = manager.load("stages", cfg.stage)
+    return stage.run(cfg, manager)
+
+
+def plugins() -> list[dict[str, Any]]:
+    """Every discovered plugin, as ``factory plugins list --json`` prints it."""
+    return get_manager().listing()

@@ -1,0 +1,133 @@
+"""The ``factory`` command line.
+
+argparse keeps start-up fast; every command imports what it needs when it runs, so
+``factory --help`` and ``factory plugins list`` never import torch. User errors
+(:class:`factory.FactoryError`) end in one sentence on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from factory import __version__
+from factory.errors import FactoryError
+
+
+def _split_config(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    """The optional leading config file and the key=value overrides after it."""
+    items = list(args)
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    return None, items
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def cmd_finetune(ns: argparse.Namespace) -> int:
+    from factory.api import finetune
+
+    config, overrides = _split_config(ns.args)
+    finetune(config, overrides)
+    return 0
+
+
+def cmd_plugins_list(ns: argparse.Namespace) -> int:
+    from factory.plugins import get_manager
+
+    rows = get_manager().listing()
+    if ns.json:
+        print(json.dumps([{k: row[k] for k in ("name", "distribution", "version", "provides", "status", "reason")} for row in rows], indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="factory plugins", show_lines=False)
+    for col in ("plugin", "distribution", "version", "provides", "status"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        provides = "\n".join(f"{kind}: {', '.join(names)}" for kind, names in row["provides"].items()) or "-"
+        status = row["status"]
+        style = "green" if status == "ok" else ("yellow" if status.startswith(("unavailable", "disabled")) else "red")
+        table.add_row(row["name"], row["distribution"], row["version"], provides, f"[{style}]{status}[/{style}]")
+    Console().print(table)
+    return 0
+
+
+def cmd_plugins_show(ns: argparse.Namespace) -> int:
+    from factory.errors import PluginError, did_you_mean
+    from factory.plugins import get_manager
+
+    rows = {row["name"]: row for row in get_manager().listing()}
+    row = rows.get(ns.name) or next((r for r in rows.values() if r["distribution"] == ns.name), None)
+    if row is None:
+        raise PluginError(f"no plugin named '{ns.name}'{did_you_mean(ns.name, rows)}; see factory plugins list")
+    if ns.json:
+        print(json.dumps(row, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{row['name']}[/bold]  {row['distribution']} {row['version']}")
+    console.print(f"status: {row['status']}")
+    table = Table(show_header=True)
+    for col in ("kind", "name", "requires", "available", "config section", "description"):
+        table.add_column(col, overflow="fold")
+    for impl in row["implementations"]:
+        available = "yes" if impl["available"] else f"no: {impl['reason']}"
+        table.add_row(impl["kind"], impl["name"], impl["requires"], available, impl["section"] or "-", impl["description"])
+    console.print(table)
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="factory",
+        description="Fine-tune, serve and evaluate large language models; every method is a plugin.",
+        epilog="Configs: a YAML file, then key=value overrides (dotted for plugin options, e.g. lora.rank=16).",
+    )
+    parser.add_argument("--version", action="version", version=f"factory {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("finetune", help="train a model (stage, method and data from the config)")
+    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("plugins", help="list and inspect installed plugins")
+    psub = p.add_subparsers(dest="plugins_command", metavar="SUBCOMMAND", required=True)
+    q = psub.add_parser("list", help="every plugin, what it registers and whether it can run here")
+    q.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    q.set_defaults(func=cmd_plugins_list)
+    q = psub.add_parser("show", help="one plugin's implementations, requirements and options")
+    q.add_argument("name")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_plugins_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if not getattr(ns, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return ns.func(ns)
+    except FactoryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

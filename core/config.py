@@ -1,0 +1,264 @@
+"""Run configuration: pydantic models, and the three equal ways in (YAML, key=value, kwargs).
+
+The core's own settings are fields of :class:`RunConfig`. Each plugin contributes an options
+model read from its own section (``lora: {rank: 16}`` or ``lora.rank=16``); sections are found
+through the plugin manager, so the core never lists plugin options itself. Everything is
+validated before any model is loaded, and every error is one sentence naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from factory.errors import ConfigError, did_you_mean
+from factory.plugins import PluginManager, get_manager
+
+
+class PluginsConfig(BaseModel):
+    """Which plugins take part in a run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    disable: list[str] = Field(default_factory=list, description="plugin or distribution names to skip")
+    prefer: dict[str, str] = Field(
+        default_factory=dict,
+        description="KIND.NAME -> distribution, to settle a name registered by two plugins",
+    )
+
+
+class RunConfig(BaseModel):
+    """Everything a run needs. Plugin sections live beside these fields (see :meth:`options`)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # model
+    model: str = Field("smollm2-135m-instruct", description="folder, GGUF file, cached hub id or alias")
+    adapter: str | None = Field(None, description="a trained adapter folder to load on top (chat, export, eval)")
+    loader: str = Field("auto", description="model loader; auto asks each registered loader")
+    trust_remote_code: bool = False
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    attn_implementation: str = Field("sdpa", description="sdpa, eager, or one a patch plugin adds")
+    gradient_checkpointing: bool = False
+    patches: list[str] = Field(default_factory=list, description="model patches to apply, in order")
+    quantization: str | None = Field(None, description="quantization backend, e.g. bnb-4bit")
+
+    # data
+    template: str = Field("auto", description="chat template; auto uses the tokenizer's own")
+    dataset: str | list[str] = Field("identity", description="data set name, path, or a list of them")
+    dataset_dir: str | None = Field(None, description="folder searched for data set descriptors")
+    eval_dataset: str | list[str] | None = None
+    cutoff_len: int = Field(1024, gt=0)
+    max_samples: int | None = Field(None, gt=0)
+    val_size: float = Field(0.0, ge=0)
+    streaming: bool = False
+    packing: bool | None = Field(None, description="pack examples into full rows; None: on for pt")
+    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = "concat"
+    interleave_probs: list[float] | None = None
+    train_on: Literal["all", "last"] = Field("all", description="assistant turns to train on")
+    placeholders: dict[str, str] = Field(default_factory=dict, description="{{name}} -> value in data")
+    preprocessing_num_workers: int | None = Field(None, gt=0)
+
+    # training
+    stage: str = "sft"
+    method: str = "lora"
+    optimizer: str = "adamw"
+    callbacks: list[str] = Field(default_factory=list)
+    output_dir: str = "outputs/factory-run"
+    overwrite_output_dir: bool = False
+    resume: bool = False
+    batch_size: int = Field(4, gt=0)
+    eval_batch_size: int | None = Field(None, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    learning_rate: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    warmup_steps: int = Field(0, ge=0)
+    num_epochs: float = Field(3.0, gt=0)
+    max_steps: int = Field(-1, description="stop after N optimizer steps; -1 uses num_epochs")
+    logging_steps: int = Field(5, gt=0)
+    save_steps: int | None = Field(None, gt=0, description="checkpoint every N steps")
+    save_total_limit: int | None = Field(None, gt=0)
+    eval_steps: int | None = Field(None, gt=0)
+    seed: int = 42
+    nproc: int = Field(1, gt=0, description="processes for data-parallel training (torchrun)")
+    deepspeed: str | None = Field(None, description="a DeepSpeed JSON config passed to the Trainer")
+    fsdp: str | None = Field(None, description="FSDP options passed to the Trainer")
+    report_to: list[str] = Field(default_factory=list)
+
+    plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+
+    _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_not_empty(cls, value: str | list[str]) -> str | list[str]:
+        if not value:
+            raise ValueError("give at least one data set")
+        return value
+
+    @property
+    def datasets(self) -> list[str]:
+        return [self.dataset] if isinstance(self.dataset, str) else list(self.dataset)
+
+    def options(self, section: str) -> Any:
+        """The validated options of a plugin section (its defaults when the config omits it)."""
+        try:
+            return self._sections[section]
+        except KeyError:
+            raise ConfigError(
+                f"config section '{section}' is not known to the installed plugins"
+                f"{did_you_mean(section, self._sections)}"
+            ) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole resolved config, reloadable with :func:`load_config`."""
+        data = self.model_dump(mode="json")
+        for name, section in sorted(self._sections.items()):
+            data[name] = section.model_dump(mode="json")
+        return data
+
+    def manager(self) -> PluginManager:
+        return get_manager(self.plugins.disable, self.plugins.prefer)
+
+
+CORE_KEYS = frozenset(RunConfig.model_fields)
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """Turn ``["lora.rank=16", "dataset=[a,b]"]`` into a nested dict, values parsed as YAML."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().removeprefix("--")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. learning_rate=2e-4)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(out, key, value)
+    return out
+
+
+def _set_dotted(target: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = target
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"key '{key}' sets a field inside '{part}', which already has the value {child!r}")
+        node = child
+    node[parts[-1]] = value
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    for key, value in extra.items():
+        if "." in key:
+            _set_dotted(base, key, value)
+        elif isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value) if isinstance(value, (dict, list)) else value
+    return base
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML (or JSON) config file into a dict, with one-sentence errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist; give the path of a YAML file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file '{path}' is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys to values, not {type(data).__name__}")
+    return data
+
+
+def load_config(
+    source: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    overrides: Iterable[str] = (),
+    **kwargs: Any,
+) -> RunConfig:
+    """Build a validated :class:`RunConfig` from a YAML file or dict, CLI overrides and kwargs.
+
+    Later sources win: file, then ``key=value`` overrides, then keyword arguments. Plugin
+    sections are validated by their plugins' options models.
+    """
+    if source is None:
+        data: dict[str, Any] = {}
+    elif isinstance(source, Mapping):
+        data = _merge({}, source)
+    else:
+        data = read_config_file(source)
+    _merge(data, parse_overrides(overrides))
+    _merge(data, kwargs)
+
+    plugins_cfg = _validate(PluginsConfig, data.get("plugins") or {}, "plugins")
+    manager = get_manager(plugins_cfg.disable, plugins_cfg.prefer)
+    sections = manager.sections()
+
+    core = {k: v for k, v in data.items() if k in CORE_KEYS}
+    unknown = [k for k in data if k not in CORE_KEYS and k not in sections]
+    if unknown:
+        raise ConfigError(_unknown_key(unknown[0], manager, sections))
+    cfg = _validate(RunConfig, core, None)
+    for name, (options, _users) in sections.items():
+        raw = data.get(name)
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"config key '{name}' must be a mapping of options (e.g. {name}.KEY=VALUE), not {raw!r}")
+        cfg._sections[name] = _validate(options, raw, name)
+    return cfg
+
+
+def _unknown_key(key: str, manager: PluginManager, sections: Mapping[str, Any]) -> str:
+    from factory import catalogue
+
+    dist = catalogue.provider_of("sections", key)
+    if dist is not None:
+        return f"config key '{key}' belongs to {dist}, which is not installed or not enabled; pip install {dist}"
+    hint = did_you_mean(key, list(CORE_KEYS) + list(sections))
+    return f"unknown config key '{key}'{hint or ' (see docs/config.md for the valid keys)'}"
+
+
+def _validate(model: type[BaseModel], data: Any, prefix: str | None) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, model, prefix)) from None
+
+
+def _explain(exc: ValidationError, model: type[BaseModel], prefix: str | None) -> str:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(([prefix] if prefix else []) + loc)
+    if err["type"] == "extra_forbidden":
+        parent: Any = model
+        for part in loc[:-1]:
+            field = getattr(parent, "model_fields", {}).get(part)
+            parent = getattr(field, "annotation", None)
+        path = ".".join(([prefix] if prefix else []) + loc[:-1])
+        valid = [f"{path}.{name}" if path else name for name in getattr(parent, "model_fields", {})]
+        hint = did_you_mean(key, valid)
+        return f"unknown config key '{key}'{hint or ' (valid keys: ' + ', '.join(valid) + ')'}"
+    if not loc and err["type"] == "value_error":
+        return f"config section '{prefix}': {err['msg'].removeprefix('Value error, ')}"
+    given = err.get("input")
+    shown = f" (got {given!r})" if not isinstance(given, (dict, list)) or len(repr(given)) < 60 else ""
+    return f"config key '{key}': {err['msg'].removeprefix('Value error, ')}{shown}"

@@ -1,0 +1,149 @@
+"""The hook contract between the factory core and its plugins.
+
+There is one hook per *kind* of method. A plugin implements ``register_<kind>(register)`` and
+calls ``register(name, implementation, *, requires=None, options=None, section=None,
+description="")`` once per implementation it offers:
+
+- ``name``: what users write in the config (``method: lora``), unique within the kind.
+- ``implementation``: the object, or a ``"module:attribute"`` string that is imported only
+  when a run uses it (so listing plugins never imports a heavy backend).
+- ``requires``: a :class:`factory.Requires` (Python packages, device, minimum CUDA compute
+  capability); ``factory plugins list`` and config validation use it to say why an
+  implementation cannot run here.
+- ``options``: a pydantic model of the implementation's own settings, read from the config
+  section ``section`` (default: ``name``), e.g. ``lora.rank=16``.
+
+What the *implementation* must provide is given per hook below. The core calls these
+methods; everything not listed is up to the plugin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+
+PROJECT = "factory"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+Register = Callable[..., Any]
+
+
+@hookspec
+def register_loaders(register: Register) -> None:
+    """Model loaders.
+
+    Implementation: an object with ``can_load(source: str) -> bool`` (is ``source`` something
+    this loader understands: a folder, a file, a hub id, an alias) and
+    ``load(source: str, cfg: RunConfig, model_kwargs: dict) -> tuple[model, tokenizer]``,
+    returning a ``transformers`` causal LM and its tokenizer. ``model_kwargs`` carries what
+    patches and quantizers put there (``torch_dtype``, ``attn_implementation``,
+    ``quantization_config``...). ``model.loader: auto`` asks each loader in turn.
+    """
+
+
+@hookspec
+def register_quantizers(register: Register) -> None:
+    """Quantization backends, chosen with ``quantization: NAME``.
+
+    Implementation: an object with ``before_load(cfg, model_kwargs: dict) -> None`` (add e.g. a
+    ``quantization_config``), ``after_load(model, cfg) -> model`` (k-bit preparation, guards)
+    and ``export(model, tokenizer, output_dir, cfg) -> None``, which raises
+    :class:`factory.PluginError` with a clear sentence where the backend cannot export.
+    """
+
+
+@hookspec
+def register_adapters(register: Register) -> None:
+    """Fine-tuning methods, chosen with ``method: NAME`` (full, freeze, lora, dora...).
+
+    Implementation: an object with ``apply(model, cfg) -> model`` that leaves exactly the
+    parameters to train with ``requires_grad=True``, ``save(model, output_dir) -> None``
+    writing a Hugging Face format (PEFT adapter or safetensors weights), and optionally
+    ``param_groups(model, cfg) -> list[dict]`` for per-group learning rates (LoRA+) and
+    ``merge(model) -> model`` for export.
+    """
+
+
+@hookspec
+def register_optimizers(register: Register) -> None:
+    """Optimizers, chosen with ``optimizer: NAME`` (adamw, galore, badam...).
+
+    Implementation: an object with ``create(model, cfg, param_groups) -> torch.optim.Optimizer``
+    where ``param_groups`` is the adapter's grouping of trainable parameters, and optionally
+    ``callbacks(cfg) -> list[TrainerCallback]``.
+    """
+
+
+@hookspec
+def register_aligners(register: Register) -> None:
+    """Data set formats (alpaca, sharegpt, openai, preference, kto, text...).
+
+    Implementation: an object with ``align(row: dict, spec: DatasetSpec) -> dict`` mapping one
+    raw row to factory's standard record (``messages``, ``system``, ``tools``, ``chosen``,
+    ``rejected``, ``label``, ``text``) and ``columns(spec) -> set[str]``, the raw columns it
+    reads, so a missing column is reported before any work is done.
+    """
+
+
+@hookspec
+def register_templates(register: Register) -> None:
+    """Chat templates, chosen with ``template: NAME``.
+
+    Implementation: a :class:`factory.data.template.Template` (or an object with the same
+    ``render(messages, system, tools, add_generation_prompt) -> list[Segment]`` and
+    ``stop_words``), where each segment is ``(text, trainable)``.
+    """
+
+
+@hookspec
+def register_patches(register: Register) -> None:
+    """Model patches (attention implementations, fused kernels), listed in ``patches: [...]``.
+
+    Implementation: an object with ``before_load(cfg, model_kwargs: dict) -> None`` and
+    ``after_load(model, cfg) -> model``; either may be a no-op.
+    """
+
+
+@hookspec
+def register_stages(register: Register) -> None:
+    """Training stages, chosen with ``stage: NAME`` (pt, sft, rm, dpo, kto, orpo, ppo...).
+
+    Implementation: an object with ``data_kind: str`` (which tokenization the stage needs:
+    ``pretrain``, ``supervised``, ``pairwise``, ``kto``) and
+    ``run(cfg, manager) -> dict`` that trains and returns the final metrics.
+    """
+
+
+@hookspec
+def register_engines(register: Register) -> None:
+    """Inference engines, chosen with ``engine: NAME`` (transformers, vllm...).
+
+    Implementation: a class constructed as ``Engine(cfg, manager)`` with
+    ``generate(requests) -> list[Result]`` and ``stream(request) -> Iterator[str]``.
+    """
+
+
+@hookspec
+def register_evaluators(register: Register) -> None:
+    """Evaluators, chosen with ``task: NAME`` (mmlu, cmmlu, ceval, bleu-rouge...).
+
+    Implementation: an object with ``evaluate(engine, cfg) -> dict`` returning per-subject and
+    overall scores.
+    """
+
+
+@hookspec
+def register_callbacks(register: Register) -> None:
+    """Training callbacks, listed in ``callbacks: [...]``.
+
+    Implementation: a callable ``create(cfg) -> transformers.TrainerCallback``.
+    """
+
+
+KINDS: tuple[str, ...] = tuple(
+    name.removeprefix("register_") for name in list(globals()) if name.startswith("register_")
+)

@@ -1,0 +1,1 @@
+"""The model loader pipeline: load -> patch -> quantize -> attach adapter -> set precision."""

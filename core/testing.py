@@ -1,0 +1,177 @@
+"""Test helpers for factory and for plugin authors, loaded by pytest as a plugin.
+
+Fixtures:
+- ``plugin_manager``: an isolated manager with the built-ins only (no entry points, no
+  environment); register test plugins on it with ``register_plugin(obj, name)``.
+- ``tiny_causal_lm``: a folder holding a tiny random-weight Llama causal LM and a small
+  byte-level BPE tokenizer with a ChatML chat template, built offline in seconds.
+
+And :func:`check_plugin_contract`, which every plugin's own tests call.
+
+This module is imported at pytest start-up, so it imports nothing heavy at module level.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from factory.plugins import ENTRY_POINT_GROUP, PluginManager
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_TOKENIZER_TEXT = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Who are you? I am an AI assistant made to help you.",
+    "Give three tips for staying healthy. Eat well, sleep, and exercise.",
+    "def add(a, b):\n    return a + b\n",
+    "0123456789 + - * / = ( ) [ ] { } , . ; : ! ? ' \"",
+    "你好，我是一个助手。",
+]
+
+
+@pytest.fixture
+def plugin_manager() -> PluginManager:
+    """A manager with the core's built-ins and nothing discovered from the environment."""
+    return PluginManager(entry_points=False, use_env=False)
+
+
+def build_tiny_causal_lm(path: str | Path, *, vocab_size: int = 512, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
+    """Write a tiny random Llama model and a matching BPE tokenizer (ChatML) to ``path``."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path = Path(path)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(_TOKENIZER_TEXT * 4, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of a tiny random causal LM folder (built once per test session)."""
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm"))
+
+
+_CONTRACT_PROBE = r"""
+import importlib.metadata, json, sys
+from factory.plugins import PluginManager, ENTRY_POINT_GROUP
+dist, backends = sys.argv[1], json.loads(sys.argv[2])
+before = set(sys.modules)
+manager = PluginManager(use_env=False)
+mine = [r for r in manager.records.values() if r.distribution == dist]
+heavy = sorted(m for m in set(sys.modules) - before
+               if m.split(".")[0] in set(backends) | {"torch"})
+options = {}
+for kind in manager._impls:
+    for name, impls in manager._impls[kind].items():
+        for impl in impls:
+            if impl.distribution == dist and impl.options is not None:
+                try:
+                    impl.options()
+                    options[f"{kind}.{name}"] = None
+                except Exception as exc:
+                    options[f"{kind}.{name}"] = f"{exc.__class__.__name__}: {exc}"
+conflicts = [f"{kind}.{name}: " + " vs ".join(i.distribution for i in impls)
+             for (kind, name), impls in manager.conflicts().items()
+             if any(i.distribution == dist for i in impls)]
+try:
+    manager.sections()
+    sections_error = None
+except Exception as exc:
+    sections_error = str(exc)
+rows = [row for row in manager.listing() if row["distribution"] == dist]
+print(json.dumps({"records": [r.__dict__ for r in mine], "heavy": heavy, "options": options,
+                  "conflicts": conflicts, "sections_error": sections_error, "rows": rows}))
+"""
+
+
+def _backend_modules(distribution: str) -> list[str]:
+    """Top-level modules of the packages a distribution depends on (its backends)."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    reqs = importlib.metadata.requires(distribution) or []
+    names = {Requirement(r).name.lower().replace("_", "-") for r in reqs if "extra ==" not in r}
+    names.discard("factory-core")
+    modules = []
+    for module, dists in importlib.metadata.packages_distributions().items():
+        if any(d.lower().replace("_", "-") in names for d in dists):
+            modules.append(module)
+    return sorted(set(modules))
+
+
+def check_plugin_contract(distribution: str) -> list[dict[str, Any]]:
+    """Check an installed plugin distribution against factory's plugin contract.
+
+    In a fresh interpreter: its entry points load, importing them imports neither torch nor the
+    distribution's own backends, no hook is misspelled, its names clash with no other installed
+    plugin, every options model validates with its defaults, and it is listed. Returns the
+    distribution's listing rows; raises AssertionError naming each broken rule.
+    """
+    import importlib.metadata
+
+    eps = [ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.dist and ep.dist.name == distribution]
+    assert eps, f"{distribution} declares no entry point in group '{ENTRY_POINT_GROUP}' (or is not installed)"
+    backends = _backend_modules(distribution)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CONTRACT_PROBE, distribution, json.dumps(backends)],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 0, f"contract probe crashed for {distribution}:\n{proc.stderr}"
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    problems = []
+    for record in report["records"]:
+        if record["error"]:
+            problems.append(f"plugin '{record['name']}' failed to load: {record['error']}")
+    if report["heavy"]:
+        problems.append(f"importing the plugin imported {', '.join(report['heavy'])}; defer them to the implementation")
+    problems += [f"options of {key} do not validate with defaults: {err}" for key, err in report["options"].items() if err]
+    problems += [f"name registered twice: {c}" for c in report["conflicts"]]
+    if report["sections_error"]:
+        problems.append(report["sections_error"])
+    listed = {row["name"] for row in report["rows"]}
+    problems += [f"entry point '{ep.name}' is not listed" for ep in eps if ep.name not in listed]
+    assert not problems, f"{distribution} breaks the plugin contract:\n- " + "\n- ".join(problems)
+    return report["rows"]

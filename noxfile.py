@@ -1,0 +1,35 @@
+"""Developer sessions: tests (core + every plugin), lint, bench, docs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+PLUGINS = sorted(p.parent for p in ROOT.glob("plugins/*/pyproject.toml"))
+# The CPU build on this machine class; any other torch pulls a multi-GB CUDA build.
+TORCH = "torch==2.13.0"
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = False
+
+
+def install_all(session: nox.Session) -> None:
+    session.install(TORCH)
+    editable = [arg for plugin in PLUGINS for arg in ("-e", str(plugin))]
+    session.install("-e", f"{ROOT}[test]", *editable)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The core's tests and every plugin's tests, against installed distributions."""
+    install_all(session)
+    targets = [str(ROOT / "tests")] + [str(p / "tests") for p in PLUGINS if (p / "tests").is_dir()]
+    session.run("pytest", "-p", "no:cacheprovider", *targets, *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", str(ROOT))
