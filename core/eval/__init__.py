@@ -1,0 +1,1 @@
+"""Evaluation: evaluators and the results store."""

@@ -1,0 +1,1 @@
+"""Inference: engines, chat, the OpenAI-compatible server."""

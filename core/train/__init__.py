@@ -1,0 +1,1 @@
+"""Training: methods, optimizers, stages on the Hugging Face Trainer, outputs."""
