@@ -37,7 +37,12 @@ __all__ = [
     "Requires",
     "__version__",
     "hookimpl",
-    *_LAZY,
+    "finetune",
+    "plugins",
+    "load_config",
+    "RunConfig",
+    "PluginManager",
+    "get_manager",
 ]
 
 if TYPE_CHECKING:

@@ -12,19 +12,19 @@ from factory.plugins import PluginManager, get_manager
 
 def check_selection(cfg: RunConfig, manager: PluginManager) -> None:
     """Refuse, before any model is loaded, every selected implementation that cannot run here."""
-    manager.require("stages", cfg.stage)
-    manager.require("adapters", cfg.method)
-    manager.require("optimizers", cfg.optimizer)
     if cfg.quantization:
         manager.require("quantizers", cfg.quantization)
     for name in cfg.patches:
         manager.require("patches", name)
+    manager.require("adapters", cfg.method)
+    manager.require("optimizers", cfg.optimizer)
     for name in cfg.callbacks:
         manager.require("callbacks", name)
     if cfg.loader != "auto":
         manager.require("loaders", cfg.loader)
     if cfg.template != "auto":
         manager.require("templates", cfg.template)
+    manager.require("stages", cfg.stage)
 
 
 def finetune(

@@ -98,7 +98,7 @@ import importlib.metadata, json, sys
 from factory.plugins import PluginManager, ENTRY_POINT_GROUP
 dist, backends = sys.argv[1], json.loads(sys.argv[2])
 before = set(sys.modules)
-manager = PluginManager(use_env=False)
+manager = PluginManager()
 mine = [r for r in manager.records.values() if r.distribution == dist]
 heavy = sorted(m for m in set(sys.modules) - before
                if m.split(".")[0] in set(backends) | {"torch"})
