@@ -36,6 +36,12 @@ def finetune(
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides, **kwargs)
     manager = cfg.manager()
     check_selection(cfg, manager)
+    from factory.train.run import is_distributed_worker
+
+    if cfg.nproc > 1 and not is_distributed_worker():
+        from factory.train.launch import launch_distributed
+
+        return launch_distributed(cfg)
     stage = manager.load("stages", cfg.stage)
     return stage.run(cfg, manager)
 

@@ -35,6 +35,28 @@ def cmd_finetune(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(ns: argparse.Namespace) -> int:
+    from factory.config import load_config
+    from factory.errors import ConfigError
+    from factory.model.export import export_model
+
+    config, overrides = _split_config(ns.args)
+    targets = [o for o in overrides if o.startswith("output=")]
+    if not targets:
+        raise ConfigError("factory export needs output=DIR, the folder to write the merged model to")
+    cfg = load_config(config, [o for o in overrides if not o.startswith("output=")])
+    out = export_model(cfg, cfg.manager(), targets[-1].partition("=")[2])
+    print(f"factory: merged model written to {out}")
+    return 0
+
+
+def cmd_chat(ns: argparse.Namespace) -> int:
+    from factory.infer.chat import run_chat
+
+    config, overrides = _split_config(ns.args)
+    return run_chat(config, overrides, prompt=ns.prompt)
+
+
 def cmd_plugins_list(ns: argparse.Namespace) -> int:
     from factory.plugins import get_manager
 
@@ -99,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="train a model (stage, method and data from the config)")
     p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]")
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("export", help="merge an adapter into its base model and save a plain HF folder")
+    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] model=... adapter=DIR output=DIR")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("chat", help="chat with a model (and adapter) in the terminal")
+    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] model=... [adapter=DIR] [key=value ...]")
+    p.add_argument("--prompt", help="answer this one prompt and exit")
+    p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("plugins", help="list and inspect installed plugins")
     psub = p.add_subparsers(dest="plugins_command", metavar="SUBCOMMAND", required=True)

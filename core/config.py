@@ -70,7 +70,7 @@ class RunConfig(BaseModel):
     method: str = "lora"
     optimizer: str = "adamw"
     callbacks: list[str] = Field(default_factory=list)
-    output_dir: str = "outputs/factory-run"
+    output_dir: str | None = Field(None, description="where outputs go; default outputs/STAGE-METHOD-TIMESTAMP")
     overwrite_output_dir: bool = False
     resume: bool = False
     batch_size: int = Field(4, gt=0)
@@ -93,6 +93,13 @@ class RunConfig(BaseModel):
     deepspeed: str | None = Field(None, description="a DeepSpeed JSON config passed to the Trainer")
     fsdp: str | None = Field(None, description="FSDP options passed to the Trainer")
     report_to: list[str] = Field(default_factory=list)
+    sample_prompt: str | None = Field("Who are you?", description="after SFT, print the tuned model's answer to this")
+
+    # inference
+    max_new_tokens: int = Field(256, gt=0)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    system: str | None = Field(None, description="system prompt for chat (default: the template's)")
 
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
 

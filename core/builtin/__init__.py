@@ -13,6 +13,8 @@ from types import ModuleType
 # plugin name -> module under factory.builtin
 BUILTIN_PLUGINS: dict[str, str] = {
     "builtin-methods": "methods",
+    "builtin-models": "models",
+    "builtin-stages": "stages",
 }
 
 

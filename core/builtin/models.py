@@ -1,0 +1,12 @@
+"""Built-in model loaders (packaged aliases, GGUF files, Hugging Face folders and cached hub ids)."""
+
+from __future__ import annotations
+
+from factory.hookspecs import hookimpl
+
+
+@hookimpl
+def register_loaders(register):
+    register("alias", "factory.model.loaders:AliasLoader", description="models shipped in Python packages")
+    register("gguf", "factory.model.loaders:GGUFLoader", description="a .gguf file, dequantized")
+    register("hf", "factory.model.loaders:HuggingFaceLoader", description="a Hugging Face folder or cached hub id")

@@ -1,0 +1,139 @@
+"""The model loader pipeline: loaders -> patches -> quantizers -> adapter, then precision.
+
+Each step asks the plugin manager for the implementation the config names; this module only
+fixes the order and the shared ``model_kwargs`` the steps hand each other.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from factory import hardware
+from factory.config import RunConfig
+from factory.errors import ConfigError
+from factory.plugins import PluginManager
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    adapter: Any | None
+    quantizer: Any | None
+    compute_dtype: Any
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` -> bf16 where the device has it (CUDA >= 8.0, or a CPU with AMX/AVX512-BF16), else fp16 on CUDA, else fp32."""
+    if precision != "auto":
+        return precision
+    gpus = hardware.cuda_devices()
+    if gpus:
+        return "bf16" if any(g.capability >= (8, 0) for g in gpus) else "fp16"
+    return "bf16" if hardware.cpu_supports_bf16() else "fp32"
+
+
+def torch_dtype(precision: str) -> Any:
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def pick_loader(cfg: RunConfig, manager: PluginManager) -> Any:
+    """The loader the config names, or under ``auto`` the first one that understands the model source."""
+    if cfg.loader != "auto":
+        return manager.load("loaders", cfg.loader)
+    for impl in manager.implementations("loaders"):
+        if impl.unavailable_reason() is None:
+            loader = impl.load()
+            if loader.can_load(cfg.model):
+                return loader
+    raise ConfigError(
+        f"model '{cfg.model}' is neither a model folder, a .gguf file, an alias nor a cached hub id; "
+        "point model= at a local Hugging Face folder (this machine has no hub access)"
+    )
+
+
+def load_model(cfg: RunConfig, manager: PluginManager, *, train: bool) -> LoadedModel:
+    """Load the model and tokenizer the config describes, ready to train (``train=True``) or to serve.
+
+    For training the frozen weights stay in the compute precision while trainable parameters are
+    kept in fp32 (master weights); the Trainer autocasts. Methods that train every weight
+    (``trains_all_weights``) load in fp32 so no precision is lost before training starts.
+    """
+    import torch
+
+    precision = resolve_precision(cfg.precision)
+    compute_dtype = torch_dtype(precision)
+    method = cfg.method if train else adapter_method(cfg.adapter, cfg.method) if cfg.adapter else None
+    adapter = manager.load("adapters", method) if method else None
+    load_dtype = torch.float32 if (train and getattr(adapter, "trains_all_weights", False)) else compute_dtype
+
+    model_kwargs: dict[str, Any] = {"dtype": load_dtype, "attn_implementation": cfg.attn_implementation}
+    patches = [manager.load("patches", name) for name in cfg.patches]
+    quantizer = manager.load("quantizers", cfg.quantization) if cfg.quantization else None
+    for patch in patches:
+        patch.before_load(cfg, model_kwargs)
+    if quantizer is not None:
+        quantizer.before_load(cfg, model_kwargs)
+
+    loader = pick_loader(cfg, manager)
+    model, tokenizer = loader.load(cfg.model, cfg, model_kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    for patch in patches:
+        model = patch.after_load(model, cfg)
+    if quantizer is not None:
+        model = quantizer.after_load(model, cfg)
+    _fit_embeddings(model, tokenizer)
+
+    if train:
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        model.config.use_cache = False
+        model = adapter.apply(model, cfg)
+        for param in model.parameters():
+            if param.requires_grad and param.dtype != torch.float32:
+                param.data = param.data.float()
+        model.train()
+    else:
+        if cfg.adapter:
+            model = adapter.load(model, cfg.adapter, cfg)
+        model.eval()
+    return LoadedModel(model, tokenizer, adapter, quantizer, compute_dtype)
+
+
+def adapter_method(adapter_dir: str, default: str) -> str:
+    """The method that trained ``adapter_dir``, read from the run's saved config (else ``default``)."""
+    from pathlib import Path
+
+    import yaml
+
+    folder = Path(adapter_dir)
+    if not folder.is_dir():
+        raise ConfigError(f"adapter '{adapter_dir}' is not a folder; give the output_dir of a training run")
+    saved = folder / "factory_config.yaml"
+    if saved.is_file():
+        return (yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("method", default)
+    return default
+
+
+def _fit_embeddings(model: Any, tokenizer: Any) -> None:
+    """Grow the embeddings when the tokenizer has tokens the model has no rows for (a template added them)."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        log.info("resizing embeddings from %d to %d rows for added tokens", rows, len(tokenizer))
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+
+
+def trainable_summary(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
