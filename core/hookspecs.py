@@ -6,7 +6,8 @@ description="")`` once per implementation it offers:
 
 - ``name``: what users write in the config (``method: lora``), unique within the kind.
 - ``implementation``: the object, or a ``"module:attribute"`` string that is imported only
-  when a run uses it (so listing plugins never imports a heavy backend).
+  when a run uses it (so listing plugins never imports a heavy backend). A class is
+  instantiated once without arguments on first use (engines excepted: the core constructs them).
 - ``requires``: a :class:`factory.Requires` (Python packages, device, minimum CUDA compute
   capability); ``factory plugins list`` and config validation use it to say why an
   implementation cannot run here.

@@ -76,6 +76,10 @@ class Requires:
         return ", ".join(parts) or "nothing beyond factory-core"
 
 
+# Kinds whose implementation is a class the core constructs with arguments; every other kind's
+# class is instantiated once, with no arguments, on first use.
+CONSTRUCTED_PER_USE = frozenset({"engines"})
+
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
 
 
@@ -98,7 +102,7 @@ class Implementation:
         return self.requires.unmet()
 
     def load(self) -> Any:
-        """The implementation object, importing a ``"module:attr"`` target on first use."""
+        """The implementation object: imports a ``"module:attr"`` target and instantiates a class on first use."""
         if isinstance(self.target, str):
             module_name, _, attr = self.target.partition(":")
             try:
@@ -111,6 +115,8 @@ class Implementation:
                     f"'{self.target}': {exc.__class__.__name__}: {exc}"
                 ) from exc
             self.target = obj
+        if isinstance(self.target, type) and self.kind not in CONSTRUCTED_PER_USE:
+            self.target = self.target()
         return self.target
 
 

@@ -22,12 +22,14 @@ def decoder_layers(model: Any) -> Any:
 class _WholeModel:
     """Methods whose output is a whole model: saving writes the model, merging is a no-op."""
 
+    name = ""
+
     def save(self, model: Any, output_dir: str) -> None:
         model.save_pretrained(output_dir, safe_serialization=True)
 
     def load(self, model: Any, adapter_dir: str, cfg: RunConfig) -> Any:
         raise ConfigError(
-            f"'{adapter_dir}' holds a whole model from method={cfg.method}, not an adapter; "
+            f"'{adapter_dir}' holds a whole model from method={self.name}, not an adapter; "
             f"load it with model={adapter_dir} and no adapter"
         )
 
@@ -38,6 +40,7 @@ class _WholeModel:
 class FullTuning(_WholeModel):
     """Train every parameter."""
 
+    name = "full"
     trains_all_weights = True
 
     def apply(self, model: Any, cfg: RunConfig) -> Any:
@@ -48,6 +51,8 @@ class FullTuning(_WholeModel):
 
 class FreezeTuning(_WholeModel):
     """Train the last (or first) N decoder layers, optionally only some of their sub-modules, plus extras."""
+
+    name = "freeze"
 
     def apply(self, model: Any, cfg: RunConfig) -> Any:
         opts = cfg.options("freeze")
