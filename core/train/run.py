@@ -143,6 +143,6 @@ def run_training(cfg: RunConfig, manager: PluginManager, data_kind: str, trainer
         outputs.write_config(out, cfg)
         outputs.write_metrics(out, metrics)
         outputs.plot_loss(out, trainer.state.log_history)
-        outputs.write_record(out, cfg, manager, started, {"resumed_from": resume_from})
+        outputs.write_record(out, cfg, manager, started, {"resumed_from": resume_from, "world_size": trainer.args.world_size})
     metrics["output_dir"] = str(out)
     return TrainingRun(metrics, out, trainer.model, tokenizer, template, trainer)
