@@ -1,0 +1,81 @@
+"""Finding a model's modules by name, shared by the methods that target modules (LoRA, GaLore...).
+
+Plugins let users name target modules the way peft does: a leaf name (``q_proj``) or a dotted
+suffix (``self_attn.q_proj``) matches every module whose qualified name ends with it, and
+``all`` means every linear layer except the output head. Checking the names here, against the
+loaded model, turns a typo into one sentence instead of a backend's traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from transformers.pytorch_utils import Conv1D
+
+from factory.errors import ConfigError
+
+
+def is_linear(module: Any) -> bool:
+    """A linear layer: ``torch.nn.Linear`` (and its quantized subclasses) or GPT-2 style ``Conv1D``."""
+    return isinstance(module, (torch.nn.Linear, Conv1D))
+
+
+def matches(module_name: str, targets: Iterable[str]) -> bool:
+    """Whether a qualified module name is selected by one of ``targets`` (exact or dotted suffix)."""
+    return any(module_name == t or module_name.endswith("." + t) for t in targets)
+
+
+def _output_head(model: Any) -> Any:
+    get_head = getattr(model, "get_output_embeddings", None)
+    return get_head() if callable(get_head) else None
+
+
+def linear_module_names(model: Any, exclude_head: bool = True) -> list[str]:
+    """Sorted leaf names of the model's linear layers (e.g. ``q_proj``), without the output head."""
+    head = _output_head(model) if exclude_head else None
+    return sorted(
+        {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if is_linear(module) and module is not head}
+    )
+
+
+def resolve_targets(model: Any, target: str | list[str], key: str) -> list[str]:
+    """Module names for a ``target`` option: ``"all"`` becomes every linear layer, a list is checked.
+
+    ``key`` is the option's config key (``lora.target``), named in the error when the model has
+    no module of a given name or no linear layer at all.
+    """
+    linear = linear_module_names(model)
+    if target == "all":
+        if not linear:
+            raise ConfigError(
+                f"{key}: all found no linear layers in {type(model).__name__} (quantized layers may not be "
+                f"torch Linear modules); list the module names in {key} explicitly"
+            )
+        return linear
+    names = [target] if isinstance(target, str) else list(target)
+    check_modules(model, names, key, shown=linear, shown_label="linear modules")
+    return names
+
+
+def check_modules(
+    model: Any, names: Iterable[str], key: str, *, shown: list[str] | None = None, shown_label: str = "modules"
+) -> None:
+    """Raise ConfigError naming every entry of ``names`` that matches no module of the model.
+
+    The message lists ``shown`` (default: the leaf names of every module that holds weights) so
+    the user can pick a valid name.
+    """
+    qualified = [name for name, _ in model.named_modules() if name]
+    missing = [n for n in names if not any(matches(q, [n]) for q in qualified)]
+    if not missing:
+        return
+    if shown is None:
+        shown = sorted(
+            {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if name and next(module.parameters(recurse=False), None) is not None}
+        )
+    raise ConfigError(
+        f"{key} names {', '.join(repr(n) for n in missing)}, which {type(model).__name__} does not have; "
+        f"its {shown_label} are {', '.join(shown) or '(none)'}"
+    )

@@ -1,0 +1,34 @@
+"""factory-plugin-peft: the LoRA family of fine-tuning methods, through peft.
+
+Registers the adapters ``lora``, ``dora``, ``rslora``, ``pissa`` and ``loraplus``, all reading
+the config section ``lora``. This module is imported when plugins are listed, so it imports
+neither torch nor peft: implementations are named as ``"module:attr"`` strings.
+"""
+
+from __future__ import annotations
+
+from factory import Requires, hookimpl
+from factory_plugin_peft.options import LoraOptions
+
+NEEDS = Requires(packages=("peft>=0.13",))
+
+METHODS: dict[str, str] = {
+    "lora": "low-rank adapters (LoRA) on the target modules",
+    "dora": "weight-decomposed LoRA (DoRA)",
+    "rslora": "LoRA with rank-stabilised scaling alpha / sqrt(r)",
+    "pissa": "LoRA initialised from the principal singular vectors (PiSSA)",
+    "loraplus": "LoRA with a higher learning rate for B (LoRA+)",
+}
+
+
+@hookimpl
+def register_adapters(register):
+    for name, description in METHODS.items():
+        register(
+            name,
+            f"factory_plugin_peft.methods:{name.upper()}",
+            requires=NEEDS,
+            options=LoraOptions,
+            section="lora",
+            description=description,
+        )
