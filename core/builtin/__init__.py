@@ -15,6 +15,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "builtin-methods": "methods",
     "builtin-models": "models",
     "builtin-stages": "stages",
+    "builtin-data": "data",
 }
 
 

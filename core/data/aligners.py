@@ -1,0 +1,339 @@
+"""The built-in aligners: alpaca, sharegpt, openai and text data to the standard record.
+
+Each aligner reads one raw row and returns a record of :mod:`factory.data.record`. Preference
+pairs (``ranking: true`` with chosen/rejected columns) and KTO data (a ``kto_tag`` column
+holding a boolean) are handled by every conversational aligner, because they differ from
+supervised data only in how the answer is given, not in how the conversation is written.
+
+Two exceptions let an aligner (built-in or a plugin's) report trouble with one row:
+:class:`BadRow` for a malformed row (the load stops with a sentence naming the file and the
+row) and :class:`SkipRow` for a well-formed row that cannot be trained on (it is dropped and
+counted under its reason). This module is pure Python so plugins can import it cheaply.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from factory.data.record import PROMPT_ROLES, RESPONSE_ROLES, empty_record
+from factory.data.registry import DatasetSpec
+
+
+class BadRow(Exception):
+    """A row that does not have the shape its format promises."""
+
+
+class SkipRow(Exception):
+    """A row that is well formed but unusable; ``str(exc)`` is the reason it is counted under."""
+
+
+# -- helpers shared by the aligners ----------------------------------------------------------
+
+
+def text_of(row: Mapping[str, Any], column: str | None, *, required: bool) -> str:
+    """The string in ``row[column]``; "" for an absent optional value."""
+    value = row.get(column) if column else None
+    if value is None:
+        if required:
+            raise BadRow(f"'{column}' is empty")
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise BadRow(f"'{column}' holds {type(value).__name__} {_short(value)}, not text")
+    return str(value)
+
+
+def tools_of(row: Mapping[str, Any], column: str | None) -> str:
+    """Tool definitions as a JSON string (data sets store either a string or the JSON itself)."""
+    value = row.get(column) if column else None
+    if value is None or value == "":
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def label_of(row: Mapping[str, Any], column: str) -> bool:
+    """A KTO verdict: booleans, 0/1 and the words true/false are accepted."""
+    value = row.get(column)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise BadRow(f"'{column}' holds {_short(value)}, not a boolean label (true/false)")
+
+
+def check_shape(record: dict[str, Any], spec: DatasetSpec) -> dict[str, Any]:
+    """Skip rows whose turns do not alternate prompt/response or end where their kind needs."""
+    messages = record["messages"]
+    if not messages:
+        raise SkipRow("no conversation turns")
+    for i, message in enumerate(messages):
+        expected = PROMPT_ROLES if i % 2 == 0 else RESPONSE_ROLES
+        if message["role"] not in expected:
+            raise SkipRow("turns that do not alternate user/assistant")
+    ends_with_prompt = len(messages) % 2 == 1
+    if spec.ranking:
+        if not ends_with_prompt:
+            raise SkipRow("preference prompts that do not end with a user turn")
+        for key in ("chosen", "rejected"):
+            if record[key]["role"] not in RESPONSE_ROLES:
+                raise SkipRow(f"{key} answers that are not assistant turns")
+    elif ends_with_prompt:
+        raise SkipRow("conversations that do not end with an assistant turn")
+    return record
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class ConversationAligner:
+    """What alpaca, sharegpt and openai share: system, tools, preference pairs and KTO labels."""
+
+    name = "conversation"
+    messages_default: str | None = None
+    system_default = "system"
+    tools_default = "tools"
+    roles: tuple[str, ...] = ("system", "tools", "chosen", "rejected", "kto_tag")  # column roles it reads
+
+    def required(self, spec: DatasetSpec) -> set[str]:
+        return set()
+
+    def columns(self, spec: DatasetSpec) -> set[str]:
+        """Required columns plus every column the descriptor maps explicitly."""
+        needed = self.required(spec)
+        if spec.ranking:
+            needed |= {spec.column("chosen", "chosen"), spec.column("rejected", "rejected")}
+        if spec.kto:
+            needed.add(spec.column("kto_tag"))
+        return needed | {col for role, col in spec.columns.items() if role in self.roles}
+
+    def conversation(self, row: Mapping[str, Any], spec: DatasetSpec, record: dict[str, Any]) -> None:
+        """Fill ``record['messages']`` (and ``system`` when the turns carry it)."""
+        raise NotImplementedError
+
+    def answer(self, value: Any, key: str, spec: DatasetSpec) -> dict[str, str]:
+        """One preference answer as a message."""
+        if isinstance(value, str):
+            return {"role": "assistant", "content": value}
+        raise BadRow(f"'{spec.column(key, key)}' holds {_short(value)}, not an answer text")
+
+    def align(self, row: Mapping[str, Any], spec: DatasetSpec) -> dict[str, Any]:
+        record = empty_record()
+        record["system"] = text_of(row, spec.column("system", self.system_default), required=False)
+        record["tools"] = tools_of(row, spec.column("tools", self.tools_default))
+        self.conversation(row, spec, record)
+        if spec.ranking:
+            for key in ("chosen", "rejected"):
+                column = spec.column(key, key)
+                if row.get(column) is None:
+                    raise BadRow(f"'{column}' is empty")
+                record[key] = self.answer(row[column], key, spec)
+        if spec.kto:
+            record["label"] = label_of(row, spec.column("kto_tag"))
+        return check_shape(record, spec)
+
+
+# -- the formats -----------------------------------------------------------------------------
+
+
+class AlpacaAligner(ConversationAligner):
+    """instruction (+ input) -> output, with optional history pairs and a system prompt."""
+
+    name = "alpaca"
+    roles = ConversationAligner.roles + ("prompt", "query", "response", "history")
+
+    def required(self, spec: DatasetSpec) -> set[str]:
+        needed = {spec.column("prompt", "instruction")}
+        if not spec.ranking:
+            needed.add(spec.column("response", "output"))
+        return needed
+
+    def conversation(self, row: Mapping[str, Any], spec: DatasetSpec, record: dict[str, Any]) -> None:
+        messages = record["messages"]
+        history_col = spec.column("history", "history")
+        for pair in row.get(history_col) or []:
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
+                raise BadRow(f"'{history_col}' holds {_short(pair)}, not a [question, answer] pair of texts")
+            messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+        prompt = text_of(row, spec.column("prompt", "instruction"), required=True)
+        query = text_of(row, spec.column("query", "input"), required=False)
+        messages.append({"role": "user", "content": f"{prompt}\n{query}" if query else prompt})
+        if not spec.ranking:
+            response = text_of(row, spec.column("response", "output"), required=True)
+            messages.append({"role": "assistant", "content": response})
+
+
+class ShareGPTAligner(ConversationAligner):
+    """A list of turns with role and content tags (``from``/``value``, ``human``/``gpt`` by default)."""
+
+    name = "sharegpt"
+    messages_default = "conversations"
+    roles = ConversationAligner.roles + ("messages",)
+
+    def required(self, spec: DatasetSpec) -> set[str]:
+        return {spec.column("messages", self.messages_default)}
+
+    def _role_map(self, spec: DatasetSpec) -> dict[str, str]:
+        return {
+            spec.tag("user_tag"): "user",
+            spec.tag("assistant_tag"): "assistant",
+            spec.tag("observation_tag"): "observation",
+            spec.tag("function_tag"): "function_call",
+        }
+
+    def _turn(self, turn: Any, where: str, spec: DatasetSpec) -> tuple[str, str]:
+        role_tag, content_tag = spec.tag("role_tag"), spec.tag("content_tag")
+        if not isinstance(turn, Mapping) or role_tag not in turn or content_tag not in turn:
+            keys = ", ".join(turn) if isinstance(turn, Mapping) else type(turn).__name__
+            raise BadRow(
+                f"{where} has {keys} instead of the keys {role_tag}/{content_tag} "
+                "(set tags.role_tag and tags.content_tag in the descriptor)"
+            )
+        content = turn[content_tag]
+        if not isinstance(content, str):
+            raise BadRow(f"{where} has {content_tag} {_short(content)}, not text")
+        return turn[role_tag], content
+
+    def conversation(self, row: Mapping[str, Any], spec: DatasetSpec, record: dict[str, Any]) -> None:
+        column = spec.column("messages", self.messages_default)
+        turns = row.get(column)
+        if not isinstance(turns, list):
+            raise BadRow(f"'{column}' holds {_short(turns)}, not a list of turns")
+        roles = self._role_map(spec)
+        system_tag = spec.tag("system_tag")
+        for i, turn in enumerate(turns):
+            role, content = self._turn(turn, f"turn {i + 1} of '{column}'", spec)
+            if role == system_tag:
+                if i != 0:
+                    raise SkipRow("system turns inside the conversation")
+                record["system"] = record["system"] or content
+                continue
+            if role not in roles:
+                raise BadRow(
+                    f"turn {i + 1} of '{column}' has the role '{role}', not one of {', '.join(roles)}"
+                    f" or {system_tag} (set the role tags in the descriptor)"
+                )
+            record["messages"].append({"role": roles[role], "content": content})
+
+    def answer(self, value: Any, key: str, spec: DatasetSpec) -> dict[str, str]:
+        if isinstance(value, Mapping):
+            role, content = self._turn(value, f"'{spec.column(key, key)}'", spec)
+            return {"role": self._role_map(spec).get(role, role), "content": content}
+        return super().answer(value, key, spec)
+
+
+class OpenAIAligner(ConversationAligner):
+    """OpenAI chat ``messages``: system/user/assistant/tool roles, assistant ``tool_calls``."""
+
+    name = "openai"
+    messages_default = "messages"
+    roles = ConversationAligner.roles + ("messages",)
+
+    def required(self, spec: DatasetSpec) -> set[str]:
+        return {spec.column("messages", self.messages_default)}
+
+    @staticmethod
+    def _content(message: Mapping[str, Any], where: str) -> str:
+        content = message.get("content")
+        if content is None:
+            return ""
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list):  # content parts: only text parts carry over
+            if any(isinstance(p, Mapping) and p.get("type") not in (None, "text") for p in content):
+                raise SkipRow("messages with image or audio parts")
+            return "".join(str(p.get("text") or "") for p in content if isinstance(p, Mapping))
+        raise BadRow(f"{where} has content {_short(content)}, not text")
+
+    @staticmethod
+    def _calls(calls: list[Any], where: str) -> str:
+        """Tool calls as the function_call content: {"name", "arguments"} (a list for parallel calls)."""
+        out = []
+        for call in calls:
+            function = call.get("function") if isinstance(call, Mapping) else None
+            if not isinstance(function, Mapping) or not function.get("name"):
+                raise BadRow(f"{where} has the tool call {_short(call)}, without function.name")
+            arguments = function.get("arguments")
+            if isinstance(arguments, str):
+                try:
+                    arguments = json.loads(arguments)
+                except json.JSONDecodeError:
+                    pass  # keep arguments that are not JSON as the text they are
+            out.append({"name": function["name"], "arguments": arguments})
+        return json.dumps(out[0] if len(out) == 1 else out, ensure_ascii=False)
+
+    def _message(self, message: Any, where: str) -> dict[str, str] | None:
+        """One message in the standard roles; None for a system message."""
+        if not isinstance(message, Mapping) or "role" not in message:
+            raise BadRow(f"{where} is {_short(message)}, not a message with a role")
+        role = message["role"]
+        content = self._content(message, where)
+        if role in ("system", "developer"):
+            return None
+        if role == "user":
+            return {"role": "user", "content": content}
+        if role == "assistant":
+            if message.get("tool_calls"):
+                if content.strip():
+                    raise SkipRow("assistant turns with both text and tool calls")
+                return {"role": "function_call", "content": self._calls(message["tool_calls"], where)}
+            return {"role": "assistant", "content": content}
+        if role in ("tool", "function"):
+            return {"role": "observation", "content": content}
+        raise BadRow(f"{where} has the role '{role}', not one of system, user, assistant, tool")
+
+    def conversation(self, row: Mapping[str, Any], spec: DatasetSpec, record: dict[str, Any]) -> None:
+        column = spec.column("messages", self.messages_default)
+        messages = row.get(column)
+        if not isinstance(messages, list):
+            raise BadRow(f"'{column}' holds {_short(messages)}, not a list of messages")
+        out = record["messages"]
+        for i, raw in enumerate(messages):
+            where = f"message {i + 1} of '{column}'"
+            message = self._message(raw, where)
+            if message is None:
+                if out:
+                    raise SkipRow("system turns inside the conversation")
+                record["system"] = record["system"] or self._content(raw, where)
+            elif message["role"] == "observation" and out and out[-1]["role"] == "observation":
+                out[-1]["content"] += "\n" + message["content"]  # results of parallel tool calls
+            else:
+                out.append(message)
+
+    def answer(self, value: Any, key: str, spec: DatasetSpec) -> dict[str, str]:
+        where = f"'{spec.column(key, key)}'"
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        if isinstance(value, Mapping):
+            message = self._message(value, where)
+            if message is None:
+                raise BadRow(f"{where} is a system message, not an answer")
+            return message
+        return super().answer(value, key, spec)
+
+
+class TextAligner:
+    """Plain text for pre-training: one text column."""
+
+    name = "text"
+
+    def columns(self, spec: DatasetSpec) -> set[str]:
+        return {spec.column("text", "text")}
+
+    def align(self, row: Mapping[str, Any], spec: DatasetSpec) -> dict[str, Any]:
+        text = text_of(row, spec.column("text", "text"), required=False)
+        if not text.strip():
+            raise SkipRow("empty texts")
+        record = empty_record()
+        record["text"] = text
+        return record
+
+
+ALPACA = AlpacaAligner()
+SHAREGPT = ShareGPTAligner()
+OPENAI = OpenAIAligner()
+TEXT = TextAligner()
