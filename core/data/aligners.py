@@ -37,7 +37,7 @@ def text_of(row: Mapping[str, Any], column: str | None, *, required: bool) -> st
     value = row.get(column) if column else None
     if value is None:
         if required:
-            raise BadRow(f"'{column}' is empty")
+            raise BadRow(f"'{column}' is missing or null")
         return ""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise BadRow(f"'{column}' holds {type(value).__name__} {_short(value)}, not text")
@@ -130,7 +130,7 @@ class ConversationAligner:
             for key in ("chosen", "rejected"):
                 column = spec.column(key, key)
                 if row.get(column) is None:
-                    raise BadRow(f"'{column}' is empty")
+                    raise BadRow(f"'{column}' is missing or null")
                 record[key] = self.answer(row[column], key, spec)
         if spec.kto:
             record["label"] = label_of(row, spec.column("kto_tag"))

@@ -94,6 +94,7 @@ def split_eval(data: AnyDataset, val_size: float, seed: int) -> tuple[AnyDataset
 
 def _load_one(name_or_path: str, cfg: RunConfig, manager: PluginManager, dropped: dict[str, dict[str, int]]) -> AnyDataset:
     spec = registry.resolve(name_or_path, cfg.dataset_dir)
+    registry.check_media(spec)
     aligner = _aligner(spec, manager) if spec.formatting else None
     raw = _load_raw(spec, cfg.streaming)
     if cfg.max_samples is not None:
@@ -102,7 +103,6 @@ def _load_one(name_or_path: str, cfg: RunConfig, manager: PluginManager, dropped
     if aligner is None:
         spec = registry.detect_format(spec, columns, first)
         aligner = _aligner(spec, manager)
-    registry.check_media(spec)
     expected = sorted(c for c in aligner.columns(spec) if c)
     missing = [c for c in expected if c not in columns]
     if missing:
@@ -139,7 +139,7 @@ def _load_one(name_or_path: str, cfg: RunConfig, manager: PluginManager, dropped
         summary = ", ".join(f"{reason} ({n})" for reason, n in counts.most_common())
         if sum(counts.values()) == len(records):
             raise DataError(
-                f"data set '{spec.name}' is empty after dropping {summary} out of {len(records)} rows; "
+                f"data set '{spec.name}' is empty after filtering: all {len(records)} rows were dropped as {summary}; "
                 f"check its format ({spec.formatting}) and role tags, or fix the rows"
             )
         logger.warning("dropped %d of %d rows of data set '%s': %s", sum(counts.values()), len(records), spec.name, summary)
@@ -370,7 +370,7 @@ def _load_hub(spec: DatasetSpec, streaming: bool) -> AnyDataset:
                 continue
             try:
                 return datasets.load_dataset(source, **kwargs)
-            except (ConnectionError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError):
+            except (ConnectionError, FileNotFoundError):  # not cached (DatasetNotFoundError is a FileNotFoundError)
                 continue
             except ValueError as exc:
                 if "split" in str(exc).lower():
