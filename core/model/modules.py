@@ -4,21 +4,42 @@ Plugins let users name target modules the way peft does: a leaf name (``q_proj``
 suffix (``self_attn.q_proj``) matches every module whose qualified name ends with it, and
 ``all`` means every linear layer except the output head. Checking the names here, against the
 loaded model, turns a typo into one sentence instead of a backend's traceback.
+
+Plugins' options models use :data:`TargetModules` at registration time, so this module imports
+torch only inside the functions that inspect a model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Annotated, Any, Literal
 
-import torch
-from transformers.pytorch_utils import Conv1D
+from pydantic import BeforeValidator
 
 from factory.errors import ConfigError
 
 
+def _split_names(value: object) -> object:
+    """Accept ``KEY=q_proj,v_proj`` from the command line as well as a YAML list; refuse an empty list."""
+    if isinstance(value, str) and value != "all":
+        value = [part.strip() for part in value.split(",")]
+    if isinstance(value, list):
+        if not value or not all(isinstance(v, str) and v for v in value):
+            raise ValueError("give 'all' or a non-empty list of module names")
+        if "all" in value:
+            return "all"
+    return value
+
+
+TargetModules = Annotated[Literal["all"] | list[str], BeforeValidator(_split_names)]
+"""An option naming target modules: ``all`` or module names (a list, or a comma-separated string)."""
+
+
 def is_linear(module: Any) -> bool:
     """A linear layer: ``torch.nn.Linear`` (and its quantized subclasses) or GPT-2 style ``Conv1D``."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
     return isinstance(module, (torch.nn.Linear, Conv1D))
 
 

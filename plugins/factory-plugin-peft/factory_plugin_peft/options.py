@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pydantic import BaseModel, ConfigDict, Field
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from factory.model.modules import TargetModules
 
 
 class LoraOptions(BaseModel):
@@ -15,7 +15,7 @@ class LoraOptions(BaseModel):
     rank: int = Field(8, gt=0, description="rank r of the update B @ A")
     alpha: float | None = Field(None, gt=0, description="scaling numerator (alpha / r); default 2 * rank")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input")
-    target: Literal["all"] | list[str] = Field(
+    target: TargetModules = Field(
         "all", description="module names to adapt (q_proj, self_attn.v_proj...), or all linear layers but the head"
     )
     modules_to_save: list[str] = Field(
@@ -28,19 +28,6 @@ class LoraOptions(BaseModel):
     )
     loraplus_lr_ratio: float = Field(16.0, gt=0, description="method loraplus: learning rate of B / that of A")
     loraplus_lr_embedding: float = Field(1e-6, gt=0, description="method loraplus: learning rate of LoRA embeddings")
-
-    @field_validator("target", mode="before")
-    @classmethod
-    def _split_names(cls, value: object) -> object:
-        """Accept ``lora.target=q_proj,v_proj`` from the command line as well as a YAML list."""
-        if isinstance(value, str) and value != "all":
-            value = [part.strip() for part in value.split(",")]
-        if isinstance(value, list):
-            if not value or not all(isinstance(v, str) and v for v in value):
-                raise ValueError("give 'all' or a non-empty list of module names")
-            if "all" in value:
-                return "all"
-        return value
 
     @property
     def scaling_alpha(self) -> float:
