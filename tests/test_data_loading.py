@@ -616,3 +616,11 @@ def test_a_name_described_twice_is_refused(tmp_path, manager):
     (tmp_path / "dataset_info.json").write_text(json.dumps({"rows": {"file_name": "rows.json"}}))
     message = error_of(lambda: load_records("rows", cfg_for(tmp_path), manager))
     assert "described both" in message and "datasets.yaml" in message and "dataset_info.json" in message
+
+
+@pytest.mark.parametrize("streaming,expected", [(False, 3 * 3), (True, (3 - 1) * 3 + 2)])
+def test_interleave_under_length_with_the_shortest_in_the_middle(tmp_path, manager, streaming, expected):
+    parts = [tagged(tmp_path, "a", 5), tagged(tmp_path, "b", 3), tagged(tmp_path, "c", 4)]
+    cfg = cfg_for(dataset=parts, mix_strategy="interleave_under", streaming=streaming)
+    texts = [r["text"] for r in load_data(cfg, manager).train]
+    assert len(texts) == expected and texts[:3] == ["a 0", "b 0", "c 0"]
