@@ -58,6 +58,7 @@ class TokenizeOptions:
     kind: str
     cutoff_len: int
     train_on: str = "all"
+    version: str = ""  # a hash of the tokenization code, so editing it invalidates cached results
 
 
 @dataclass
@@ -210,18 +211,30 @@ def _conversation(record: dict, kind: str) -> _Conversation | str:
 
 def _fit(
     conv: _Conversation, split: _Split, template: Any, tokenizer: Any, options: TokenizeOptions, train_prompt: bool
-) -> _Split | None:
-    """Shorten an over-long conversation: drop the oldest turns, then cut tokens."""
-    context = conv.context
-    turns = _turn_starts(context)
-    while split.length > options.cutoff_len and len(turns) > 1:
-        context = context[turns[1] :]
-        turns = _turn_starts(context)
-        resplit = _split(_encode(tokenizer, conv.renders(template, tokenizer, context)), train_prompt)
-        if resplit is None:
-            break
-        split = resplit
-    return _cut(split, options.cutoff_len)
+) -> _Split:
+    """Shorten an over-long conversation: drop the fewest oldest turns that make it fit, else cut tokens.
+
+    Dropping more turns never makes a conversation longer, so a binary search needs only
+    log2(turns) re-encodings.
+    """
+    turns = _turn_starts(conv.context)
+    splits: dict[int, _Split | None] = {0: split}
+
+    def dropping(k: int) -> _Split | None:
+        if k not in splits:
+            renders = conv.renders(template, tokenizer, conv.context[turns[k] :])
+            splits[k] = _split(_encode(tokenizer, renders), train_prompt)
+        return splits[k]
+
+    lo, hi = 0, len(turns) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        candidate = dropping(mid)
+        if candidate is not None and candidate.length <= options.cutoff_len:
+            hi = mid
+        else:
+            lo = mid + 1
+    return _cut(dropping(lo) or split, options.cutoff_len)
 
 
 def _trains(split: _Split) -> bool:

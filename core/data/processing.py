@@ -1,0 +1,205 @@
+"""From standard records to training rows: tokenize per data kind, pack, and count what happened.
+
+``build_datasets`` is the one call a training stage makes. Each step is a ``datasets.map`` (with
+``preprocessing_num_workers`` processes) whose result ``datasets`` caches next to the data under
+a fingerprint of its inputs, so a second identical run reads the cache and tokenizes nothing.
+Every row that cannot be used is counted with its reason in :class:`DataStats` and logged, so
+no row is lost silently.
+
+Row layouts per data kind (token columns are int32 lists; ``labels`` are ``-100`` where no loss):
+- ``supervised``: ``input_ids``, ``labels`` (+ ``position_ids`` when packed).
+- ``pretrain``: ``input_ids``, ``labels`` in ``cutoff_len`` chunks (+ ``position_ids`` when packed).
+- ``pairwise``: ``prompt_input_ids``, ``chosen_input_ids``, ``chosen_labels``,
+  ``rejected_input_ids``, ``rejected_labels`` (TRL-style; answer labels align with answer ids).
+- ``kto``: ``prompt_input_ids``, ``completion_input_ids``, ``completion_labels``, ``label``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from datasets import Dataset, IterableDataset
+
+from factory.config import RunConfig
+from factory.data import packing as packing_steps
+from factory.data import tokenize as tokenize_steps
+from factory.data.collator import build_collator
+from factory.data.record import RECORD_KEYS
+from factory.data.tokenize import DATA_KINDS, DROPPED, TRUNCATED, TokenizeOptions
+from factory.errors import ConfigError, DataError, one_of
+from factory.plugins import PluginManager
+
+logger = logging.getLogger(__name__)
+
+AnyDataset = Dataset | IterableDataset
+PACKING_WINDOW = 10_000  # examples bin-packed together (one map batch): larger packs tighter
+METADATA = ["_status", "_length"]
+# The tokenization code itself is part of every cache fingerprint: editing it invalidates old caches.
+CODE_VERSION = hashlib.sha256(
+    b"".join(Path(module.__file__).read_bytes() for module in (tokenize_steps, packing_steps))
+).hexdigest()[:16]
+
+__all__ = ["DataStats", "TokenizedData", "build_collator", "build_datasets", "packing_enabled", "tokenize_dataset"]
+
+
+@dataclass
+class DataStats:
+    """What tokenization did to one data set (lengths are tokens before truncation)."""
+
+    kind: str
+    cutoff_len: int
+    rows: int
+    kept: int
+    truncated: int
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows
+    length_min: int = 0
+    length_median: float = 0.0
+    length_max: int = 0
+    over_cutoff: float = 0.0  # share of kept rows longer than cutoff_len (truncated, or split for pretrain)
+    packed: bool = False
+    sequences: int = 0  # training rows after packing / chunking
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        dropped = sum(self.dropped.values())
+        reasons = "; ".join(f"{n} because {reason}" for reason, n in sorted(self.dropped.items(), key=lambda kv: -kv[1]))
+        return (
+            f"{self.rows} rows: {self.kept} kept, {self.truncated} truncated, {dropped} dropped"
+            + (f" ({reasons})" if dropped else "")
+            + f"; tokens per row min {self.length_min} / median {self.length_median:g} / max {self.length_max}"
+            f"; {100 * self.over_cutoff:.1f}% over cutoff_len {self.cutoff_len}"
+            + (f"; {self.sequences} {'packed ' if self.packed else ''}training rows" if self.sequences else "")
+        )
+
+
+@dataclass
+class TokenizedData:
+    """Training rows and their statistics (``None`` when streaming: rows are only seen while training)."""
+
+    dataset: AnyDataset
+    stats: DataStats | None
+
+
+def packing_enabled(cfg: RunConfig, data_kind: str) -> bool:
+    """Packing is on for pre-training and off otherwise, unless the config says so."""
+    if data_kind in ("pairwise", "kto") and cfg.packing:
+        raise ConfigError(
+            f"packing=true does not apply to {data_kind} data (stage '{cfg.stage}'); set packing: false"
+        )
+    return data_kind == "pretrain" if cfg.packing is None else bool(cfg.packing)
+
+
+def _apply(data: AnyDataset, step: str, function: Any, cfg: RunConfig, desc: str, **kwargs: Any) -> AnyDataset:
+    """``data.map`` or ``data.filter`` (``step``), batched, with worker processes where the data set allows."""
+    if isinstance(data, IterableDataset):
+        return getattr(data, step)(function, batched=True, **kwargs)
+    workers = cfg.preprocessing_num_workers
+    num_proc = min(workers, len(data)) if workers and workers > 1 else None
+    return getattr(data, step)(function, batched=True, num_proc=num_proc, desc=desc, **kwargs)
+
+
+def _usable(statuses: list[str]) -> list[bool]:
+    return [not status.startswith(DROPPED) for status in statuses]
+
+
+def _count(tokenized: Dataset, kind: str, cutoff_len: int) -> DataStats:
+    statuses = tokenized["_status"]
+    lengths = np.asarray(tokenized["_length"], dtype=np.int64)
+    usable = np.asarray(_usable(statuses), dtype=bool)
+    counts = Counter(statuses)
+    kept_lengths = lengths[usable]
+    return DataStats(
+        kind=kind,
+        cutoff_len=cutoff_len,
+        rows=len(statuses),
+        kept=int(usable.sum()),
+        truncated=counts[TRUNCATED],
+        dropped={status.removeprefix(DROPPED): n for status, n in counts.items() if status.startswith(DROPPED)},
+        length_min=int(kept_lengths.min()) if len(kept_lengths) else 0,
+        length_median=float(np.median(kept_lengths)) if len(kept_lengths) else 0.0,
+        length_max=int(kept_lengths.max()) if len(kept_lengths) else 0,
+        over_cutoff=float((kept_lengths > cutoff_len).mean()) if len(kept_lengths) else 0.0,
+    )
+
+
+def tokenize_dataset(records: AnyDataset, tokenizer: Any, template: Any, cfg: RunConfig, data_kind: str) -> TokenizedData:
+    """Tokenize standard records for ``data_kind`` and pack them when :func:`packing_enabled` says so."""
+    if data_kind not in DATA_KINDS:
+        raise ConfigError(f"data kind '{data_kind}' is unknown (available: {one_of(DATA_KINDS)}); fix the stage's data_kind")
+    packing = packing_enabled(cfg, data_kind)
+    options = TokenizeOptions(kind=data_kind, cutoff_len=cfg.cutoff_len, train_on=cfg.train_on, version=CODE_VERSION)
+    if data_kind == "pretrain":
+        function, fn_kwargs = tokenize_steps.tokenize_texts, {"tokenizer": tokenizer, "options": options}
+    else:
+        function = tokenize_steps.tokenize_conversations
+        fn_kwargs = {"tokenizer": tokenizer, "template": template, "options": options}
+    columns = records.column_names or list(RECORD_KEYS)
+    tokenized = _apply(
+        records, "map", function, cfg, f"tokenizing ({data_kind})",
+        fn_kwargs=fn_kwargs, remove_columns=columns, features=tokenize_steps.output_features(data_kind),
+    )
+    stats = None if isinstance(tokenized, IterableDataset) else _count(tokenized, data_kind, cfg.cutoff_len)
+    if stats is not None and stats.dropped:
+        if not stats.kept:
+            reasons = ", ".join(f"{n} because {reason}" for reason, n in stats.dropped.items())
+            raise DataError(
+                f"none of the {stats.rows} rows can be used as {data_kind} data for stage '{cfg.stage}' "
+                f"({reasons}); give data in a format that fits the stage"
+            )
+        logger.warning("dropped %d of %d rows: %s", stats.rows - stats.kept, stats.rows, stats.summary())
+    if stats is None or stats.dropped:
+        tokenized = _apply(tokenized, "filter", _usable, cfg, "dropping unusable rows", input_columns="_status")
+    rows = tokenized.remove_columns(METADATA)
+    if data_kind == "pretrain":
+        rows = _apply(
+            rows, "map", packing_steps.chunk_texts, cfg, "chunking",
+            fn_kwargs={"cutoff_len": cfg.cutoff_len, "concatenate": packing},
+            remove_columns=["input_ids"], features=packing_steps.packed_features(packing), batch_size=PACKING_WINDOW,
+        )
+    elif packing:
+        rows = _apply(
+            rows, "map", packing_steps.pack_examples, cfg, "packing",
+            fn_kwargs={"cutoff_len": cfg.cutoff_len},
+            remove_columns=["input_ids", "labels"], features=packing_steps.packed_features(True), batch_size=PACKING_WINDOW,
+        )
+    if stats is not None:
+        stats.packed = packing
+        stats.sequences = len(rows)
+    return TokenizedData(rows, stats)
+
+
+def uses_varlen(cfg: RunConfig) -> bool:
+    """FlashAttention takes padding-free batches (one row, ``cu_seq_lens``); it cannot read packed padded rows."""
+    return "flash" in cfg.attn_implementation.lower()
+
+
+def build_datasets(
+    cfg: RunConfig, manager: PluginManager, tokenizer: Any, template: Any, data_kind: str
+) -> tuple[AnyDataset, AnyDataset | None, Any, dict[str, Any]]:
+    """The one call a stage makes: load and merge the data, tokenize (and pack) it, and its collator.
+
+    Returns ``(train, eval or None, collator, stats)``. ``stats`` is JSON-ready: ``train`` and
+    ``eval`` hold :meth:`DataStats.to_dict` (``None`` when streaming or absent) and
+    ``aligning_dropped`` the rows aligning dropped, per data set and reason.
+    """
+    from factory.data.loading import load_data
+
+    bundle = load_data(cfg, manager)
+    train = tokenize_dataset(bundle.train, tokenizer, template, cfg, data_kind)
+    evaluation = None if bundle.eval is None else tokenize_dataset(bundle.eval, tokenizer, template, cfg, data_kind)
+    flatten = uses_varlen(cfg) and data_kind in ("supervised", "pretrain")
+    collator = build_collator(tokenizer, data_kind, packing=packing_enabled(cfg, data_kind), flatten=flatten)
+    stats: dict[str, Any] = {"aligning_dropped": bundle.dropped}
+    for split, part in (("train", train), ("eval", evaluation)):
+        stats[split] = part.stats.to_dict() if part is not None and part.stats is not None else None
+        if part is not None and part.stats is not None:
+            logger.info("%s data: %s", split, part.stats.summary())
+    return train.dataset, None if evaluation is None else evaluation.dataset, collator, stats
