@@ -16,6 +16,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "builtin-models": "models",
     "builtin-stages": "stages",
     "builtin-data": "data",
+    "builtin-templates": "templates",
 }
 
 
