@@ -57,6 +57,15 @@ def cmd_chat(ns: argparse.Namespace) -> int:
     return run_chat(config, overrides, prompt=ns.prompt)
 
 
+def cmd_data_preview(ns: argparse.Namespace) -> int:
+    from factory.data.preview import preview
+
+    preview(
+        ns.dataset, template=ns.template, n=ns.n, dataset_dir=ns.dataset_dir, model=ns.model, cutoff_len=ns.cutoff_len
+    )
+    return 0
+
+
 def cmd_plugins_list(ns: argparse.Namespace) -> int:
     from factory.plugins import get_manager
 
@@ -130,6 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] model=... [adapter=DIR] [key=value ...]")
     p.add_argument("--prompt", help="answer this one prompt and exit")
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("data", help="inspect data sets as a stage will see them")
+    dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    q = dsub.add_parser("preview", help="tokenized examples with the trained spans marked, and a length summary")
+    q.add_argument("dataset", help="data set name (from dataset_info.json or a descriptor) or path")
+    q.add_argument("--template", default="auto", help="chat template (default: the tokenizer's own)")
+    q.add_argument("-n", type=int, default=3, help="examples to show (default 3)")
+    q.add_argument("--dataset-dir", help="folder searched for data set descriptors")
+    q.add_argument("--model", help="model whose tokenizer to use (default: smollm2-135m-instruct)")
+    q.add_argument("--cutoff-len", type=int, help="maximum tokens per row (default 1024)")
+    q.set_defaults(func=cmd_data_preview)
 
     p = sub.add_parser("plugins", help="list and inspect installed plugins")
     psub = p.add_subparsers(dest="plugins_command", metavar="SUBCOMMAND", required=True)
