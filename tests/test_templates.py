@@ -165,6 +165,21 @@ def test_auto_refuses_a_jinja_that_is_not_prefix_consistent(tokenizer, manager):
         get_template("auto", tok, manager)
 
 
+def test_auto_accepts_a_jinja_that_refuses_system_prompts_and_reads_its_end_marker(tokenizer, manager):
+    tok = copy.deepcopy(tokenizer)
+    # Like Gemma 2's template: no system role, <end_of_turn> closes turns.
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n{{ m['content'] }}"
+        "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+    )
+    template = get_template("auto", tok, manager)
+    assert template.stop_words == ["<end_of_turn>"] and template.eos_ends_turn is False
+    assert trained(template.render(CHAT)) == ["It is 4.<end_of_turn>", "Six, of course.<end_of_turn>"]
+    with pytest.raises(DataError, match="System role not supported.*set template: llama3"):
+        template.render(CHAT, system="Be brief.")
+
+
 def test_auto_without_a_jinja_picks_the_template_of_the_model_type(tokenizer, manager, tmp_path):
     from transformers import AutoTokenizer
 
