@@ -78,7 +78,6 @@ def training_arguments(cfg: RunConfig, out: Path, *, has_eval: bool, **overrides
         report_to=cfg.report_to or "none",
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
-        gradient_checkpointing=False,  # the loader already did it, with the right settings
         dataloader_num_workers=0,
         disable_tqdm=False,
     )

@@ -1,0 +1,149 @@
+"""Training end to end on a tiny random model: stages, methods, outputs, resume, export, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import factory
+from factory.errors import ConfigError
+
+
+def base_args(tiny_causal_lm: Path, demo_dir: Path, out: Path, **extra) -> dict:
+    args = dict(
+        model=str(tiny_causal_lm),
+        dataset="alpaca_en_demo",
+        dataset_dir=str(demo_dir),
+        max_samples=32,
+        cutoff_len=128,
+        batch_size=4,
+        max_steps=30,
+        learning_rate=5e-3,
+        logging_steps=1,
+        output_dir=str(out),
+        precision="fp32",
+        sample_prompt=None,
+        seed=3,
+    )
+    args.update(extra)
+    return args
+
+
+def losses(metrics: dict) -> list[float]:
+    return [e["loss"] for e in metrics["log_history"] if "loss" in e]
+
+
+def assert_learns(metrics: dict) -> None:
+    values = losses(metrics)
+    assert len(values) >= 10
+    assert sum(values[-3:]) / 3 < 0.97 * values[0], values
+
+
+def test_sft_full_writes_every_output(tiny_causal_lm, demo_dir, tmp_path):
+    out = tmp_path / "full"
+    metrics = factory.finetune(**base_args(tiny_causal_lm, demo_dir, out, method="full"))
+    assert_learns(metrics)
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "factory_config.yaml", "metrics.json",
+                 "training_loss.png", "factory_run.json"):
+        assert (out / name).is_file(), name
+    record = json.loads((out / "factory_run.json").read_text())
+    assert record["factory"] == factory.__version__ and record["method"] == "full"
+    assert "builtin-methods" in record["plugins"]
+    saved = factory.load_config(out / "factory_config.yaml")
+    assert saved.method == "full" and saved.max_steps == 30
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    ids = tokenizer("Give three tips", return_tensors="pt")
+    generated = model.generate(**ids, max_new_tokens=5, do_sample=False)
+    assert generated.shape[1] > ids["input_ids"].shape[1]
+
+
+def test_sft_freeze_changes_only_the_trained_layer(tiny_causal_lm, demo_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "freeze"
+    metrics = factory.finetune(**base_args(tiny_causal_lm, demo_dir, out, method="freeze", freeze={"layers": 1}))
+    assert_learns(metrics)
+    before, after = load_file(tiny_causal_lm / "model.safetensors"), load_file(out / "model.safetensors")
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith("model.layers.1.") for name in changed)
+
+
+def test_pretrain_stage(tiny_causal_lm, demo_dir, tmp_path):
+    metrics = factory.finetune(**base_args(tiny_causal_lm, demo_dir, tmp_path / "pt", stage="pt", dataset="c4_demo", method="full"))
+    assert_learns(metrics)
+
+
+def test_refuses_non_empty_output_dir(tiny_causal_lm, demo_dir, tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "something.txt").write_text("x")
+    with pytest.raises(ConfigError, match="output_dir '.*busy' is not empty; pass overwrite_output_dir=true"):
+        factory.finetune(**base_args(tiny_causal_lm, demo_dir, out, method="full"))
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "factory.cli", "finetune", *args]
+
+
+def _overrides(tiny_causal_lm: Path, demo_dir: Path, out: Path, **extra) -> list[str]:
+    args = base_args(tiny_causal_lm, demo_dir, out, method="full", save_steps=4, max_steps=12, **extra)
+    return [f"{k}={'null' if v is None else v}" for k, v in args.items()]
+
+
+def _final_loss(out: Path) -> float:
+    history = json.loads((out / "metrics.json").read_text())["log_history"]
+    return [e["loss"] for e in history if "loss" in e and e["step"] == 12][0]
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tiny_causal_lm, demo_dir, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run(_cli(*_overrides(tiny_causal_lm, demo_dir, straight)), check=True, env=env, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(*_overrides(tiny_causal_lm, demo_dir, killed)), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoint-8" / "trainer_state.json").is_file():
+        assert proc.poll() is None, "run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "metrics.json").exists(), "the run finished before the kill"
+
+    resumed = subprocess.run(_cli(*_overrides(tiny_causal_lm, demo_dir, killed, resume=True)), env=env,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    record = json.loads((killed / "factory_run.json").read_text())
+    assert record["resumed_from"].endswith("checkpoint-8")
+    assert abs(_final_loss(killed) - _final_loss(straight)) < 1e-4
+
+
+def test_torchrun_two_processes_train_data_parallel(tiny_causal_lm, demo_dir, tmp_path):
+    single = factory.finetune(**base_args(tiny_causal_lm, demo_dir, tmp_path / "one", method="full", max_steps=4))
+    proc = subprocess.run(
+        _cli(*[f"{k}={v}" for k, v in base_args(tiny_causal_lm, demo_dir, tmp_path / "two", method="full", max_steps=4,
+                                               nproc=2, sample_prompt="null").items() if v is not None]),
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "two" / "factory_run.json").read_text())
+    assert record["world_size"] == 2
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    # Each of the two ranks consumed its own batches: twice the tokens of the single process.
+    seen_one = single["log_history"][-2]["num_input_tokens_seen"]
+    seen_two = [e for e in two["log_history"] if "num_input_tokens_seen" in e][-1]["num_input_tokens_seen"]
+    assert seen_two > 1.5 * seen_one
