@@ -16,7 +16,7 @@ from factory.data.collator import PackedCollator, PaddingCollator, PairwiseColla
 from factory.data.processing import build_datasets, packing_enabled, tokenize_dataset
 from factory.data.record import RECORD_FEATURES, empty_record
 from factory.data.template import get_template
-from factory.data.tokenize import IGNORE_INDEX, budget
+from factory.data.tokenize import IGNORE_INDEX, _encode, budget
 from factory.errors import ConfigError, DataError
 
 SYSTEM = "You answer briefly."
@@ -157,6 +157,23 @@ def test_unusable_rows_are_counted_not_lost(smollm2_tokenizer, template) -> None
     assert out.stats.dropped == {"it does not end with an assistant turn": 3}
     with pytest.raises(DataError, match="none of the 2 rows can be used as supervised data"):
         tokenize_dataset(_records([no_answer, text_only]), smollm2_tokenizer, template, _cfg(), "supervised")
+    with pytest.raises(DataError, match="1 because cutoff_len 1 leaves no room for the response"):
+        tokenize_dataset(_records([good]), smollm2_tokenizer, template, _cfg(cutoff_len=1), "supervised")
+
+
+def test_python_tokenizers_without_offsets_encode_segment_by_segment(smollm2_tokenizer, template) -> None:
+    class PythonTokenizer:  # what a slow tokenizer looks like to tokenization: no offsets
+        is_fast = False
+
+        def __call__(self, text, **kwargs):
+            assert "return_offsets_mapping" not in kwargs
+            return smollm2_tokenizer(text, **kwargs)
+
+    renders = [template.render(CONVERSATION, system=SYSTEM, tokenizer=smollm2_tokenizer)]
+    (fast_ids, fast_mask), = _encode(smollm2_tokenizer, renders)
+    (slow_ids, slow_mask), = _encode(PythonTokenizer(), renders)
+    assert slow_ids.tolist() == fast_ids.tolist()  # ChatML seams are special tokens: no difference
+    assert slow_mask.tolist() == fast_mask.tolist()
 
 
 def test_budget_never_drops_the_response() -> None:

@@ -94,7 +94,12 @@ class PackedCollator:
 
 @dataclass
 class FlatteningCollator:
-    """Padding-free: the batch as one row; each example's bounds given as FlashAttention varlen arguments."""
+    """Padding-free: the batch as one row; each example's bounds given as FlashAttention varlen arguments.
+
+    Like transformers' ``DataCollatorWithFlattening``, but it keeps the restarts inside rows that
+    are already packed (that one restarts positions per row only, so packed examples would see
+    each other) and builds positions with numpy instead of a Python loop per token.
+    """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None

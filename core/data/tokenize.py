@@ -94,12 +94,25 @@ def _encode(tokenizer: Any, renders: list[list[Any]]) -> list[tuple[np.ndarray, 
     """Token ids and trainable flags of rendered conversations, each tokenized as one string."""
     if not renders:
         return []
+    if not getattr(tokenizer, "is_fast", True):
+        return [_encode_by_segment(tokenizer, segments) for segments in renders]
     texts = ["".join(s.text for s in segments) for segments in renders]
     enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
     return [
         (np.asarray(ids, dtype=np.int64), _trainable_tokens(segments, offsets))
         for ids, offsets, segments in zip(enc["input_ids"], enc["offset_mapping"], renders)
     ]
+
+
+def _encode_by_segment(tokenizer: Any, segments: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """For Python (slow) tokenizers, which give no offsets: each segment encoded on its own.
+
+    The seams may tokenize differently from the whole string, which fast tokenizers avoid.
+    """
+    pieces = [tokenizer(s.text, add_special_tokens=False)["input_ids"] if s.text else [] for s in segments]
+    ids = np.fromiter((t for piece in pieces for t in piece), np.int64)
+    mask = np.repeat(np.fromiter((s.trainable for s in segments), bool, len(segments)), [len(p) for p in pieces])
+    return ids, mask
 
 
 def _final_response_start(mask: np.ndarray) -> int | None:
