@@ -30,6 +30,7 @@ from factory.config import RunConfig
 from factory.data import packing as packing_steps
 from factory.data import tokenize as tokenize_steps
 from factory.data.collator import build_collator
+from factory.data.loading import load_data
 from factory.data.record import RECORD_KEYS
 from factory.data.tokenize import DATA_KINDS, DROPPED, TRUNCATED, TokenizeOptions
 from factory.errors import ConfigError, DataError, one_of
@@ -154,7 +155,7 @@ def tokenize_dataset(records: AnyDataset, tokenizer: Any, template: Any, cfg: Ru
                 f"none of the {stats.rows} rows can be used as {data_kind} data for stage '{cfg.stage}' "
                 f"({reasons}); give data in a format that fits the stage"
             )
-        logger.warning("dropped %d of %d rows: %s", stats.rows - stats.kept, stats.rows, stats.summary())
+        logger.warning("some %s rows cannot be used: %s", data_kind, stats.summary())
     if stats is None or stats.dropped:
         tokenized = _apply(tokenized, "filter", _usable, cfg, "dropping unusable rows", input_columns="_status")
     rows = tokenized.remove_columns(METADATA)
@@ -190,8 +191,6 @@ def build_datasets(
     ``eval`` hold :meth:`DataStats.to_dict` (``None`` when streaming or absent) and
     ``aligning_dropped`` the rows aligning dropped, per data set and reason.
     """
-    from factory.data.loading import load_data
-
     bundle = load_data(cfg, manager)
     train = tokenize_dataset(bundle.train, tokenizer, template, cfg, data_kind)
     evaluation = None if bundle.eval is None else tokenize_dataset(bundle.eval, tokenizer, template, cfg, data_kind)
