@@ -66,6 +66,62 @@ def cmd_data_preview(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(ns: argparse.Namespace) -> int:
+    from factory.config import load_config
+    from factory.errors import ConfigError
+
+    action = ns.args[0] if ns.args and ns.args[0] in ("history", "compare") else None
+    if action is None:
+        return _run_evaluation(ns, "eval", {})
+    from factory.eval import report
+    from factory.eval.store import ResultsStore, compare
+
+    rest = ns.args[1:]
+    ids: list[int] = []
+    if action == "compare":
+        if len(rest) < 2 or not all(item.isdigit() for item in rest[:2]):
+            raise ConfigError(f"factory eval compare needs two run ids (e.g. factory eval compare 3 5), got {' '.join(rest[:2]) or 'none'}")
+        ids, rest = [int(item) for item in rest[:2]], rest[2:]
+    config, overrides = _split_config(rest)
+    store = ResultsStore(load_config(config, overrides).results_db)
+    if action == "history":
+        runs = store.runs(ns.limit)
+        if ns.json:
+            print(json.dumps([run.to_dict() for run in runs], indent=2, ensure_ascii=False))
+        else:
+            report.print_history(runs, store.url)
+        return 0
+    a, b = store.get(ids[0]), store.get(ids[1])
+    rows = compare(a, b)
+    if ns.json:
+        print(json.dumps({"a": a.to_dict(), "b": b.to_dict(), "rows": rows}, indent=2, ensure_ascii=False))
+    else:
+        report.print_compare(a, b, rows)
+    return 0
+
+
+def cmd_predict(ns: argparse.Namespace) -> int:
+    return _run_evaluation(ns, "predict", {"task": "bleu-rouge"})
+
+
+def _run_evaluation(ns: argparse.Namespace, command: str, defaults: dict) -> int:
+    from factory.config import load_config
+    from factory.eval import report
+    from factory.eval.run import evaluate
+
+    config, overrides = _split_config(ns.args)
+    cfg = load_config(config, overrides)
+    if cfg.task is None and defaults:
+        cfg = load_config(config, [*(f"{k}={v}" for k, v in defaults.items()), *overrides])
+    result = evaluate(cfg, command=command)
+    if ns.json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        report.print_result(result)
+        print(f"factory: recorded as run {result.run_id}; see factory eval history")
+    return 0
+
+
 def cmd_plugins_list(ns: argparse.Namespace) -> int:
     from factory.plugins import get_manager
 
@@ -150,6 +206,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", help="model whose tokenizer to use (default: smollm2-135m-instruct)")
     q.add_argument("--cutoff-len", type=int, help="maximum tokens per row (default 1024)")
     q.set_defaults(func=cmd_data_preview)
+
+    p = sub.add_parser(
+        "eval",
+        help="score a model on a multiple-choice benchmark; eval history, eval compare A B",
+        description="factory eval [CONFIG] model=... task=cmmlu task_dir=DIR [subjects=a,b] [n_shot=5]; "
+        "factory eval history; factory eval compare RUN_A RUN_B",
+    )
+    p.add_argument("args", nargs="*", metavar="[history | compare A B] [CONFIG.yaml] [key=value ...]")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--limit", type=int, default=20, help="eval history: how many recent runs to list (0: all)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="generate answers for a data set and score them with BLEU-4 and ROUGE")
+    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] model=... dataset=NAME [adapter=DIR] [key=value ...]")
+    p.add_argument("--json", action="store_true", help="print the scores as JSON")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("plugins", help="list and inspect installed plugins")
     psub = p.add_subparsers(dest="plugins_command", metavar="SUBCOMMAND", required=True)

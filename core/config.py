@@ -101,6 +101,15 @@ class RunConfig(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     system: str | None = Field(None, description="system prompt for chat (default: the template's)")
 
+    # evaluation
+    task: str | None = Field(None, description="evaluator: mmlu, cmmlu, ceval (multiple choice) or bleu-rouge (predict)")
+    task_dir: str | None = Field(None, description="benchmark folder with dev/ and test/ (or val/), one CSV per subject")
+    subjects: list[str] | None = Field(None, description="subjects to evaluate (CSV file names); default: all")
+    eval_split: str | None = Field(None, description="folder of task_dir to score; default: the task's (test, C-Eval val)")
+    n_shot: int = Field(5, ge=0, description="solved examples from dev/ before each question")
+    eval_prompt: Literal["chat", "raw"] = Field("chat", description="render questions with the chat template or as raw text")
+    results_db: str | None = Field(None, description="SQLite file or SQLAlchemy URL recording runs; default FACTORY_RESULTS_DB or the user data folder")
+
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
 
     _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
@@ -110,6 +119,14 @@ class RunConfig(BaseModel):
     def _dataset_not_empty(cls, value: str | list[str]) -> str | list[str]:
         if not value:
             raise ValueError("give at least one data set")
+        return value
+
+    @field_validator("subjects", mode="before")
+    @classmethod
+    def _split_subjects(cls, value: Any) -> Any:
+        # subjects=a,b on the command line arrives as one string
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()] or None
         return value
 
     @property
