@@ -57,6 +57,13 @@ def cmd_chat(ns: argparse.Namespace) -> int:
     return run_chat(config, overrides, prompt=ns.prompt)
 
 
+def cmd_serve(ns: argparse.Namespace) -> int:
+    from factory.infer.server import run_server
+
+    config, overrides = _split_config(ns.args)
+    return run_server(config, overrides)
+
+
 def cmd_data_preview(ns: argparse.Namespace) -> int:
     from factory.data.preview import preview
 
@@ -195,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] model=... [adapter=DIR] [key=value ...]")
     p.add_argument("--prompt", help="answer this one prompt and exit")
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("serve", help="serve a model (and adapter) over an OpenAI-compatible HTTP API")
+    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] model=... [adapter=DIR] [host=... port=... api_key=...]")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("data", help="inspect data sets as a stage will see them")
     dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)

@@ -100,6 +100,12 @@ class RunConfig(BaseModel):
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     system: str | None = Field(None, description="system prompt for chat (default: the template's)")
+    engine: str = Field("transformers", description="inference engine: transformers, or one a plugin adds (vllm)")
+    max_batch_size: int = Field(8, gt=0, description="most requests the engine generates together in one batch")
+    host: str = Field("127.0.0.1", description="address factory serve listens on")
+    port: int = Field(8000, ge=0, le=65535, description="port factory serve listens on (0: any free port)")
+    api_key: str | None = Field(None, description="when set, factory serve requires 'Authorization: Bearer KEY'")
+    served_model_name: str | None = Field(None, description="model id the server reports and accepts (default: model)")
 
     # evaluation
     task: str | None = Field(None, description="evaluator: mmlu, cmmlu, ceval (multiple choice) or bleu-rouge (predict)")

@@ -17,6 +17,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "builtin-stages": "stages",
     "builtin-data": "data",
     "builtin-templates": "templates",
+    "builtin-engines": "engines",
     "builtin-evaluators": "evaluators",
 }
 
