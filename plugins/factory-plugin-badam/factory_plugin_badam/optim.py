@@ -21,9 +21,10 @@ class FactoryBlockOptimizer(BlockOptimizer):
 
     - ``verbose`` is honoured: badam switches blocks with ``switch_trainable_params()``, whose own
       default prints every switch whatever ``verbose`` says.
-    - The state dict records which block is active and where the schedule stands. badam's is
-      the base optimizer's alone, so a resumed run restarted the schedule and gave the saved
-      Adam moments of one block to another block of the same shape.
+    - The state dict records which block is active, where the schedule stands and the learning
+      rate the LR scheduler set. badam's is the base optimizer's alone, so a resumed run
+      restarted the schedule, gave the saved Adam moments of one block to another block of the
+      same shape, and took its next step at the initial learning rate.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -35,7 +36,12 @@ class FactoryBlockOptimizer(BlockOptimizer):
         super().switch_trainable_params(self.verbose if verbose is None else verbose)
 
     def state_dict(self) -> dict[str, Any]:
-        schedule = {"global_step": self.global_step, "active_block": self.active_block, "next_block": self.current_block_idx}
+        schedule = {
+            "global_step": self.global_step,
+            "active_block": self.active_block,
+            "next_block": self.current_block_idx,
+            "lrs": [group["lr"] for group in self.param_groups],
+        }
         if self.switch_mode == "random":
             schedule["block_order"] = list(self.block_order)
         return {"base": self.base_optimizer.state_dict(), "schedule": schedule}
@@ -48,6 +54,8 @@ class FactoryBlockOptimizer(BlockOptimizer):
         self.global_step = schedule["global_step"]
         if "block_order" in schedule:
             self.block_order = list(schedule["block_order"])
+        for group, lr in zip(self.param_groups, schedule["lrs"]):
+            group["lr"] = lr
         self.base_optimizer.load_state_dict(state_dict["base"])
 
 

@@ -141,31 +141,39 @@ def test_verbose_is_honoured(model, batch, capsys):
 
 
 def test_resume_continues_the_schedule_exactly(tiny_causal_lm, batch):
-    """Four steps, a checkpoint (reloaded as the Trainer does, weights_only), four more steps: the
-    same weights as eight uninterrupted steps (the checkpoint falls inside layer 1's phase)."""
+    """Four steps, a checkpoint (reloaded as the Trainer does: weights, then optimizer, then LR
+    scheduler, with weights_only), four more steps: the same weights as eight uninterrupted steps.
+    The checkpoint falls inside layer 1's phase and the learning rate decays every step."""
     cfg = config("badam.switch_every=3")
+
+    def start(model):
+        optimizer = BADAM.create(model, cfg, groups_of(model))
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 - i / 10)
+
+    def advance(model, optimizer, scheduler, steps):
+        for _ in range(steps):
+            step(model, optimizer, batch)
+            scheduler.step()
+
     straight = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
-    straight_opt = BADAM.create(straight, cfg, groups_of(straight))
-    for _ in range(8):
-        step(straight, straight_opt, batch)
+    advance(straight, *start(straight), 8)
 
     first = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
-    first_opt = BADAM.create(first, cfg, groups_of(first))
-    for _ in range(4):
-        step(first, first_opt, batch)
+    first_opt, first_sched = start(first)
+    advance(first, first_opt, first_sched, 4)
     buffer = io.BytesIO()
-    torch.save({"model": first.state_dict(), "optimizer": first_opt.state_dict()}, buffer)
+    torch.save({"model": first.state_dict(), "optimizer": first_opt.state_dict(), "lr": first_sched.state_dict()}, buffer)
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
 
     resumed = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
+    resumed_opt, resumed_sched = start(resumed)
     resumed.load_state_dict(saved["model"])
-    resumed_opt = BADAM.create(resumed, cfg, groups_of(resumed))
     resumed_opt.load_state_dict(saved["optimizer"])
-    for _ in range(4):
-        step(resumed, resumed_opt, batch)
+    resumed_sched.load_state_dict(saved["lr"])
+    advance(resumed, resumed_opt, resumed_sched, 4)
     for (n, a), b in zip(straight.named_parameters(), resumed.parameters()):
-        torch.testing.assert_close(b, a, atol=1e-6, rtol=0, msg=n)
+        assert torch.equal(b, a), n
 
 
 def test_start_block_beyond_the_model(model):
