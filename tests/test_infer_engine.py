@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from infer_helpers import transformers_greedy
 
 from factory.data.template import PACKAGED
 from factory.errors import ConfigError, PluginError
@@ -115,21 +116,7 @@ def engine(smollm2_path):
 
 @pytest.fixture(scope="module")
 def oracle(smollm2_path):
-    """Greedy answers straight from transformers (apply_chat_template + generate), not through factory."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
-    model = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32).eval()
-
-    def answer(prompt: str, max_new_tokens: int) -> str:
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-        return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-
-    return answer
+    return transformers_greedy(smollm2_path)
 
 
 def ask(prompt: str, **settings) -> GenerationRequest:
@@ -149,7 +136,7 @@ def test_engine_is_registered_and_refuses_unknown_names(plugin_manager):
 
 def test_greedy_answer_matches_transformers_directly(engine, oracle):
     result = engine.generate([ask("Who are you?", max_new_tokens=20)])[0]
-    assert result.text == oracle("Who are you?", 20)
+    assert result.text == oracle([{"role": "user", "content": "Who are you?"}], 20)
     assert result.finish_reason == "length" and result.completion_tokens == 20
     prompt = engine.tokenizer.apply_chat_template(
         [{"role": "user", "content": "Who are you?"}], add_generation_prompt=True, return_dict=True

@@ -89,12 +89,14 @@ def held_back(text: str, stops: tuple[str, ...]) -> int:
 class _Row:
     """One request inside a batch: its tokens so far, what it has streamed, whether it is done."""
 
-    def __init__(self, request: GenerationRequest, stream: TextStream, prompt_ids: list[int], limit: int, stops: tuple[str, ...]) -> None:
+    def __init__(self, request: GenerationRequest, stream: TextStream, prompt_ids: list[int], limit: int,
+                 stops: tuple[str, ...], counts: dict[str, int]) -> None:
         self.request = request
         self.stream = stream
         self.prompt_ids = prompt_ids
         self.limit = limit
         self.stops = stops
+        self.counts = counts
         self.ids: list[int] = []
         self.count = 0
         self.sent = ""
@@ -134,6 +136,7 @@ class _Row:
         if self.done:
             return
         self.done = True
+        self.counts[reason] += 1
         if text is not None:
             self._send(text)
         # The answer is exactly what was streamed, so streaming and non-streaming callers agree.
@@ -193,7 +196,8 @@ class TransformersEngine(Engine):
         self._eos_ids, self._stop_strings = stop_tokens(self.tokenizer, self.template, self.model)
         self._pending: deque[_Row] = deque()
         self._running: list[_Row] = []
-        self._counts = {"requests": 0, "batches": 0, "largest_batch": 0}
+        # requests queued, batches run, and finished requests by how they ended
+        self._counts = {"requests": 0, "batches": 0, "largest_batch": 0, "stop": 0, "length": 0, "cancelled": 0}
         self._cond = threading.Condition()
         self._closed = False
         self._worker = threading.Thread(target=self._work, name="factory-transformers-engine", daemon=True)
@@ -230,7 +234,8 @@ class TransformersEngine(Engine):
         if len(ids) >= self.context_length:
             raise PromptTooLongError(len(ids), self.context_length)
         limit = min(request.max_new_tokens, self.context_length - len(ids))
-        return _Row(request, TextStream(prompt_tokens=len(ids)), ids, limit, request.stop + self._stop_strings)
+        stops = request.stop + self._stop_strings
+        return _Row(request, TextStream(prompt_tokens=len(ids)), ids, limit, stops, self._counts)
 
     def stats(self) -> dict[str, int]:
         with self._cond:
