@@ -271,6 +271,27 @@ class Engine(ABC):
         self.close()
 
 
+def prompt_ids(template: Any, tokenizer: Any, request: GenerationRequest) -> list[int]:
+    """The token ids of the request's prompt: the conversation rendered by the chat template, ready for the answer.
+
+    Tokenized as one string without added special tokens, exactly as training tokenized it.
+    """
+    prompt = template.render_text(
+        request.messages,
+        system=request.system or "",
+        tools=request.tools,
+        add_generation_prompt=True,
+        tokenizer=tokenizer,
+    )
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def split_stop_words(words: Sequence[str], vocab: Mapping[str, int]) -> tuple[list[int], tuple[str, ...]]:
+    """A template's stop words as token ids (those that are one token) and strings (the others)."""
+    ids = [vocab[word] for word in words if word in vocab]
+    return ids, tuple(word for word in words if word not in vocab)
+
+
 def load_engine(cfg: Any, manager: Any | None = None) -> Engine:
     """The engine ``cfg.engine`` names, constructed for ``cfg`` (loads the model)."""
     manager = manager if manager is not None else cfg.manager()

@@ -30,6 +30,8 @@ from factory.infer.base import (
     PromptTooLongError,
     RequestError,
     TextStream,
+    prompt_ids,
+    split_stop_words,
 )
 from factory.plugins import PluginManager
 
@@ -62,17 +64,10 @@ def context_length(model: Any, tokenizer: Any) -> int:
 
 def stop_tokens(tokenizer: Any, template: Any, model: Any) -> tuple[list[int], tuple[str, ...]]:
     """Token ids that end an answer (eos and one-token stop words) and the template's other stop strings."""
-    ids: set[int] = set()
+    ids, strings = split_stop_words(template.stop_words, tokenizer.get_vocab())
     for value in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
-        ids.update(value if isinstance(value, list) else [value] if value is not None else [])
-    vocab = tokenizer.get_vocab()
-    strings = []
-    for word in template.stop_words:
-        if word in vocab:
-            ids.add(vocab[word])
-        else:
-            strings.append(word)
-    return sorted(ids), tuple(strings)
+        ids += value if isinstance(value, list) else [value] if value is not None else []
+    return sorted(set(ids)), strings
 
 
 def held_back(text: str, stops: tuple[str, ...]) -> int:
@@ -205,17 +200,6 @@ class TransformersEngine(Engine):
 
     # -- the public side ---------------------------------------------------------------------
 
-    def prompt_ids(self, request: GenerationRequest) -> list[int]:
-        """The token ids of the request's rendered prompt (chat template + generation prompt)."""
-        prompt = self.template.render_text(
-            request.messages,
-            system=request.system or "",
-            tools=request.tools,
-            add_generation_prompt=True,
-            tokenizer=self.tokenizer,
-        )
-        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-
     def stream(self, request: GenerationRequest) -> TextStream:
         return self.submit([request])[0]
 
@@ -230,7 +214,7 @@ class TransformersEngine(Engine):
         return [row.stream for row in rows]
 
     def _row(self, request: GenerationRequest) -> _Row:
-        ids = self.prompt_ids(request)
+        ids = prompt_ids(self.template, self.tokenizer, request)
         if len(ids) >= self.context_length:
             raise PromptTooLongError(len(ids), self.context_length)
         limit = min(request.max_new_tokens, self.context_length - len(ids))
