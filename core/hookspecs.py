@@ -123,8 +123,16 @@ def register_stages(register: Register) -> None:
 def register_engines(register: Register) -> None:
     """Inference engines, chosen with ``engine: NAME`` (transformers, vllm...).
 
-    Implementation: a class constructed as ``Engine(cfg, manager)`` with
-    ``generate(requests) -> list[Result]`` and ``stream(request) -> Iterator[str]``.
+    Implementation: a subclass of :class:`factory.infer.base.Engine`, constructed as
+    ``Engine(cfg, manager)`` (it loads ``cfg.model`` + ``cfg.adapter``), that implements
+    ``stream(request: GenerationRequest) -> TextStream``: queue the request and return at once
+    a stream of text deltas (iterable, or ``async for``), whose ``result`` holds a
+    ``GenerationResult(text, finish_reason, prompt_tokens, completion_tokens)`` at the end; a
+    bad request raises ``RequestError`` (``PromptTooLongError`` past the context). It sets
+    ``template`` (from ``factory.data.template.get_template``), ``tokenizer`` and
+    ``context_length``, stops generating when the consumer calls ``stream.close()``, and may
+    override ``submit(requests)`` (queue several together), ``stats()`` and ``close()``.
+    The base class provides ``generate(requests) -> list[GenerationResult]`` on top of these.
     """
 
 
