@@ -48,15 +48,10 @@ class Requires:
                 object.__setattr__(self, "device", "cuda")
 
     def unmet(self) -> str | None:
-        """Why these requirements are not met on this machine, or None when they are."""
-        for spec in self.packages:
-            req = Requirement(spec)
-            try:
-                version = importlib.metadata.version(req.name)
-            except importlib.metadata.PackageNotFoundError:
-                return f"needs the package '{spec}' (pip install '{spec}')"
-            if req.specifier and not req.specifier.contains(version, prereleases=True):
-                return f"needs '{spec}' but {req.name} {version} is installed (pip install '{spec}')"
+        """Why these requirements are not met on this machine, or None when they are.
+
+        The device comes first: on a machine without the GPU, installing the packages would not help.
+        """
         if self.device == "cuda":
             gpus = hardware.cuda_devices()
             need = self.min_compute_capability
@@ -66,6 +61,14 @@ class Requires:
             if need and not any(g.capability >= need for g in gpus):
                 best = max(g.capability for g in gpus)
                 return f"needs a CUDA GPU{level}; the best here has {best[0]}.{best[1]}"
+        for spec in self.packages:
+            req = Requirement(spec)
+            try:
+                version = importlib.metadata.version(req.name)
+            except importlib.metadata.PackageNotFoundError:
+                return f"needs the package '{spec}' (pip install '{spec}')"
+            if req.specifier and not req.specifier.contains(version, prereleases=True):
+                return f"needs '{spec}' but {req.name} {version} is installed (pip install '{spec}')"
         return None
 
     def describe(self) -> str:

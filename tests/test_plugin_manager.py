@@ -214,3 +214,9 @@ def test_two_plugins_claiming_one_section_with_different_models(plugin_manager):
 def test_unknown_kind(plugin_manager):
     with pytest.raises(PluginError, match="unknown plugin kind 'adapter'; did you mean 'adapters'"):
         plugin_manager.get("adapter", "full")
+
+
+def test_missing_gpu_is_reported_before_missing_packages(monkeypatch):
+    monkeypatch.setattr(hardware, "cuda_devices", lambda: ())
+    reqs = factory.Requires(packages=("surely-not-installed-pkg",), device="cuda")
+    assert reqs.unmet() == "needs a CUDA GPU; none was found on this machine"
