@@ -93,6 +93,7 @@ def test_interactive_session_with_smollm2(smollm2_path, oracle):
     assert answers == [oracle([{"role": "user", "content": "Hi"}], 12), oracle(pirate, 12)]
 
 
+@pytest.mark.e2e
 def test_prompt_answers_once_from_the_command_line(smollm2_path, oracle):
     proc = subprocess.run(
         [sys.executable, "-m", "factory.cli", "chat", f"model={MODEL}", "max_new_tokens=12", "--prompt", "Who are you?"],

@@ -204,6 +204,18 @@ def test_disconnect_mid_stream_frees_the_slot(http, served):
     assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 2
 
 
+def test_disconnect_while_waiting_for_a_plain_answer_cancels_it(http, served):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Write a long story."}], "max_tokens": 4000}
+    cancelled = served.engine.stats()["cancelled"]
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+        http.post("/v1/chat/completions", json=body, timeout=1.0)
+    deadline = time.monotonic() + 15
+    while served.engine.stats()["cancelled"] == cancelled and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stats = served.engine.stats()
+    assert stats["cancelled"] == cancelled + 1 and stats["running"] == 0
+
+
 # -- tool calls and message mapping (scripted engine, no model) --------------------------------
 
 TOOLS = [{"type": "function", "function": {
