@@ -192,6 +192,17 @@ def test_prompt_longer_than_the_context_names_both_lengths(engine):
     assert str(err.prompt_tokens) in str(err) and "8192" in str(err)
 
 
+def test_batches_group_compatible_requests_that_fit_the_context(engine):
+    long_prompt = engine._row(ask("word " * 7000))  # ~7000 tokens, so at most ~1190 new ones
+    short, short_greedy = engine._row(ask("Hi", max_new_tokens=2000)), engine._row(ask("Hello"))
+    sampled = engine._row(ask("Hi", temperature=0.5))
+    assert engine._fits([short], short_greedy)
+    assert not engine._fits([short], sampled)  # different decoding settings
+    assert not engine._fits([long_prompt], short)  # 7000 + 2000 padded positions would pass 8192
+    assert engine._fits([long_prompt], short_greedy)
+    assert not engine._fits([short_greedy] * engine.max_batch_size, short_greedy)
+
+
 def test_seeded_sampling_is_reproducible(engine):
     def sample(seed: int) -> str:
         return engine.generate([ask("Tell me a joke.", temperature=1.0, seed=seed, max_new_tokens=8)])[0].text

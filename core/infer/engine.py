@@ -257,7 +257,7 @@ class TransformersEngine(Engine):
                 row = self._pending.popleft()
                 if row.stream.cancelled:
                     row.finish("cancelled")
-                elif len(batch) < self.max_batch_size and row.batch_key == first.batch_key:
+                elif self._fits(batch, row):
                     batch.append(row)
                 else:
                     rest.append(row)
@@ -266,6 +266,13 @@ class TransformersEngine(Engine):
             self._counts["batches"] += 1
             self._counts["largest_batch"] = max(self._counts["largest_batch"], len(batch))
             return batch
+
+    def _fits(self, batch: list[_Row], row: _Row) -> bool:
+        """Can ``row`` join ``batch``: same decoding settings, room left, and the padded batch
+        (longest prompt + most new tokens) still inside the context, for every row's positions."""
+        longest = max(len(r.prompt_ids) for r in [*batch, row]) + max(r.limit for r in [*batch, row])
+        return (len(batch) < self.max_batch_size and row.batch_key == batch[0].batch_key
+                and longest <= self.context_length)
 
     def _work(self) -> None:
         while (batch := self._next_batch()) is not None:
