@@ -141,7 +141,9 @@ class MultipleChoiceEvaluator:
     def __init__(self, spec: TaskSpec) -> None:
         self.spec = spec
 
-    def evaluate(self, cfg: RunConfig, manager: PluginManager, *, loaded: Any = None, progress: bool = True) -> EvalResult:
+    def evaluate(
+        self, cfg: RunConfig, manager: PluginManager, *, loaded: Any = None, engine: Any = None, progress: bool = True
+    ) -> EvalResult:
         spec = self.spec
         dev_dir, scored_dir = task_folders(spec.name, cfg.task_dir, cfg.eval_split, spec.split, cfg.n_shot)
         files = subject_files(scored_dir)
@@ -150,9 +152,10 @@ class MultipleChoiceEvaluator:
         work = {name: (self._shots(dev_dir, name, cfg.n_shot), self._questions(files[name], cfg.max_samples)) for name in subjects}
 
         if loaded is None:
+            from factory.infer.engine import serving_config
             from factory.model.loader import load_model
 
-            loaded = load_model(cfg, manager, train=False)
+            loaded = load_model(serving_config(cfg), manager, train=False)
         render = self._renderer(cfg, loaded.tokenizer, manager)
         letters = choice_token_ids(loaded.tokenizer, "" if cfg.eval_prompt == "chat" else spec.answer_sep)
         batch_size = cfg.eval_batch_size or cfg.batch_size

@@ -1,7 +1,7 @@
 """``factory predict`` (task ``bleu-rouge``): answer every prompt of a data set and score the answers.
 
 Each standard record whose last message is a response is a test item: the messages before it
-are rendered with the chat template and generated from, the response is the reference. The
+go to the inference engine (``engine: transformers``, or vllm...), the response is the reference. The
 answers are saved as JSON lines (``prompt``, ``predict``, ``label`` as LLaMA-Factory writes them,
 plus the data set and the item's scores) and scored with :mod:`factory.eval.metrics`.
 """
@@ -17,7 +17,7 @@ from factory.config import RunConfig
 from factory.data.record import RESPONSE_ROLES
 from factory.errors import ConfigError, DataError
 from factory.eval.metrics import METRICS, text_scores
-from factory.eval.progress import Bar, progress_bar
+from factory.eval.progress import progress_bar
 from factory.eval.results import EvalResult, mean_scores
 from factory.plugins import PluginManager
 
@@ -58,82 +58,48 @@ def predictions_path(cfg: RunConfig) -> Path:
     return path
 
 
-def stop_token_ids(tokenizer: Any, template: Any) -> list[int]:
-    """End of sequence plus the template's end-of-turn markers that are single tokens."""
-    ids = {tokenizer.eos_token_id}
-    for word in template.stop_words:
-        tid = tokenizer.convert_tokens_to_ids(word)
-        if tid is not None and tid != tokenizer.unk_token_id:
-            ids.add(tid)
-    return sorted(i for i in ids if i is not None)
-
-
-def generate_batch(model: Any, tokenizer: Any, template: Any, prompts: list[str], cfg: RunConfig, bar: Bar) -> list[str]:
-    """Greedy (or sampled, at temperature > 0) answers to rendered prompts, in batches, left-padded."""
-    import torch
-
-    sampling = {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p} if cfg.temperature > 0 else {"do_sample": False}
-    stops = stop_token_ids(tokenizer, template)
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    answers: list[str] = []
-    try:
-        size = cfg.eval_batch_size or cfg.batch_size
-        for start in range(0, len(prompts), size):
-            batch = tokenizer(prompts[start:start + size], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            with torch.inference_mode():
-                out = model.generate(
-                    **batch, max_new_tokens=cfg.max_new_tokens, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id, **sampling
-                )
-            for row in tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True):
-                for word in template.stop_words:
-                    row = row.split(word)[0]
-                answers.append(row.strip())
-            bar.advance(len(batch["input_ids"]))
-    finally:
-        tokenizer.padding_side = side
-    return answers
-
-
 class PredictEvaluator:
     """The evaluator behind ``task: bleu-rouge`` and ``factory predict`` (see :mod:`factory.hookspecs`)."""
 
-    def evaluate(self, cfg: RunConfig, manager: PluginManager, *, loaded: Any = None, progress: bool = True) -> EvalResult:
+    def evaluate(
+        self, cfg: RunConfig, manager: PluginManager, *, loaded: Any = None, engine: Any = None, progress: bool = True
+    ) -> EvalResult:
         from factory.data.loading import load_records
-        from factory.data.template import get_template
+        from factory.infer.base import GenerationRequest, load_engine
 
         names = ([cfg.eval_dataset] if isinstance(cfg.eval_dataset, str) else list(cfg.eval_dataset)) if cfg.eval_dataset else cfg.datasets
         sets = {name: reference_items(load_records(name, cfg, manager), name) for name in names}
         path = predictions_path(cfg)
-        if loaded is None:
-            from factory.model.loader import load_model
-
-            loaded = load_model(cfg, manager, train=False)
-        if cfg.temperature > 0:
-            from transformers import set_seed
-
-            set_seed(cfg.seed)
-        tokenizer = loaded.tokenizer
-        template = get_template(cfg.template, tokenizer, manager)
-
+        own = engine is None
+        if own:
+            engine = load_engine(cfg, manager)
         rows: list[dict[str, Any]] = []
         subjects = {}
-        with progress_bar(sum(len(items) for items in sets.values()), "predict", enabled=progress) as bar:
-            for name, items in sets.items():
-                bar.describe(f"predict {name}")
-                prompts = [
-                    template.render_text(
-                        item["messages"], system=item["system"] or cfg.system or "", tools=item["tools"],
-                        add_generation_prompt=True, tokenizer=tokenizer,
-                    )
-                    for item in items
-                ]
-                answers = generate_batch(loaded.model, tokenizer, template, prompts, cfg, bar)
-                scored = [text_scores(answer, item["label"]) for answer, item in zip(answers, items)]
-                subjects[name] = mean_scores(scored)
-                rows += [
-                    {"dataset": name, "prompt": prompt, "predict": answer, "label": item["label"], **scores}
-                    for prompt, answer, item, scores in zip(prompts, answers, items, scored)
-                ]
+        try:
+            with progress_bar(sum(len(items) for items in sets.values()), "predict", enabled=progress) as bar:
+                for name, items in sets.items():
+                    bar.describe(f"predict {name}")
+                    requests = [
+                        GenerationRequest.from_config(
+                            cfg, item["messages"], system=item["system"] or cfg.system, tools=item["tools"],
+                            seed=cfg.seed if cfg.temperature > 0 else None,
+                        )
+                        for item in items
+                    ]
+                    answers = []
+                    for start in range(0, len(requests), cfg.max_batch_size):
+                        chunk = requests[start:start + cfg.max_batch_size]
+                        answers += [done.text.strip() for done in engine.generate(chunk)]
+                        bar.advance(len(chunk))
+                    scored = [text_scores(answer, item["label"]) for answer, item in zip(answers, items)]
+                    subjects[name] = mean_scores(scored)
+                    rows += [
+                        {"dataset": name, "prompt": _prompt_text(engine, request), "predict": answer, "label": item["label"], **scores}
+                        for request, answer, item, scores in zip(requests, answers, items, scored)
+                    ]
+        finally:
+            if own:
+                engine.close()
 
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", encoding="utf-8") as handle:
@@ -147,6 +113,7 @@ class PredictEvaluator:
             items=rows,
             settings={
                 "datasets": names,
+                "engine": cfg.engine,
                 "template": cfg.template,
                 "max_new_tokens": cfg.max_new_tokens,
                 "temperature": cfg.temperature,
@@ -156,6 +123,13 @@ class PredictEvaluator:
             },
             output_file=str(path.resolve()),
         )
+
+
+def _prompt_text(engine: Any, request: Any) -> str:
+    """The rendered prompt the engine generated from, for the predictions file."""
+    return engine.template.render_text(
+        request.messages, system=request.system or "", tools=request.tools, add_generation_prompt=True, tokenizer=engine.tokenizer
+    )
 
 
 PREDICT = PredictEvaluator()
