@@ -52,9 +52,11 @@ def print_history(runs: list[RunInfo], location: str) -> None:
     if not runs:
         console.print(f"no runs recorded yet in {location}")
         return
-    table = Table(title=f"runs in {location}")
+    console.print(f"runs in {location}", soft_wrap=True)
+    table = Table()
     for column in ("id", "when", "task", "model", "adapter", "metric", "score", "n"):
-        table.add_column(column, justify="right" if column in ("id", "score", "n") else "left", overflow="fold")
+        wide = column in ("model", "adapter")  # paths: fold them, keep the short columns on one line
+        table.add_column(column, justify="right" if column in ("id", "score", "n") else "left", overflow="fold", no_wrap=not wide)
     for run in runs:
         table.add_row(
             str(run.id),

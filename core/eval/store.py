@@ -225,16 +225,20 @@ def _connect(url: str) -> Engine:
     """An engine with its tables, or a ConfigError naming the URL and the fix."""
     shown = _shown(url)
     try:
-        make_url(url)
-        engine = create_engine(url)
+        engine = create_engine(make_url(url))
+    except NoSuchModuleError:  # a subclass of ArgumentError: the scheme names no dialect or driver
+        raise ConfigError(
+            f"results_db '{shown}' names a database or driver SQLAlchemy does not know; check the URL's scheme "
+            "(e.g. sqlite:///PATH, postgresql+psycopg://...)"
+        ) from None
     except ArgumentError:
         raise ConfigError(
             f"results_db '{shown}' is not a database URL; give a file path or an SQLAlchemy URL such as "
             "postgresql://user@host/db"
         ) from None
-    except (NoSuchModuleError, ModuleNotFoundError) as exc:
+    except ModuleNotFoundError as exc:
         raise ConfigError(
-            f"results_db '{shown}' needs a database driver that is not installed ({exc}); install the driver for that database"
+            f"results_db '{shown}' needs the Python package '{exc.name}', which is not installed; pip install the driver for that database"
         ) from None
     try:
         _Base.metadata.create_all(engine)
