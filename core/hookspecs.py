@@ -140,8 +140,15 @@ def register_engines(register: Register) -> None:
 def register_evaluators(register: Register) -> None:
     """Evaluators, chosen with ``task: NAME`` (mmlu, cmmlu, ceval, bleu-rouge...).
 
-    Implementation: an object with ``evaluate(engine, cfg) -> dict`` returning per-subject and
-    overall scores.
+    Implementation: an object with
+    ``evaluate(cfg, manager, *, loaded=None, engine=None, progress=True) -> EvalResult``
+    (:class:`factory.eval.results.EvalResult`: ``task``, headline ``metric``, ``overall``,
+    ``subjects`` and ``categories`` as :class:`~factory.eval.results.Scores`, per-item
+    ``items``, ``settings``, ``output_file``). ``loaded`` (a ``LoadedModel``) or ``engine`` (an
+    inference engine) is what the caller already holds; an evaluator that needs one and gets
+    none loads it from ``cfg`` itself (logit scorers load the model, generating ones an engine).
+    ``progress`` shows a progress bar on stderr. :func:`factory.eval.evaluate` calls it and
+    records the result in the results store.
     """
 
 
