@@ -36,14 +36,15 @@ def evaluate(
     *,
     command: str = "eval",
     loaded: Any = None,
+    engine: Any = None,
     progress: bool = True,
     record: bool = True,
     **kwargs: Any,
 ) -> EvalResult:
     """Run the config's ``task`` and record it in the results store (``result.run_id``).
 
-    ``loaded`` (a :class:`factory.model.loader.LoadedModel`) reuses a model already in memory;
-    otherwise the evaluator loads ``model`` (+ ``adapter``) itself. ``command`` is what the
+    ``loaded`` (a :class:`factory.model.loader.LoadedModel`) or ``engine`` (an inference engine)
+    reuses a model already in memory; otherwise the evaluator loads ``model`` (+ ``adapter``) itself. ``command`` is what the
     store files the run under (``eval`` or ``predict``).
     """
     from factory import __version__
@@ -53,7 +54,7 @@ def evaluate(
     evaluator = check_selection(cfg, manager)
     store = ResultsStore(cfg.results_db) if record else None  # a bad results_db fails before the long part
     started = time.perf_counter()
-    result = evaluator.evaluate(cfg, manager, loaded=loaded, progress=progress)
+    result = evaluator.evaluate(cfg, manager, loaded=loaded, engine=engine, progress=progress)
     if store is not None:
         result.run_id = store.record(
             result,

@@ -1,7 +1,8 @@
 """``factory serve``: an OpenAI-compatible HTTP API (FastAPI + uvicorn) in front of an engine.
 
 Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions`` (non-streaming, or
-server-sent events ending with ``data: [DONE]``). Every error is OpenAI's JSON error shape with
+server-sent events ending with ``data: [DONE]``), and evaluation jobs (``POST /v1/evals``,
+``GET /v1/evals/{id}``, see :mod:`factory.eval.jobs`). Every error is OpenAI's JSON error shape with
 the matching status. Requests only queue work on the engine, whose worker batches them; a
 client that disconnects has its generation cancelled.
 """
@@ -237,6 +238,9 @@ def create_app(engine: Engine, cfg: RunConfig) -> FastAPI:
             id=completion_id, created=stamp, model=model_id, choices=choices, usage=_usage(streams, results)
         )
 
+    from factory.eval.jobs import add_eval_routes
+
+    add_eval_routes(app, engine, cfg, authorized)
     return app
 
 

@@ -1,0 +1,124 @@
+"""Evaluation jobs queued through ``factory serve``: ``POST /v1/evals``, ``GET /v1/evals/{id}``.
+
+A job's body holds config keys (``task``, ``task_dir``, ``subjects``, ``n_shot``...) on top of
+the server's own config, so by default it evaluates the served model. Jobs run one at a time on
+one worker thread, so evaluations never fight each other over the CPU; a ``bleu-rouge`` job on
+the served model generates through the server's engine instead of loading a second copy.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from factory.config import RunConfig, load_config
+from factory.errors import ConfigError, FactoryError
+from factory.eval.run import check_selection, evaluate
+
+# Keys that decide whether a job evaluates exactly what the server's engine serves.
+_SAME_MODEL = ("model", "adapter", "loader", "quantization", "patches", "precision", "template", "engine")
+
+
+@dataclass
+class Job:
+    id: str
+    cfg: RunConfig
+    status: str = "queued"  # queued, running, succeeded, failed
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+    result: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "eval.job",
+            "status": self.status,
+            "task": self.cfg.task,
+            "model": self.cfg.model,
+            "adapter": self.cfg.adapter,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "error": self.error,
+            "run_id": (self.result or {}).get("run_id"),
+            "result": self.result,
+        }
+
+
+class EvalJobs:
+    """A FIFO of evaluation jobs and the single worker that runs them."""
+
+    def __init__(self, base: RunConfig, engine: Any = None, runner: Callable[..., Any] = evaluate) -> None:
+        self.base, self.engine, self._runner = base, engine, runner
+        self.jobs: dict[str, Job] = {}
+        self._queue: queue.Queue[Job] = queue.Queue()
+        self.lock = threading.Lock()
+        self._worker = threading.Thread(target=self._work, name="factory-eval-jobs", daemon=True)
+        self._worker.start()
+
+    def submit(self, settings: Mapping[str, Any]) -> Job:
+        """Validate the job's config now (a ConfigError is the caller's 400) and queue it."""
+        if not isinstance(settings, Mapping):
+            raise ConfigError("the request body must be a JSON object of config keys, e.g. {\"task\": \"cmmlu\", \"task_dir\": \"DIR\"}")
+        cfg = load_config({**self.base.to_dict(), **settings})
+        check_selection(cfg, cfg.manager())
+        job = Job(f"eval-{uuid.uuid4().hex[:12]}", cfg)
+        with self.lock:
+            self.jobs[job.id] = job
+        self._queue.put(job)
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        with self.lock:
+            return self.jobs.get(job_id)
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            job.status, job.started = "running", time.time()
+            try:
+                same = all(getattr(job.cfg, key) == getattr(self.base, key) for key in _SAME_MODEL)
+                result = self._runner(job.cfg, progress=False, engine=self.engine if same else None)
+                job.result, job.status = result.to_dict(), "succeeded"
+            except Exception as exc:  # a job's failure is its status, never the worker's end
+                job.error = str(exc) if isinstance(exc, FactoryError) else f"{exc.__class__.__name__}: {exc}"
+                job.status = "failed"
+            finally:
+                job.finished = time.time()
+
+
+def add_eval_routes(app: Any, engine: Any, cfg: RunConfig, dependencies: list[Any]) -> EvalJobs:
+    """Mount ``POST /v1/evals``, ``GET /v1/evals`` and ``GET /v1/evals/{id}`` on the server's app."""
+    from fastapi.responses import JSONResponse
+
+    from factory.infer.server import ApiError
+
+    jobs = EvalJobs(cfg, engine)
+    app.state.eval_jobs = jobs
+
+    @app.post("/v1/evals", dependencies=dependencies, status_code=202)
+    async def create_eval(body: dict[str, Any]) -> JSONResponse:
+        job = jobs.submit(body)
+        return JSONResponse(job.to_dict(), status_code=202)
+
+    @app.get("/v1/evals", dependencies=dependencies)
+    async def list_evals() -> dict[str, Any]:
+        with jobs.lock:
+            listed = list(jobs.jobs.values())
+        return {"object": "list", "data": [job.to_dict() for job in listed]}
+
+    @app.get("/v1/evals/{job_id}", dependencies=dependencies)
+    async def get_eval(job_id: str) -> dict[str, Any]:
+        job = jobs.get(job_id)
+        if job is None:
+            raise ApiError(404, f"no evaluation job '{job_id}'; POST /v1/evals returns the id to ask for", param="id", code="not_found")
+        return job.to_dict()
+
+    return jobs
