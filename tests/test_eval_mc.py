@@ -117,7 +117,7 @@ def test_task_dir_that_is_not_a_folder(tmp_path):
 def test_unknown_subject_suggests_the_closest():
     with pytest.raises(ConfigError) as err:
         run_eval(task_dir=str(CMMLU_DIR), subjects="anatomy,anatomyy")
-    assert one_sentence(err.value).startswith("subject 'anatomyy' has no CSV file in ")
+    assert one_sentence(err.value).startswith("subject 'anatomyy' has no CSV file among the 67 in ")
     assert "did you mean 'anatomy'?" in str(err.value)
 
 
@@ -151,7 +151,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
         capture_output=True, text=True, check=False,
     )
     assert proc.returncode == 2
-    assert proc.stderr.startswith("error: subject 'anatomi' has no CSV file") and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("error: subject 'anatomi' has no CSV file among the 67 in ") and proc.stderr.count("\n") == 1
     assert "did you mean 'anatomy'?" in proc.stderr
 
 

@@ -73,10 +73,8 @@ def pick_subjects(available: dict[str, Path], wanted: Sequence[str] | None, fold
         return list(available)
     for name in wanted:
         if name not in available:
-            raise ConfigError(
-                f"subject '{name}' has no CSV file in '{folder}'{did_you_mean(name, available)}; "
-                f"see the file names there for the valid subjects ({len(available)} of them)"
-            )
+            hint = did_you_mean(name, available) or "; name subjects by their file names without .csv"
+            raise ConfigError(f"subject '{name}' has no CSV file among the {len(available)} in '{folder}'{hint}")
     return list(dict.fromkeys(wanted))
 
 
