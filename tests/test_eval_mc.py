@@ -230,3 +230,34 @@ def test_full_subject_accuracy_equals_plain_transformers(smollm2_path, tmp_path)
     answers, _ = oracle(smollm2_path, chat=False, n=10_000)
     golden = [q.answer for q in read_questions(CMMLU_DIR / "test" / f"{SUBJECT}.csv")]
     assert scores["subjects"][SUBJECT]["values"]["accuracy"] == sum(a == g for a, g in zip(answers, golden)) / len(golden)
+
+
+def test_adapter_is_applied(tiny_causal_lm, tmp_path):
+    """adapter=DIR scores the adapted model: logits equal a PeftModel loaded by hand, and differ from the base's."""
+    peft = pytest.importorskip("peft")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if "lora" not in load_config().manager().names("adapters"):
+        pytest.skip("no plugin registers the lora method here")
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32)
+    lora = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")
+
+    settings = dict(model=str(tiny_causal_lm), task="cmmlu", task_dir=str(CMMLU_DIR), subjects=[SUBJECT], n_shot=1,
+                    eval_prompt="raw", max_samples=4, precision="fp32")
+    plain = evaluate(load_config(**settings), record=False, progress=False)
+    adapted = evaluate(load_config(**settings, adapter=str(tmp_path / "adapter")), record=False, progress=False)
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_lm)
+    model = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32), tmp_path / "adapter").eval()
+    shots = read_questions(CMMLU_DIR / "dev" / f"{SUBJECT}.csv")[:1]
+    letters = [tokenizer.convert_tokens_to_ids(x) for x in LETTERS]
+    for item, question in zip(adapted.items, read_questions(CMMLU_DIR / "test" / f"{SUBJECT}.csv")):
+        ids = tokenizer(raw_prompt(CMMLU, SUBJECT, shots, question), return_tensors="pt").input_ids
+        with torch.inference_mode():
+            expected = model(ids).logits[0, -1, letters].tolist()
+        assert item["logits"] == pytest.approx(expected, abs=1e-4)
+    flat = [[value for item in run.items for value in item["logits"]] for run in (plain, adapted)]
+    assert max(abs(a - b) for a, b in zip(*flat)) > 1e-3
