@@ -194,7 +194,7 @@ class MultipleChoiceEvaluator:
                 "eval_prompt": cfg.eval_prompt,
                 "template": cfg.template if cfg.eval_prompt == "chat" else None,
                 "max_samples": cfg.max_samples,
-                "precision": cfg.precision,
+                "dtype": str(loaded.model.dtype).removeprefix("torch."),
             },
         )
 
@@ -217,7 +217,7 @@ class MultipleChoiceEvaluator:
     def _renderer(self, cfg: RunConfig, tokenizer: Any, manager: PluginManager) -> Any:
         """subject, shots, question -> prompt token ids, for the configured prompt style."""
         spec = self.spec
-        if cfg.eval_prompt == "raw":
+        if cfg.eval_prompt == "raw":  # plain text gets the tokenizer's BOS, if it adds one; a chat template writes its own
             return lambda subject, shots, question: tokenizer.encode(raw_prompt(spec, subject, shots, question))
         from factory.data.template import get_template
 
