@@ -35,12 +35,28 @@ TargetModules = Annotated[Literal["all"] | list[str], BeforeValidator(_split_nam
 """An option naming target modules: ``all`` or module names (a list, or a comma-separated string)."""
 
 
+# Quantized linear layers that are not torch.nn.Linear subclasses, as (top-level package, base class
+# name): matched by name along the class's MRO so that no quantization backend is imported here.
+QUANTIZED_LINEAR_BASES: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("gptqmodel", "BaseQuantLinear"),  # GPTQ and AWQ layers of gptqmodel (what transformers loads them with)
+        ("aqlm", "QuantizedLinear"),  # AQLM additive-quantization layers
+    }
+)
+
+
+def is_quantized_linear(module: Any) -> bool:
+    """A known quantized linear layer that does not subclass ``torch.nn.Linear`` (GPTQ, AWQ, AQLM)."""
+    return any((cls.__module__.partition(".")[0], cls.__name__) in QUANTIZED_LINEAR_BASES for cls in type(module).__mro__)
+
+
 def is_linear(module: Any) -> bool:
-    """A linear layer: ``torch.nn.Linear`` (and its quantized subclasses) or GPT-2 style ``Conv1D``."""
+    """A linear layer: ``torch.nn.Linear`` (and its quantized subclasses, e.g. bitsandbytes), GPT-2 style
+    ``Conv1D``, or a known quantized linear layer of another kind (:func:`is_quantized_linear`)."""
     import torch
     from transformers.pytorch_utils import Conv1D
 
-    return isinstance(module, (torch.nn.Linear, Conv1D))
+    return isinstance(module, (torch.nn.Linear, Conv1D)) or is_quantized_linear(module)
 
 
 def matches(module_name: str, targets: Iterable[str]) -> bool:

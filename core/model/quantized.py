@@ -43,3 +43,78 @@ def save_quantized(model: Any, tokenizer: Any, output_dir: str, cfg: RunConfig, 
     tokenizer.save_pretrained(str(out))
     return out
 
+
+
+def checkpoint_quantization(cfg: RunConfig) -> str | None:
+    """The ``quant_method`` recorded in the model's ``config.json`` (None for an unquantized model).
+
+    Read from the file, without loading the model, so a quantizer can tell *load this quantized
+    checkpoint* from *quantize this model* before the loader runs.
+    """
+    import json
+
+    from factory.model.aliases import ALIASES, resolve_alias
+
+    source = cfg.model
+    if source in ALIASES:
+        config_file: Any = resolve_alias(source) / "config.json"
+    elif Path(source).is_dir():
+        config_file = Path(source) / "config.json"
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        config_file = try_to_load_from_cache(source, "config.json")
+    if not isinstance(config_file, (str, Path)) or not Path(config_file).is_file():
+        return None
+    quant = json.loads(Path(config_file).read_text(encoding="utf-8")).get("quantization_config") or {}
+    return quant.get("quant_method")
+
+
+def calibration_texts(cfg: RunConfig, dataset: str | None, samples: int) -> list[str]:
+    """Up to ``samples`` plain texts from a factory data set (default: the run's first one) for calibration.
+
+    A record gives its ``text`` (pre-training data) or its system prompt and message contents,
+    one per line: calibration only needs text shaped like the data the model will see.
+    """
+    from factory.data.loading import load_records
+
+    name = dataset or cfg.datasets[0]
+    records = load_records(name, cfg.model_copy(update={"max_samples": samples, "streaming": False}), cfg.manager())
+    texts = []
+    for record in records:
+        parts = [record["text"]] if record.get("text") else [record.get("system") or "", *(m["content"] for m in record["messages"])]
+        text = "\n".join(part for part in parts if part)
+        if text.strip():
+            texts.append(text)
+    if not texts:
+        raise PluginError(f"calibration data set '{name}' gave no text to calibrate on; name a data set with text or messages")
+    return texts
+
+
+class _PinOnFirstForward:
+    """A one-shot forward pre-hook: pin ``layer`` to its training kernel if ``model`` trains anything."""
+
+    def __init__(self, model: Any, layer: Any) -> None:
+        self.model = model
+        self.handle = layer.register_forward_pre_hook(self)
+
+    def __call__(self, layer: Any, _args: Any) -> None:
+        self.handle.remove()
+        if layer.linear_mode is None and any(p.requires_grad for p in self.model.parameters()):
+            layer.linear_mode = "train"
+
+
+def pin_training_kernels(model: Any) -> int:
+    """Keep gptqmodel layers (GPTQ, AWQ) on their training kernel when the model is trained.
+
+    A gptqmodel layer picks its kernel at its first forward, for good: run in eval mode without
+    grad (an evaluation, a sample generation) it switches to a packed inference kernel whose
+    gradients are wrong, so an adapter trained afterwards learns from a broken signal. A
+    one-shot pre-hook on each such layer pins it to the training kernel when the model has
+    trainable parameters at that moment (an adapter attached for training); a model loaded to
+    serve keeps the fast kernel. Returns how many layers got the hook.
+    """
+    layers = [module for module in model.modules() if hasattr(module, "linear_mode")]
+    for layer in layers:
+        _PinOnFirstForward(model, layer)
+    return len(layers)
