@@ -51,23 +51,9 @@ def checkpoint_quantization(cfg: RunConfig) -> str | None:
     Read from the file, without loading the model, so a quantizer can tell *load this quantized
     checkpoint* from *quantize this model* before the loader runs.
     """
-    import json
+    from factory.model.checkpoint import checkpoint_config
 
-    from factory.model.aliases import ALIASES, resolve_alias
-
-    source = cfg.model
-    if source in ALIASES:
-        config_file: Any = resolve_alias(source) / "config.json"
-    elif Path(source).is_dir():
-        config_file = Path(source) / "config.json"
-    else:
-        from huggingface_hub import try_to_load_from_cache
-
-        config_file = try_to_load_from_cache(source, "config.json")
-    if not isinstance(config_file, (str, Path)) or not Path(config_file).is_file():
-        return None
-    quant = json.loads(Path(config_file).read_text(encoding="utf-8")).get("quantization_config") or {}
-    return quant.get("quant_method")
+    return (checkpoint_config(cfg).get("quantization_config") or {}).get("quant_method")
 
 
 def calibration_texts(cfg: RunConfig, dataset: str | None, samples: int) -> list[str]:
