@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,12 @@ def is_distributed_worker() -> bool:
     return "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def training_arguments(cfg: RunConfig, out: Path, *, has_eval: bool, **overrides: Any) -> Any:
-    """TrainingArguments from the config: precision, schedule, checkpoints, CPU/gloo for distributed CPU runs."""
+def training_arguments(cfg: RunConfig, out: Path, *, has_eval: bool, args_cls: Any = None, **overrides: Any) -> Any:
+    """TrainingArguments from the config: precision, schedule, checkpoints, CPU/gloo for distributed CPU runs.
+
+    ``args_cls`` is a subclass of ``TrainingArguments`` (a stage's own trainer config); ``overrides``
+    set its extra fields or replace the config's values.
+    """
     from transformers import TrainingArguments
 
     from factory import hardware
@@ -82,12 +87,85 @@ def training_arguments(cfg: RunConfig, out: Path, *, has_eval: bool, **overrides
         disable_tqdm=False,
     )
     kwargs.update(overrides)
-    return TrainingArguments(**kwargs)
+    return (args_cls or TrainingArguments)(**kwargs)
 
 
-def run_training(cfg: RunConfig, manager: PluginManager, data_kind: str, trainer_cls: Any = None) -> TrainingRun:
-    """Train ``cfg`` and write every output; returns the final metrics."""
-    from transformers import Trainer, set_seed
+@dataclass
+class TrainerSetup:
+    """Everything loaded and tokenized, nothing trained yet: what a stage's ``build_trainer`` builds from.
+
+    Stages whose trainer is not the plain Trainer (preference losses, a value head, a reference
+    model) receive this instead of re-doing the shared work, and return their trainer.
+    """
+
+    cfg: RunConfig
+    manager: PluginManager
+    loaded: LoadedModel
+    template: Any
+    train_dataset: Any
+    eval_dataset: Any
+    collator: Any
+    callbacks: list[Any]
+    output_dir: Path
+
+    @property
+    def model(self) -> Any:
+        return self.loaded.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.loaded.tokenizer
+
+    @property
+    def adapter(self) -> Any:
+        return self.loaded.adapter
+
+    def arguments(self, args_cls: Any = None, **overrides: Any) -> Any:
+        """:func:`training_arguments` for this run (``args_cls``: e.g. a TRL trainer's config class)."""
+        return training_arguments(self.cfg, self.output_dir, has_eval=self.eval_dataset is not None,
+                                  args_cls=args_cls, **overrides)
+
+    def optimizer(self, model: Any = None) -> Any:
+        """The configured optimizer plugin over the adapter's parameter groups of ``model`` (default: the loaded model).
+
+        A stage that adds trainable modules (a value head) passes the model that holds them.
+        """
+        model = self.model if model is None else model
+        adapter = self.adapter
+        groups = adapter.param_groups(model, self.cfg) if hasattr(adapter, "param_groups") else default_param_groups(model, self.cfg)
+        return self.manager.load("optimizers", self.cfg.optimizer).create(model, self.cfg, groups)
+
+
+def default_trainer(setup: TrainerSetup, trainer_cls: Any = None) -> Any:
+    """The Hugging Face Trainer (or ``trainer_cls``, a subclass with the same signature) over ``setup``."""
+    from transformers import Trainer
+
+    return (trainer_cls or Trainer)(
+        model=setup.model,
+        args=setup.arguments(),
+        train_dataset=setup.train_dataset,
+        eval_dataset=setup.eval_dataset,
+        data_collator=setup.collator,
+        processing_class=setup.tokenizer,
+        optimizers=(setup.optimizer(), None),
+        callbacks=setup.callbacks,
+    )
+
+
+def run_training(
+    cfg: RunConfig,
+    manager: PluginManager,
+    data_kind: str,
+    trainer_cls: Any = None,
+    build_trainer: Callable[[TrainerSetup], Any] | None = None,
+) -> TrainingRun:
+    """Train ``cfg`` and write every output; returns the final metrics.
+
+    ``build_trainer(setup)`` lets a stage build its own trainer from the loaded model and data
+    (default: :func:`default_trainer` with ``trainer_cls``). Whatever model that trainer holds is
+    saved with the method's ``save``, which calls its ``save_pretrained``.
+    """
+    from transformers import set_seed
 
     from factory.data.processing import build_datasets
     from factory.data.template import get_template
@@ -102,27 +180,17 @@ def run_training(cfg: RunConfig, manager: PluginManager, data_kind: str, trainer
     set_seed(cfg.seed)
 
     loaded: LoadedModel = load_model(cfg, manager, train=True)
-    model, tokenizer, adapter = loaded.model, loaded.tokenizer, loaded.adapter
+    tokenizer, adapter = loaded.tokenizer, loaded.adapter
     template = get_template(cfg.template, tokenizer, manager)
     train_ds, eval_ds, collator, data_stats = build_datasets(cfg, manager, tokenizer, template, data_kind)
 
-    groups = adapter.param_groups(model, cfg) if hasattr(adapter, "param_groups") else default_param_groups(model, cfg)
     optimizer_impl = manager.load("optimizers", cfg.optimizer)
-    optimizer = optimizer_impl.create(model, cfg, groups)
     callbacks = list(getattr(optimizer_impl, "callbacks", lambda _cfg: [])(cfg))
     callbacks += [manager.load("callbacks", name).create(cfg) for name in cfg.callbacks]
 
-    args = training_arguments(cfg, out, has_eval=eval_ds is not None)
-    trainer = (trainer_cls or Trainer)(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        data_collator=collator,
-        processing_class=tokenizer,
-        optimizers=(optimizer, None),
-        callbacks=callbacks,
-    )
+    setup = TrainerSetup(cfg, manager, loaded, template, train_ds, eval_ds, collator, callbacks, out)
+    trainer = build_trainer(setup) if build_trainer is not None else default_trainer(setup, trainer_cls)
+    model = trainer.model
     trainable, total = trainable_summary(model)
     if trainer.is_world_process_zero():
         print(f"factory: {cfg.stage}/{cfg.method} on {cfg.model}: {trainable:,} of {total:,} parameters train "

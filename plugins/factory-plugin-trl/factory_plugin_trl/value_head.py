@@ -1,0 +1,137 @@
+"""A scalar head on a causal LM's decoder: the reward model (rm) and PPO's value model.
+
+Written here because neither library offers it for an already-loaded model: transformers'
+``AutoModelForSequenceClassification`` loads a second architecture from disk (losing the
+loader pipeline's patches, quantization and adapter), and TRL 1.x removed its
+``AutoModelForCausalLMWithValueHead``. The head reads the decoder's last hidden states and
+skips the LM head, so scoring never builds vocabulary-sized logits.
+
+An rm output folder holds what the method saves (a PEFT adapter or whole weights) plus
+``value_head.safetensors``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers.modeling_outputs import SequenceClassifierOutputWithPast
+
+from factory.errors import ConfigError
+
+HEAD_FILE = "value_head.safetensors"
+
+
+def is_peft(model: Any) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
+def decoder_of(model: Any) -> Any:
+    """The transformer body under the LM head (``LlamaModel`` of a ``LlamaForCausalLM``), adapters included."""
+    base = model.get_base_model() if is_peft(model) else model
+    return base.base_model
+
+
+def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last attended token, for right- and left-padded rows alike."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask * positions).argmax(dim=1)
+
+
+def new_head(model: Any) -> torch.nn.Linear:
+    hidden = model.config.get_text_config().hidden_size
+    return torch.nn.Linear(hidden, 1, dtype=torch.float32, device=model.device)
+
+
+class ValueHeadModel(torch.nn.Module):
+    """``model`` (a causal LM, maybe a PeftModel) with a linear head giving one scalar per position.
+
+    ``adapter`` names the PEFT adapter to activate for this head when several share one base
+    (PPO); ``None`` uses whatever is active.
+    """
+
+    def __init__(self, model: Any, head: torch.nn.Linear | None = None, adapter: str | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.v_head = head if head is not None else new_head(model)
+        self.adapter = adapter
+        # TRL's RewardTrainer checks num_labels == 1; a copy, so the causal LM's own config is untouched.
+        self.config = copy.copy(model.config)
+        self.config.num_labels = 1
+
+    @property
+    def device(self) -> torch.device:
+        return self.v_head.weight.device
+
+    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """One float32 scalar per position, shape ``(batch, length)``."""
+        hidden = decoder_of(self.model)(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        return self.v_head(hidden.to(self.v_head.weight.dtype)).squeeze(-1).float()
+
+    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """One scalar per sequence: the head at its last token."""
+        values = self.values(input_ids, attention_mask, position_ids)
+        return values.gather(1, last_positions(attention_mask)[:, None]).squeeze(1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> SequenceClassifierOutputWithPast:
+        """Sequence scores as a classifier's ``(batch, 1)`` logits, which TRL's RewardTrainer reads."""
+        return SequenceClassifierOutputWithPast(logits=self.scores(input_ids, attention_mask)[:, None])
+
+    def add_model_tags(self, tags: Any) -> None:
+        if hasattr(self.model, "add_model_tags"):
+            self.model.add_model_tags(tags)
+
+    def save_pretrained(self, output_dir: str, **kwargs: Any) -> None:
+        """What the method saves of the model (adapter or weights), plus the head; called by the method's ``save``."""
+        self.model.save_pretrained(output_dir, **kwargs)
+        save_head(self.v_head, output_dir)
+
+
+def save_head(head: torch.nn.Linear, output_dir: str | Path) -> None:
+    tensors = {"weight": head.weight.detach().float().cpu().contiguous(), "bias": head.bias.detach().float().cpu().contiguous()}
+    save_file(tensors, str(Path(output_dir) / HEAD_FILE))
+
+
+def load_head(folder: str | Path, model: Any) -> torch.nn.Linear:
+    """The value head of an rm output folder, checked against ``model``'s hidden size."""
+    path = Path(folder) / HEAD_FILE
+    if not path.is_file():
+        raise ConfigError(f"'{folder}' holds no {HEAD_FILE}; give the output_dir of a finished rm run")
+    tensors = load_file(str(path))
+    head = new_head(model)
+    if tensors["weight"].shape != head.weight.shape:
+        raise ConfigError(
+            f"the reward head in '{folder}' expects hidden size {tensors['weight'].shape[1]} but model "
+            f"'{model.config.name_or_path}' has {head.weight.shape[1]}; train the reward model on the same base model"
+        )
+    with torch.no_grad():
+        head.weight.copy_(tensors["weight"])
+        head.bias.copy_(tensors["bias"])
+    head.requires_grad_(False)
+    return head
+
+
+def load_reward_model(folder: str | Path, cfg: Any, manager: Any) -> ValueHeadModel:
+    """A finished rm run as a frozen scorer, loaded through factory's model pipeline (quantization, patches).
+
+    An adapter folder goes on top of ``cfg.model``; a whole-model folder (rm with full or freeze)
+    is loaded as the model itself.
+    """
+    from factory.model.loader import load_model
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"reward model '{folder}' is not a folder; give the output_dir of an rm run")
+    if (folder / "adapter_config.json").is_file():
+        reward_cfg = cfg.model_copy(update={"adapter": str(folder)})
+    else:
+        reward_cfg = cfg.model_copy(update={"model": str(folder), "adapter": None})
+    loaded = load_model(reward_cfg, manager, train=False)
+    model = loaded.model
+    model.requires_grad_(False)
+    return ValueHeadModel(model, load_head(folder, model)).eval()
