@@ -93,6 +93,7 @@ class RunConfig(BaseModel):
     deepspeed: str | None = Field(None, description="a DeepSpeed JSON config passed to the Trainer")
     fsdp: str | None = Field(None, description="FSDP options passed to the Trainer")
     report_to: list[str] = Field(default_factory=list)
+    chunked_loss: bool = Field(True, description="compute the LM loss on labelled positions only, a chunk at a time")
     sample_prompt: str | None = Field("Who are you?", description="after SFT, print the tuned model's answer to this")
 
     # inference

@@ -137,10 +137,12 @@ class TrainerSetup:
 
 
 def default_trainer(setup: TrainerSetup, trainer_cls: Any = None) -> Any:
-    """The Hugging Face Trainer (or ``trainer_cls``, a subclass with the same signature) over ``setup``."""
-    from transformers import Trainer
+    """factory's Trainer (or ``trainer_cls``, a Trainer subclass with the same signature) over ``setup``."""
+    from factory.train.trainer import FactoryTrainer
 
-    return (trainer_cls or Trainer)(
+    extra = {"chunked_loss": setup.cfg.chunked_loss} if trainer_cls is None else {}
+    return (trainer_cls or FactoryTrainer)(
+        **extra,
         model=setup.model,
         args=setup.arguments(),
         train_dataset=setup.train_dataset,
