@@ -59,6 +59,9 @@ class RunConfig(BaseModel):
     val_size: float = Field(0.0, ge=0)
     streaming: bool = False
     packing: bool | None = Field(None, description="pack examples into full rows; None: on for pt")
+    padding_free: bool = Field(
+        True, description="send each batch as one row with restarting positions instead of padding (sft/pt)"
+    )
     mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = "concat"
     interleave_probs: list[float] | None = None
     train_on: Literal["all", "last"] = Field("all", description="assistant turns to train on")
@@ -93,6 +96,10 @@ class RunConfig(BaseModel):
     deepspeed: str | None = Field(None, description="a DeepSpeed JSON config passed to the Trainer")
     fsdp: str | None = Field(None, description="FSDP options passed to the Trainer")
     report_to: list[str] = Field(default_factory=list)
+    frozen_weights: Literal["compute", "fp32"] = Field(
+        "compute", description="keep frozen weights in the compute precision (bf16) or in fp32 under autocast"
+    )
+    torch_compile: bool = Field(False, description="compile the model with torch.compile (slow first steps)")
     chunked_loss: bool = Field(True, description="compute the LM loss on labelled positions only, a chunk at a time")
     sample_prompt: str | None = Field("Who are you?", description="after SFT, print the tuned model's answer to this")
 

@@ -147,3 +147,13 @@ def test_torchrun_two_processes_train_data_parallel(tiny_causal_lm, demo_dir, tm
     seen_one = single["log_history"][-2]["num_input_tokens_seen"]
     seen_two = [e for e in two["log_history"] if "num_input_tokens_seen" in e][-1]["num_input_tokens_seen"]
     assert seen_two > 1.5 * seen_one
+
+
+@pytest.mark.parametrize("lever", [{"padding_free": False, "chunked_loss": False}, {"padding_free": True, "chunked_loss": False},
+                                   {"padding_free": False, "chunked_loss": True}])
+def test_speed_levers_do_not_change_what_is_learned(tiny_causal_lm, demo_dir, tmp_path, lever):
+    """Padding-free batches and the chunked loss give the same losses as padded batches with the library loss."""
+    common = dict(method="lora", max_steps=6, lora={"rank": 4})
+    both = factory.finetune(**base_args(tiny_causal_lm, demo_dir, tmp_path / "both", **common))
+    plain = factory.finetune(**base_args(tiny_causal_lm, demo_dir, tmp_path / "plain", **common, **lever))
+    assert losses(plain) == pytest.approx(losses(both), abs=1e-4)

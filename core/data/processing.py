@@ -194,7 +194,7 @@ def build_datasets(
     bundle = load_data(cfg, manager)
     train = tokenize_dataset(bundle.train, tokenizer, template, cfg, data_kind)
     evaluation = None if bundle.eval is None else tokenize_dataset(bundle.eval, tokenizer, template, cfg, data_kind)
-    flatten = uses_varlen(cfg) and data_kind in ("supervised", "pretrain")
+    flatten = (uses_varlen(cfg) or cfg.padding_free) and data_kind in ("supervised", "pretrain")
     collator = build_collator(tokenizer, data_kind, packing=packing_enabled(cfg, data_kind), flatten=flatten)
     stats: dict[str, Any] = {"aligning_dropped": bundle.dropped}
     for split, part in (("train", train), ("eval", evaluation)):

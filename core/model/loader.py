@@ -63,7 +63,8 @@ def load_model(cfg: RunConfig, manager: PluginManager, *, train: bool) -> Loaded
 
     For training the frozen weights stay in the compute precision while trainable parameters are
     kept in fp32 (master weights); the Trainer autocasts. Methods that train every weight
-    (``trains_all_weights``) load in fp32 so no precision is lost before training starts.
+    (``trains_all_weights``) load in fp32 so no precision is lost before training starts, and
+    ``frozen_weights: fp32`` keeps frozen weights in fp32 too (autocast only, slower on CPU).
     """
     import torch
 
@@ -71,7 +72,8 @@ def load_model(cfg: RunConfig, manager: PluginManager, *, train: bool) -> Loaded
     compute_dtype = torch_dtype(precision)
     method = cfg.method if train else adapter_method(cfg.adapter, cfg.method) if cfg.adapter else None
     adapter = manager.load("adapters", method) if method else None
-    load_dtype = torch.float32 if (train and getattr(adapter, "trains_all_weights", False)) else compute_dtype
+    full_weights = train and (getattr(adapter, "trains_all_weights", False) or cfg.frozen_weights == "fp32")
+    load_dtype = torch.float32 if full_weights else compute_dtype
 
     model_kwargs: dict[str, Any] = {"dtype": load_dtype, "attn_implementation": cfg.attn_implementation}
     patches = [manager.load("patches", name) for name in cfg.patches]
@@ -134,6 +136,22 @@ def _fit_embeddings(model: Any, tokenizer: Any) -> None:
     if len(tokenizer) > rows:
         log.info("resizing embeddings from %d to %d rows for added tokens", rows, len(tokenizer))
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+
+
+def supports_packed_positions(model: Any) -> bool:
+    """Whether restarting position ids keep packed examples apart in this model.
+
+    transformers' masking utilities (``create_causal_mask``) turn restarts into a block-diagonal
+    mask when no attention mask is given; a model that builds its own mask would silently let
+    packed examples attend to each other, so it must get padded batches instead.
+    """
+    import sys
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    module = sys.modules.get(type(base).__module__)
+    return module is not None and any(
+        name in vars(module) for name in ("create_causal_mask", "create_sliding_window_causal_mask")
+    )
 
 
 def trainable_summary(model: Any) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from factory.config import RunConfig
 from factory.errors import ConfigError
-from factory.model.loader import LoadedModel, load_model, resolve_precision, trainable_summary
+from factory.model.loader import LoadedModel, load_model, resolve_precision, supports_packed_positions, trainable_summary
 from factory.plugins import PluginManager
 from factory.train import outputs
 from factory.train.optim import default_param_groups
@@ -85,6 +85,7 @@ def training_arguments(cfg: RunConfig, out: Path, *, has_eval: bool, args_cls: A
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
         disable_tqdm=False,
+        torch_compile=cfg.torch_compile,
     )
     kwargs.update(overrides)
     return (args_cls or TrainingArguments)(**kwargs)
@@ -182,6 +183,14 @@ def run_training(
     set_seed(cfg.seed)
 
     loaded: LoadedModel = load_model(cfg, manager, train=True)
+    if data_kind in ("supervised", "pretrain") and not supports_packed_positions(loaded.model):
+        if cfg.packing:
+            raise ConfigError(
+                f"packing=true needs a model whose attention honours restarting position ids, and "
+                f"{type(loaded.model).__name__} builds its own mask; set packing=false"
+            )
+        log.warning("%s builds its own attention mask: using padded batches", type(loaded.model).__name__)
+        cfg = cfg.model_copy(update={"padding_free": False, "packing": False})
     tokenizer, adapter = loaded.tokenizer, loaded.adapter
     template = get_template(cfg.template, tokenizer, manager)
     train_ds, eval_ds, collator, data_stats = build_datasets(cfg, manager, tokenizer, template, data_kind)
