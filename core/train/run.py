@@ -16,7 +16,13 @@ from typing import Any
 
 from factory.config import RunConfig
 from factory.errors import ConfigError
-from factory.model.loader import LoadedModel, load_model, resolve_precision, supports_packed_positions, trainable_summary
+from factory.model.loader import (
+    LoadedModel,
+    load_model,
+    resolve_precision,
+    supports_packed_positions,
+    trainable_summary,
+)
 from factory.plugins import PluginManager
 from factory.train import outputs
 from factory.train.optim import default_param_groups
