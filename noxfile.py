@@ -32,6 +32,17 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def bench(session: nox.Session) -> None:
+    """The performance benchmark: ``nox -s bench -- WORKLOAD [key=value ...]`` (default: lora, then its baseline)."""
+    install_all(session)
+    out = ROOT / "bench-results"
+    runs = [session.posargs] if session.posargs else [["lora"], ["lora", "baseline=true"]]
+    for args in runs:
+        name = "-".join(a.replace("=", "_") for a in args)
+        session.run("factory", "bench", *args, "--output", str(out / f"{name}.json"))
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", str(ROOT))

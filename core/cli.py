@@ -129,6 +129,18 @@ def _run_evaluation(ns: argparse.Namespace, command: str, defaults: dict) -> int
     return 0
 
 
+def cmd_bench(ns: argparse.Namespace) -> int:
+    from factory.bench import WORKLOADS, run_bench
+
+    if ns.list:
+        for name, settings in WORKLOADS.items():
+            print(f"{name}: " + " ".join(f"{k}={v}" for k, v in settings.items()))
+        return 0
+    result = run_bench(ns.workload, ns.overrides, dataset_dir=ns.dataset_dir, output=ns.output)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_plugins_list(ns: argparse.Namespace) -> int:
     from factory.plugins import get_manager
 
@@ -234,6 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("bench", help="run a named training workload and measure speed, memory and loss")
+    p.add_argument("workload", nargs="?", default="lora", help="workload name (see --list); default: lora")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides; baseline=true turns every speed lever off")
+    p.add_argument("--dataset-dir", help="folder with alpaca_en_demo (default: ../shared/data/llamafactory-demo)")
+    p.add_argument("--output", help="also write the JSON result to this file")
+    p.add_argument("--list", action="store_true", help="list the workloads and exit")
+    p.set_defaults(func=cmd_bench)
+
     p = sub.add_parser("plugins", help="list and inspect installed plugins")
     psub = p.add_subparsers(dest="plugins_command", metavar="SUBCOMMAND", required=True)
     q = psub.add_parser("list", help="every plugin, what it registers and whether it can run here")
@@ -248,7 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    # Options may come after key=value arguments (`factory eval task=mmlu --json`): argparse stops
+    # filling a trailing positional list at the first option, so the leftovers are appended here.
+    ns, extra = parser.parse_known_args(argv)
+    trailing = next((name for name in ("args", "overrides") if isinstance(getattr(ns, name, None), list)), None)
+    if extra and (trailing is None or any(item.startswith("-") for item in extra)):
+        parser.parse_args(argv)  # reports the unrecognised option the usual way
+    if extra:
+        getattr(ns, trailing).extend(extra)
     if not getattr(ns, "func", None):
         parser.print_help()
         return 0
