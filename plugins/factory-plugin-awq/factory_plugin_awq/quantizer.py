@@ -1,0 +1,45 @@
+"""The AWQ quantizer: load AWQ checkpoints as transformers does today, guard their kernels for training.
+
+transformers' ``AwqQuantizer`` replaces the linear layers with gptqmodel's AWQ layers (a pure
+torch kernel on CPU) and reads the checkpoint's own ``quantization_config``; quantizing a model
+to AWQ needs calibration and CUDA packing kernels, so this quantizer only loads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from factory.config import RunConfig
+from factory.errors import PluginError
+from factory.model.modules import is_quantized_linear
+from factory.model.quantized import checkpoint_quantization, pin_training_kernels, save_quantized
+
+
+class AwqQuantizer:
+    name = "awq"
+
+    def before_load(self, cfg: RunConfig, model_kwargs: dict[str, Any]) -> None:
+        found = checkpoint_quantization(cfg)
+        if found != "awq":
+            what = f"is quantized with {found}" if found else "is not quantized"
+            raise PluginError(
+                f"model '{cfg.model}' {what}, and quantization=awq only loads AWQ checkpoints; give an AWQ "
+                f"checkpoint, or quantize here with quantization=gptq or bnb-4bit"
+            )
+
+    def after_load(self, model: Any, cfg: RunConfig) -> Any:
+        if not any(is_quantized_linear(m) for m in model.modules()):
+            raise PluginError(f"model '{cfg.model}' loaded without AWQ layers; check its quantization_config")
+        pin_training_kernels(model)
+        for param in model.parameters():
+            param.requires_grad = False
+        return model
+
+    def export(self, model: Any, tokenizer: Any, output_dir: str, cfg: RunConfig) -> None:
+        save_quantized(
+            model, tokenizer, output_dir, cfg, "AWQ",
+            why="AWQ weights are packed integers with activation-aware scales, which a LoRA update cannot be added to",
+        )
+
+
+AWQ = AwqQuantizer()
