@@ -11,9 +11,11 @@ from factory.plugins import PluginManager, get_manager
 
 
 def check_selection(cfg: RunConfig, manager: PluginManager) -> None:
-    """Refuse, before any model is loaded, every selected implementation that cannot run here."""
+    """Refuse, before any model is loaded, every selected implementation that cannot run here (or cannot train)."""
     if cfg.quantization:
-        manager.require("quantizers", cfg.quantization)
+        quantizer = manager.require("quantizers", cfg.quantization).load()
+        if hasattr(quantizer, "check_trainable"):
+            quantizer.check_trainable(cfg)
     for name in cfg.patches:
         manager.require("patches", name)
     manager.require("adapters", cfg.method)
@@ -32,7 +34,16 @@ def finetune(
     overrides: Iterable[str] = (),
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Run a training job from a YAML path, a dict or a RunConfig, plus overrides; return metrics."""
+    """Run a training job from a YAML path, a dict or a RunConfig, plus overrides; return metrics.
+
+    With no arguments at all it runs the embedded default job (:data:`factory.defaults.DEFAULT_JOB`);
+    otherwise unset keys take the :class:`RunConfig` defaults.
+    """
+    overrides = list(overrides)
+    if config is None and not overrides and not kwargs:
+        from factory.defaults import DEFAULT_JOB
+
+        config = DEFAULT_JOB
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides, **kwargs)
     manager = cfg.manager()
     check_selection(cfg, manager)

@@ -54,6 +54,8 @@ def register_quantizers(register: Register) -> None:
     ``quantization_config``), ``after_load(model, cfg) -> model`` (k-bit preparation, guards)
     and ``export(model, tokenizer, output_dir, cfg) -> None``, which raises
     :class:`factory.PluginError` with a clear sentence where the backend cannot export.
+    Optionally ``check_trainable(cfg) -> None``, called before a training run loads anything,
+    raising :class:`factory.PluginError` where the backend cannot train (inference-only kernels).
     """
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import bitsandbytes as bnb
-import torch
 from transformers import BitsAndBytesConfig
 
 from factory.config import RunConfig
@@ -42,17 +41,17 @@ def guard_cpu_repacking(model: Any) -> int:
 
 
 def prepare_kbit(model: Any) -> None:
-    """Freeze every weight and keep the small unquantized ones (norms, biases) in fp32.
+    """k-bit preparation: freeze every weight; the adapter then adds the only trainable ones.
 
-    peft's ``prepare_model_for_kbit_training`` does the same but also casts the embedding and
-    output head to fp32, doubling the largest tensors the quantizer left alone (57 MB more for
-    SmolLM2-135M), which would eat much of the memory QLoRA saves; trainable adapter weights
-    are made fp32 by the core anyway, and gradient checkpointing is the core's switch.
+    peft's ``prepare_model_for_kbit_training`` also casts every unquantized weight (embedding,
+    output head, norms) to fp32. That doubles the largest tensors the quantizer left alone (57 MB
+    more for SmolLM2-135M), and fp32 norm weights turn every later activation into fp32, so the
+    whole network computes in fp32 on CPU. transformers' RMSNorm already normalises in fp32, the
+    core keeps trainable adapter weights in fp32 and switches gradient checkpointing on itself,
+    so freezing is all that is left to do.
     """
     for param in model.parameters():
         param.requires_grad = False
-        if param.ndim < 2 and param.dtype in (torch.float16, torch.bfloat16):
-            param.data = param.data.float()
 
 
 class BitsAndBytesQuantizer:
