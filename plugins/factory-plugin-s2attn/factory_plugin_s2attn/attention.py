@@ -50,7 +50,8 @@ def causal_groups(
     if pad:
         q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
     groups = (length + pad) // group
-    q, k, v = (x.reshape(batch, heads, groups, group, dim) for x in (q, k, v))
+    # Groups go to the batch dimension: 4-D inputs let SDPA pick its fused kernel (no scores held).
+    q, k, v = (x.reshape(batch, heads, groups, group, dim).transpose(1, 2).reshape(-1, heads, group, dim) for x in (q, k, v))
     if mask is None:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, dropout_p=dropout)
     else:
@@ -58,10 +59,12 @@ def causal_groups(
             mask = mask == 0
         mask = F.pad(mask, (0, pad, 0, pad), value=False) if pad else mask
         causal = torch.ones(group, group, dtype=torch.bool, device=q.device).tril()
+        blocks = (_group_mask(mask, groups, group) & causal).expand(batch, 1, groups, group, group)
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=_group_mask(mask, groups, group) & causal, scale=scale, dropout_p=dropout
+            q, k, v, attn_mask=blocks.transpose(1, 2).reshape(-1, 1, group, group), scale=scale, dropout_p=dropout
         )
-    return out.reshape(batch, heads, length + pad, dim)[:, :, :length]
+    out = out.reshape(batch, groups, heads, group, dim).transpose(1, 2).reshape(batch, heads, length + pad, dim)
+    return out[:, :, :length]
 
 
 def s2_attention(
