@@ -28,6 +28,9 @@ class S2AttnPatch:
         _check_type(checkpoint_config(cfg).get("model_type"), cfg.model)
         register()
         model_kwargs["attn_implementation"] = NAME
+        # Groups are cut per row: a padding-free batch (all examples in one row) would make them a
+        # fraction of the whole batch, across example boundaries; LongLoRA groups each sequence.
+        cfg.padding_free = False
 
     def after_load(self, model: Any, cfg: RunConfig) -> Any:
         config = model.config
