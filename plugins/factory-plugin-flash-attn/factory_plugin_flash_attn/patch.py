@@ -29,6 +29,8 @@ class FlashAttentionPatch:
             # The data worker reads the run's attn_implementation: a flash one gets padding-free
             # batches (one row, cu_seq_lens_q/k, max_length_q/k) that FlashAttention takes as varlen.
             cfg.attn_implementation = self.implementation
+        else:
+            cfg.padding_free = False  # padded rows; FlashAttention unpads them itself
         if opts.deterministic:
             os.environ[DETERMINISTIC_ENV] = "1"
 

@@ -66,7 +66,8 @@ def test_config_maps_to_attn_implementation_and_varlen_batches(tiny_causal_lm, m
     kwargs = {}
     FLASH_ATTN_2.before_load(padded, kwargs)
     assert kwargs["attn_implementation"] == "flash_attention_2" and padded.attn_implementation == "sdpa"
-    assert not isinstance(build_collator(tokenizer, "supervised", packing=False, flatten=uses_varlen(padded)), FlatteningCollator)
+    flatten = uses_varlen(padded) or padded.padding_free  # as factory.data.processing.build_datasets decides
+    assert not isinstance(build_collator(tokenizer, "supervised", packing=False, flatten=flatten), FlatteningCollator)
 
 
 def test_after_load_refuses_a_model_that_ignored_the_request(tiny_causal_lm):
