@@ -24,18 +24,13 @@ def guard_cpu_repacking(model: Any) -> int:
     inference kernel the first time the layer runs in eval mode without grad (an evaluation, a
     ``generate``). That kernel has no backward, so from then on no gradient flows through the
     frozen base and every adapter below the last layer stops learning, silently. Turning the
-    repacking off before any forward keeps training correct; a layer already repacked is
-    unpacked again.
+    repacking off before any forward (the quantizer does it right after loading) keeps training
+    correct; later it would not help, as unpacking does not restore the weights exactly.
     """
     count = 0
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
             module.support_avx512bf16_for_cpu = False
-            state = getattr(module.weight, "quant_state", None)
-            if state is not None and getattr(state, "packing_format_for_cpu", False):
-                module.weight.data, module.weight.quant_state = bnb.functional._convert_weight_packed_for_cpu_inverse(
-                    module.weight.data, state
-                )
             count += 1
     return count
 
