@@ -17,6 +17,7 @@ class TrainerStage:
     show_sample: bool = False
 
     def run(self, cfg: RunConfig, manager: PluginManager) -> dict[str, Any]:
+        from factory.train import outputs
         from factory.train.run import run_training
 
         run = run_training(cfg, manager, self.data_kind)
@@ -27,6 +28,7 @@ class TrainerStage:
                 answer = chat_reply(run.model, run.tokenizer, run.template, [{"role": "user", "content": cfg.sample_prompt}],
                                     system=cfg.system, max_new_tokens=64)
                 run.metrics["sample"] = {"prompt": cfg.sample_prompt, "answer": answer}
+                outputs.write_metrics(run.output_dir, run.metrics)
                 print(f"\n{cfg.sample_prompt}\n> {answer}")
             print(f"\nfactory: outputs written to {run.output_dir}")
         return run.metrics
