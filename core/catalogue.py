@@ -27,7 +27,8 @@ _add("factory-plugin-aqlm", quantizers=["aqlm"])
 _add("factory-plugin-s2attn", patches=["s2attn"], sections=["s2attn"])
 _add("factory-plugin-flash-attn", patches=["flash-attn", "flash-attn3"], sections=["flash_attn"])
 _add("factory-plugin-liger", patches=["liger"], sections=["liger"])
-_add("factory-plugin-trl", stages=["rm", "dpo", "kto", "orpo", "simpo", "ppo"], sections=["dpo", "kto", "ppo"])
+_add("factory-plugin-trl", stages=["rm", "dpo", "kto", "orpo", "simpo", "ppo"],
+     sections=["rm", "dpo", "kto", "orpo", "simpo", "ppo"])
 _add("factory-plugin-vllm", engines=["vllm"], sections=["vllm"])
 
 

@@ -161,6 +161,15 @@ def default_trainer(setup: TrainerSetup, trainer_cls: Any = None) -> Any:
     )
 
 
+def final_evaluation(trainer: Any) -> dict[str, Any]:
+    """The eval metrics of the trained model: transformers evaluates at the last step on its own, so reuse that."""
+    state = trainer.state
+    last = next((entry for entry in reversed(state.log_history) if "eval_loss" in entry), None)
+    if last is not None and last.get("step") == state.global_step:
+        return {key: value for key, value in last.items() if key.startswith("eval_")}
+    return trainer.evaluate()
+
+
 def run_training(
     cfg: RunConfig,
     manager: PluginManager,
@@ -215,7 +224,7 @@ def run_training(
     result = trainer.train(resume_from_checkpoint=resume_from)
     metrics: dict[str, Any] = dict(result.metrics)
     if eval_ds is not None:
-        metrics.update(trainer.evaluate())
+        metrics.update(final_evaluation(trainer))
     metrics["data"] = data_stats if isinstance(data_stats, dict) else getattr(data_stats, "__dict__", str(data_stats))
     metrics["trainable_parameters"] = trainable
     metrics["total_parameters"] = total

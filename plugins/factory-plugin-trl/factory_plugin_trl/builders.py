@@ -7,6 +7,7 @@ these add what the stage needs (a reference model, a value head) and the TRL con
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 from trl import DPOConfig, KTOConfig, RewardConfig
@@ -27,8 +28,14 @@ from factory_plugin_trl.value_head import ValueHeadModel, is_peft
 
 
 def trl_arguments(setup: TrainerSetup, config_cls: type, **fields: Any) -> Any:
-    """The run's TrainingArguments as a TRL config; the loader already applied gradient checkpointing."""
-    return setup.arguments(config_cls, gradient_checkpointing=False, dataset_num_proc=None, **fields)
+    """The run's TrainingArguments as a TRL config.
+
+    TRL configs switch checkpointing on by default; the core's loader already applied the run's
+    choice to the model, so the Trainer must not switch it again (transformers 5 renamed the field).
+    """
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return setup.arguments(config_cls, dataset_num_proc=None, **{checkpointing: False}, **fields)
 
 
 def frozen_copy(model: Any) -> Any:

@@ -42,8 +42,16 @@ def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def new_head(model: Any) -> torch.nn.Linear:
+    """A head whose first scores are all near 0 (loss log 2), yet not tied, so an untrained head ranks at chance.
+
+    The usual initialisations project the decoder's large hidden activations (norms of tens) to
+    rewards of order 1 that say nothing, and the first steps spend themselves undoing that noise.
+    """
     hidden = model.config.get_text_config().hidden_size
-    return torch.nn.Linear(hidden, 1, dtype=torch.float32, device=model.device)
+    head = torch.nn.Linear(hidden, 1, dtype=torch.float32, device=model.device)
+    torch.nn.init.normal_(head.weight, std=1e-4)
+    torch.nn.init.zeros_(head.bias)
+    return head
 
 
 class ValueHeadModel(torch.nn.Module):
