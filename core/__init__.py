@@ -22,6 +22,7 @@ except Exception:  # running from a source tree that was never installed
 
 _LAZY = {
     "finetune": "factory.api",
+    "evaluate": "factory.eval",
     "plugins": "factory.api",
     "load_config": "factory.config",
     "RunConfig": "factory.config",
@@ -38,6 +39,7 @@ __all__ = [
     "__version__",
     "hookimpl",
     "finetune",
+    "evaluate",
     "plugins",
     "load_config",
     "RunConfig",
@@ -48,6 +50,7 @@ __all__ = [
 if TYPE_CHECKING:
     from factory.api import finetune, plugins
     from factory.config import RunConfig, load_config
+    from factory.eval import evaluate
     from factory.plugins import PluginManager, get_manager
 
 
