@@ -30,7 +30,7 @@ def refuse_adapter_merge(cfg: RunConfig, backend: str, why: str) -> None:
     if cfg.adapter:
         raise PluginError(
             f"cannot merge the adapter '{cfg.adapter}' into the {backend} model '{cfg.model}' because {why}; "
-            f"export without quantization= to merge it into the full-precision base, or use the adapter as it is"
+            f"export with model= the full-precision model and no quantization= to merge it there, or use the adapter as it is"
         )
 
 
@@ -42,7 +42,6 @@ def save_quantized(model: Any, tokenizer: Any, output_dir: str, cfg: RunConfig, 
     model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
     return out
-
 
 
 def checkpoint_quantization(cfg: RunConfig) -> str | None:

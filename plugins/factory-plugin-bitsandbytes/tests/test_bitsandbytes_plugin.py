@@ -131,7 +131,7 @@ def test_export_writes_a_quantized_model_and_refuses_to_merge(tiny_causal_lm, id
     plain = load_model(lora, lora.manager(), train=True)
     plain.adapter.save(plain.model, str(adapter))
     cfg = config(tiny_causal_lm, "quantization=bnb-4bit", f"adapter={adapter}")
-    with pytest.raises(PluginError, match=r"cannot merge the adapter '.*' into the bnb-4bit model .*; export without quantization="):
+    with pytest.raises(PluginError, match=r"cannot merge the adapter '.*' into the bnb-4bit model .*; export with model= the full-precision model and no quantization="):
         export_model(cfg, cfg.manager(), str(tmp_path / "merged"))
 
 
