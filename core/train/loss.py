@@ -21,7 +21,7 @@ CHUNK_TOKENS = 1024
 
 
 def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
-    logits = F.linear(hidden, weight, bias).float()
+    logits = F.linear(hidden.to(weight.dtype), weight, bias).float()  # k-bit preparation may upcast the final norm
     return F.cross_entropy(logits, labels, reduction="sum")
 
 
