@@ -42,7 +42,14 @@ from factory.errors import ConfigError
 from factory.train.run import TrainerSetup
 from factory_plugin_trl.collators import PromptCollator
 from factory_plugin_trl.trainers import DedupedCheckpoints
-from factory_plugin_trl.value_head import ValueHeadModel, is_peft, last_positions, load_head, load_reward_model
+from factory_plugin_trl.value_head import (
+    CheckpointableWrapper,
+    ValueHeadModel,
+    is_peft,
+    last_positions,
+    load_head,
+    load_reward_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +76,7 @@ def using(model: Any, adapter: str | None, *, trainable: bool = False) -> Iterat
         model.set_adapter(POLICY)
 
 
-class PPOModels(torch.nn.Module):
+class PPOModels(CheckpointableWrapper):
     """The policy and value model PPO trains, as one module for the optimizer, checkpoints and ``save``.
 
     The frozen reward model and reference are kept outside the module tree (``None`` when they are

@@ -18,6 +18,7 @@ from trl.experimental.cpo import CPOTrainer
 from trl.experimental.orpo import ORPOTrainer
 
 from factory.data.tokenize import IGNORE_INDEX
+from factory_plugin_trl.value_head import tied_duplicates
 
 REF_ADAPTER = "ref"  # the adapter TRL adds to a PeftModel as its reference (a copy of the trained one)
 
@@ -120,21 +121,16 @@ class FactoryORPOTrainer(_Pretokenized, _PairwiseForward, ORPOTrainer):
 
 
 class DedupedCheckpoints:
-    """Checkpoints of a model that is not a PreTrainedModel (a value-head wrapper): its state dict, tied weights once.
+    """Checkpoints of a wrapper model (not a PreTrainedModel): its state dict with tied weights once.
 
     The Trainer saves such models with ``safetensors.save_file``, which refuses tensors sharing
-    memory (tied embeddings); on resume it loads non-strictly, so the tied copy is restored.
+    memory (tied embeddings); see :class:`CheckpointableWrapper` for the way back.
     """
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if state_dict is None:
-            seen: set[tuple[int, tuple[int, ...]]] = set()
-            state_dict = {}
-            for name, tensor in self.model.state_dict().items():
-                key = (tensor.data_ptr(), tuple(tensor.shape))
-                if key not in seen:
-                    seen.add(key)
-                    state_dict[name] = tensor.contiguous()
+            skip = set(tied_duplicates(self.model))
+            state_dict = {name: t.contiguous() for name, t in self.model.state_dict().items() if name not in skip}
         super()._save(output_dir, state_dict)
 
 

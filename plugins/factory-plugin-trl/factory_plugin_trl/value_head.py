@@ -54,7 +54,36 @@ def new_head(model: Any) -> torch.nn.Linear:
     return head
 
 
-class ValueHeadModel(torch.nn.Module):
+def tied_duplicates(module: torch.nn.Module) -> list[str]:
+    """State-dict names whose tensor is an earlier name's (tied embeddings): left out of checkpoints."""
+    seen: set[tuple[int, tuple[int, ...]]] = set()
+    duplicates = []
+    for name, tensor in module.state_dict().items():
+        key = (tensor.data_ptr(), tuple(tensor.shape))
+        if key in seen:
+            duplicates.append(name)
+        seen.add(key)
+    return duplicates
+
+
+class CheckpointableWrapper(torch.nn.Module):
+    """A module around a causal LM that the Trainer checkpoints as a plain state dict.
+
+    The Trainer reads ``_keys_to_ignore_on_save`` after loading a checkpoint: the tied copies left
+    out are expected missing, and ``tie_weights`` re-ties them.
+    """
+
+    @property
+    def _keys_to_ignore_on_save(self) -> list[str]:
+        return tied_duplicates(self)
+
+    def tie_weights(self) -> None:
+        for module in self.children():
+            if hasattr(module, "tie_weights"):
+                module.tie_weights()
+
+
+class ValueHeadModel(CheckpointableWrapper):
     """``model`` (a causal LM, maybe a PeftModel) with a linear head giving one scalar per position.
 
     ``adapter`` names the PEFT adapter to activate for this head when several share one base

@@ -153,6 +153,38 @@ def test_dpo_starts_from_a_reference_equal_to_the_policy(tiny_causal_lm, tmp_pat
         assert (out / "adapter_model.safetensors").is_file() and not (out / "ref").exists()
 
 
+@pytest.mark.parametrize(
+    ("stage", "extra"),
+    [
+        ("kto", dict(method="full", batch_size=4)),
+        ("simpo", dict(method="freeze", freeze={"layers": 1})),
+        ("orpo", dict(method="full")),
+        ("rm", dict(method="freeze", freeze={"layers": 1})),
+        ("ppo", dict(method="full", ppo={"reward_function": REWARD_FUNCTION, "max_new_tokens": 4})),
+    ],
+)
+def test_stages_with_full_and_freeze_save_whole_weights(tiny_causal_lm, tmp_path, stage, extra):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "out"
+    metrics = run(tiny_causal_lm, stage, out, max_steps=2, **extra)
+    assert all(math.isfinite(x) for x in logged(metrics, "loss"))
+    before, after = load_file(tiny_causal_lm / "model.safetensors"), load_file(out / "model.safetensors")
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    if extra["method"] == "freeze":
+        assert changed and all(name.startswith("model.layers.1.") for name in changed), changed
+    else:
+        assert len(changed) > len(before) // 2
+    assert (out / "value_head.safetensors").is_file() == (stage == "rm")
+
+
+def test_qlora_dpo_reference_is_the_quantized_base(tiny_causal_lm, tmp_path):
+    pytest.importorskip("factory_plugin_bitsandbytes")
+    metrics = run(tiny_causal_lm, "dpo", tmp_path / "out", quantization="bnb-4bit", max_steps=2)
+    assert logged(metrics, "loss")[0] == pytest.approx(math.log(2), rel=1e-5)
+    assert all(g > 0 for g in logged(metrics, "grad_norm"))
+
+
 def test_dpo_reference_is_the_base_with_the_adapter_disabled(tiny_causal_lm, tmp_path):
     from factory_plugin_trl.builders import build_dpo
 
@@ -241,12 +273,16 @@ def test_rm_saves_the_adapter_and_the_head_and_reports_accuracy_before_and_after
     assert logged(metrics, "accuracy") and logged(metrics, "margin")
 
 
-def test_rm_checkpoints_resume(tiny_causal_lm, tmp_path):
-    """The value-head wrapper is no PreTrainedModel: its checkpoints hold its state dict, tied weights once."""
+@pytest.mark.parametrize(("stage", "extra"), [("rm", {}), ("ppo", {"ppo": {"reward_function": REWARD_FUNCTION, "max_new_tokens": 4}})])
+def test_wrapper_models_checkpoint_and_resume(tiny_causal_lm, tmp_path, stage, extra):
+    """rm's and ppo's models are wrappers, not PreTrainedModels: checkpoints hold their state dict, tied weights once."""
+    from safetensors.torch import load_file
+
     out = tmp_path / "out"
-    run(tiny_causal_lm, "rm", out, max_steps=2, save_steps=2)
-    assert (out / "checkpoint-2" / "model.safetensors").is_file()
-    metrics = run(tiny_causal_lm, "rm", out, max_steps=3, save_steps=2, resume=True)
+    run(tiny_causal_lm, stage, out, max_steps=2, save_steps=2, **extra)
+    saved = load_file(out / "checkpoint-2" / "model.safetensors")
+    assert not any(name.endswith("lm_head.weight") for name in saved)  # tied to the embeddings: stored once
+    metrics = run(tiny_causal_lm, stage, out, max_steps=3, save_steps=2, resume=True, **extra)
     assert [entry["step"] for entry in metrics["log_history"] if "loss" in entry][-1] == 3
     assert json.loads((out / "factory_run.json").read_text())["resumed_from"].endswith("checkpoint-2")
 
