@@ -12,7 +12,7 @@ import pytest
 from datasets import Dataset, IterableDataset, load_from_disk
 
 from factory.config import load_config
-from factory.data.collator import PackedCollator, PaddingCollator, PairwiseCollator
+from factory.data.collator import FlatteningCollator, PackedCollator, PaddingCollator, PairwiseCollator
 from factory.data.processing import build_datasets, packing_enabled, tokenize_dataset
 from factory.data.record import RECORD_FEATURES, empty_record
 from factory.data.template import get_template
@@ -299,7 +299,9 @@ def test_streaming_gives_the_same_rows(smollm2_tokenizer, template) -> None:
 
 
 def test_build_datasets_end_to_end(smollm2_tokenizer, template, manager, demo_dir) -> None:
-    cfg = _cfg(dataset="alpaca_en_demo", dataset_dir=str(demo_dir), val_size=0.1, max_samples=200, cutoff_len=256)
+    options = dict(dataset="alpaca_en_demo", dataset_dir=str(demo_dir), val_size=0.1, max_samples=200, cutoff_len=256)
+    assert isinstance(build_datasets(_cfg(**options), manager, smollm2_tokenizer, template, "supervised")[2], FlatteningCollator)
+    cfg = _cfg(**options, padding_free=False)
     train, evaluation, collator, stats = build_datasets(cfg, manager, smollm2_tokenizer, template, "supervised")
     assert len(train) == 180 and len(evaluation) == 20
     assert stats["train"]["rows"] == 180 and stats["eval"]["rows"] == 20
