@@ -135,7 +135,6 @@ def run_bench(workload: str, overrides: list[str], *, dataset_dir: str | None = 
 
             counter = _CountingCollator(setup.collator)
             setup.collator = counter
-            seen["counter"] = counter
             seen["flops_per_token"] = _flops_per_token(setup.model, cfg.cutoff_len)
 
             class Clock(TrainerCallback):
@@ -148,16 +147,18 @@ def run_bench(workload: str, overrides: list[str], *, dataset_dir: str | None = 
                     now = time.perf_counter()
                     seen.setdefault("first_step", now - t0)
                     seen["train_seconds"] = now - seen["train_start"]
+                    # The collator also serves evaluation, which runs after a step's end: count training only.
+                    seen["tokens"] = (counter.real, counter.computed)
 
             setup.callbacks.append(Clock())
             return default_trainer(setup)
 
         run = run_training(cfg, manager, manager.load("stages", cfg.stage).data_kind, build_trainer=build)
-    counter = seen["counter"]
+    real, computed = seen["tokens"]
     train_seconds = seen["train_seconds"]
     train_losses = [e["loss"] for e in run.metrics["log_history"] if "loss" in e]
     peak = measured_peak_flops("bf16" if cfg.precision in ("bf16", "auto") else "fp32")
-    tokens_per_second = counter.real / train_seconds
+    tokens_per_second = real / train_seconds
     samples = run.metrics["data"]["train"]["kept"] * cfg.num_epochs
     result = {
         "workload": workload,
@@ -167,7 +168,7 @@ def run_bench(workload: str, overrides: list[str], *, dataset_dir: str | None = 
         "train_seconds": round(train_seconds, 2),
         "samples_per_second": round(samples / train_seconds, 3),
         "tokens_per_second": round(tokens_per_second, 1),
-        "padding_share": round(1 - counter.real / max(counter.computed, 1), 4),
+        "padding_share": round(1 - real / max(computed, 1), 4),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3),
         "time_to_first_step": round(seen["first_step"], 2),
         "steps": run.trainer.state.global_step,

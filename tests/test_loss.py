@@ -54,3 +54,45 @@ def test_peft_model_is_split_through_its_base(tiny_causal_lm):
     decoder, head = split_head(model)
     assert head is model.get_base_model().lm_head
     assert any("lora_A" in name for name, _ in decoder.named_parameters())
+
+
+def test_bf16_frozen_head_under_autocast_matches_the_library(tiny_causal_lm, batch):
+    """The LoRA case: a frozen bf16 head under bf16 autocast; the hidden states' gradient matches the library's."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.bfloat16)
+    model.requires_grad_(False)
+    decoder, head = split_head(model)
+    features = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        hidden = decoder(**features).last_hidden_state
+    results = []
+    for ours in (True, False):
+        leaf = hidden.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if ours:
+                loss = chunked_causal_lm_loss(leaf, head, batch["labels"], chunk_tokens=16)
+            else:
+                loss = model.loss_function(head(leaf), batch["labels"], vocab_size=model.config.vocab_size)
+        loss.backward()
+        results.append((loss.detach(), leaf.grad))
+    (ours_loss, ours_grad), (ref_loss, ref_grad) = results
+    assert torch.allclose(ours_loss, ref_loss, rtol=1e-3), (ours_loss, ref_loss)
+    assert torch.allclose(ours_grad.float(), ref_grad.float(), atol=2e-4, rtol=2e-2)
+    assert ours_grad.abs().sum() > 0
+
+
+def test_a_trained_head_with_bias_gets_the_library_gradients():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50)
+    hidden = torch.randn(2, 9, 16, requires_grad=True)
+    labels = torch.randint(0, 50, (2, 9))
+    labels[0, :3] = -100
+    loss = chunked_causal_lm_loss(hidden, head, labels, chunk_tokens=5)
+    loss.backward()
+    ours = (hidden.grad.clone(), head.weight.grad.clone(), head.bias.grad.clone())
+    hidden.grad, head.weight.grad, head.bias.grad = None, None, None
+    logits = head(hidden)[:, :-1].reshape(-1, 50)
+    reference = torch.nn.functional.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=-100)
+    reference.backward()
+    assert torch.allclose(loss, reference, atol=1e-6)
+    for mine, theirs in zip(ours, (hidden.grad, head.weight.grad, head.bias.grad)):
+        assert torch.allclose(mine, theirs, atol=1e-6)

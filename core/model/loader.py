@@ -14,6 +14,7 @@ from factory import hardware
 from factory.config import RunConfig
 from factory.errors import ConfigError
 from factory.plugins import PluginManager
+from factory.model.attention import register_varlen_sdpa
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,9 @@ def load_model(cfg: RunConfig, manager: PluginManager, *, train: bool) -> Loaded
         patch.before_load(cfg, model_kwargs)
     if quantizer is not None:
         quantizer.before_load(cfg, model_kwargs)
+    if train and model_kwargs["attn_implementation"] == "sdpa":
+        # The same SDPA, split per example on padding-free batches (see factory.model.attention).
+        model_kwargs["attn_implementation"] = register_varlen_sdpa()
 
     loader = pick_loader(cfg, manager)
     model, tokenizer = loader.load(cfg.model, cfg, model_kwargs)

@@ -3,10 +3,12 @@
 The default path computes ``lm_head`` over every position of the batch (prompt, padding and all)
 and upcasts the whole ``tokens x vocab`` matrix to fp32: for SmolLM2 at batch 4 x 512 that is
 ~400 MB and a third of the step's matrix work spent on positions that carry no label. Here the
-head runs only on positions that have a label, a chunk at a time, and each chunk is
-recomputed in the backward pass instead of kept, so peak memory holds one chunk of logits.
-No maintained library offers this for an arbitrary transformers model on CPU (Liger's fused
-cross-entropy is Triton/GPU only), hence our own.
+head runs only on positions that have a label, a chunk at a time, and each chunk's gradient is
+computed right away in the forward pass (softmax minus one-hot, times the head), so nothing
+vocabulary-sized outlives its chunk and the backward pass only scales the stored gradient: no
+second head matmul to recompute logits, no logits kept for backward. This is the fused linear
+cross-entropy of Liger-Kernel and Apple's cut-cross-entropy; both are GPU kernels (Triton), and no
+maintained library offers it for an arbitrary transformers model on CPU, hence our own.
 """
 
 from __future__ import annotations
@@ -15,14 +17,62 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 CHUNK_TOKENS = 1024
 
 
-def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
-    logits = F.linear(hidden.to(weight.dtype), weight, bias).float()  # k-bit preparation may upcast the final norm
-    return F.cross_entropy(logits, labels, reduction="sum")
+def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The matmul dtype: autocast's when it is on (as ``F.linear`` would use), else the weight's."""
+    device = hidden.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of ``hidden @ weight.T + bias`` against ``targets``, gradients computed in forward."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                targets: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
+        want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
+        dtype = _compute_dtype(hidden, weight)
+        w = weight.to(dtype)
+        b = bias.to(dtype) if bias is not None else None
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if want_bias else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, targets.numel(), chunk_tokens):
+            part = slice(start, start + chunk_tokens)
+            h, t = hidden[part].to(dtype), targets[part]
+            logits = F.linear(h, w, b).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            if not (want_hidden or want_weight or want_bias):
+                continue
+            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            grad[torch.arange(t.numel(), device=t.device), t] -= 1
+            if want_bias:
+                grad_bias += grad.sum(0)
+            grad = grad.to(dtype)
+            if want_hidden:
+                grad_hidden[part] = grad @ w
+            if want_weight:
+                grad_weight += (grad.t() @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[Any, ...]:
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        weight_dtype, bias_dtype = ctx.dtypes
+        return (
+            None if grad_hidden is None else grad_hidden * grad_total.to(grad_hidden.dtype),
+            None if grad_weight is None else (grad_weight * grad_total).to(weight_dtype),
+            None if grad_bias is None else (grad_bias * grad_total).to(bias_dtype),
+            None,
+            None,
+        )
 
 
 def chunked_causal_lm_loss(
@@ -39,16 +89,7 @@ def chunked_causal_lm_loss(
     """
     targets = labels[:, 1:]
     keep = targets != -100
-    selected = hidden[:, :-1][keep]
-    wanted = targets[keep]
-    weight, bias = head.weight, head.bias
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, wanted.numel(), chunk_tokens):
-        part = slice(start, start + chunk_tokens)
-        if torch.is_grad_enabled():
-            total = total + checkpoint(_chunk_loss, selected[part], weight, bias, wanted[part], use_reentrant=False)
-        else:
-            total = total + _chunk_loss(selected[part], weight, bias, wanted[part])
+    total = _LinearCrossEntropy.apply(hidden[:, :-1][keep], head.weight, head.bias, targets[keep], chunk_tokens)
     denominator = num_items_in_batch if num_items_in_batch is not None else keep.sum()
     if torch.is_tensor(denominator):
         denominator = denominator.to(total.device)

@@ -151,7 +151,7 @@ def default_trainer(setup: TrainerSetup, trainer_cls: Any = None) -> Any:
     return (trainer_cls or FactoryTrainer)(
         **extra,
         model=setup.model,
-        args=setup.arguments(),
+        args=setup.arguments(prediction_loss_only=True),  # nothing reads the eval logits: never gather them
         train_dataset=setup.train_dataset,
         eval_dataset=setup.eval_dataset,
         data_collator=setup.collator,

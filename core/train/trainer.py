@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import torch
 from transformers import Trainer
 
 from factory.train.loss import chunked_causal_lm_loss, split_head
@@ -12,8 +15,10 @@ from factory.train.loss import chunked_causal_lm_loss, split_head
 class FactoryTrainer(Trainer):
     """Uses :func:`chunked_causal_lm_loss` for training steps where the model allows it.
 
-    Falls back to the library's loss for evaluation (which needs the logits), for models that
-    transform their logits, and under DDP (the forward must go through the DDP wrapper).
+    Evaluation that needs only the loss (``prediction_loss_only``, factory's default: no metric
+    reads the logits) uses it too, so held-out data never materialises full-vocabulary logits.
+    Falls back to the library's loss when logits are wanted, for models that transform their
+    logits, and under DDP (the forward must go through the DDP wrapper).
     """
 
     def __init__(self, *args: Any, chunked_loss: bool = True, **kwargs: Any) -> None:
@@ -28,10 +33,42 @@ class FactoryTrainer(Trainer):
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         decoder, head = parts
         features = {k: v for k, v in inputs.items() if k != "labels"}
-        hidden = decoder(**features, use_cache=False).last_hidden_state
+        # The decoder is called directly, not through the model's forward that accelerate wrapped
+        # in autocast, so enter autocast here as that forward would.
+        with self.accelerator.autocast(), self._adapter_inputs_uncast(model):
+            hidden = decoder(**features, use_cache=False).last_hidden_state
         # Normalise exactly as the library path would for this model (see Trainer.compute_loss).
         items = num_items_in_batch if self.model_accepts_loss_kwargs else None
         loss = chunked_causal_lm_loss(hidden, head, inputs["labels"], items)
         if self.args.average_tokens_across_devices and items is not None:
             loss = loss * self.accelerator.num_processes
         return loss
+
+    @contextmanager
+    def _adapter_inputs_uncast(self, model: Any) -> Iterator[None]:
+        """Under autocast, stop adapter layers from casting their input to their fp32 weights' dtype.
+
+        PEFT layers cast each input to the adapter weights' dtype; with fp32 adapters over a bf16
+        base that is a fp32 copy of the input per layer, each kept for the backward pass (a third of
+        a LoRA step's activation memory here), which autocast then casts back to bf16 for the
+        matmul. Skipping the cast gives the same numbers, and q/k/v (gate/up) share one saved input.
+        """
+        if self.accelerator.mixed_precision not in ("bf16", "fp16"):
+            yield
+            return
+        layers = [m for m in model.modules() if getattr(m, "cast_input_dtype_enabled", False) is True]
+        for layer in layers:
+            layer.cast_input_dtype_enabled = False
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.cast_input_dtype_enabled = True
+
+    def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None) -> Any:
+        if prediction_loss_only and self.chunked_loss and "labels" in inputs and model is self.model and split_head(model):
+            inputs = self._prepare_inputs(inputs)
+            with torch.no_grad(), self.compute_loss_context_manager():
+                loss = self.compute_loss(model, inputs)
+            return loss.detach(), None, None
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
