@@ -149,8 +149,9 @@ def test_torchrun_two_processes_train_data_parallel(tiny_causal_lm, demo_dir, tm
     assert seen_two > 1.5 * seen_one
 
 
-@pytest.mark.parametrize("lever", [{"padding_free": False, "chunked_loss": False}, {"padding_free": True, "chunked_loss": False},
-                                   {"padding_free": False, "chunked_loss": True}])
+@pytest.mark.parametrize("lever", [{"padding_free": False, "chunked_loss": False, "fused_ops": False},
+                                   {"padding_free": True, "chunked_loss": False}, {"padding_free": False, "chunked_loss": True},
+                                   {"fused_ops": False}])
 def test_speed_levers_do_not_change_what_is_learned(tiny_causal_lm, demo_dir, tmp_path, lever):
     """Padding-free batches and the chunked loss give the same losses as padded batches with the library loss."""
     common = dict(method="lora", max_steps=6, lora={"rank": 4})

@@ -15,6 +15,7 @@ from factory.config import RunConfig
 from factory.errors import ConfigError
 from factory.plugins import PluginManager
 from factory.model.attention import register_varlen_sdpa
+from factory.model.fused import fuse_modules
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ def load_model(cfg: RunConfig, manager: PluginManager, *, train: bool) -> Loaded
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         model.config.use_cache = False
+        if cfg.fused_ops:
+            log.info("fused RMSNorm/SwiGLU forwards on %d modules", fuse_modules(model))
         model = adapter.apply(model, cfg)
         for param in model.parameters():
             if param.requires_grad and param.dtype != torch.float32:

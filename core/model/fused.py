@@ -1,0 +1,109 @@
+"""RMSNorm and SwiGLU as autograd functions that keep fewer activations for the backward pass.
+
+Written out op by op, a Llama-style RMSNorm keeps an fp32 copy of its input for backward and a
+SwiGLU MLP keeps the gate, its SiLU and the up projection. Here the norm keeps its input in the
+model's dtype plus one fp32 scale per token, and the MLP keeps gate and up and recomputes the SiLU:
+on SmolLM2 that is about a quarter of a LoRA step's activation memory. Liger-Kernel fuses these
+the same way, but as Triton kernels for GPUs only, hence this pure-PyTorch version.
+
+A module is patched only when its forward computes exactly what the fused one does: each class
+is checked once on a probe input (so Gemma's ``1 + weight`` norm or a GELU MLP keep their own).
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+class _RMSNorm(torch.autograd.Function):
+    """``weight * (x * rsqrt(mean(x^2) + eps))`` with the statistics in fp32, as Llama computes it."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        xf = x.float()
+        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return weight * (xf * rstd).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        x, weight, rstd = ctx.saved_tensors
+        normed = x.float() * rstd
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = (grad * normed.to(x.dtype)).reshape(-1, weight.shape[-1]).sum(0).to(weight.dtype)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_normed = (grad * weight).float()
+            grad_x = rstd * (grad_normed - normed * (grad_normed * normed).mean(-1, keepdim=True))
+            grad_x = grad_x.to(x.dtype)
+        return grad_x, grad_weight, None
+
+
+class _SwiGLU(torch.autograd.Function):
+    """``silu(gate) * up``, keeping gate and up and recomputing the SiLU in backward."""
+
+    @staticmethod
+    def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(gate, up)
+        return F.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        # The kernels autograd would run on the unfused graph, so the gradients are the same bits.
+        gate, up = ctx.saved_tensors
+        grad_gate = torch.ops.aten.silu_backward(grad * up, gate)
+        grad_up = grad * F.silu(gate)
+        return grad_gate, grad_up
+
+
+def _norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
+    return _RMSNorm.apply(hidden_states, self.weight, self.variance_epsilon)
+
+
+def _mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    return self.down_proj(_SwiGLU.apply(self.gate_proj(x), self.up_proj(x)))
+
+
+def _candidates(module: torch.nn.Module) -> types.FunctionType | None:
+    """The fused forward that could stand in for ``module``'s, judged by its attributes."""
+    if isinstance(getattr(module, "weight", None), torch.Tensor) and hasattr(module, "variance_epsilon"):
+        if module.weight.dim() == 1 and type(module).__name__.endswith("RMSNorm"):
+            return _norm_forward
+    if all(hasattr(module, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+        return _mlp_forward
+    return None
+
+
+def _same_output(module: torch.nn.Module, fused: types.FunctionType) -> bool:
+    """Whether ``fused`` gives exactly the module's own output on a probe input."""
+    width = module.weight.shape[-1] if fused is _norm_forward else module.gate_proj.in_features
+    dtype = next(module.parameters()).dtype
+    device = next(module.parameters()).device
+    probe = torch.randn(1, 3, width, generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        try:
+            return torch.equal(type(module).forward(module, probe), fused(module, probe))
+        except Exception:  # a module whose forward needs more than one input, or another shape
+            return False
+
+
+def fuse_modules(model: torch.nn.Module) -> int:
+    """Give RMSNorm and SwiGLU modules the fused forward where it matches; returns how many were patched."""
+    verdicts: dict[type, bool] = {}
+    patched = 0
+    for module in model.modules():
+        fused = _candidates(module)
+        if fused is None:
+            continue
+        kind = type(module)
+        if kind not in verdicts:
+            verdicts[kind] = _same_output(module, fused)
+        if verdicts[kind]:
+            module.forward = types.MethodType(fused, module)
+            patched += 1
+    return patched
