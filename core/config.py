@@ -102,6 +102,7 @@ class RunConfig(BaseModel):
     torch_compile: bool = Field(False, description="compile the model with torch.compile (slow first steps)")
     chunked_loss: bool = Field(True, description="compute the LM loss on labelled positions only, a chunk at a time")
     fused_ops: bool = Field(True, description="RMSNorm and SwiGLU as autograd functions keeping fewer activations")
+    trim_memory: bool = Field(False, description="return freed heap memory to the system after every step (glibc)")
     sample_prompt: str | None = Field("Who are you?", description="after SFT, print the tuned model's answer to this")
 
     # inference

@@ -213,6 +213,10 @@ def run_training(
     optimizer_impl = manager.load("optimizers", cfg.optimizer)
     callbacks = list(getattr(optimizer_impl, "callbacks", lambda _cfg: [])(cfg))
     callbacks += [manager.load("callbacks", name).create(cfg) for name in cfg.callbacks]
+    if cfg.trim_memory:
+        from factory.train.memory import TrimHeap
+
+        callbacks.append(TrimHeap())
 
     setup = TrainerSetup(cfg, manager, loaded, template, train_ds, eval_ds, collator, callbacks, out)
     trainer = build_trainer(setup) if build_trainer is not None else default_trainer(setup, trainer_cls)

@@ -1,0 +1,57 @@
+"""``factory bench``: what it measures, on a tiny model (figures for the real workload live in docs/performance.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import factory
+from factory.bench import run_bench
+from factory.errors import ConfigError
+from factory.train import memory
+
+
+def _bench(tiny_causal_lm, demo_dir, tmp_path, *extra: str) -> dict:
+    overrides = [f"model={tiny_causal_lm}", "max_samples=24", "val_size=8", "cutoff_len=128", "template=chatml", *extra]
+    return run_bench("lora", overrides, dataset_dir=str(demo_dir), output=str(tmp_path / "result.json"))
+
+
+def test_bench_reports_training_only_and_saves_json(tiny_causal_lm, demo_dir, tmp_path):
+    result = _bench(tiny_causal_lm, demo_dir, tmp_path)
+    assert json.loads((tmp_path / "result.json").read_text()) == result
+    assert result["samples"] == 16 and result["steps"] == 4  # 24 rows, 8 held out, batch 4
+    assert result["padding_share"] == 0.0  # padding-free batches
+    # Tokens are the training rows' only (the held-out rows go through the same collator afterwards).
+    trained_tokens = result["tokens_per_second"] * result["train_seconds"]
+    assert trained_tokens < 16 * 128
+    assert result["peak_rss_gb"] > 0.1 and 0 < result["mfu"] < 1 and result["eval_loss"] > 0
+    assert result["levers"]["padding_free"] is True and result["levers"]["fused_ops"] is True
+
+
+def test_baseline_turns_the_levers_off(tiny_causal_lm, demo_dir, tmp_path):
+    result = _bench(tiny_causal_lm, demo_dir, tmp_path, "baseline=true")
+    assert result["levers"]["padding_free"] is False and result["levers"]["chunked_loss"] is False
+    assert result["padding_share"] > 0  # padded batches of uneven rows
+
+
+def test_unknown_workload_is_one_sentence():
+    with pytest.raises(ConfigError, match="unknown workload 'lorra'.*did you mean 'lora'"):
+        run_bench("lorra", [])
+
+
+def test_trim_memory_trims_after_every_step(tiny_causal_lm, demo_dir, tmp_path, monkeypatch):
+    real = memory._malloc_trim()
+    assert real is not None  # glibc on the machines we test on
+    calls = []
+    monkeypatch.setattr(memory, "_malloc_trim", lambda: lambda pad: calls.append(real(pad)))
+    factory.finetune(model=str(tiny_causal_lm), dataset="alpaca_en_demo", dataset_dir=str(demo_dir), max_samples=12,
+                     cutoff_len=64, batch_size=4, max_steps=3, method="lora", precision="fp32", sample_prompt=None,
+                     trim_memory=True, output_dir=str(tmp_path / "out"))
+    assert len(calls) == 3
+
+
+def test_trim_memory_without_glibc_is_refused(monkeypatch):
+    monkeypatch.setattr(memory, "_malloc_trim", lambda: None)
+    with pytest.raises(ConfigError, match="trim_memory=true needs glibc"):
+        memory.TrimHeap()
