@@ -103,12 +103,37 @@ class _CountingCollator:
         return batch
 
 
-def _flops_per_token(model: Any, cutoff: int) -> float:
-    """Training FLOPs per token by the usual MFU convention: 6 x parameters + attention (12 x layers x hidden x length)."""
+def _linear_leaves(module: Any) -> list[Any]:
+    """Matmul layers without sub-layers (a LoRA wrapper's base and adapters count, the wrapper not)."""
+    return [m for m in module.modules() if hasattr(m, "in_features") and hasattr(m, "out_features")
+            and not any(True for _ in m.children())]
+
+
+def _flops_per_token(model: Any, mean_length: float) -> float:
+    """Matrix FLOPs a training token costs in this run, so MFU credits only work that is done.
+
+    Forward: 2 x every matmul weight (quantized ones by their logical shape). Backward: 2 x the
+    weights from the lowest layer that trains upward (input gradients) and 2 x the trained weights
+    (their gradients). Attention over examples of ``mean_length`` tokens, causal: 2 x L x hidden per
+    layer forward, twice that backward. The 6 x parameters convention would credit LoRA and
+    freeze with gradients they never compute (freeze came out above 100%).
+    """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    params = sum(p.numel() for n, p in base.named_parameters() if "lora_" not in n)
+    size = lambda m: m.in_features * m.out_features  # noqa: E731
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else base
+    layers = list(getattr(decoder, "layers", []))
+    first = next((i for i, layer in enumerate(layers) if any(p.requires_grad for p in layer.parameters())), len(layers))
+    above = {id(m) for layer in layers[first:] for m in _linear_leaves(layer)}
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if head is not None:
+        above.add(id(head))
+    leaves = _linear_leaves(base)
+    forward = sum(size(m) for m in leaves)
+    backward = sum(size(m) for m in leaves if id(m) in above)
+    trained = sum(size(m) for m in leaves if getattr(m, "weight", None) is not None and m.weight.requires_grad)
     cfg = base.config
-    return 6 * params + 12 * cfg.num_hidden_layers * cfg.hidden_size * cutoff
+    attention = 6 * len(layers) * cfg.hidden_size * mean_length * (1 if first < len(layers) else 1 / 3)
+    return 2 * forward + 2 * backward + 2 * trained + attention
 
 
 def run_bench(workload: str, overrides: list[str], *, dataset_dir: str | None = None, output: str | None = None) -> dict[str, Any]:
@@ -135,7 +160,8 @@ def run_bench(workload: str, overrides: list[str], *, dataset_dir: str | None = 
 
             counter = _CountingCollator(setup.collator)
             setup.collator = counter
-            seen["flops_per_token"] = _flops_per_token(setup.model, cfg.cutoff_len)
+            lengths = [len(ids) for ids in setup.train_dataset["input_ids"]]
+            seen["flops_per_token"] = _flops_per_token(setup.model, sum(lengths) / max(len(lengths), 1))
 
             class Clock(TrainerCallback):
                 """Training time from the first step to the end of the last (evaluation and saving excluded)."""
