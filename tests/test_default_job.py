@@ -56,9 +56,11 @@ def test_export_merges_the_adapter_for_plain_transformers(default_run, tmp_path)
     proc = subprocess.run([sys.executable, "-m", "factory.cli", "export", "model=smollm2-135m-instruct", f"adapter={out}",
                            f"output={merged}"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    model = AutoModelForCausalLM.from_pretrained(merged)
+    # Export merges in fp32; compare in fp32 (the cached base is bf16, which loads as bf16 by default).
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(merged)
-    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(resolve_alias("smollm2-135m-instruct")), out)
+    base = AutoModelForCausalLM.from_pretrained(resolve_alias("smollm2-135m-instruct"), dtype=torch.float32)
+    reference = PeftModel.from_pretrained(base, out)
     ids = tokenizer("Who are you?", return_tensors="pt")
     with torch.no_grad():
         assert torch.allclose(model(**ids).logits, reference(**ids).logits, atol=1e-3)

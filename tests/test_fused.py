@@ -58,3 +58,18 @@ def test_modules_computing_something_else_keep_their_forward(tiny_causal_lm):
     layers = model.config.num_hidden_layers
     assert fuse_modules(model) == 2 * layers + 1  # the norms only
     assert "forward" not in vars(model.model.layers[0].mlp)
+
+
+def test_mlps_over_other_linear_layers_are_never_probed(tiny_causal_lm):
+    """Quantized projections (Linear subclasses or other modules) may repack on an inference pass: left alone."""
+
+    class Quantized(torch.nn.Linear):
+        def forward(self, x):
+            raise AssertionError("probed")
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
+    mlp = model.model.layers[0].mlp
+    old = mlp.gate_proj
+    mlp.gate_proj = Quantized(old.in_features, old.out_features, bias=False)
+    fuse_modules(model)
+    assert "forward" not in vars(mlp) and "forward" in vars(model.model.layers[1].mlp)

@@ -74,22 +74,29 @@ def _candidates(module: torch.nn.Module) -> types.FunctionType | None:
     if isinstance(getattr(module, "weight", None), torch.Tensor) and hasattr(module, "variance_epsilon"):
         if module.weight.dim() == 1 and type(module).__name__.endswith("RMSNorm"):
             return _norm_forward
-    if all(hasattr(module, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+    projections = [getattr(module, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
+    if hasattr(module, "act_fn") and all(type(p) is torch.nn.Linear for p in projections):
+        # Plain linear layers only: probing a quantized layer can repack its weights for inference,
+        # the trap the quantization plugins guard against during training.
         return _mlp_forward
     return None
 
 
 def _same_output(module: torch.nn.Module, fused: types.FunctionType) -> bool:
-    """Whether ``fused`` gives exactly the module's own output on a probe input."""
-    width = module.weight.shape[-1] if fused is _norm_forward else module.gate_proj.in_features
-    dtype = next(module.parameters()).dtype
-    device = next(module.parameters()).device
-    probe = torch.randn(1, 3, width, generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
-    with torch.no_grad():
-        try:
+    """Whether ``fused`` gives exactly the module's own output on a probe input.
+
+    Any failure to probe (quantized layers without float parameters, a forward wanting other
+    inputs) counts as "not the same": the module keeps its own forward.
+    """
+    floats = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    try:
+        width = module.weight.shape[-1] if fused is _norm_forward else module.gate_proj.in_features
+        probe = torch.randn(1, 3, width, generator=torch.Generator().manual_seed(0))
+        probe = probe.to(device=floats[0].device, dtype=floats[0].dtype)
+        with torch.no_grad():
             return torch.equal(type(module).forward(module, probe), fused(module, probe))
-        except Exception:  # a module whose forward needs more than one input, or another shape
-            return False
+    except Exception:
+        return False
 
 
 def fuse_modules(model: torch.nn.Module) -> int:
