@@ -193,6 +193,7 @@ def run_bench(workload: str, overrides: list[str], *, dataset_dir: str | None = 
         "samples": samples,
         "train_seconds": round(train_seconds, 2),
         "samples_per_second": round(samples / train_seconds, 3),
+        "train_tokens": real,
         "tokens_per_second": round(tokens_per_second, 1),
         "padding_share": round(1 - real / max(computed, 1), 4),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3),
