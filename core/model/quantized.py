@@ -55,6 +55,20 @@ def checkpoint_quantization(cfg: RunConfig) -> str | None:
     return (checkpoint_config(cfg).get("quantization_config") or {}).get("quant_method")
 
 
+def require_checkpoint(cfg: RunConfig, method: str, label: str, rest: str) -> None:
+    """Refuse a model that is not a ``method`` checkpoint, saying what it is; ``rest`` ends the sentence with the fix."""
+    found = checkpoint_quantization(cfg)
+    if found != method:
+        what = f"is quantized with {found}" if found else "is not quantized"
+        raise PluginError(f"model '{cfg.model}' {what}, and quantization={method} only loads {label} checkpoints{rest}")
+
+
+def require_quantized_layers(model: Any, cfg: RunConfig, label: str, is_quantized: Any) -> None:
+    """Refuse a loaded model in which no layer is quantized (its config named a method that did not apply)."""
+    if not any(is_quantized(m) for m in model.modules()):
+        raise PluginError(f"model '{cfg.model}' loaded without {label} layers; check its quantization_config")
+
+
 def calibration_texts(cfg: RunConfig, dataset: str | None, samples: int) -> list[str]:
     """Up to ``samples`` plain texts from a factory data set (default: the run's first one) for calibration.
 

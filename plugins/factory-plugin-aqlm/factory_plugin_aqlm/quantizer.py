@@ -15,7 +15,7 @@ from factory import hardware
 from factory.config import RunConfig
 from factory.errors import PluginError
 from factory.model.modules import is_quantized_linear
-from factory.model.quantized import checkpoint_quantization, save_quantized
+from factory.model.quantized import require_checkpoint, require_quantized_layers, save_quantized
 
 
 def _single_numba_thread(_module: Any, _args: Any) -> None:
@@ -44,17 +44,13 @@ class AqlmQuantizer:
             import torch
 
             model_kwargs["dtype"] = torch.float32  # the CPU kernel asserts fp32 inputs and codebooks
-        found = checkpoint_quantization(cfg)
-        if found != "aqlm":
-            what = f"is quantized with {found}" if found else "is not quantized"
-            raise PluginError(
-                f"model '{cfg.model}' {what}, and quantization=aqlm only loads AQLM checkpoints (made with the AQLM "
-                f"project's GPU calibration); give an AQLM checkpoint, or quantize here with gptq or bnb-4bit"
-            )
+        require_checkpoint(
+            cfg, "aqlm", "AQLM", " (made with the AQLM project's GPU calibration); give an AQLM checkpoint, "
+            "or quantize here with gptq or bnb-4bit",
+        )
 
     def after_load(self, model: Any, cfg: RunConfig) -> Any:
-        if not any(is_quantized_linear(m) for m in model.modules()):
-            raise PluginError(f"model '{cfg.model}' loaded without AQLM layers; check its quantization_config")
+        require_quantized_layers(model, cfg, "AQLM", is_quantized_linear)
         for param in model.parameters():
             param.requires_grad = False
         if not hardware.cuda_devices():

@@ -10,26 +10,20 @@ from __future__ import annotations
 from typing import Any
 
 from factory.config import RunConfig
-from factory.errors import PluginError
 from factory.model.modules import is_quantized_linear
-from factory.model.quantized import checkpoint_quantization, pin_training_kernels, save_quantized
+from factory.model.quantized import pin_training_kernels, require_checkpoint, require_quantized_layers, save_quantized
 
 
 class AwqQuantizer:
     name = "awq"
 
     def before_load(self, cfg: RunConfig, model_kwargs: dict[str, Any]) -> None:
-        found = checkpoint_quantization(cfg)
-        if found != "awq":
-            what = f"is quantized with {found}" if found else "is not quantized"
-            raise PluginError(
-                f"model '{cfg.model}' {what}, and quantization=awq only loads AWQ checkpoints; give an AWQ "
-                f"checkpoint, or quantize here with quantization=gptq or bnb-4bit"
-            )
+        require_checkpoint(
+            cfg, "awq", "AWQ", "; give an AWQ checkpoint, or quantize here with quantization=gptq or bnb-4bit"
+        )
 
     def after_load(self, model: Any, cfg: RunConfig) -> Any:
-        if not any(is_quantized_linear(m) for m in model.modules()):
-            raise PluginError(f"model '{cfg.model}' loaded without AWQ layers; check its quantization_config")
+        require_quantized_layers(model, cfg, "AWQ", is_quantized_linear)
         pin_training_kernels(model)
         for param in model.parameters():
             param.requires_grad = False
