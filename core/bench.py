@@ -50,7 +50,12 @@ WORKLOADS: dict[str, dict[str, Any]] = {
 
 # The levers of issue 9, switched off: padded batches, the library's full-vocabulary loss, and
 # frozen weights in fp32 under bf16 autocast (what LLaMA-Factory does).
-BASELINE = {"padding_free": False, "chunked_loss": False, "fused_ops": False, "frozen_weights": "fp32"}
+BASELINE = {"padding_free": False, "chunked_loss": False, "fused_ops": False, "frozen_weights": "fp32",
+            "kernel_cache_limit": False}
+
+
+LEVERS = ("padding_free", "packing", "chunked_loss", "fused_ops", "frozen_weights", "kernel_cache_limit",
+          "trim_memory", "torch_compile", "precision")
 
 
 def default_dataset_dir() -> str | None:
@@ -189,7 +194,7 @@ def run_bench(workload: str, overrides: list[str], *, dataset_dir: str | None = 
     result = {
         "workload": workload,
         "overrides": overrides,
-        "levers": {k: getattr(cfg, k) for k in ("padding_free", "packing", "chunked_loss", "fused_ops", "frozen_weights", "torch_compile", "precision")},
+        "levers": {k: getattr(cfg, k) for k in LEVERS},
         "samples": samples,
         "train_seconds": round(train_seconds, 2),
         "samples_per_second": round(samples / train_seconds, 3),

@@ -102,6 +102,9 @@ class RunConfig(BaseModel):
     torch_compile: bool = Field(False, description="compile the model with torch.compile (slow first steps)")
     chunked_loss: bool = Field(True, description="compute the LM loss on labelled positions only, a chunk at a time")
     fused_ops: bool = Field(True, description="RMSNorm and SwiGLU as autograd functions keeping fewer activations")
+    kernel_cache_limit: bool = Field(
+        True, description="bound torch's CPU kernel caches so each new batch shape does not keep its own (oneDNN)"
+    )
     trim_memory: bool = Field(False, description="return freed heap memory to the system after every step (glibc)")
     sample_prompt: str | None = Field("Who are you?", description="after SFT, print the tuned model's answer to this")
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -10,6 +13,7 @@ import factory
 from factory.bench import run_bench
 from factory.errors import ConfigError
 from factory.train import memory
+from factory.train import run as run_module
 
 
 def _bench(tiny_causal_lm, demo_dir, tmp_path, *extra: str) -> dict:
@@ -55,3 +59,49 @@ def test_trim_memory_without_glibc_is_refused(monkeypatch):
     monkeypatch.setattr(memory, "_malloc_trim", lambda: None)
     with pytest.raises(ConfigError, match="trim_memory=true needs glibc"):
         memory.TrimHeap()
+
+
+# Builds matmul kernels for 120 new shapes, as padding-free steps do, and prints how much the
+# process grew (heap trimmed first, so only memory still held counts).
+_SHAPE_GROWTH = """
+import ctypes, sys, torch
+from factory.train.memory import bound_kernel_caches
+if sys.argv[1] == "bound":
+    bound_kernel_caches()
+def held_mb():
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+w = torch.randn(1536, 576, dtype=torch.bfloat16)
+before = held_mb()
+for rows in range(100, 1300, 10):
+    x = torch.randn(rows, 576, dtype=torch.bfloat16, requires_grad=True)
+    torch.nn.functional.linear(x, w).float().sum().backward()
+print(held_mb() - before)
+"""
+
+
+def test_kernel_cache_limit_stops_memory_growing_with_each_new_shape(tmp_path):
+    script = tmp_path / "growth.py"
+    script.write_text(_SHAPE_GROWTH)
+    env = {k: v for k, v in os.environ.items() if k not in memory.KERNEL_CACHE_LIMITS}
+    growth = {mode: float(subprocess.run([sys.executable, str(script), mode], env=env, capture_output=True,
+                                         text=True, check=True).stdout) for mode in ("bound", "default")}
+    assert growth["bound"] < growth["default"] / 2, growth
+
+
+def test_kernel_cache_limit_is_set_before_the_model_loads_and_leaves_user_values(tiny_causal_lm, demo_dir, tmp_path,
+                                                                                 monkeypatch):
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "7")  # the user's own size wins
+    seen = {}
+    real_load = run_module.load_model
+
+    def load_model(*args, **kwargs):
+        seen.update({k: os.environ.get(k) for k in memory.KERNEL_CACHE_LIMITS})
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "load_model", load_model)
+    factory.finetune(model=str(tiny_causal_lm), dataset="alpaca_en_demo", dataset_dir=str(demo_dir), max_samples=8,
+                     cutoff_len=64, batch_size=4, max_steps=1, method="lora", precision="fp32", sample_prompt=None,
+                     output_dir=str(tmp_path / "out"))
+    assert seen == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64", "LRU_CACHE_CAPACITY": "7"}

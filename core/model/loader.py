@@ -13,9 +13,9 @@ from typing import Any
 from factory import hardware
 from factory.config import RunConfig
 from factory.errors import ConfigError
-from factory.plugins import PluginManager
 from factory.model.attention import register_varlen_sdpa
 from factory.model.fused import fuse_modules
+from factory.plugins import PluginManager
 
 log = logging.getLogger(__name__)
 

@@ -196,6 +196,10 @@ def run_training(
         if resume_from is None and any(out.iterdir()):
             raise ConfigError(f"resume=true but output_dir '{out}' holds no checkpoint-* folder; set save_steps to write checkpoints")
     set_seed(cfg.seed)
+    if cfg.kernel_cache_limit:
+        from factory.train.memory import bound_kernel_caches
+
+        bound_kernel_caches()  # before the model's first matmul, when the libraries read it
 
     loaded: LoadedModel = load_model(cfg, manager, train=True)
     if data_kind in ("supervised", "pretrain") and not supports_packed_positions(loaded.model):
