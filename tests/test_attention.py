@@ -55,3 +55,68 @@ def test_a_sliding_window_shorter_than_an_example_keeps_the_mask():
     assert attention._split_bounds(query, query, {"cu_seq_lens_q": bounds}) == [0, 4, 10]
     assert attention._split_bounds(query, query, {"cu_seq_lens_q": bounds, "sliding_window": 5}) is None
     assert attention._split_bounds(query, query[:, :, :6], {"cu_seq_lens_q": bounds}) is None  # a cache: keys differ
+
+
+def _qkv(length, dtype, heads=6, groups=2, dim=8):
+    torch.manual_seed(1)
+    shapes = [(1, heads, length, dim), (1, groups, length, dim), (1, groups, length, dim)]
+    return [torch.randn(s, dtype=dtype, requires_grad=True) for s in shapes]
+
+
+def _with_grads(fn, q, k, v):
+    out = fn(q, k, v)
+    weights = torch.linspace(-1, 1, out.numel()).view(out.shape).to(out.dtype)
+    q.grad = k.grad = v.grad = None
+    (out * weights).sum().backward()
+    return [out.detach().float(), q.grad.float(), k.grad.float(), v.grad.float()]
+
+
+def _sdpa(q, k, v):
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True, scale=0.3)
+
+
+def test_grouped_attention_matches_sdpa_forward_and_backward():
+    q, k, v = _qkv(23, torch.float32)
+    ours = _with_grads(lambda *t: attention.GroupedCausalAttention.apply(*t, 0.3), q, k, v)
+    reference = _with_grads(_sdpa, q, k, v)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), ours, reference):
+        assert torch.allclose(a, b, atol=1e-5), name
+
+
+def test_grouped_attention_in_bf16_is_within_bf16_rounding_of_sdpa():
+    q, k, v = _qkv(40, torch.bfloat16)
+    ours = _with_grads(lambda *t: attention.GroupedCausalAttention.apply(*t, 0.3), q, k, v)
+    reference = _with_grads(_sdpa, q, k, v)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), ours, reference):
+        assert (a - b).abs().max() <= 0.02 * b.abs().max(), name
+
+
+def _grads(model, **inputs):
+    model.zero_grad()
+    model(**inputs).loss.backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+def test_training_takes_grouped_attention_for_short_examples_only(tiny_causal_lm, monkeypatch):
+    from transformers.integrations import sdpa_attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32, attn_implementation=register_varlen_sdpa())
+    rows = _rows()  # lengths 7, 19, 1, 12
+    monkeypatch.setattr(attention, "SHORT_EXAMPLE", 12)
+    monkeypatch.setattr(attention, "_CAUSAL", {})
+    grouped, sdpa = [], []
+    real_apply, real_sdpa = attention.GroupedCausalAttention.apply, sdpa_attention.sdpa_attention_forward
+    monkeypatch.setattr(attention.GroupedCausalAttention, "apply", lambda q, *a: grouped.append(q.shape[2]) or real_apply(q, *a))
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward",
+                        lambda m, q, *a, **kw: sdpa.append(q.shape[2]) or real_sdpa(m, q, *a, **kw))
+
+    batch = FlatteningCollator(pad_token_id=0)([{"input_ids": r, "labels": r} for r in rows])
+    flat = _grads(model, **{k: v for k, v in batch.items() if k != "attention_mask"})
+    layers = model.config.num_hidden_layers
+    assert grouped[:3] == [7, 1, 12] and sdpa[:1] == [19] and len(grouped) == 3 * layers
+    # The same gradients as plain transformers on the padded batch.
+    plain = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32, attn_implementation="sdpa")
+    padded = torch.nn.utils.rnn.pad_sequence([torch.tensor(r) for r in rows], batch_first=True, padding_value=0)
+    mask = torch.arange(padded.shape[1]) < torch.tensor([len(r) for r in rows])[:, None]
+    reference = _grads(plain, input_ids=padded, attention_mask=mask.long(), labels=padded.masked_fill(~mask, -100))
+    assert torch.allclose(flat, reference, atol=1e-5)
