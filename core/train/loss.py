@@ -44,12 +44,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, targets.numel(), chunk_tokens):
             part = slice(start, start + chunk_tokens)
             h, t = hidden[part].to(dtype), targets[part]
-            logits = F.linear(h, w, b).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            log_probs = torch.log_softmax(F.linear(h, w, b).float(), dim=-1)  # one fused pass over the vocabulary
+            total -= log_probs.gather(1, t[:, None]).sum()
             if not (want_hidden or want_weight or want_bias):
                 continue
-            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            grad = log_probs.exp_()  # softmax, in place
             grad[torch.arange(t.numel(), device=t.device), t] -= 1
             if want_bias:
                 grad_bias += grad.sum(0)
