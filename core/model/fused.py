@@ -8,6 +8,11 @@ the same way, but as Triton kernels for GPUs only, hence this pure-PyTorch versi
 
 A module is patched only when its forward computes exactly what the fused one does: each class
 is checked once on a probe input (so Gemma's ``1 + weight`` norm or a GELU MLP keep their own).
+
+:func:`low_rank_linear` is the same idea for a frozen linear layer plus a low-rank adapter (LoRA):
+one autograd node instead of five, the adapter's product added inside the base matmul (``addmm``)
+rather than as separate scale and add passes over the output, forward and backward. Adapter
+plugins route their layers through it (factory-plugin-peft does for plain LoRA).
 """
 
 from __future__ import annotations
@@ -59,6 +64,46 @@ class _SwiGLU(torch.autograd.Function):
         grad_gate = torch.ops.aten.silu_backward(grad * up, gate)
         grad_up = grad * F.silu(gate)
         return grad_gate, grad_up
+
+
+class _LowRankLinear(torch.autograd.Function):
+    """``x @ weight.T + bias + scaling * (x @ a.T) @ b.T`` with ``weight``/``bias`` frozen, in ``x``'s dtype."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, a: torch.Tensor,
+                b: torch.Tensor, scaling: float) -> torch.Tensor:
+        dtype = x.dtype
+        flat = x.reshape(-1, x.shape[-1])
+        a_, b_ = a.to(dtype), b.to(dtype)
+        scaled = (flat @ a_.t()).mul_(scaling)
+        base = flat @ weight.t() if bias is None else torch.addmm(bias.to(dtype), flat, weight.t())
+        out = torch.addmm(base, scaled, b_.t())
+        ctx.save_for_backward(flat, weight, a_, b_, scaled)
+        ctx.scaling, ctx.dtypes = scaling, (a.dtype, b.dtype)
+        return out.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        flat, weight, a, b, scaled = ctx.saved_tensors
+        grad_flat = grad.reshape(-1, grad.shape[-1])
+        grad_scaled = (grad_flat @ b).mul_(ctx.scaling)  # d loss / d (x @ a.T), through the scaling
+        grad_a = (grad_scaled.t() @ flat).to(ctx.dtypes[0]) if ctx.needs_input_grad[3] else None
+        grad_b = (grad_flat.t() @ scaled).to(ctx.dtypes[1]) if ctx.needs_input_grad[4] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.addmm(grad_flat @ weight, grad_scaled, a).view(*grad.shape[:-1], flat.shape[-1])
+        return grad_x, None, None, grad_a, grad_b, None
+
+
+def low_rank_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, a: torch.Tensor,
+                    b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """A frozen linear layer plus its low-rank update ``scaling * b @ a``, computed in ``x``'s dtype.
+
+    The caller checks that the base is frozen and in ``x``'s dtype; ``a`` and ``b`` (fp32 master
+    weights) are rounded to it, as autocast would, and get their gradients in their own dtype.
+    """
+    with torch.autocast(x.device.type, enabled=False):
+        return _LowRankLinear.apply(x, weight, bias, a, b, scaling)
 
 
 def _norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:

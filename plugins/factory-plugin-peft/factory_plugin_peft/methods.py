@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from factory.config import RunConfig
 from factory.errors import ConfigError
 from factory.model.modules import check_modules, resolve_targets
+from factory_plugin_peft.fused import fuse_lora_layers
 
 # Attribute of a PiSSA-initialised PeftModel holding its initial adapter weights: ``save`` needs
 # them to turn the trained adapter into plain LoRA that fits the original (unmodified) base.
@@ -90,6 +91,8 @@ class LoraMethod:
                 peft_model = get_peft_model(model, config)
             except ValueError as exc:
                 raise ConfigError(f"peft refused the {self.name} settings in section lora: {_first_line(exc)}") from None
+        if cfg.fused_ops:
+            fuse_lora_layers(peft_model)
         if self.pissa:
             initial = get_peft_model_state_dict(peft_model)
             setattr(peft_model, PISSA_INIT_ATTR, {k: v.detach().clone() for k, v in initial.items()})

@@ -278,3 +278,56 @@ def test_load_refuses_an_adapter_for_another_model(tiny_causal_lm, tmp_path, bat
     with pytest.raises(ConfigError) as err:
         methods.LORA.load(base(other), str(tmp_path / "adapter"), cfg)
     assert "does not fit the model" in str(err.value) and "\n" not in str(err.value)
+
+
+def _step(model, batch, dtype=None):
+    """Logits and every adapter gradient of one forward/backward (under bf16 autocast when ``dtype``)."""
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+        out = model(batch, labels=batch)
+    out.loss.backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    return out.logits.detach().float(), grads.float()
+
+
+def _adapted(path, *overrides, dtype=torch.float32):
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    cfg = config("lora.rank=4", *overrides)
+    adapted = method("lora").apply(model, cfg)
+    for name, param in adapted.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05, generator=torch.Generator().manual_seed(1))  # peft starts B at 0
+        if param.requires_grad:
+            param.data = param.data.float()
+    return adapted
+
+
+def test_fused_lora_layers_compute_what_peft_does(tiny_causal_lm, batch):
+    fused, plain = _adapted(tiny_causal_lm), _adapted(tiny_causal_lm, "fused_ops=false")
+    plain.load_state_dict(fused.state_dict())
+    assert sum("_fused_forward" in str(m.__dict__.get("forward")) for m in fused.modules()) == len(LINEAR) * 2
+    for a, b in zip(_step(fused, batch), _step(plain, batch)):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_fused_lora_layers_in_bf16_match_peft_under_autocast(tiny_causal_lm, batch):
+    fused = _adapted(tiny_causal_lm, dtype=torch.bfloat16)
+    plain = _adapted(tiny_causal_lm, "fused_ops=false", dtype=torch.bfloat16)
+    plain.load_state_dict(fused.state_dict())
+    for a, b in zip(_step(fused, batch, torch.bfloat16), _step(plain, batch, torch.bfloat16)):
+        assert (a - b).abs().max() <= 0.02 * b.abs().max()
+
+
+@pytest.mark.parametrize("case", ["dropout", "disabled", "fp32 base under autocast"])
+def test_what_the_fused_layer_does_not_model_runs_peft(case, tiny_causal_lm, batch, monkeypatch):
+    from factory_plugin_peft import fused
+
+    calls = []
+    monkeypatch.setattr(fused, "low_rank_linear", lambda *a: calls.append(1) or pytest.fail("fused path taken"))
+    model = _adapted(tiny_causal_lm, *(["lora.dropout=0.1"] if case == "dropout" else []))
+    if case == "disabled":  # how a DPO reference shares the policy's weights
+        with model.disable_adapter(), torch.no_grad():
+            model(batch)
+    else:
+        _step(model, batch, torch.bfloat16 if case.endswith("autocast") else None)
+    assert calls == []
