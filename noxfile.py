@@ -28,7 +28,7 @@ def tests(session: nox.Session) -> None:
     """The core's tests and every plugin's tests, against installed distributions."""
     install_all(session)
     targets = [str(ROOT / "tests")] + [str(p / "tests") for p in PLUGINS if (p / "tests").is_dir()]
-    session.run("pytest", "-p", "no:cacheprovider", *targets, *session.posargs)
+    session.run("pytest", "-p", "no:cacheprovider", "--durations=15", *targets, *session.posargs)
 
 
 @nox.session

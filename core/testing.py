@@ -6,7 +6,9 @@ Fixtures:
 - ``tiny_causal_lm``: a folder holding a tiny random-weight Llama causal LM and a small
   byte-level BPE tokenizer with a ChatML chat template, built offline in seconds.
 
-And :func:`check_plugin_contract`, which every plugin's own tests call.
+And :func:`check_plugin_contract`, which every plugin's own tests call, and
+:func:`write_quantized_checkpoint`, which turns the tiny model into a pre-quantized checkpoint for
+the quantization plugins' tests.
 
 This module is imported at pytest start-up, so it imports nothing heavy at module level.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +178,32 @@ def check_plugin_contract(distribution: str) -> list[dict[str, Any]]:
     problems += [f"entry point '{ep.name}' is not listed" for ep in eps if ep.name not in listed]
     assert not problems, f"{distribution} breaks the plugin contract:\n- " + "\n- ".join(problems)
     return report["rows"]
+
+
+def write_quantized_checkpoint(
+    src: Path, dst: Path, quantize: Callable[[Any], tuple[dict[str, Any], Any]], quantization_config: dict[str, Any]
+) -> dict[str, Any]:
+    """Copy the model folder ``src`` to ``dst`` with every ``*proj.weight`` replaced by ``quantize(weight)``.
+
+    ``quantize`` returns the quantized tensors (named by suffix, e.g. ``{"qweight": ...}``) and the
+    weight they stand for; the config gains ``quantization_config``. Returns each projection's
+    stand-in weight by module name: the oracle a plugin's loaded layers are compared against.
+    """
+    from safetensors.torch import load_file, save_file
+
+    dst.mkdir(parents=True)
+    tensors, dequantized = {}, {}
+    for name, weight in load_file(src / "model.safetensors").items():
+        if not name.endswith("proj.weight"):
+            tensors[name] = weight
+            continue
+        layer = name.removesuffix(".weight")
+        parts, dequantized[layer] = quantize(weight)
+        tensors |= {f"{layer}.{suffix}": tensor for suffix, tensor in parts.items()}
+    save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((src / "config.json").read_text())
+    config["quantization_config"] = quantization_config
+    (dst / "config.json").write_text(json.dumps(config))
+    for file in src.glob("tokenizer*"):
+        (dst / file.name).write_bytes(file.read_bytes())
+    return dequantized

@@ -6,7 +6,6 @@ random codes; the oracle is the weight those codes spell, summed from the codebo
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,6 @@ import numba
 import pytest
 import torch
 from factory_plugin_aqlm.quantizer import AQLM
-from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 import factory
@@ -24,44 +22,35 @@ from factory.errors import PluginError
 from factory.model.export import export_model
 from factory.model.loader import load_model
 from factory.model.modules import is_quantized_linear
-from factory.testing import check_plugin_contract
+from factory.testing import check_plugin_contract, write_quantized_checkpoint
 
 CODEBOOKS, NBITS, GROUP = 2, 8, 8
 
 
-def write_aqlm_checkpoint(src: Path, dst: Path) -> dict[str, torch.Tensor]:
-    """Replace src's projections by random AQLM codes; returns each layer's weight as the codes spell it."""
-    dst.mkdir(parents=True)
-    gen = torch.Generator().manual_seed(0)
-    tensors, dequantized = {}, {}
-    for name, weight in load_file(src / "model.safetensors").items():
-        if not name.endswith("proj.weight"):
-            tensors[name] = weight
-            continue
+def random_codes(gen: torch.Generator):
+    """A quantizer that replaces each weight by random AQLM codes, returning the weight those codes spell."""
+
+    def quantize(weight: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         out_features, in_features = weight.shape
         codes = torch.randint(0, 2**NBITS, (out_features, in_features // GROUP, CODEBOOKS), generator=gen)
         books = torch.randn(CODEBOOKS, 2**NBITS, 1, GROUP, generator=gen) * 0.1
         scales = torch.rand(out_features, 1, 1, 1, generator=gen) + 0.5
-        layer = name.removesuffix(".weight")
-        tensors |= {f"{layer}.codes": codes.to(torch.int8), f"{layer}.codebooks": books, f"{layer}.scales": scales}
         spelled = sum(books[c, codes[:, :, c], 0, :] for c in range(CODEBOOKS)).reshape(out_features, in_features)
-        dequantized[layer] = spelled * scales.reshape(out_features, 1)
-    save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
-    config = json.loads((src / "config.json").read_text())
-    config["quantization_config"] = {
-        "quant_method": "aqlm", "in_group_size": GROUP, "out_group_size": 1, "num_codebooks": CODEBOOKS,
-        "nbits_per_codebook": NBITS, "linear_weights_not_to_quantize": ["lm_head"],
-    }
-    (dst / "config.json").write_text(json.dumps(config))
-    for file in src.glob("tokenizer*"):
-        (dst / file.name).write_bytes(file.read_bytes())
-    return dequantized
+        return {"codes": codes.to(torch.int8), "codebooks": books, "scales": scales}, spelled * scales.reshape(out_features, 1)
+
+    return quantize
+
+
+AQLM_CONFIG = {
+    "quant_method": "aqlm", "in_group_size": GROUP, "out_group_size": 1, "num_codebooks": CODEBOOKS,
+    "nbits_per_codebook": NBITS, "linear_weights_not_to_quantize": ["lm_head"],
+}
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_causal_lm, tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
     folder = tmp_path_factory.mktemp("aqlm") / "tiny-aqlm"
-    return folder, write_aqlm_checkpoint(tiny_causal_lm, folder)
+    return folder, write_quantized_checkpoint(tiny_causal_lm, folder, random_codes(torch.Generator().manual_seed(0)), AQLM_CONFIG)
 
 
 def config(model: Path, *overrides: str) -> factory.RunConfig:

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 from factory_plugin_awq.quantizer import AWQ
-from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 import factory
@@ -22,7 +21,7 @@ from factory.errors import PluginError
 from factory.model.export import export_model
 from factory.model.loader import load_model
 from factory.model.modules import is_quantized_linear
-from factory.testing import check_plugin_contract
+from factory.testing import check_plugin_contract, write_quantized_checkpoint
 
 GROUP = 32
 AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]  # AWQ GEMM stores the 8 nibbles of an int32 in this column order
@@ -39,37 +38,25 @@ def pack(values: torch.Tensor) -> torch.Tensor:
     return packed.to(torch.int32)
 
 
-def write_awq_checkpoint(src: Path, dst: Path) -> dict[str, torch.Tensor]:
-    """Quantize src's projection weights with per-group min/max rounding; returns the dequantized weights."""
-    dst.mkdir(parents=True)
-    tensors, dequantized = {}, {}
-    for name, weight in load_file(src / "model.safetensors").items():
-        if not name.endswith("proj.weight"):
-            tensors[name] = weight
-            continue
-        out_features, in_features = weight.shape
-        grouped = weight.T.float().reshape(in_features // GROUP, GROUP, out_features)
-        low, high = grouped.amin(1), grouped.amax(1)
-        scales = ((high - low) / 15).clamp(min=1e-5).half()
-        zeros = (-low / scales.float()).round().clamp(0, 15)
-        q = (grouped / scales.float()[:, None] + zeros[:, None]).round().clamp(0, 15)
-        layer = name.removesuffix(".weight")
-        tensors |= {f"{layer}.qweight": pack(q.reshape(in_features, out_features).int()),
-                    f"{layer}.qzeros": pack(zeros.int()), f"{layer}.scales": scales}
-        dequantized[layer] = ((q - zeros[:, None]) * scales.float()[:, None]).reshape(in_features, out_features).T
-    save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
-    config = json.loads((src / "config.json").read_text())
-    config["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": GROUP, "zero_point": True, "version": "gemm"}
-    (dst / "config.json").write_text(json.dumps(config))
-    for file in src.glob("tokenizer*"):
-        (dst / file.name).write_bytes(file.read_bytes())
-    return dequantized
+def quantize(weight: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Per-group min/max rounding to 4 bits in AWQ GEMM layout; returns the tensors and the dequantized weight."""
+    out_features, in_features = weight.shape
+    grouped = weight.T.float().reshape(in_features // GROUP, GROUP, out_features)
+    low, high = grouped.amin(1), grouped.amax(1)
+    scales = ((high - low) / 15).clamp(min=1e-5).half()
+    zeros = (-low / scales.float()).round().clamp(0, 15)
+    q = (grouped / scales.float()[:, None] + zeros[:, None]).round().clamp(0, 15)
+    tensors = {"qweight": pack(q.reshape(in_features, out_features).int()), "qzeros": pack(zeros.int()), "scales": scales}
+    return tensors, ((q - zeros[:, None]) * scales.float()[:, None]).reshape(in_features, out_features).T
+
+
+AWQ_CONFIG = {"quant_method": "awq", "bits": 4, "group_size": GROUP, "zero_point": True, "version": "gemm"}
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_causal_lm, tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
     folder = tmp_path_factory.mktemp("awq") / "tiny-awq"
-    return folder, write_awq_checkpoint(tiny_causal_lm, folder)
+    return folder, write_quantized_checkpoint(tiny_causal_lm, folder, quantize, AWQ_CONFIG)
 
 
 def config(model: Path, *overrides: str) -> factory.RunConfig:
