@@ -8,7 +8,7 @@ scores, the same result. On this CPU that took attention from ~30% of a LoRA ste
 transformers' own varlen path is FlashAttention's, which needs CUDA, hence this small wrapper
 around transformers' ``sdpa_attention_forward`` (which keeps its GQA and scaling handling).
 
-Short examples (most chat data) take :class:`GroupedCausalAttention` instead of SDPA when training:
+Short examples (most chat data) take :class:`GroupedCausalAttention` instead of SDPA when training on CPU:
 torch's CPU flash kernel works in blocks sized for long sequences and its backward recomputes the
 scores, so at 60-250 tokens it ran 2.5-4x slower (forward and backward) than two plain matmuls
 that keep the probabilities; kept in the compute dtype they cost ``heads * L^2`` values per layer,
@@ -77,9 +77,10 @@ class GroupedCausalAttention(torch.autograd.Function):
 
 def _grouped_fits(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout: float,
                   kwargs: dict[str, Any]) -> bool:
-    """Whether an example can take :class:`GroupedCausalAttention`: short, training, nothing it does not model."""
+    """Whether an example can take :class:`GroupedCausalAttention`: short, training on CPU, nothing it does not model."""
     return (
         torch.is_grad_enabled()
+        and query.device.type == "cpu"  # measured against the CPU flash kernel; GPUs keep theirs
         and query.shape[2] <= SHORT_EXAMPLE
         and dropout == 0.0
         and query.dtype == key.dtype == value.dtype

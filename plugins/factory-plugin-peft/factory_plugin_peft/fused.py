@@ -4,8 +4,9 @@ peft's ``Linear.forward`` runs the base layer, then the adapter as two matmuls, 
 five autograd nodes and two extra passes over the output per layer, forward and backward. On
 SmolLM2 those passes were ~6% of a LoRA step; :func:`factory.model.fused.low_rank_linear` folds them
 into the base matmul. Any layer or call it does not model (DoRA and other variants, dropout, an
-adapter bias, several or disabled adapters, merged weights, a trainable or quantized base, weights
-in another dtype than the input, as with ``frozen_weights: fp32``) keeps peft's own forward.
+adapter bias, several or disabled adapters, merged weights, a trainable, quantized or partitioned
+base, weights in another dtype than the input, as with ``frozen_weights: fp32``) keeps peft's own
+forward.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ def _plain_adapter(layer: LoraLinear, x: torch.Tensor, args: tuple, kwargs: dict
         and layer.lora_B[name].bias is None
     )
     frozen = not base.weight.requires_grad and (base.bias is None or not base.bias.requires_grad)
-    return name if plain and frozen and x.dtype == base.weight.dtype == dtype else None
+    # Whole weights only: DeepSpeed ZeRO-3 leaves a partitioned weight empty until the layer's own forward.
+    whole = base.weight.shape == (base.out_features, base.in_features) and layer.lora_A[name].weight.dim() == 2
+    return name if plain and frozen and whole and x.dtype == base.weight.dtype == dtype else None
 
 
 def _fused_forward(self: LoraLinear, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:

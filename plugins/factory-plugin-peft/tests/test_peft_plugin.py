@@ -331,3 +331,13 @@ def test_what_the_fused_layer_does_not_model_runs_peft(case, tiny_causal_lm, bat
     else:
         _step(model, batch, torch.bfloat16 if case.endswith("autocast") else None)
     assert calls == []
+
+
+def test_a_partitioned_base_weight_is_left_to_peft(tiny_causal_lm):
+    from factory_plugin_peft import fused
+
+    layer = _adapted(tiny_causal_lm).base_model.model.model.layers[0].self_attn.q_proj
+    x = torch.zeros(1, 2, layer.base_layer.in_features)
+    assert fused._plain_adapter(layer, x, (), {}) == "default"
+    layer.base_layer.weight.data = torch.empty(0)  # what DeepSpeed ZeRO-3 leaves outside the layer's forward
+    assert fused._plain_adapter(layer, x, (), {}) is None
