@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import factory
 
 DEMO_DIR = Path(__file__).resolve().parents[4] / "shared" / "data" / "llamafactory-demo"
@@ -31,15 +29,3 @@ def run(model: Any, stage: str, out: Path, **extra: Any) -> dict[str, Any]:
 def logged(metrics: dict[str, Any], key: str) -> list[float]:
     """The training-time values of ``key``, one per logging step (eval entries and the summary left out)."""
     return [entry[key] for entry in metrics["log_history"] if key in entry and "loss" in entry]
-
-
-@pytest.fixture(autouse=True, scope="session")
-def one_torch_thread():
-    """One torch thread: the tiny model gains nothing from more, and on a CPU shared with other jobs
-    (other test sessions, other helpers) two spinning threads per process made SmolLM2 steps ~5x slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

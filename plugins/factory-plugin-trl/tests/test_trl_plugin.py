@@ -26,6 +26,17 @@ from factory.testing import check_plugin_contract
 STAGES = ["dpo", "kto", "orpo", "ppo", "rm", "simpo"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One torch thread for these tiny-model tests: the tiny model gains nothing from more, and on a CPU
+    shared with other jobs two spinning threads per process made steps ~5x slower. The SmolLM2 tests
+    (test_trl_e2e.py) keep every thread: there the rm fixture took 172 s with two, 275 s with one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def reward_by_length(prompts: list[str], responses: list[str]) -> list[float]:
     """A reward function for PPO tests: longer answers score higher."""
     return [len(r) / 20 for r in responses]
