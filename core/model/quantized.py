@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from factory.config import RunConfig
 from factory.errors import PluginError
+from factory.model.modules import is_quantized_linear
 
 ComputeDtype = Literal["auto", "bf16", "fp16", "fp32"]
 """An option naming the compute dtype of a quantized layer; ``auto`` follows the run's precision."""
@@ -63,9 +64,9 @@ def require_checkpoint(cfg: RunConfig, method: str, label: str, rest: str) -> No
         raise PluginError(f"model '{cfg.model}' {what}, and quantization={method} only loads {label} checkpoints{rest}")
 
 
-def require_quantized_layers(model: Any, cfg: RunConfig, label: str, is_quantized: Any) -> None:
+def require_quantized_layers(model: Any, cfg: RunConfig, label: str) -> None:
     """Refuse a loaded model in which no layer is quantized (its config named a method that did not apply)."""
-    if not any(is_quantized(m) for m in model.modules()):
+    if not any(is_quantized_linear(m) for m in model.modules()):
         raise PluginError(f"model '{cfg.model}' loaded without {label} layers; check its quantization_config")
 
 

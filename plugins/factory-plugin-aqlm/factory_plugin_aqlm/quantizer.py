@@ -50,7 +50,7 @@ class AqlmQuantizer:
         )
 
     def after_load(self, model: Any, cfg: RunConfig) -> Any:
-        require_quantized_layers(model, cfg, "AQLM", is_quantized_linear)
+        require_quantized_layers(model, cfg, "AQLM")
         for param in model.parameters():
             param.requires_grad = False
         if not hardware.cuda_devices():

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from factory.config import RunConfig
-from factory.model.modules import is_quantized_linear
 from factory.model.quantized import pin_training_kernels, require_checkpoint, require_quantized_layers, save_quantized
 
 
@@ -23,7 +22,7 @@ class AwqQuantizer:
         )
 
     def after_load(self, model: Any, cfg: RunConfig) -> Any:
-        require_quantized_layers(model, cfg, "AWQ", is_quantized_linear)
+        require_quantized_layers(model, cfg, "AWQ")
         pin_training_kernels(model)
         for param in model.parameters():
             param.requires_grad = False
