@@ -77,7 +77,7 @@ class _LowRankLinear(torch.autograd.Function):
         a_, b_ = a.to(dtype), b.to(dtype)
         scaled = (flat @ a_.t()).mul_(scaling)
         base = flat @ weight.t() if bias is None else torch.addmm(bias.to(dtype), flat, weight.t())
-        out = torch.addmm(base, scaled, b_.t())
+        out = base.addmm_(scaled, b_.t())  # into the base product, a fresh tensor: no second output
         ctx.save_for_backward(flat, weight, a_, b_, scaled)
         ctx.scaling, ctx.dtypes = scaling, (a.dtype, b.dtype)
         return out.view(*x.shape[:-1], weight.shape[0])
@@ -91,7 +91,7 @@ class _LowRankLinear(torch.autograd.Function):
         grad_b = (grad_flat.t() @ scaled).to(ctx.dtypes[1]) if ctx.needs_input_grad[4] else None
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.addmm(grad_flat @ weight, grad_scaled, a).view(*grad.shape[:-1], flat.shape[-1])
+            grad_x = (grad_flat @ weight).addmm_(grad_scaled, a).view(*grad.shape[:-1], flat.shape[-1])
         return grad_x, None, None, grad_a, grad_b, None
 
 
