@@ -6,6 +6,7 @@ core calls ``apply``/``save``/``load``/``merge`` on it directly.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from typing import Any
@@ -20,6 +21,8 @@ from factory.config import RunConfig
 from factory.errors import ConfigError
 from factory.model.modules import check_modules, resolve_targets
 from factory_plugin_peft.fused import fuse_lora_layers
+
+log = logging.getLogger(__name__)
 
 # Attribute of a PiSSA-initialised PeftModel holding its initial adapter weights: ``save`` needs
 # them to turn the trained adapter into plain LoRA that fits the original (unmodified) base.
@@ -92,7 +95,7 @@ class LoraMethod:
             except ValueError as exc:
                 raise ConfigError(f"peft refused the {self.name} settings in section lora: {_first_line(exc)}") from None
         if cfg.fused_ops:
-            fuse_lora_layers(peft_model)
+            log.info("fused low-rank forwards on %d LoRA layers", fuse_lora_layers(peft_model))
         if self.pissa:
             initial = get_peft_model_state_dict(peft_model)
             setattr(peft_model, PISSA_INIT_ATTR, {k: v.detach().clone() for k, v in initial.items()})
