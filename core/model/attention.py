@@ -8,11 +8,12 @@ scores, the same result. On this CPU that took attention from ~30% of a LoRA ste
 transformers' own varlen path is FlashAttention's, which needs CUDA, hence this small wrapper
 around transformers' ``sdpa_attention_forward`` (which keeps its GQA and scaling handling).
 
-Short examples (most chat data) take :class:`GroupedCausalAttention` instead of SDPA when training on CPU:
-torch's CPU flash kernel works in blocks sized for long sequences and its backward recomputes the
-scores, so at 60-250 tokens it ran 2.5-4x slower (forward and backward) than two plain matmuls
-that keep the probabilities; kept in the compute dtype they cost ``heads * L^2`` values per layer,
-bounded by :data:`SHORT_EXAMPLE` (256 tokens: 35 MB per example over SmolLM2's 30 layers).
+Examples up to :data:`SHORT_EXAMPLE` tokens (most chat data) take :class:`GroupedCausalAttention`
+instead of SDPA when training on CPU: torch's CPU flash kernel works in blocks sized for long
+sequences and its backward recomputes the scores, so up to 512 tokens it ran 1.5-4x slower
+(forward and backward) than two plain matmuls that keep the probabilities. Those cost
+``heads * L^2`` values per layer in the compute dtype: at most ``heads * 512`` per token, 4.7 MB
+per layer for a 512-token SmolLM2 example.
 """
 
 from __future__ import annotations
@@ -23,19 +24,20 @@ import torch
 
 VARLEN_SDPA = "factory_sdpa_varlen"
 
-# Longest example attended with GroupedCausalAttention. Measured on SmolLM2's shape (9 query heads,
-# 3 key/value heads, 64 dims, bf16): 2.5-4x faster than the flash kernel up to 186 tokens, ~2x at
-# 276; the saved probabilities grow with L^2, so longer examples keep the flash kernel.
-SHORT_EXAMPLE = 256
+# Longest example attended with GroupedCausalAttention. Measured in bf16 forward and backward against
+# the flash kernel: 1.5-2x faster at 512 tokens for SmolLM2's shape (9 query heads, 3 key/value
+# heads, 64 dims), Qwen2.5-0.5B's (14/2/64) and Llama-3-8B's (32/8/128), and slower from ~700 on,
+# where the L^2 probabilities no longer stay in cache and the flash kernel's blocking wins.
+SHORT_EXAMPLE = 512
 
-_CAUSAL: dict[torch.device, torch.Tensor] = {}
+_CAUSAL: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
 
 
-def _causal_bias(length: int, device: torch.device) -> torch.Tensor:
+def _causal_bias(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """An additive causal mask (0 on and below the diagonal, -inf above) of ``length``, sliced from one cached."""
-    bias = _CAUSAL.get(device)
-    if bias is None:
-        bias = _CAUSAL[device] = torch.full((SHORT_EXAMPLE, SHORT_EXAMPLE), float("-inf"), device=device).triu_(1)
+    bias = _CAUSAL.get((dtype, device))
+    if bias is None or bias.shape[0] < length:
+        bias = _CAUSAL[dtype, device] = torch.full((length, length), float("-inf"), dtype=dtype, device=device).triu_(1)
     return bias[:length, :length]
 
 
@@ -54,9 +56,13 @@ class GroupedCausalAttention(torch.autograd.Function):
         groups = key.shape[1]
         with torch.autocast(query.device.type, enabled=False):
             stacked = query.reshape(batch, groups, heads // groups * length, dim)
-            scores = torch.matmul(stacked, key.transpose(-1, -2)).float().mul_(scale)
-            scores.view(batch, groups, heads // groups, length, length).add_(_causal_bias(length, query.device))
-            probs = torch.softmax(scores, -1).to(query.dtype)
+            # Scores stay in the compute dtype the matmul rounded them to; softmax accumulates in fp32
+            # internally. Every pass over the heads x L^2 scores costs as much as a matmul here, and
+            # fp32 copies of them fall out of cache past ~400 tokens (2x slower at 512).
+            scores = torch.matmul(stacked, key.transpose(-1, -2))
+            scores.view(batch * groups, heads // groups, length, length).mul_(scale).add_(
+                _causal_bias(length, query.dtype, query.device))
+            probs = torch.softmax(scores, -1)
             out = torch.matmul(probs, value)
         ctx.scale = scale
         ctx.save_for_backward(stacked, key, value, probs)
@@ -68,8 +74,7 @@ class GroupedCausalAttention(torch.autograd.Function):
         grad = grad_out.reshape(stacked.shape)
         grad_value = torch.matmul(probs.transpose(-1, -2), grad)
         grad_probs = torch.matmul(grad, value.transpose(-1, -2))
-        grad_scores = torch._softmax_backward_data(grad_probs.float(), probs.float(), -1, torch.float32)
-        grad_scores = grad_scores.mul_(ctx.scale).to(stacked.dtype)
+        grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype).mul_(ctx.scale)
         grad_query = torch.matmul(grad_scores, key).view(grad_out.shape)
         grad_key = torch.matmul(grad_scores.transpose(-1, -2), stacked)
         return grad_query, grad_key, grad_value, None
