@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from factory.train import loss as loss_module
 from factory.train.loss import chunked_causal_lm_loss, split_head
 
 
@@ -22,7 +23,8 @@ def batch():
 
 
 @pytest.mark.parametrize("num_items", [None, 100])
-def test_loss_and_grads_equal_the_library(tiny_causal_lm, batch, num_items):
+@pytest.mark.parametrize("block_rows", [None, 3])
+def test_loss_and_grads_equal_the_library(tiny_causal_lm, batch, num_items, block_rows, monkeypatch):
     model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32)
     kwargs = {"num_items_in_batch": torch.tensor(num_items)} if num_items else {}
     reference = model(**batch, **kwargs).loss
@@ -31,6 +33,8 @@ def test_loss_and_grads_equal_the_library(tiny_causal_lm, batch, num_items):
     model.zero_grad()
 
     decoder, head = split_head(model)
+    if block_rows:  # softmax blocks of 3 rows, not dividing the 7-token chunks
+        monkeypatch.setattr(loss_module, "SOFTMAX_BLOCK_VALUES", block_rows * head.out_features)
     features = {k: v for k, v in batch.items() if k != "labels"}
     hidden = decoder(**features).last_hidden_state
     loss = chunked_causal_lm_loss(hidden, head, batch["labels"], kwargs.get("num_items_in_batch"), chunk_tokens=7)

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 
 CHUNK_TOKENS = 256
+# fp32 values per block of the softmax passes: 4 MB, a few rows of a large vocabulary, fits in L2/L3.
+SOFTMAX_BLOCK_VALUES = 2**20
 
 
 def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
@@ -44,19 +46,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, targets.numel(), chunk_tokens):
             part = slice(start, start + chunk_tokens)
             h, t = hidden[part].to(dtype), targets[part]
-            log_probs = torch.log_softmax(F.linear(h, w, b).float(), dim=-1)  # one fused pass over the vocabulary
-            total -= log_probs.gather(1, t[:, None]).sum()
-            if not (want_hidden or want_weight or want_bias):
-                continue
-            grad = log_probs.exp_()  # softmax, in place
-            grad[torch.arange(t.numel(), device=t.device), t] -= 1
-            if want_bias:
-                grad_bias += grad.sum(0)
-            grad = grad.to(dtype)
+            logits = F.linear(h, w, b)
+            # The softmax passes run a few rows at a time so their fp32 copy stays in cache: over a whole
+            # 256 x 49152 chunk they were memory-bound and took as long as the head matmul itself.
+            rows = max(1, SOFTMAX_BLOCK_VALUES // logits.shape[1])
+            for first in range(0, t.numel(), rows):
+                block, t_block = logits[first:first + rows], t[first:first + rows]
+                log_probs = torch.log_softmax(block, dim=-1, dtype=torch.float32)
+                total -= log_probs.gather(1, t_block[:, None]).sum()
+                if want_hidden or want_weight or want_bias:
+                    grad = log_probs.exp_()  # softmax, in place
+                    grad[torch.arange(t_block.numel(), device=t.device), t_block] -= 1
+                    if want_bias:
+                        grad_bias += grad.sum(0)
+                    block.copy_(grad)  # the logits' buffer now holds the gradient, in the compute dtype
             if want_hidden:
-                grad_hidden[part] = grad @ w
+                grad_hidden[part] = logits @ w
             if want_weight:
-                grad_weight += (grad.t() @ h).float()
+                grad_weight += (logits.t() @ h).float()
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         return total
