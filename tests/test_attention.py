@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -75,7 +76,9 @@ def _sdpa(q, k, v):
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True, scale=0.3)
 
 
-def test_grouped_attention_matches_sdpa_forward_and_backward():
+@pytest.mark.parametrize("block", [128, 5])  # one block; five blocks of 4-5 positions
+def test_grouped_attention_matches_sdpa_forward_and_backward(block, monkeypatch):
+    monkeypatch.setattr(attention, "ATTENTION_BLOCK", block)
     q, k, v = _qkv(23, torch.float32)
     ours = _with_grads(lambda *t: attention.GroupedCausalAttention.apply(*t, 0.3), q, k, v)
     reference = _with_grads(_sdpa, q, k, v)
@@ -83,7 +86,9 @@ def test_grouped_attention_matches_sdpa_forward_and_backward():
         assert torch.allclose(a, b, atol=1e-5), name
 
 
-def test_grouped_attention_in_bf16_is_within_bf16_rounding_of_sdpa():
+@pytest.mark.parametrize("block", [128, 9])
+def test_grouped_attention_in_bf16_is_within_bf16_rounding_of_sdpa(block, monkeypatch):
+    monkeypatch.setattr(attention, "ATTENTION_BLOCK", block)
     q, k, v = _qkv(40, torch.bfloat16)
     ours = _with_grads(lambda *t: attention.GroupedCausalAttention.apply(*t, 0.3), q, k, v)
     reference = _with_grads(_sdpa, q, k, v)

@@ -30,23 +30,43 @@ VARLEN_SDPA = "factory_sdpa_varlen"
 # where the L^2 probabilities no longer stay in cache and the flash kernel's blocking wins.
 SHORT_EXAMPLE = 512
 
-_CAUSAL: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+# Positions per query block of GroupedCausalAttention. Each block scores only the keys up to its own
+# end, so a long example skips most of the causal upper triangle: at 512 tokens 4 blocks compute 5/8
+# of the scores. Measured on SmolLM2's shape: 15-30% faster from ~276 tokens on; shorter examples are one block.
+ATTENTION_BLOCK = 128
+
+_CAUSAL: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
 
 
-def _causal_bias(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An additive causal mask (0 on and below the diagonal, -inf above) of ``length``, sliced from one cached."""
-    bias = _CAUSAL.get((dtype, device))
-    if bias is None or bias.shape[0] < length:
-        bias = _CAUSAL[dtype, device] = torch.full((length, length), float("-inf"), dtype=dtype, device=device).triu_(1)
-    return bias[:length, :length]
+def _causal_bias(length: int, heads: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The additive causal mask of ``length`` positions for rows stacked position-major (``heads`` rows per position).
+
+    Row ``p * heads + r`` is query head ``r`` at position ``p``: 0 for keys up to ``p``, -inf after.
+    Sliced from one cached mask, which stays valid for any shorter length.
+    """
+    bias = _CAUSAL.get((heads, dtype, device))
+    if bias is None or bias.shape[1] < length:
+        square = torch.full((length, length), float("-inf"), dtype=dtype, device=device).triu_(1)
+        bias = _CAUSAL[heads, dtype, device] = square.repeat_interleave(heads, 0)
+    return bias[: length * heads, :length]
+
+
+def _blocks(length: int) -> list[tuple[int, int]]:
+    """Equal query blocks of about :data:`ATTENTION_BLOCK` positions covering ``length``."""
+    count = max(1, round(length / ATTENTION_BLOCK))
+    edges = [length * i // count for i in range(count + 1)]
+    return list(zip(edges, edges[1:]))
 
 
 class GroupedCausalAttention(torch.autograd.Function):
-    """Causal attention of one example as two matmuls per key/value head, saving only the probabilities.
+    """Causal attention of one example as plain matmuls per key/value head, saving only the probabilities.
 
-    The query heads sharing a key/value head are stacked into one ``(heads/groups * L) x D`` matrix,
-    so grouped-query attention needs no repeated keys or values. Softmax runs in fp32; the
-    probabilities are rounded to the compute dtype (as transformers' eager attention does) and are
+    The query heads sharing a key/value head are stacked position-major into one ``(L * heads/groups) x D``
+    matrix, so grouped-query attention needs no repeated keys or values and a block of positions is a
+    block of rows: each block of :func:`_blocks` scores only the keys it can see. Scores and
+    probabilities stay in the compute dtype (softmax accumulates in fp32 internally, and the scores are
+    already rounded by the matmul, as in transformers' eager attention): every pass over them costs as
+    much as a matmul here, and fp32 copies fall out of cache past ~400 tokens. The probabilities are
     the only activation this saves beyond its inputs.
     """
 
@@ -54,30 +74,56 @@ class GroupedCausalAttention(torch.autograd.Function):
     def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
         batch, heads, length, dim = query.shape
         groups = key.shape[1]
+        per_group = heads // groups
         with torch.autocast(query.device.type, enabled=False):
-            stacked = query.reshape(batch, groups, heads // groups * length, dim)
-            # Scores stay in the compute dtype the matmul rounded them to; softmax accumulates in fp32
-            # internally. Every pass over the heads x L^2 scores costs as much as a matmul here, and
-            # fp32 copies of them fall out of cache past ~400 tokens (2x slower at 512).
-            scores = torch.matmul(stacked, key.transpose(-1, -2))
-            scores.view(batch * groups, heads // groups, length, length).mul_(scale).add_(
-                _causal_bias(length, query.dtype, query.device))
-            probs = torch.softmax(scores, -1)
-            out = torch.matmul(probs, value)
+            stacked = (query.transpose(1, 2).reshape(batch, length, groups, per_group, dim)
+                       .permute(0, 2, 1, 3, 4).reshape(batch, groups, length * per_group, dim))
+            bias = _causal_bias(length, per_group, query.dtype, query.device)
+            out = torch.empty_like(stacked)
+            probs = []
+            for start, end in _blocks(length):
+                rows = slice(start * per_group, end * per_group)
+                scores = torch.matmul(stacked[:, :, rows], key[:, :, :end].transpose(-1, -2)).mul_(scale)
+                scores[..., start:].add_(bias[rows, start:end])  # keys before the block are all visible
+                probs.append(torch.softmax(scores, -1))
+                out[:, :, rows] = torch.matmul(probs[-1], value[:, :, :end])
         ctx.scale = scale
-        ctx.save_for_backward(stacked, key, value, probs)
-        return out.view(batch, heads, length, dim)
+        ctx.save_for_backward(stacked, key, value, *probs)
+        return _heads_first(out, length, per_group)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
-        stacked, key, value, probs = ctx.saved_tensors
-        grad = grad_out.reshape(stacked.shape)
-        grad_value = torch.matmul(probs.transpose(-1, -2), grad)
-        grad_probs = torch.matmul(grad, value.transpose(-1, -2))
-        grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype).mul_(ctx.scale)
-        grad_query = torch.matmul(grad_scores, key).view(grad_out.shape)
-        grad_key = torch.matmul(grad_scores.transpose(-1, -2), stacked)
-        return grad_query, grad_key, grad_value, None
+        stacked, key, value, *probs = ctx.saved_tensors
+        batch, groups, rows_total, dim = stacked.shape
+        length = key.shape[2]
+        per_group = rows_total // length
+        grad = (grad_out.transpose(1, 2).reshape(batch, length, groups, per_group, dim)
+                .permute(0, 2, 1, 3, 4).reshape(stacked.shape))
+        grad_stacked = torch.empty_like(stacked)
+        grad_key = grad_value = None
+        blocks = _blocks(length)
+        # The last block sees every key; earlier blocks add into a prefix, summed in fp32 when there are several.
+        for (start, end), block_probs in reversed(list(zip(blocks, probs))):
+            rows = slice(start * per_group, end * per_group)
+            block_grad = grad[:, :, rows]
+            part_value = torch.matmul(block_probs.transpose(-1, -2), block_grad)
+            grad_probs = torch.matmul(block_grad, value[:, :, :end].transpose(-1, -2))
+            grad_scores = torch._softmax_backward_data(grad_probs, block_probs, -1, block_probs.dtype).mul_(ctx.scale)
+            grad_stacked[:, :, rows] = torch.matmul(grad_scores, key[:, :, :end])
+            part_key = torch.matmul(grad_scores.transpose(-1, -2), stacked[:, :, rows])
+            if grad_key is None:
+                grad_key, grad_value = (part_key, part_value) if len(blocks) == 1 else (part_key.float(), part_value.float())
+            else:
+                grad_key[:, :, :end] += part_key
+                grad_value[:, :, :end] += part_value
+        return _heads_first(grad_stacked, length, per_group), grad_key.to(key.dtype), grad_value.to(value.dtype), None
+
+
+def _heads_first(stacked: torch.Tensor, length: int, per_group: int) -> torch.Tensor:
+    """``(batch, groups, L * heads/groups, D)`` stacked position-major back to ``(batch, heads, L, D)``."""
+    batch, groups, _, dim = stacked.shape
+    return (stacked.view(batch, groups, length, per_group, dim).permute(0, 2, 1, 3, 4)
+            .reshape(batch, length, groups * per_group, dim).transpose(1, 2))
 
 
 def _grouped_fits(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout: float,
