@@ -76,27 +76,29 @@ class GroupedCausalAttention(torch.autograd.Function):
         groups = key.shape[1]
         per_group = heads // groups
         with torch.autocast(query.device.type, enabled=False):
+            # (batch * groups, L * heads/groups, D): one matrix per key/value head, rows (position, head).
             stacked = (query.transpose(1, 2).reshape(batch, length, groups, per_group, dim)
-                       .permute(0, 2, 1, 3, 4).reshape(batch, groups, length * per_group, dim))
+                       .permute(0, 2, 1, 3, 4).reshape(batch * groups, length * per_group, dim))
+            keys, values = key.flatten(0, 1), value.flatten(0, 1)
             bias = _causal_bias(length, per_group, query.dtype, query.device)
             out = torch.empty_like(stacked)
             probs = []
             for start, end in _blocks(length):
                 rows = slice(start * per_group, end * per_group)
-                scores = torch.matmul(stacked[:, :, rows], key[:, :, :end].transpose(-1, -2)).mul_(scale)
-                scores[..., start:].add_(bias[rows, start:end])  # keys before the block are all visible
+                # scale * q @ k.T + mask in one op (the mask's rows for this block, over the keys it sees)
+                scores = torch.baddbmm(bias[rows, :end], stacked[:, rows], keys[:, :end].transpose(1, 2), alpha=scale)
                 probs.append(torch.softmax(scores, -1))
-                out[:, :, rows] = torch.matmul(probs[-1], value[:, :, :end])
+                torch.bmm(probs[-1], values[:, :end], out=out[:, rows])
         ctx.scale = scale
         ctx.save_for_backward(stacked, key, value, *probs)
-        return _heads_first(out, length, per_group)
+        return _heads_first(out, batch, length, per_group)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
         stacked, key, value, *probs = ctx.saved_tensors
-        batch, groups, rows_total, dim = stacked.shape
-        length = key.shape[2]
-        per_group = rows_total // length
+        batch, groups, length, dim = key.shape
+        per_group = stacked.shape[1] // length
+        keys, values = key.flatten(0, 1), value.flatten(0, 1)
         grad = (grad_out.transpose(1, 2).reshape(batch, length, groups, per_group, dim)
                 .permute(0, 2, 1, 3, 4).reshape(stacked.shape))
         grad_stacked = torch.empty_like(stacked)
@@ -105,23 +107,26 @@ class GroupedCausalAttention(torch.autograd.Function):
         # The last block sees every key; earlier blocks add into a prefix, summed in fp32 when there are several.
         for (start, end), block_probs in reversed(list(zip(blocks, probs))):
             rows = slice(start * per_group, end * per_group)
-            block_grad = grad[:, :, rows]
-            part_value = torch.matmul(block_probs.transpose(-1, -2), block_grad)
-            grad_probs = torch.matmul(block_grad, value[:, :, :end].transpose(-1, -2))
-            grad_scores = torch._softmax_backward_data(grad_probs, block_probs, -1, block_probs.dtype).mul_(ctx.scale)
-            grad_stacked[:, :, rows] = torch.matmul(grad_scores, key[:, :, :end])
-            part_key = torch.matmul(grad_scores.transpose(-1, -2), stacked[:, :, rows])
+            block_grad = grad[:, rows]
+            part_value = torch.bmm(block_probs.transpose(1, 2), block_grad)
+            grad_probs = torch.bmm(block_grad, values[:, :end].transpose(1, 2))
+            grad_scores = torch._softmax_backward_data(grad_probs, block_probs, -1, block_probs.dtype)
+            # The scale goes on the (rows x D) products rather than the larger (rows x keys) scores.
+            torch.bmm(grad_scores, keys[:, :end], out=grad_stacked[:, rows]).mul_(ctx.scale)
+            part_key = torch.bmm(grad_scores.transpose(1, 2), stacked[:, rows]).mul_(ctx.scale)
             if grad_key is None:
                 grad_key, grad_value = (part_key, part_value) if len(blocks) == 1 else (part_key.float(), part_value.float())
             else:
-                grad_key[:, :, :end] += part_key
-                grad_value[:, :, :end] += part_value
-        return _heads_first(grad_stacked, length, per_group), grad_key.to(key.dtype), grad_value.to(value.dtype), None
+                grad_key[:, :end] += part_key
+                grad_value[:, :end] += part_value
+        return (_heads_first(grad_stacked, batch, length, per_group), grad_key.to(key.dtype).view(key.shape),
+                grad_value.to(value.dtype).view(value.shape), None)
 
 
-def _heads_first(stacked: torch.Tensor, length: int, per_group: int) -> torch.Tensor:
-    """``(batch, groups, L * heads/groups, D)`` stacked position-major back to ``(batch, heads, L, D)``."""
-    batch, groups, _, dim = stacked.shape
+def _heads_first(stacked: torch.Tensor, batch: int, length: int, per_group: int) -> torch.Tensor:
+    """``(batch * groups, L * heads/groups, D)`` stacked position-major back to ``(batch, heads, L, D)``."""
+    dim = stacked.shape[-1]
+    groups = stacked.shape[0] // batch
     return (stacked.view(batch, groups, length, per_group, dim).permute(0, 2, 1, 3, 4)
             .reshape(batch, length, groups * per_group, dim).transpose(1, 2))
 
