@@ -125,3 +125,21 @@ def test_training_takes_grouped_attention_for_short_examples_only(tiny_causal_lm
     mask = torch.arange(padded.shape[1]) < torch.tensor([len(r) for r in rows])[:, None]
     reference = _grads(plain, input_ids=padded, attention_mask=mask.long(), labels=padded.masked_fill(~mask, -100))
     assert torch.allclose(flat, reference, atol=1e-5)
+
+
+def test_a_row_of_short_examples_takes_one_grouped_call_per_layer(tiny_causal_lm, monkeypatch):
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32, attn_implementation=register_varlen_sdpa())
+    rows = _rows()  # lengths 7, 19, 1, 12
+    monkeypatch.setattr(attention, "ATTENTION_BLOCK", 6)  # several blocks in the longer examples
+    calls = []
+    real_apply = attention.GroupedCausalAttention.apply
+    monkeypatch.setattr(attention.GroupedCausalAttention, "apply", lambda q, *a: calls.append(a[-1]) or real_apply(q, *a))
+
+    batch = FlatteningCollator(pad_token_id=0)([{"input_ids": r, "labels": r} for r in rows])
+    flat = _grads(model, **{k: v for k, v in batch.items() if k != "attention_mask"})
+    assert calls == [(0, 7, 26, 27, 39)] * model.config.num_hidden_layers
+    plain = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32, attn_implementation="sdpa")
+    padded = torch.nn.utils.rnn.pad_sequence([torch.tensor(r) for r in rows], batch_first=True, padding_value=0)
+    mask = torch.arange(padded.shape[1]) < torch.tensor([len(r) for r in rows])[:, None]
+    reference = _grads(plain, input_ids=padded, attention_mask=mask.long(), labels=padded.masked_fill(~mask, -100))
+    assert torch.allclose(flat, reference, atol=1e-5)

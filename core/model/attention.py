@@ -51,50 +51,61 @@ def _causal_bias(length: int, heads: int, dtype: torch.dtype, device: torch.devi
     return bias[: length * heads, :length]
 
 
-def _blocks(length: int) -> list[tuple[int, int]]:
-    """Equal query blocks of about :data:`ATTENTION_BLOCK` positions covering ``length``."""
-    count = max(1, round(length / ATTENTION_BLOCK))
-    edges = [length * i // count for i in range(count + 1)]
-    return list(zip(edges, edges[1:]))
+def _blocks(edges: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """``(example start, block start, block end)`` for equal query blocks of about :data:`ATTENTION_BLOCK` positions.
+
+    ``edges`` are the example boundaries along the sequence (``(0, L)`` for one example).
+    """
+    blocks = []
+    for first, last in zip(edges, edges[1:]):
+        count = max(1, round((last - first) / ATTENTION_BLOCK))
+        cuts = [first + (last - first) * i // count for i in range(count + 1)]
+        blocks += [(first, start, end) for start, end in zip(cuts, cuts[1:])]
+    return blocks
 
 
 class GroupedCausalAttention(torch.autograd.Function):
-    """Causal attention of one example as plain matmuls per key/value head, saving only the probabilities.
+    """Causal attention of each example in a row as plain matmuls per key/value head, saving only the probabilities.
 
     The query heads sharing a key/value head are stacked position-major into one ``(L * heads/groups) x D``
-    matrix, so grouped-query attention needs no repeated keys or values and a block of positions is a
-    block of rows: each block of :func:`_blocks` scores only the keys it can see. Scores and
-    probabilities stay in the compute dtype (softmax accumulates in fp32 internally, and the scores are
-    already rounded by the matmul, as in transformers' eager attention): every pass over them costs as
-    much as a matmul here, and fp32 copies fall out of cache past ~400 tokens. The probabilities are
-    the only activation this saves beyond its inputs.
+    matrix, so grouped-query attention needs no repeated keys or values, and a block of positions is a
+    block of rows: each example of a padding-free row, and each block of :func:`_blocks` within it,
+    scores only the keys it can see. One call serves the whole row, so stacking and unstacking are one
+    copy each and autograd sees one node per layer. Scores and probabilities stay in the compute dtype
+    (softmax accumulates in fp32 internally, and the scores are already rounded by the matmul, as in
+    transformers' eager attention): every pass over them costs as much as a matmul here, and fp32
+    copies fall out of cache past ~400 tokens. The probabilities are the only activation this saves
+    beyond its inputs.
     """
 
     @staticmethod
-    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float,
+                edges: tuple[int, ...] | None = None) -> torch.Tensor:
         batch, heads, length, dim = query.shape
         groups = key.shape[1]
         per_group = heads // groups
+        edges = edges or (0, length)
         with torch.autocast(query.device.type, enabled=False):
             # (batch * groups, L * heads/groups, D): one matrix per key/value head, rows (position, head).
             stacked = (query.transpose(1, 2).reshape(batch, length, groups, per_group, dim)
                        .permute(0, 2, 1, 3, 4).reshape(batch * groups, length * per_group, dim))
             keys, values = key.flatten(0, 1), value.flatten(0, 1)
-            bias = _causal_bias(length, per_group, query.dtype, query.device)
+            bias = _causal_bias(max(b - a for a, b in zip(edges, edges[1:])), per_group, query.dtype, query.device)
             out = torch.empty_like(stacked)
             probs = []
-            for start, end in _blocks(length):
+            for first, start, end in _blocks(edges):
                 rows = slice(start * per_group, end * per_group)
-                # scale * q @ k.T + mask in one op (the mask's rows for this block, over the keys it sees)
-                scores = torch.baddbmm(bias[rows, :end], stacked[:, rows], keys[:, :end].transpose(1, 2), alpha=scale)
+                mask = bias[(start - first) * per_group:(end - first) * per_group, :end - first]
+                # scale * q @ k.T + mask in one op, over the keys this block sees
+                scores = torch.baddbmm(mask, stacked[:, rows], keys[:, first:end].transpose(1, 2), alpha=scale)
                 probs.append(torch.softmax(scores, -1))
-                torch.bmm(probs[-1], values[:, :end], out=out[:, rows])
-        ctx.scale = scale
+                torch.bmm(probs[-1], values[:, first:end], out=out[:, rows])
+        ctx.scale, ctx.edges = scale, edges
         ctx.save_for_backward(stacked, key, value, *probs)
         return _heads_first(out, batch, length, per_group)
 
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
         stacked, key, value, *probs = ctx.saved_tensors
         batch, groups, length, dim = key.shape
         per_group = stacked.shape[1] // length
@@ -102,25 +113,34 @@ class GroupedCausalAttention(torch.autograd.Function):
         grad = (grad_out.transpose(1, 2).reshape(batch, length, groups, per_group, dim)
                 .permute(0, 2, 1, 3, 4).reshape(stacked.shape))
         grad_stacked = torch.empty_like(stacked)
-        grad_key = grad_value = None
-        blocks = _blocks(length)
-        # The last block sees every key; earlier blocks add into a prefix, summed in fp32 when there are several.
-        for (start, end), block_probs in reversed(list(zip(blocks, probs))):
+        grad_key, grad_value = torch.empty_like(keys), torch.empty_like(values)
+        blocks = list(zip(_blocks(ctx.edges), probs))
+        sums: tuple[torch.Tensor, torch.Tensor] | None = None
+        # Backwards through each example: its last block sees all its keys; earlier blocks add into a
+        # prefix, summed in fp32 when the example has several.
+        for index in range(len(blocks) - 1, -1, -1):
+            (first, start, end), block_probs = blocks[index]
             rows = slice(start * per_group, end * per_group)
             block_grad = grad[:, rows]
             part_value = torch.bmm(block_probs.transpose(1, 2), block_grad)
-            grad_probs = torch.bmm(block_grad, values[:, :end].transpose(1, 2))
+            grad_probs = torch.bmm(block_grad, values[:, first:end].transpose(1, 2))
             grad_scores = torch._softmax_backward_data(grad_probs, block_probs, -1, block_probs.dtype)
             # The scale goes on the (rows x D) products rather than the larger (rows x keys) scores.
-            torch.bmm(grad_scores, keys[:, :end], out=grad_stacked[:, rows]).mul_(ctx.scale)
+            torch.bmm(grad_scores, keys[:, first:end], out=grad_stacked[:, rows]).mul_(ctx.scale)
             part_key = torch.bmm(grad_scores.transpose(1, 2), stacked[:, rows]).mul_(ctx.scale)
-            if grad_key is None:
-                grad_key, grad_value = (part_key, part_value) if len(blocks) == 1 else (part_key.float(), part_value.float())
+            if start == first and sums is None:  # the example's only block
+                grad_key[:, first:end], grad_value[:, first:end] = part_key, part_value
+                continue
+            if sums is None:
+                sums, example_end = (part_key.float(), part_value.float()), end
             else:
-                grad_key[:, :end] += part_key
-                grad_value[:, :end] += part_value
-        return (_heads_first(grad_stacked, batch, length, per_group), grad_key.to(key.dtype).view(key.shape),
-                grad_value.to(value.dtype).view(value.shape), None)
+                sums[0][:, :end - first] += part_key
+                sums[1][:, :end - first] += part_value
+            if start == first:  # the example's first block: its sums are complete
+                grad_key[:, first:example_end], grad_value[:, first:example_end] = sums
+                sums = None
+        return (_heads_first(grad_stacked, batch, length, per_group), grad_key.view(key.shape),
+                grad_value.view(value.shape), None, None)
 
 
 def _heads_first(stacked: torch.Tensor, batch: int, length: int, per_group: int) -> torch.Tensor:
@@ -131,13 +151,13 @@ def _heads_first(stacked: torch.Tensor, batch: int, length: int, per_group: int)
             .reshape(batch, length, groups * per_group, dim).transpose(1, 2))
 
 
-def _grouped_fits(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout: float,
+def _grouped_fits(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, longest: int, dropout: float,
                   kwargs: dict[str, Any]) -> bool:
-    """Whether an example can take :class:`GroupedCausalAttention`: short, training on CPU, nothing it does not model."""
+    """Whether examples up to ``longest`` can take :class:`GroupedCausalAttention`: short, training on CPU, nothing it does not model."""
     return (
         torch.is_grad_enabled()
         and query.device.type == "cpu"  # measured against the CPU flash kernel; GPUs keep theirs
-        and query.shape[2] <= SHORT_EXAMPLE
+        and longest <= SHORT_EXAMPLE
         and dropout == 0.0
         and query.dtype == key.dtype == value.dtype
         and query.shape[1] % key.shape[1] == 0
@@ -163,17 +183,23 @@ def varlen_sdpa_forward(
     module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
     scaling: float | None = None, **kwargs: Any,
 ) -> tuple[Any, None]:
-    """``sdpa_attention_forward``, one causal call per example when the batch is a flattened row."""
+    """``sdpa_attention_forward``, causal within each example when the batch is a flattened row.
+
+    A row whose examples all fit :class:`GroupedCausalAttention` takes one call of it; otherwise each
+    example takes its own call (grouped or SDPA's).
+    """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     edges = _split_bounds(query, key, kwargs) if getattr(module, "is_causal", True) else None
     if edges is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    lengths = [b - a for a, b in zip(edges, edges[1:])]
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    lengths = [b - a for a, b in zip(edges, edges[1:])]
+    if _grouped_fits(query, key, value, max(lengths), dropout, kwargs):
+        return GroupedCausalAttention.apply(query, key, value, scale, tuple(edges)).transpose(1, 2), None
     parts = []
     for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2)):
-        if _grouped_fits(q, k, v, dropout, kwargs):
+        if _grouped_fits(q, k, v, q.shape[2], dropout, kwargs):
             parts.append(GroupedCausalAttention.apply(q, k, v, scale).transpose(1, 2))
         else:
             parts.append(sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True)[0])
