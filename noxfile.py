@@ -36,9 +36,9 @@ def bench(session: nox.Session) -> None:
     """The performance benchmark: ``nox -s bench -- WORKLOAD [key=value ...]`` (default: lora, then its baseline)."""
     install_all(session)
     out = ROOT / "bench-results"
-    runs = [session.posargs] if session.posargs else [["lora"], ["lora", "baseline=true"]]
+    runs = [session.posargs] if session.posargs else [["lora", "--repeat", "3"], ["lora", "baseline=true"]]
     for args in runs:
-        name = "-".join(a.replace("=", "_") for a in args)
+        name = "-".join(a.replace("=", "_") for a in args if not a.startswith("--") and not a.isdigit())
         session.run("factory", "bench", *args, "--output", str(out / f"{name}.json"))
 
 

@@ -12,13 +12,15 @@ import json
 import os
 import platform
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from factory.config import load_config
-from factory.errors import ConfigError, did_you_mean, one_of
+from factory.errors import ConfigError, FactoryError, did_you_mean, one_of
 
 # The job LLaMA-Factory 0.9.5 was measured on (issue 9): LoRA r=8 on all linear layers, SmolLM2-135M-Instruct,
 # alpaca_en_demo, chatml, cutoff 512, batch 4, bf16, 80 samples (20 steps of 4 when unpacked). 40 further rows
@@ -141,10 +143,47 @@ def _flops_per_token(model: Any, mean_length: float) -> float:
     return 2 * forward + 2 * backward + 2 * trained + attention
 
 
-def run_bench(workload: str, overrides: list[str], *, dataset_dir: str | None = None, output: str | None = None) -> dict[str, Any]:
-    """Run ``workload`` with ``overrides`` and return (and optionally save) its measurements."""
+def _check_workload(workload: str) -> None:
     if workload not in WORKLOADS:
         raise ConfigError(f"unknown workload '{workload}'{did_you_mean(workload, WORKLOADS)} (workloads: {one_of(WORKLOADS)})")
+
+
+# Figures of every run that ``--repeat`` lists beside the median run's.
+REPEATED = ("samples_per_second", "tokens_per_second", "peak_rss_gb", "mfu", "final_train_loss", "eval_loss")
+
+
+def run_bench_repeated(workload: str, overrides: list[str], repeat: int, *, dataset_dir: str | None = None,
+                       output: str | None = None) -> dict[str, Any]:
+    """Run ``workload`` ``repeat`` times, each in a fresh process, and return the median run plus every run's figures.
+
+    A shared VM's speed drifts by up to ~10% between runs of the same job, so one run is a sample,
+    not a measurement. Each run gets its own process because peak memory is a process's high-water mark.
+    """
+    _check_workload(workload)
+    if repeat < 1:
+        raise ConfigError(f"--repeat {repeat} must be at least 1")
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="factory-bench-") as tmp:
+        for index in range(repeat):
+            out = Path(tmp) / f"run{index}.json"
+            command = [sys.executable, "-m", "factory.cli", "bench", workload, *overrides, "--output", str(out)]
+            if dataset_dir:
+                command += ["--dataset-dir", dataset_dir]
+            done = subprocess.run(command, stdout=subprocess.DEVNULL)
+            if done.returncode != 0:
+                raise FactoryError(f"factory bench: run {index + 1} of {repeat} failed with exit code {done.returncode}; its error is printed above")
+            runs.append(json.loads(out.read_text()))
+    median = sorted(runs, key=lambda run: run["samples_per_second"])[(repeat - 1) // 2]
+    result = {**median, "repeats": {key: [run[key] for run in runs] for key in REPEATED}}
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def run_bench(workload: str, overrides: list[str], *, dataset_dir: str | None = None, output: str | None = None) -> dict[str, Any]:
+    """Run ``workload`` with ``overrides`` and return (and optionally save) its measurements."""
+    _check_workload(workload)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="factory-bench-") as tmp:
         base = dict(WORKLOADS[workload], output_dir=str(Path(tmp) / "run"))

@@ -130,13 +130,16 @@ def _run_evaluation(ns: argparse.Namespace, command: str, defaults: dict) -> int
 
 
 def cmd_bench(ns: argparse.Namespace) -> int:
-    from factory.bench import WORKLOADS, run_bench
+    from factory.bench import WORKLOADS, run_bench, run_bench_repeated
 
     if ns.list:
         for name, settings in WORKLOADS.items():
             print(f"{name}: " + " ".join(f"{k}={v}" for k, v in settings.items()))
         return 0
-    result = run_bench(ns.workload, ns.overrides, dataset_dir=ns.dataset_dir, output=ns.output)
+    if ns.repeat == 1:
+        result = run_bench(ns.workload, ns.overrides, dataset_dir=ns.dataset_dir, output=ns.output)
+    else:
+        result = run_bench_repeated(ns.workload, ns.overrides, ns.repeat, dataset_dir=ns.dataset_dir, output=ns.output)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -251,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides; baseline=true turns every speed lever off")
     p.add_argument("--dataset-dir", help="folder with alpaca_en_demo (default: ../shared/data/llamafactory-demo)")
     p.add_argument("--output", help="also write the JSON result to this file")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="run N times, each in a fresh process; report the median run and every run's figures")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
     p.set_defaults(func=cmd_bench)
 

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 import factory
-from factory.bench import run_bench
-from factory.errors import ConfigError
+from factory.bench import run_bench, run_bench_repeated
+from factory.errors import ConfigError, FactoryError
 from factory.train import memory
 from factory.train import run as run_module
 
@@ -37,6 +37,18 @@ def test_baseline_turns_the_levers_off(tiny_causal_lm, demo_dir, tmp_path):
     result = _bench(tiny_causal_lm, demo_dir, tmp_path, "baseline=true")
     assert result["levers"]["padding_free"] is False and result["levers"]["chunked_loss"] is False
     assert result["padding_share"] > 0  # padded batches of uneven rows
+
+
+def test_repeat_runs_fresh_processes_and_reports_the_median_run(tiny_causal_lm, demo_dir, tmp_path):
+    overrides = [f"model={tiny_causal_lm}", "max_samples=12", "val_size=4", "cutoff_len=64", "template=chatml"]
+    result = run_bench_repeated("lora", overrides, 2, dataset_dir=str(demo_dir), output=str(tmp_path / "median.json"))
+    assert json.loads((tmp_path / "median.json").read_text()) == result
+    speeds = result["repeats"]["samples_per_second"]
+    assert len(speeds) == 2 and result["samples_per_second"] == min(speeds)  # the lower median of two
+    assert len(result["repeats"]["peak_rss_gb"]) == 2 and result["steps"] == 2
+
+    with pytest.raises(FactoryError, match="run 1 of 2 failed with exit code"):
+        run_bench_repeated("lora", [*overrides, "no_such_key=1"], 2, dataset_dir=str(demo_dir))
 
 
 def test_unknown_workload_is_one_sentence():
