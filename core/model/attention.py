@@ -81,14 +81,12 @@ class GroupedCausalAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float,
                 edges: tuple[int, ...] | None = None) -> torch.Tensor:
-        batch, heads, length, dim = query.shape
+        batch, heads, length, _ = query.shape
         groups = key.shape[1]
         per_group = heads // groups
         edges = edges or (0, length)
         with torch.autocast(query.device.type, enabled=False):
-            # (batch * groups, L * heads/groups, D): one matrix per key/value head, rows (position, head).
-            stacked = (query.transpose(1, 2).reshape(batch, length, groups, per_group, dim)
-                       .permute(0, 2, 1, 3, 4).reshape(batch * groups, length * per_group, dim))
+            stacked = _stacked(query, groups)
             keys, values = key.flatten(0, 1), value.flatten(0, 1)
             bias = _causal_bias(max(b - a for a, b in zip(edges, edges[1:])), per_group, query.dtype, query.device)
             out = torch.empty_like(stacked)
@@ -107,19 +105,16 @@ class GroupedCausalAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
         stacked, key, value, *probs = ctx.saved_tensors
-        batch, groups, length, dim = key.shape
+        batch, groups, length, _ = key.shape
         per_group = stacked.shape[1] // length
         keys, values = key.flatten(0, 1), value.flatten(0, 1)
-        grad = (grad_out.transpose(1, 2).reshape(batch, length, groups, per_group, dim)
-                .permute(0, 2, 1, 3, 4).reshape(stacked.shape))
+        grad = _stacked(grad_out, groups)
         grad_stacked = torch.empty_like(stacked)
         grad_key, grad_value = torch.empty_like(keys), torch.empty_like(values)
-        blocks = list(zip(_blocks(ctx.edges), probs))
         sums: tuple[torch.Tensor, torch.Tensor] | None = None
         # Backwards through each example: its last block sees all its keys; earlier blocks add into a
         # prefix, summed in fp32 when the example has several.
-        for index in range(len(blocks) - 1, -1, -1):
-            (first, start, end), block_probs = blocks[index]
+        for (first, start, end), block_probs in reversed(list(zip(_blocks(ctx.edges), probs))):
             rows = slice(start * per_group, end * per_group)
             block_grad = grad[:, rows]
             part_value = torch.bmm(block_probs.transpose(1, 2), block_grad)
@@ -141,6 +136,13 @@ class GroupedCausalAttention(torch.autograd.Function):
                 sums = None
         return (_heads_first(grad_stacked, batch, length, per_group), grad_key.view(key.shape),
                 grad_value.view(value.shape), None, None)
+
+
+def _stacked(heads_first: torch.Tensor, groups: int) -> torch.Tensor:
+    """``(batch, heads, L, D)`` as ``(batch * groups, L * heads/groups, D)``: one matrix per key/value head, rows (position, head)."""
+    batch, heads, length, dim = heads_first.shape
+    return (heads_first.transpose(1, 2).reshape(batch, length, groups, heads // groups, dim)
+            .permute(0, 2, 1, 3, 4).reshape(batch * groups, length * (heads // groups), dim))
 
 
 def _heads_first(stacked: torch.Tensor, batch: int, length: int, per_group: int) -> torch.Tensor:
