@@ -143,6 +143,12 @@ def _flops_per_token(model: Any, mean_length: float) -> float:
     return 2 * forward + 2 * backward + 2 * trained + attention
 
 
+def _save(result: dict[str, Any], output: str | None) -> None:
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(result, indent=2))
+
+
 def _check_workload(workload: str) -> None:
     if workload not in WORKLOADS:
         raise ConfigError(f"unknown workload '{workload}'{did_you_mean(workload, WORKLOADS)} (workloads: {one_of(WORKLOADS)})")
@@ -175,9 +181,7 @@ def run_bench_repeated(workload: str, overrides: list[str], repeat: int, *, data
             runs.append(json.loads(out.read_text()))
     median = sorted(runs, key=lambda run: run["samples_per_second"])[(repeat - 1) // 2]
     result = {**median, "repeats": {key: [run[key] for run in runs] for key in REPEATED}}
-    if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(json.dumps(result, indent=2))
+    _save(result, output)
     return result
 
 
@@ -251,7 +255,5 @@ def run_bench(workload: str, overrides: list[str], *, dataset_dir: str | None = 
         "flops_per_token": seen["flops_per_token"],
         "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
     }
-    if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(json.dumps(result, indent=2))
+    _save(result, output)
     return result

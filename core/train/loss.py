@@ -51,13 +51,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # The softmax passes run a few rows at a time so their fp32 copy stays in cache: over a whole
             # 256 x 49152 chunk they were memory-bound and took as long as the head matmul itself.
             rows = max(1, SOFTMAX_BLOCK_VALUES // logits.shape[1])
+            positions = torch.arange(rows, device=t.device)
             for first in range(0, t.numel(), rows):
                 block, t_block = logits[first:first + rows], t[first:first + rows]
                 log_probs = torch.log_softmax(block, dim=-1, dtype=torch.float32)
                 total -= log_probs.gather(1, t_block[:, None]).sum()
                 if want_hidden or want_weight or want_bias:
                     grad = log_probs.exp_()  # softmax, in place
-                    grad[torch.arange(t_block.numel(), device=t.device), t_block] -= 1
+                    grad[positions[:t_block.numel()], t_block] -= 1
                     if want_bias:
                         grad_bias += grad.sum(0)
                     block.copy_(grad)  # the logits' buffer now holds the gradient, in the compute dtype
