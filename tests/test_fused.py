@@ -73,3 +73,28 @@ def test_mlps_over_other_linear_layers_are_never_probed(tiny_causal_lm):
     mlp.gate_proj = Quantized(old.in_features, old.out_features, bias=False)
     fuse_modules(model)
     assert "forward" not in vars(mlp) and "forward" in vars(model.model.layers[1].mlp)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_stacked_low_rank_layers_equal_each_layer_on_its_own(with_bias):
+    """Three layers over one input (q/k/v-like, different widths, ranks and scalings) as one stacked call."""
+    from factory.model.fused import stacked_low_rank_linear
+
+    gen = torch.Generator().manual_seed(0)
+    widths, ranks, scalings = (12, 4, 4), (2, 3, 2), (2.0, 0.5, 1.0)
+    x = torch.randn(2, 5, 8, generator=gen, requires_grad=True)
+    weights = [torch.randn(w, 8, generator=gen) for w in widths]
+    biases = [torch.randn(w, generator=gen) if with_bias else None for w in widths]
+    a = [torch.randn(r, 8, generator=gen, requires_grad=True) for r in ranks]
+    b = [torch.randn(w, r, generator=gen, requires_grad=True) for w, r in zip(widths, ranks)]
+
+    out = stacked_low_rank_linear(x, torch.cat(weights), torch.cat(biases) if with_bias else None,
+                                  list(zip(a, b, scalings)))
+    expected = torch.cat([torch.nn.functional.linear(x, w, bias) + s * (x @ a_i.t()) @ b_i.t()
+                          for w, bias, a_i, b_i, s in zip(weights, biases, a, b, scalings)], dim=-1)
+    torch.testing.assert_close(out, expected)
+    upstream = torch.randn(out.shape, generator=gen)
+    grads = torch.autograd.grad(out, [x, *a, *b], upstream)
+    expected_grads = torch.autograd.grad(expected, [x, *a, *b], upstream)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want)

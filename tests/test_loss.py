@@ -100,3 +100,25 @@ def test_a_trained_head_with_bias_gets_the_library_gradients():
     assert torch.allclose(loss, reference, atol=1e-6)
     for mine, theirs in zip(ours, (hidden.grad, head.weight.grad, head.bias.grad)):
         assert torch.allclose(mine, theirs, atol=1e-6)
+
+
+def test_a_workspace_is_reused_across_calls_without_changing_the_loss(tiny_causal_lm, batch):
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32)
+    decoder, head = split_head(model)
+    features = {k: v for k, v in batch.items() if k != "labels"}
+    workspace = loss_module.LogitsWorkspace()
+    buffers = []
+    for rows in (3, 1, 3):  # a smaller batch between two larger ones: the buffer is reused, never shrunk
+        part = {k: v[:rows] for k, v in features.items()}
+        labels = batch["labels"][:rows]
+        reference = model(**part, labels=labels).loss
+        hidden = decoder(**part).last_hidden_state
+        loss = chunked_causal_lm_loss(hidden, head, labels, chunk_tokens=7, workspace=workspace)
+        hidden_again = decoder(**part).last_hidden_state
+        fresh = chunked_causal_lm_loss(hidden_again, head, labels, chunk_tokens=7)
+        assert torch.allclose(loss, reference, atol=1e-5) and torch.equal(loss, fresh)
+        (grad,) = torch.autograd.grad(loss, hidden)
+        (grad_fresh,) = torch.autograd.grad(fresh, hidden_again)
+        assert torch.equal(grad, grad_fresh)
+        buffers.append(workspace._buffer.data_ptr())
+    assert len(set(buffers)) == 1

@@ -67,32 +67,64 @@ class _SwiGLU(torch.autograd.Function):
 
 
 class _LowRankLinear(torch.autograd.Function):
-    """``x @ weight.T + bias + scaling * (x @ a.T) @ b.T`` with ``weight``/``bias`` frozen, in ``x``'s dtype."""
+    """``x @ weight.T + bias`` plus, for each adapter ``i``, ``scaling_i * (x @ a_i.T) @ b_i.T`` added into
+    its own block of output columns; ``weight``/``bias`` frozen, computed in ``x``'s dtype.
+
+    Several adapters at once are layers that share an input (q/k/v) with their frozen weights stacked
+    into one matrix: one matmul for the base and one for the adapters' ``a``, forward and backward.
+    """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, a: torch.Tensor,
-                b: torch.Tensor, scaling: float) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                scalings: tuple[float, ...], *adapters: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
+        count = len(scalings)
         flat = x.reshape(-1, x.shape[-1])
-        a_, b_ = a.to(dtype), b.to(dtype)
-        scaled = (flat @ a_.t()).mul_(scaling)
+        a_ = [a.to(dtype) for a in adapters[:count]]
+        b_ = [b.to(dtype) for b in adapters[count:]]
+        stacked_a = a_[0] if count == 1 else torch.cat(a_)
+        scaled = flat @ stacked_a.t()
         base = flat @ weight.t() if bias is None else torch.addmm(bias.to(dtype), flat, weight.t())
-        out = base.addmm_(scaled, b_.t())  # into the base product, a fresh tensor: no second output
-        ctx.save_for_backward(flat, weight, a_, b_, scaled)
-        ctx.scaling, ctx.dtypes = scaling, (a.dtype, b.dtype)
-        return out.view(*x.shape[:-1], weight.shape[0])
+        for rows, columns, b, scaling in _blocks(a_, b_, scalings):
+            # Into the base product, a fresh tensor: no second output.
+            base[:, columns].addmm_(scaled[:, rows].mul_(scaling), b.t())
+        ctx.save_for_backward(flat, weight, stacked_a, scaled, *b_)
+        ctx.scalings, ctx.dtypes = scalings, [t.dtype for t in adapters]
+        return base.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        flat, weight, a, b, scaled = ctx.saved_tensors
+        flat, weight, stacked_a, scaled, *b_ = ctx.saved_tensors
+        count = len(b_)
         grad_flat = grad.reshape(-1, grad.shape[-1])
-        grad_scaled = (grad_flat @ b).mul_(ctx.scaling)  # d loss / d (x @ a.T), through the scaling
-        grad_a = (grad_scaled.t() @ flat).to(ctx.dtypes[0]) if ctx.needs_input_grad[3] else None
-        grad_b = (grad_flat.t() @ scaled).to(ctx.dtypes[1]) if ctx.needs_input_grad[4] else None
+        a_ = stacked_a.split([b.shape[1] for b in b_])
+        grad_scaled, grad_b = [], []
+        for i, (rows, columns, b, scaling) in enumerate(_blocks(a_, b_, ctx.scalings)):
+            grad_out = grad_flat[:, columns]
+            grad_scaled.append((grad_out @ b).mul_(scaling))  # d loss / d (x @ a.T), through the scaling
+            # (scaled.T @ grad).T: the same sums as grad.T @ scaled, ~40% faster on CPU.
+            grad_b.append((scaled[:, rows].t() @ grad_out).t() if ctx.needs_input_grad[4 + count + i] else None)
+        stacked = grad_scaled[0] if count == 1 else torch.cat(grad_scaled, dim=1)
+        grad_a: list[Any] = [None] * count
+        if any(ctx.needs_input_grad[4:4 + count]):
+            grad_a = list((stacked.t() @ flat).split([b.shape[1] for b in b_]))
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = (grad_flat @ weight).addmm_(grad_scaled, a).view(*grad.shape[:-1], flat.shape[-1])
-        return grad_x, None, None, grad_a, grad_b, None
+            grad_x = (grad_flat @ weight).addmm_(stacked, stacked_a).view(*grad.shape[:-1], flat.shape[-1])
+        grads = [None if g is None else g.to(dtype) for g, dtype in zip([*grad_a, *grad_b], ctx.dtypes)]
+        return (grad_x, None, None, None, *grads)
+
+
+def _blocks(a: list[torch.Tensor] | tuple[torch.Tensor, ...], b: list[torch.Tensor], scalings: tuple[float, ...]
+            ) -> list[tuple[slice, slice, torch.Tensor, float]]:
+    """Per adapter: its columns of the stacked ``x @ a.T``, its columns of the output, its ``b`` and scaling."""
+    blocks, rank_start, out_start = [], 0, 0
+    for a_i, b_i, scaling in zip(a, b, scalings):
+        blocks.append((slice(rank_start, rank_start + a_i.shape[0]), slice(out_start, out_start + b_i.shape[0]),
+                       b_i, scaling))
+        rank_start += a_i.shape[0]
+        out_start += b_i.shape[0]
+    return blocks
 
 
 def low_rank_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, a: torch.Tensor,
@@ -102,8 +134,18 @@ def low_rank_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     The caller checks that the base is frozen and in ``x``'s dtype; ``a`` and ``b`` (fp32 master
     weights) are rounded to it, as autocast would, and get their gradients in their own dtype.
     """
+    return stacked_low_rank_linear(x, weight, bias, [(a, b, scaling)])
+
+
+def stacked_low_rank_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                            adapters: list[tuple[torch.Tensor, torch.Tensor, float]]) -> torch.Tensor:
+    """Several frozen linear layers reading the same ``x``, as one: ``weight``/``bias`` are theirs stacked
+    by output rows, ``adapters`` their ``(a, b, scaling)`` in the same order; the output's columns are
+    the layers' outputs side by side. The caller checks what :func:`low_rank_linear` says.
+    """
+    a, b, scalings = zip(*adapters)
     with torch.autocast(x.device.type, enabled=False):
-        return _LowRankLinear.apply(x, weight, bias, a, b, scaling)
+        return _LowRankLinear.apply(x, weight, bias, tuple(scalings), *a, *b)
 
 
 def _norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:

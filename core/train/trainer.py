@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from factory.train.loss import chunked_causal_lm_loss, split_head
+from factory.train.loss import LogitsWorkspace, chunked_causal_lm_loss, split_head
 
 
 class FactoryTrainer(Trainer):
@@ -24,6 +24,7 @@ class FactoryTrainer(Trainer):
     def __init__(self, *args: Any, chunked_loss: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.chunked_loss = chunked_loss
+        self.logits_workspace = LogitsWorkspace()
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
         parts = None
@@ -39,7 +40,7 @@ class FactoryTrainer(Trainer):
             hidden = decoder(**features, use_cache=False).last_hidden_state
         # Normalise exactly as the library path would for this model (see Trainer.compute_loss).
         items = num_items_in_batch if self.model_accepts_loss_kwargs else None
-        loss = chunked_causal_lm_loss(hidden, head, inputs["labels"], items)
+        loss = chunked_causal_lm_loss(hidden, head, inputs["labels"], items, workspace=self.logits_workspace)
         if self.args.average_tokens_across_devices and items is not None:
             loss = loss * self.accelerator.num_processes
         return loss

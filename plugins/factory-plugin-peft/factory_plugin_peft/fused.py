@@ -7,6 +7,12 @@ into the base matmul. Any layer or call it does not model (DoRA and other varian
 adapter bias, several or disabled adapters, merged weights, a trainable, quantized or partitioned
 base, weights in another dtype than the input, as with ``frozen_weights: fp32``) keeps peft's own
 forward.
+
+The q/k/v layers of an attention block read the same input; their frozen weights are stacked into one
+matrix (the layers' weights become views of it, so the model still holds one copy) and the first of
+them to be called computes all three outputs in one matmul, handing the other two to the calls that
+follow on the same tensor (1% of a LoRA step on SmolLM2). A group whose layers are not called on the
+same tensor (cross-attention) or no longer fit the stack (moved, merged, re-cast) computes layer by layer.
 """
 
 from __future__ import annotations
@@ -17,7 +23,10 @@ from typing import Any
 import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
 
-from factory.model.fused import low_rank_linear
+from factory.model.fused import low_rank_linear, stacked_low_rank_linear
+
+# Layers of one module that read the same input, as transformers' Llama-style attention names them.
+SHARED_INPUT = ("q_proj", "k_proj", "v_proj")
 
 
 def _plain_adapter(layer: LoraLinear, x: torch.Tensor, args: tuple, kwargs: dict[str, Any]) -> str | None:
@@ -42,7 +51,59 @@ def _plain_adapter(layer: LoraLinear, x: torch.Tensor, args: tuple, kwargs: dict
     return name if plain and frozen and whole and x.dtype == base.weight.dtype == dtype else None
 
 
+class _SharedInput:
+    """Sibling LoRA layers over one input, computed as one stacked layer (see the module's docstring)."""
+
+    def __init__(self, layers: list[LoraLinear]) -> None:
+        bases = [layer.base_layer for layer in layers]
+        self.layers = layers
+        self.weight = torch.cat([base.weight.detach() for base in bases])
+        self.bias = None if bases[0].bias is None else torch.cat([base.bias.detach() for base in bases])
+        self.sizes = [base.out_features for base in bases]
+        start = 0
+        for base, size in zip(bases, self.sizes):
+            base.weight = torch.nn.Parameter(self.weight[start:start + size], requires_grad=False)
+            if self.bias is not None:
+                base.bias = torch.nn.Parameter(self.bias[start:start + size], requires_grad=False)
+            start += size
+        self.views = [(base.weight.data_ptr(), None if base.bias is None else base.bias.data_ptr()) for base in bases]
+        self.shared = True
+        self.pending: dict[LoraLinear, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def output(self, layer: LoraLinear, x: torch.Tensor, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor | None:
+        """``layer(x)`` from the stacked layer, or None when this call must run layer by layer."""
+        kept = self.pending.pop(layer, None)
+        if kept is not None:
+            if kept[0] is x:
+                return kept[1]
+            self.shared = False  # the layers read different inputs: stacking would compute twice
+        if not self.shared:
+            self.pending.clear()
+            return None
+        names = [_plain_adapter(member, x, args, kwargs) for member in self.layers]
+        if None in names or not self._intact():
+            self.pending.clear()
+            return None
+        adapters = [(member.lora_A[name].weight, member.lora_B[name].weight, member.scaling[name])
+                    for member, name in zip(self.layers, names)]
+        outputs = stacked_low_rank_linear(x, self.weight, self.bias, adapters).split(self.sizes, dim=-1)
+        self.pending = {member: (x, out) for member, out in zip(self.layers, outputs) if member is not layer}
+        return outputs[self.layers.index(layer)]
+
+    def _intact(self) -> bool:
+        """Whether every layer's frozen weight (and bias) is still the view of the stack it was made."""
+        return all(
+            (base.weight.data_ptr(), None if base.bias is None else base.bias.data_ptr()) == view
+            for base, view in zip((member.base_layer for member in self.layers), self.views)
+        )
+
+
 def _fused_forward(self: LoraLinear, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    group: _SharedInput | None = self.__dict__.get("_shared_input")
+    if group is not None:
+        out = group.output(self, x, args, kwargs)
+        if out is not None:
+            return out
     name = _plain_adapter(self, x, args, kwargs)
     if name is None:
         return type(self).forward(self, x, *args, **kwargs)
@@ -51,10 +112,33 @@ def _fused_forward(self: LoraLinear, x: torch.Tensor, *args: Any, **kwargs: Any)
                            self.scaling[name])
 
 
+def _stackable(layers: list[Any]) -> bool:
+    """Plain LoRA layers over frozen ``nn.Linear`` bases alike in input, dtype, device and bias."""
+    if not all(type(layer) is LoraLinear and type(layer.base_layer) is torch.nn.Linear for layer in layers):
+        return False
+    bases = [layer.base_layer for layer in layers]
+    first = bases[0]
+    return all(
+        base.in_features == first.in_features and base.weight.dtype == first.weight.dtype
+        and base.weight.device == first.weight.device and (base.bias is None) == (first.bias is None)
+        and not base.weight.requires_grad and (base.bias is None or not base.bias.requires_grad)
+        and base.weight.shape == (base.out_features, base.in_features)
+        for base in bases
+    )
+
+
 def fuse_lora_layers(model: torch.nn.Module) -> int:
-    """Route peft's LoRA layers over plain ``nn.Linear`` bases through the fused forward; returns how many."""
+    """Route peft's LoRA layers over plain ``nn.Linear`` bases through the fused forward; returns how many.
+
+    q/k/v layers that can be stacked (see the module's docstring) share one :class:`_SharedInput`.
+    """
     patched = 0
-    for module in model.modules():
+    for module in list(model.modules()):
+        siblings = [getattr(module, name, None) for name in SHARED_INPUT]
+        if _stackable(siblings):
+            group = _SharedInput(siblings)
+            for layer in siblings:
+                layer.__dict__["_shared_input"] = group
         if type(module) is LoraLinear and type(module.base_layer) is torch.nn.Linear:
             module.forward = types.MethodType(_fused_forward, module)
             patched += 1
