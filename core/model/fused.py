@@ -85,7 +85,7 @@ class _LowRankLinear(torch.autograd.Function):
         stacked_a = a_[0] if count == 1 else torch.cat(a_)
         scaled = flat @ stacked_a.t()
         base = flat @ weight.t() if bias is None else torch.addmm(bias.to(dtype), flat, weight.t())
-        for rows, columns, b, scaling in _blocks(a_, b_, scalings):
+        for rows, columns, b, scaling in _blocks(b_, scalings):
             # Into the base product, a fresh tensor: no second output.
             base[:, columns].addmm_(scaled[:, rows].mul_(scaling), b.t())
         ctx.save_for_backward(flat, weight, stacked_a, scaled, *b_)
@@ -97,9 +97,8 @@ class _LowRankLinear(torch.autograd.Function):
         flat, weight, stacked_a, scaled, *b_ = ctx.saved_tensors
         count = len(b_)
         grad_flat = grad.reshape(-1, grad.shape[-1])
-        a_ = stacked_a.split([b.shape[1] for b in b_])
         grad_scaled, grad_b = [], []
-        for i, (rows, columns, b, scaling) in enumerate(_blocks(a_, b_, ctx.scalings)):
+        for i, (rows, columns, b, scaling) in enumerate(_blocks(b_, ctx.scalings)):
             grad_out = grad_flat[:, columns]
             grad_scaled.append((grad_out @ b).mul_(scaling))  # d loss / d (x @ a.T), through the scaling
             # (scaled.T @ grad).T: the same sums as grad.T @ scaled, ~40% faster on CPU.
@@ -107,7 +106,7 @@ class _LowRankLinear(torch.autograd.Function):
         stacked = grad_scaled[0] if count == 1 else torch.cat(grad_scaled, dim=1)
         grad_a: list[Any] = [None] * count
         if any(ctx.needs_input_grad[4:4 + count]):
-            grad_a = list((stacked.t() @ flat).split([b.shape[1] for b in b_]))
+            grad_a = list((stacked.t() @ flat).split([b.shape[1] for b in b_]))  # each adapter's rank
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = (grad_flat @ weight).addmm_(stacked, stacked_a).view(*grad.shape[:-1], flat.shape[-1])
@@ -115,15 +114,17 @@ class _LowRankLinear(torch.autograd.Function):
         return (grad_x, None, None, None, *grads)
 
 
-def _blocks(a: list[torch.Tensor] | tuple[torch.Tensor, ...], b: list[torch.Tensor], scalings: tuple[float, ...]
-            ) -> list[tuple[slice, slice, torch.Tensor, float]]:
-    """Per adapter: its columns of the stacked ``x @ a.T``, its columns of the output, its ``b`` and scaling."""
+def _blocks(b: list[torch.Tensor], scalings: tuple[float, ...]) -> list[tuple[slice, slice, torch.Tensor, float]]:
+    """Per adapter: its columns of the stacked ``x @ a.T``, its columns of the output, its ``b`` and scaling.
+
+    Each ``b`` is ``(out_features, rank)``, so it alone gives both widths.
+    """
     blocks, rank_start, out_start = [], 0, 0
-    for a_i, b_i, scaling in zip(a, b, scalings):
-        blocks.append((slice(rank_start, rank_start + a_i.shape[0]), slice(out_start, out_start + b_i.shape[0]),
-                       b_i, scaling))
-        rank_start += a_i.shape[0]
-        out_start += b_i.shape[0]
+    for b_i, scaling in zip(b, scalings):
+        out_features, rank = b_i.shape
+        blocks.append((slice(rank_start, rank_start + rank), slice(out_start, out_start + out_features), b_i, scaling))
+        rank_start += rank
+        out_start += out_features
     return blocks
 
 

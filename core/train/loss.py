@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 CHUNK_TOKENS = 256
 # fp32 values per block of the softmax passes: 1 MB, a few rows of a large vocabulary, stays in L2

@@ -45,10 +45,20 @@ def _plain_adapter(layer: LoraLinear, x: torch.Tensor, args: tuple, kwargs: dict
         and isinstance(layer.lora_dropout[name], torch.nn.Identity)
         and layer.lora_B[name].bias is None
     )
+    whole_a = layer.lora_A[name].weight.dim() == 2  # ZeRO-3 partitions the adapter too
+    return name if plain and _frozen_whole(base) and whole_a and x.dtype == base.weight.dtype == dtype else None
+
+
+def _frozen_whole(base: torch.nn.Linear) -> bool:
+    """A frozen base with its whole weight (DeepSpeed ZeRO-3 leaves a partitioned weight empty until the
+    layer's own forward)."""
     frozen = not base.weight.requires_grad and (base.bias is None or not base.bias.requires_grad)
-    # Whole weights only: DeepSpeed ZeRO-3 leaves a partitioned weight empty until the layer's own forward.
-    whole = base.weight.shape == (base.out_features, base.in_features) and layer.lora_A[name].weight.dim() == 2
-    return name if plain and frozen and whole and x.dtype == base.weight.dtype == dtype else None
+    return frozen and base.weight.shape == (base.out_features, base.in_features)
+
+
+def _pointers(base: torch.nn.Linear) -> tuple[int, int | None]:
+    """Where the base's weight and bias live: they stay views of a stack while these do not change."""
+    return base.weight.data_ptr(), None if base.bias is None else base.bias.data_ptr()
 
 
 class _SharedInput:
@@ -66,7 +76,7 @@ class _SharedInput:
             if self.bias is not None:
                 base.bias = torch.nn.Parameter(self.bias[start:start + size], requires_grad=False)
             start += size
-        self.views = [(base.weight.data_ptr(), None if base.bias is None else base.bias.data_ptr()) for base in bases]
+        self.views = [_pointers(base) for base in bases]
         self.shared = True
         self.pending: dict[LoraLinear, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -92,10 +102,7 @@ class _SharedInput:
 
     def _intact(self) -> bool:
         """Whether every layer's frozen weight (and bias) is still the view of the stack it was made."""
-        return all(
-            (base.weight.data_ptr(), None if base.bias is None else base.bias.data_ptr()) == view
-            for base, view in zip((member.base_layer for member in self.layers), self.views)
-        )
+        return [_pointers(member.base_layer) for member in self.layers] == self.views
 
 
 def _fused_forward(self: LoraLinear, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -121,8 +128,7 @@ def _stackable(layers: list[Any]) -> bool:
     return all(
         base.in_features == first.in_features and base.weight.dtype == first.weight.dtype
         and base.weight.device == first.weight.device and (base.bias is None) == (first.bias is None)
-        and not base.weight.requires_grad and (base.bias is None or not base.bias.requires_grad)
-        and base.weight.shape == (base.out_features, base.in_features)
+        and _frozen_whole(base)
         for base in bases
     )
 
