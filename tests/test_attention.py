@@ -80,7 +80,7 @@ def _sdpa(q, k, v):
 def test_grouped_attention_matches_sdpa_forward_and_backward(block, monkeypatch):
     monkeypatch.setattr(attention, "ATTENTION_BLOCK", block)
     q, k, v = _qkv(23, torch.float32)
-    ours = _with_grads(lambda *t: attention.GroupedCausalAttention.apply(*t, 0.3), q, k, v)
+    ours = _with_grads(lambda *t: attention.GroupedCausalAttention.apply(*t, 0.3).transpose(1, 2), q, k, v)
     reference = _with_grads(_sdpa, q, k, v)
     for name, a, b in zip(("out", "dq", "dk", "dv"), ours, reference):
         assert torch.allclose(a, b, atol=1e-5), name
@@ -90,7 +90,7 @@ def test_grouped_attention_matches_sdpa_forward_and_backward(block, monkeypatch)
 def test_grouped_attention_in_bf16_is_within_bf16_rounding_of_sdpa(block, monkeypatch):
     monkeypatch.setattr(attention, "ATTENTION_BLOCK", block)
     q, k, v = _qkv(40, torch.bfloat16)
-    ours = _with_grads(lambda *t: attention.GroupedCausalAttention.apply(*t, 0.3), q, k, v)
+    ours = _with_grads(lambda *t: attention.GroupedCausalAttention.apply(*t, 0.3).transpose(1, 2), q, k, v)
     reference = _with_grads(_sdpa, q, k, v)
     for name, a, b in zip(("out", "dq", "dk", "dv"), ours, reference):
         assert (a - b).abs().max() <= 0.02 * b.abs().max(), name

@@ -70,59 +70,60 @@ class GroupedCausalAttention(torch.autograd.Function):
     The query heads sharing a key/value head are stacked position-major into one ``(L * heads/groups) x D``
     matrix, so grouped-query attention needs no repeated keys or values, and a block of positions is a
     block of rows: each example of a padding-free row, and each block of :func:`_blocks` within it,
-    scores only the keys it can see. One call serves the whole row, so stacking and unstacking are one
-    copy each and autograd sees one node per layer. Scores and probabilities stay in the compute dtype
-    (softmax accumulates in fp32 internally, and the scores are already rounded by the matmul, as in
-    transformers' eager attention): every pass over them costs as much as a matmul here, and fp32
-    copies fall out of cache past ~400 tokens. The probabilities are the only activation this saves
-    beyond its inputs.
+    scores only the keys it can see. One call serves the whole row and autograd sees one node per layer.
+    Every matmul operand is made contiguous once, in the forward pass, and kept for the backward: a
+    block sliced out of a batch of matrices is not contiguous, and the matmul would copy it at every
+    use (five copies per block in backward). The output is written straight into ``(batch, L, heads, D)``,
+    the layout the output projection reads, so no further copy follows.
+    Scores and probabilities stay in the compute dtype (softmax accumulates in fp32 internally, and the
+    scores are already rounded by the matmul, as in transformers' eager attention): every pass over them
+    costs as much as a matmul here, and fp32 copies fall out of cache past ~400 tokens.
     """
 
     @staticmethod
     def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float,
                 edges: tuple[int, ...] | None = None) -> torch.Tensor:
-        batch, heads, length, _ = query.shape
+        """``(batch, heads, L, D)`` query, ``(batch, groups, L, D)`` key and value -> ``(batch, L, heads, D)``."""
+        batch, heads, length, dim = query.shape
         groups = key.shape[1]
         per_group = heads // groups
         edges = edges or (0, length)
         with torch.autocast(query.device.type, enabled=False):
-            stacked = _stacked(query, groups)
-            keys, values = key.flatten(0, 1), value.flatten(0, 1)
             bias = _causal_bias(max(b - a for a, b in zip(edges, edges[1:])), per_group, query.dtype, query.device)
-            out = torch.empty_like(stacked)
-            probs = []
+            out = query.new_empty(batch, length, heads, dim)
+            saved = []
             for first, start, end in _blocks(edges):
-                rows = slice(start * per_group, end * per_group)
+                rows = _stacked(query[:, :, start:end], groups)
+                keys = key[:, :, first:end].reshape(batch * groups, end - first, dim).contiguous()
+                values = value[:, :, first:end].reshape(batch * groups, end - first, dim).contiguous()
                 mask = bias[(start - first) * per_group:(end - first) * per_group, :end - first]
                 # scale * q @ k.T + mask in one op, over the keys this block sees
-                scores = torch.baddbmm(mask, stacked[:, rows], keys[:, first:end].transpose(1, 2), alpha=scale)
-                probs.append(torch.softmax(scores, -1))
-                torch.bmm(probs[-1], values[:, first:end], out=out[:, rows])
-        ctx.scale, ctx.edges = scale, edges
-        ctx.save_for_backward(stacked, key, value, *probs)
-        return _heads_first(out, batch, length, per_group)
+                probs = torch.softmax(torch.baddbmm(mask, rows, keys.transpose(1, 2), alpha=scale), -1)
+                _unstack(torch.bmm(probs, values), out[:, start:end], groups)
+                saved += [rows, keys, values, probs]
+        ctx.scale, ctx.edges, ctx.groups = scale, edges, groups
+        ctx.save_for_backward(*saved)
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
-        stacked, key, value, *probs = ctx.saved_tensors
-        batch, groups, length, _ = key.shape
-        per_group = stacked.shape[1] // length
-        keys, values = key.flatten(0, 1), value.flatten(0, 1)
-        grad = _stacked(grad_out, groups)
-        grad_stacked = torch.empty_like(stacked)
-        grad_key, grad_value = torch.empty_like(keys), torch.empty_like(values)
+        saved = ctx.saved_tensors
+        groups = ctx.groups
+        batch, length, heads, dim = grad_out.shape
+        grad_query = grad_out.new_empty(batch, length, heads, dim)
+        grad_key = grad_out.new_empty(batch * groups, length, dim)
+        grad_value = torch.empty_like(grad_key)
         sums: tuple[torch.Tensor, torch.Tensor] | None = None
         # Backwards through each example: its last block sees all its keys; earlier blocks add into a
         # prefix, summed in fp32 when the example has several.
-        for (first, start, end), block_probs in reversed(list(zip(_blocks(ctx.edges), probs))):
-            rows = slice(start * per_group, end * per_group)
-            block_grad = grad[:, rows]
-            part_value = torch.bmm(block_probs.transpose(1, 2), block_grad)
-            grad_probs = torch.bmm(block_grad, values[:, first:end].transpose(1, 2))
-            grad_scores = torch._softmax_backward_data(grad_probs, block_probs, -1, block_probs.dtype)
+        blocks = list(zip(_blocks(ctx.edges), *[iter(saved)] * 4))
+        for (first, start, end), rows, keys, values, probs in reversed(blocks):
+            grad = _stacked(grad_out[:, start:end].transpose(1, 2), groups)
+            part_value = torch.bmm(probs.transpose(1, 2), grad)
+            grad_scores = torch._softmax_backward_data(torch.bmm(grad, values.transpose(1, 2)), probs, -1, probs.dtype)
             # The scale goes on the (rows x D) products rather than the larger (rows x keys) scores.
-            torch.bmm(grad_scores, keys[:, first:end], out=grad_stacked[:, rows]).mul_(ctx.scale)
-            part_key = torch.bmm(grad_scores.transpose(1, 2), stacked[:, rows]).mul_(ctx.scale)
+            _unstack(torch.bmm(grad_scores, keys).mul_(ctx.scale), grad_query[:, start:end], groups)
+            part_key = torch.bmm(grad_scores.transpose(1, 2), rows).mul_(ctx.scale)
             if start == first and sums is None:  # the example's only block
                 grad_key[:, first:end], grad_value[:, first:end] = part_key, part_value
                 continue
@@ -134,23 +135,23 @@ class GroupedCausalAttention(torch.autograd.Function):
             if start == first:  # the example's first block: its sums are complete
                 grad_key[:, first:example_end], grad_value[:, first:example_end] = sums
                 sums = None
-        return (_heads_first(grad_stacked, batch, length, per_group), grad_key.view(key.shape),
-                grad_value.view(value.shape), None, None)
+        shape = (batch, groups, length, dim)
+        return grad_query.transpose(1, 2), grad_key.view(shape), grad_value.view(shape), None, None
 
 
 def _stacked(heads_first: torch.Tensor, groups: int) -> torch.Tensor:
-    """``(batch, heads, L, D)`` as ``(batch * groups, L * heads/groups, D)``: one matrix per key/value head, rows (position, head)."""
+    """``(batch, heads, L, D)`` as contiguous ``(batch * groups, L * heads/groups, D)``: one matrix per key/value
+    head, rows (position, head)."""
     batch, heads, length, dim = heads_first.shape
     return (heads_first.transpose(1, 2).reshape(batch, length, groups, heads // groups, dim)
-            .permute(0, 2, 1, 3, 4).reshape(batch * groups, length * (heads // groups), dim))
+            .permute(0, 2, 1, 3, 4).reshape(batch * groups, length * (heads // groups), dim).contiguous())
 
 
-def _heads_first(stacked: torch.Tensor, batch: int, length: int, per_group: int) -> torch.Tensor:
-    """``(batch * groups, L * heads/groups, D)`` stacked position-major back to ``(batch, heads, L, D)``."""
-    dim = stacked.shape[-1]
-    groups = stacked.shape[0] // batch
-    return (stacked.view(batch, groups, length, per_group, dim).permute(0, 2, 1, 3, 4)
-            .reshape(batch, length, groups * per_group, dim).transpose(1, 2))
+def _unstack(stacked: torch.Tensor, target: torch.Tensor, groups: int) -> None:
+    """Copy ``(batch * groups, L * heads/groups, D)`` stacked position-major into ``target``, ``(batch, L, heads, D)``."""
+    batch, length, heads, dim = target.shape
+    target.view(batch, length, groups, heads // groups, dim).copy_(
+        stacked.view(batch, groups, length, heads // groups, dim).transpose(1, 2))
 
 
 def _grouped_fits(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, longest: int, dropout: float,
@@ -198,11 +199,11 @@ def varlen_sdpa_forward(
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     lengths = [b - a for a, b in zip(edges, edges[1:])]
     if _grouped_fits(query, key, value, max(lengths), dropout, kwargs):
-        return GroupedCausalAttention.apply(query, key, value, scale, tuple(edges)).transpose(1, 2), None
+        return GroupedCausalAttention.apply(query, key, value, scale, tuple(edges)), None
     parts = []
     for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2)):
         if _grouped_fits(q, k, v, q.shape[2], dropout, kwargs):
-            parts.append(GroupedCausalAttention.apply(q, k, v, scale).transpose(1, 2))
+            parts.append(GroupedCausalAttention.apply(q, k, v, scale))
         else:
             parts.append(sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True)[0])
     return torch.cat(parts, dim=1), None
