@@ -94,8 +94,7 @@ class GroupedCausalAttention(torch.autograd.Function):
             saved = []
             for first, start, end in _blocks(edges):
                 rows = _stacked(query[:, :, start:end], groups)
-                keys = key[:, :, first:end].reshape(batch * groups, end - first, dim).contiguous()
-                values = value[:, :, first:end].reshape(batch * groups, end - first, dim).contiguous()
+                keys, values = (t[:, :, first:end].reshape(batch * groups, end - first, dim).contiguous() for t in (key, value))
                 mask = bias[(start - first) * per_group:(end - first) * per_group, :end - first]
                 # scale * q @ k.T + mask in one op, over the keys this block sees
                 probs = torch.softmax(torch.baddbmm(mask, rows, keys.transpose(1, 2), alpha=scale), -1)
@@ -116,7 +115,7 @@ class GroupedCausalAttention(torch.autograd.Function):
         sums: tuple[torch.Tensor, torch.Tensor] | None = None
         # Backwards through each example: its last block sees all its keys; earlier blocks add into a
         # prefix, summed in fp32 when the example has several.
-        blocks = list(zip(_blocks(ctx.edges), *[iter(saved)] * 4))
+        blocks = list(zip(_blocks(ctx.edges), *[iter(saved)] * 4))  # the forward saved four tensors per block
         for (first, start, end), rows, keys, values, probs in reversed(blocks):
             grad = _stacked(grad_out[:, start:end].transpose(1, 2), groups)
             part_value = torch.bmm(probs.transpose(1, 2), grad)
