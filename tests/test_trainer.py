@@ -1,0 +1,62 @@
+"""FactoryTrainer's shortcuts give the library's own numbers: FLOP estimate, gradient clipping, adapter input casts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+from factory.train.trainer import FactoryTrainer
+
+
+@pytest.fixture
+def trainer(tiny_causal_lm: Path, tmp_path: Path) -> FactoryTrainer:
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, max_grad_norm=0.05, report_to=[], bf16=True)
+    return FactoryTrainer(model=model, args=args)
+
+
+def _backward(model: torch.nn.Module, seed: int) -> None:
+    torch.manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+    model.zero_grad(set_to_none=True)
+    model(input_ids=ids, labels=ids).loss.backward()
+
+
+def test_flop_estimate_is_the_librarys(trainer):
+    for length in (7, 31):
+        inputs = {"input_ids": torch.zeros(2, length, dtype=torch.long)}
+        assert trainer.floating_point_ops(inputs) == Trainer.floating_point_ops(trainer, inputs) > 0
+    assert trainer.floating_point_ops({"pixel_values": torch.zeros(1, 3)}) == 0
+
+
+def test_gradient_clipping_is_the_librarys(trainer):
+    model = trainer.model
+    for seed in (0, 1):  # the second call reuses the listed parameters with new gradients
+        _backward(model, seed)
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        norm = trainer._clip_grad_norm(model)
+        ours = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        for name, p in model.named_parameters():
+            if name in grads:
+                p.grad = grads[name].clone()
+        reference = Trainer._clip_grad_norm(trainer, model)
+        assert float(norm) == pytest.approx(float(reference), rel=1e-6) and float(norm) > 0.05  # it did clip
+        for name, grad in ours.items():
+            torch.testing.assert_close(grad, model.get_parameter(name).grad, rtol=0, atol=0)
+            assert not torch.equal(grad, grads[name]) or not grad.any()
+
+
+def test_adapter_input_casts_are_switched_off_and_restored(trainer):
+    model = trainer.model
+    layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+    assert layers
+    layers[0].cast_input_dtype_enabled = False  # one a user switched off stays off afterwards
+    for _ in range(2):
+        with trainer._adapter_inputs_uncast(model):
+            assert not any(layer.cast_input_dtype_enabled for layer in layers)
+        assert [layer.cast_input_dtype_enabled for layer in layers] == [False] + [True] * (len(layers) - 1)
