@@ -60,3 +60,10 @@ def test_adapter_input_casts_are_switched_off_and_restored(trainer):
         with trainer._adapter_inputs_uncast(model):
             assert not any(layer.cast_input_dtype_enabled for layer in layers)
         assert [layer.cast_input_dtype_enabled for layer in layers] == [False] + [True] * (len(layers) - 1)
+
+
+def test_a_replaced_model_is_walked_afresh(trainer, tiny_causal_lm):
+    first = trainer.floating_point_ops({"input_ids": torch.zeros(1, 4, dtype=torch.long)})
+    trainer.model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, num_hidden_layers=1)  # as model_init does
+    second = trainer.floating_point_ops({"input_ids": torch.zeros(1, 4, dtype=torch.long)})
+    assert second == Trainer.floating_point_ops(trainer, {"input_ids": torch.zeros(1, 4, dtype=torch.long)}) < first

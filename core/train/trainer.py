@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,14 +32,15 @@ class FactoryTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.chunked_loss = chunked_loss
         self.logits_workspace = LogitsWorkspace()
-        self._walks: dict[tuple[str, int], Any] = {}
+        # Keyed weakly by the model: a model replaced mid-way (``model_init`` trials) drops its entries.
+        self._walks: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
     def _once(self, what: str, model: Any, walk: Any) -> Any:
         """``walk(model)``, computed on first use for this model (training does not change its module tree)."""
-        key = (what, id(model))
-        if key not in self._walks:
-            self._walks[key] = walk(model)
-        return self._walks[key]
+        kept = self._walks.setdefault(model, {})
+        if what not in kept:
+            kept[what] = walk(model)
+        return kept[what]
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:
         """The library's estimate, ``6 x tokens x non-embedding parameters``, with the parameters counted once."""
