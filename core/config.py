@@ -40,7 +40,7 @@ class RunConfig(BaseModel):
 
     # model
     model: str = Field("smollm2-135m-instruct", description="folder, GGUF file, cached hub id or alias")
-    adapter: str | None = Field(None, description="a trained adapter folder to load on top (chat, export, eval)")
+    adapter: str | None = Field(None, description="a trained adapter folder to load on top (chat, export, eval), or to train further (a training run with a method that trains adapters)")
     loader: str = Field("auto", description="model loader; auto asks each registered loader")
     trust_remote_code: bool = False
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"

@@ -66,7 +66,10 @@ def register_adapters(register: Register) -> None:
     Implementation: an object with ``apply(model, cfg) -> model`` that leaves exactly the
     parameters to train with ``requires_grad=True``, ``save(model, output_dir) -> None``
     writing a Hugging Face format (PEFT adapter or safetensors weights), and optionally
-    ``param_groups(model, cfg) -> list[dict]`` for per-group learning rates (LoRA+) and
+    ``param_groups(model, cfg) -> list[dict]`` for per-group learning rates (LoRA+),
+    ``load(model, adapter_dir, cfg) -> model`` attaching a saved adapter for inference,
+    ``continue_from(model, adapter_dir, cfg) -> model`` attaching one with its weights trainable
+    (``adapter: DIR`` in a training run; methods without it refuse that setting) and
     ``merge(model) -> model`` for export.
     """
 

@@ -188,7 +188,7 @@ def oracle(model_path: Path, *, chat: bool, n: int) -> tuple[list[str], list[lis
             text = header + "".join(block(shot) + shot["Answer"] + "\n\n" for shot in shots) + block(row)
         ids = tokenizer(text, return_tensors="pt", add_special_tokens=not chat).input_ids
         with torch.inference_mode():
-            last = model(ids).logits[0, -1]
+            last = model(ids, logits_to_keep=1).logits[0, -1]
         scores = last[letter_ids].tolist()
         answers.append(LETTERS[int(torch.tensor(scores).argmax())])
         logits.append(scores)

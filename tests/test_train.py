@@ -158,3 +158,47 @@ def test_speed_levers_do_not_change_what_is_learned(tiny_causal_lm, demo_dir, tm
     both = factory.finetune(**base_args(tiny_causal_lm, demo_dir, tmp_path / "both", **common))
     plain = factory.finetune(**base_args(tiny_causal_lm, demo_dir, tmp_path / "plain", **common, **lever))
     assert losses(plain) == pytest.approx(losses(both), abs=1e-4)
+
+
+def _adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "adapter_model.safetensors")
+
+
+def test_adapter_in_a_training_run_continues_that_adapter(tiny_causal_lm, demo_dir, tmp_path):
+    """adapter=DIR trains the saved adapter further (its own rank, not lora.rank) instead of a fresh one."""
+    factory.finetune(**base_args(tiny_causal_lm, demo_dir, tmp_path / "first", method="lora", max_steps=6, lora={"rank": 4}))
+    first = _adapter_tensors(tmp_path / "first")
+    assert any(name.endswith("lora_B.weight") and t.abs().max() > 0 for name, t in first.items())
+
+    # A learning rate far below fp32's resolution at any weight this adapter holds: it comes back bit for bit.
+    still = dict(max_steps=1, learning_rate=1e-30, lora={"rank": 8})
+    kept = factory.finetune(**base_args(tiny_causal_lm, demo_dir, tmp_path / "kept", method="lora",
+                                        adapter=str(tmp_path / "first"), **still))
+    fresh = factory.finetune(**base_args(tiny_causal_lm, demo_dir, tmp_path / "fresh", method="lora", **still))
+    again = _adapter_tensors(tmp_path / "kept")
+    assert again.keys() == first.keys()
+    assert all(torch.equal(again[name], first[name]) for name in first)
+    # A fresh adapter starts from lora_B = 0 and moved by at most ~1e-30.
+    assert all(t.abs().max() < 1e-20 for name, t in _adapter_tensors(tmp_path / "fresh").items() if "lora_B" in name)
+    # The trained adapter is in the forward pass: its first loss is not the fresh (zero-update) adapter's.
+    assert losses(kept)[0] != pytest.approx(losses(fresh)[0], abs=1e-4)
+
+    factory.finetune(**base_args(tiny_causal_lm, demo_dir, tmp_path / "more", method="lora", max_steps=2,
+                                 adapter=str(tmp_path / "first")))
+    more = _adapter_tensors(tmp_path / "more")
+    assert {name: t.shape for name, t in more.items()} == {name: t.shape for name, t in first.items()}
+    assert not all(torch.equal(more[name], first[name]) for name in first)
+
+
+@pytest.mark.parametrize(("method", "message"), [
+    ("full", "method=full cannot continue training the adapter"),
+    ("dora", "was trained with method=lora, not method=dora; set method=lora"),
+])
+def test_adapter_a_method_cannot_continue_is_refused(tiny_causal_lm, demo_dir, tmp_path, method, message):
+    factory.finetune(**base_args(tiny_causal_lm, demo_dir, tmp_path / "first", method="lora", max_steps=1, lora={"rank": 4}))
+    with pytest.raises(ConfigError, match=message):
+        factory.finetune(**base_args(tiny_causal_lm, demo_dir, tmp_path / "next", method=method, max_steps=1,
+                                     adapter=str(tmp_path / "first")))
+    assert not (tmp_path / "next" / "adapter_model.safetensors").exists()

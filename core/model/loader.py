@@ -110,7 +110,7 @@ def load_model(cfg: RunConfig, manager: PluginManager, *, train: bool) -> Loaded
         model.config.use_cache = False
         if cfg.fused_ops:
             log.info("fused RMSNorm/SwiGLU forwards on %d modules", fuse_modules(model))
-        model = adapter.apply(model, cfg)
+        model = _continue_adapter(model, adapter, cfg) if cfg.adapter else adapter.apply(model, cfg)
         for param in model.parameters():
             if param.requires_grad and param.dtype != torch.float32:
                 param.data = param.data.float()
@@ -120,6 +120,23 @@ def load_model(cfg: RunConfig, manager: PluginManager, *, train: bool) -> Loaded
             model = adapter.load(model, cfg.adapter, cfg)
         model.eval()
     return LoadedModel(model, tokenizer, adapter, quantizer, compute_dtype)
+
+
+def _continue_adapter(model: Any, adapter: Any, cfg: RunConfig) -> Any:
+    """``adapter: DIR`` in a training run: train that saved adapter further instead of a fresh one."""
+    continue_from = getattr(adapter, "continue_from", None)
+    if continue_from is None:
+        raise ConfigError(
+            f"method={cfg.method} cannot continue training the adapter '{cfg.adapter}'; drop adapter= to train "
+            f"model={cfg.model} afresh, or merge the adapter first (factory export) and train the merged model"
+        )
+    trained_with = adapter_method(cfg.adapter, cfg.method)
+    if trained_with != cfg.method:
+        raise ConfigError(
+            f"adapter '{cfg.adapter}' was trained with method={trained_with}, not method={cfg.method}; "
+            f"set method={trained_with} to continue training it"
+        )
+    return continue_from(model, cfg.adapter, cfg)
 
 
 def adapter_method(adapter_dir: str, default: str) -> str:

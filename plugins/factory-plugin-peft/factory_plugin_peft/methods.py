@@ -119,13 +119,28 @@ class LoraMethod:
 
     def load(self, model: Any, adapter_dir: str, cfg: RunConfig) -> Any:
         """Attach a saved adapter (frozen) for inference or export."""
+        return self._attach(model, adapter_dir, cfg, trainable=False)
+
+    def continue_from(self, model: Any, adapter_dir: str, cfg: RunConfig) -> Any:
+        """Attach a saved adapter with its weights trainable: ``adapter: DIR`` in a training run.
+
+        The adapter keeps its own rank, targets and scaling (the section ``lora`` shapes new adapters
+        only). A saved PiSSA adapter is already plain LoRA on the original base, so it continues as one.
+        """
+        peft_model = self._attach(model, adapter_dir, cfg, trainable=True)
+        log.info("continuing the adapter in %s (its own rank and targets; section lora is not used)", adapter_dir)
+        if cfg.fused_ops:
+            log.info("fused low-rank forwards on %d LoRA layers", fuse_lora_layers(peft_model))
+        return peft_model
+
+    def _attach(self, model: Any, adapter_dir: str, cfg: RunConfig, *, trainable: bool) -> Any:
         if not os.path.isfile(os.path.join(adapter_dir, "adapter_config.json")):
             raise ConfigError(
                 f"adapter '{adapter_dir}' is not a PEFT adapter folder (it has no adapter_config.json); "
                 f"give the output_dir of a {self.name} run"
             )
         try:
-            return PeftModel.from_pretrained(model, adapter_dir)
+            return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
         except (ValueError, RuntimeError, KeyError) as exc:
             raise ConfigError(
                 f"adapter '{adapter_dir}' does not fit the model '{cfg.model}': {_first_line(exc)}"
