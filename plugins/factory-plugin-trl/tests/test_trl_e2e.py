@@ -40,10 +40,11 @@ def test_kto_completes_on_kto_en_demo(tmp_path):
 
 @pytest.fixture(scope="module")
 def reward_model(tmp_path_factory):
-    """An rm run on dpo_en_demo: 240 pairs to train on, 60 held out (val_size), scored before and after."""
+    """An rm run on dpo_en_demo: 15 batches of the 240 training pairs, 60 held out (val_size), scored before and after
+    (0.42 of the held-out pairs ranked right before, 0.62 after; 30 batches reached 0.61)."""
     out = tmp_path_factory.mktemp("rm") / "out"
     metrics = run(SMOL, "rm", out, precision="auto", cutoff_len=128, max_samples=300, val_size=60, batch_size=8,
-                  max_steps=30, learning_rate=5e-4, eval_steps=1000, logging_steps=5)
+                  max_steps=15, learning_rate=5e-4, eval_steps=1000, logging_steps=5)
     return out, metrics
 
 
