@@ -202,3 +202,17 @@ def test_adapter_a_method_cannot_continue_is_refused(tiny_causal_lm, demo_dir, t
         factory.finetune(**base_args(tiny_causal_lm, demo_dir, tmp_path / "next", method=method, max_steps=1,
                                      adapter=str(tmp_path / "first")))
     assert not (tmp_path / "next" / "adapter_model.safetensors").exists()
+
+
+def test_a_quantized_checkpoint_without_its_quantizer_is_refused(tiny_causal_lm, demo_dir, tmp_path):
+    """transformers would load its quantized layers without the plugin's training guards: refused up front."""
+    import shutil
+
+    model = tmp_path / "quantized"
+    shutil.copytree(tiny_causal_lm, model)
+    config = json.loads((model / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"is a bitsandbytes-quantized checkpoint but quantization is not set; set quantization="):
+        factory.finetune(**base_args(model, demo_dir, tmp_path / "out", method="lora", max_steps=1))
+    assert not any((tmp_path / "out").glob("*"))

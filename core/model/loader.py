@@ -80,6 +80,8 @@ def load_model(cfg: RunConfig, manager: PluginManager, *, train: bool) -> Loaded
     model_kwargs: dict[str, Any] = {"dtype": load_dtype, "attn_implementation": cfg.attn_implementation}
     patches = [manager.load("patches", name) for name in cfg.patches]
     quantizer = manager.load("quantizers", cfg.quantization) if cfg.quantization else None
+    if train and quantizer is None:
+        _refuse_unprepared_quantized(cfg, manager)
     for patch in patches:
         patch.before_load(cfg, model_kwargs)
     if quantizer is not None:
@@ -120,6 +122,23 @@ def load_model(cfg: RunConfig, manager: PluginManager, *, train: bool) -> Loaded
             model = adapter.load(model, cfg.adapter, cfg)
         model.eval()
     return LoadedModel(model, tokenizer, adapter, quantizer, compute_dtype)
+
+
+def _refuse_unprepared_quantized(cfg: RunConfig, manager: PluginManager) -> None:
+    """Refuse to train a quantized checkpoint that no quantizer plugin prepares.
+
+    transformers would load its quantized layers anyway, but without the plugin's preparation
+    (k-bit setup, the guards that keep a backward through the layers), which can train wrong silently.
+    """
+    from factory.model.quantized import checkpoint_quantization
+
+    found = checkpoint_quantization(cfg)
+    if found:
+        installed = ", ".join(manager.names("quantizers")) or "none installed"
+        raise ConfigError(
+            f"model '{cfg.model}' is a {found}-quantized checkpoint but quantization is not set; set quantization= "
+            f"to the quantizer that loads it ({installed}) so its plugin prepares the layers for training"
+        )
 
 
 def _continue_adapter(model: Any, adapter: Any, cfg: RunConfig) -> Any:
