@@ -12,13 +12,19 @@ from factory.plugins import PluginManager, get_manager
 
 def check_selection(cfg: RunConfig, manager: PluginManager) -> None:
     """Refuse, before any model is loaded, every selected implementation that cannot run here (or cannot train)."""
+    from factory.model.loader import check_adapter_continuation, check_quantized_checkpoint
+
     if cfg.quantization:
         quantizer = manager.require("quantizers", cfg.quantization).load()
         if hasattr(quantizer, "check_trainable"):
             quantizer.check_trainable(cfg)
+    else:
+        check_quantized_checkpoint(cfg, manager)
     for name in cfg.patches:
         manager.require("patches", name)
-    manager.require("adapters", cfg.method)
+    adapter = manager.load("adapters", cfg.method)
+    if cfg.adapter:
+        check_adapter_continuation(cfg, adapter)
     manager.require("optimizers", cfg.optimizer)
     for name in cfg.callbacks:
         manager.require("callbacks", name)

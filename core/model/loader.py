@@ -80,8 +80,6 @@ def load_model(cfg: RunConfig, manager: PluginManager, *, train: bool) -> Loaded
     model_kwargs: dict[str, Any] = {"dtype": load_dtype, "attn_implementation": cfg.attn_implementation}
     patches = [manager.load("patches", name) for name in cfg.patches]
     quantizer = manager.load("quantizers", cfg.quantization) if cfg.quantization else None
-    if train and quantizer is None:
-        _refuse_unprepared_quantized(cfg, manager)
     for patch in patches:
         patch.before_load(cfg, model_kwargs)
     if quantizer is not None:
@@ -112,7 +110,8 @@ def load_model(cfg: RunConfig, manager: PluginManager, *, train: bool) -> Loaded
         model.config.use_cache = False
         if cfg.fused_ops:
             log.info("fused RMSNorm/SwiGLU forwards on %d modules", fuse_modules(model))
-        model = _continue_adapter(model, adapter, cfg) if cfg.adapter else adapter.apply(model, cfg)
+        # check_adapter_continuation (run before loading) made sure the method can continue cfg.adapter.
+        model = adapter.continue_from(model, cfg.adapter, cfg) if cfg.adapter else adapter.apply(model, cfg)
         for param in model.parameters():
             if param.requires_grad and param.dtype != torch.float32:
                 param.data = param.data.float()
@@ -124,8 +123,8 @@ def load_model(cfg: RunConfig, manager: PluginManager, *, train: bool) -> Loaded
     return LoadedModel(model, tokenizer, adapter, quantizer, compute_dtype)
 
 
-def _refuse_unprepared_quantized(cfg: RunConfig, manager: PluginManager) -> None:
-    """Refuse to train a quantized checkpoint that no quantizer plugin prepares.
+def check_quantized_checkpoint(cfg: RunConfig, manager: PluginManager) -> None:
+    """Refuse to train a quantized checkpoint that no quantizer plugin prepares (``quantization`` unset).
 
     transformers would load its quantized layers anyway, but without the plugin's preparation
     (k-bit setup, the guards that keep a backward through the layers), which can train wrong silently.
@@ -141,10 +140,9 @@ def _refuse_unprepared_quantized(cfg: RunConfig, manager: PluginManager) -> None
         )
 
 
-def _continue_adapter(model: Any, adapter: Any, cfg: RunConfig) -> Any:
-    """``adapter: DIR`` in a training run: train that saved adapter further instead of a fresh one."""
-    continue_from = getattr(adapter, "continue_from", None)
-    if continue_from is None:
+def check_adapter_continuation(cfg: RunConfig, adapter: Any) -> None:
+    """``adapter: DIR`` in a training run trains that saved adapter further: refuse a method that cannot."""
+    if not hasattr(adapter, "continue_from"):
         raise ConfigError(
             f"method={cfg.method} cannot continue training the adapter '{cfg.adapter}'; drop adapter= to train "
             f"model={cfg.model} afresh, or merge the adapter first (factory export) and train the merged model"
@@ -155,7 +153,6 @@ def _continue_adapter(model: Any, adapter: Any, cfg: RunConfig) -> Any:
             f"adapter '{cfg.adapter}' was trained with method={trained_with}, not method={cfg.method}; "
             f"set method={trained_with} to continue training it"
         )
-    return continue_from(model, cfg.adapter, cfg)
 
 
 def adapter_method(adapter_dir: str, default: str) -> str:
