@@ -7,7 +7,7 @@ GPU is refused before anything is loaded. Imported when plugins are listed: no t
 
 from __future__ import annotations
 
-from factory import Requires, hookimpl
+from factory.plugin_api import Requires, hookimpl
 
 
 @hookimpl

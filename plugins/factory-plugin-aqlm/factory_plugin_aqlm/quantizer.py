@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from factory import hardware
-from factory.config import RunConfig
-from factory.errors import PluginError
-from factory.model.modules import is_quantized_linear
-from factory.model.quantized import require_checkpoint, require_quantized_layers, save_quantized
+from factory.plugin_api import (
+    PluginError,
+    RunConfig,
+    hardware,
+    is_quantized_linear,
+    require_checkpoint,
+    require_quantized_layers,
+    save_quantized,
+)
 
 
 def _single_numba_thread(_module: Any, _args: Any) -> None:

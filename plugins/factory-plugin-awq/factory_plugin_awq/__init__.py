@@ -7,7 +7,7 @@ Imported when plugins are listed, so it imports neither torch nor gptqmodel.
 
 from __future__ import annotations
 
-from factory import Requires, hookimpl
+from factory.plugin_api import Requires, hookimpl
 
 
 @hookimpl

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from factory.config import RunConfig
-from factory.model.quantized import pin_training_kernels, require_checkpoint, require_quantized_layers, save_quantized
+from factory.plugin_api import (
+    RunConfig,
+    pin_training_kernels,
+    require_checkpoint,
+    require_quantized_layers,
+    save_quantized,
+)
 
 
 class AwqQuantizer:

@@ -6,7 +6,7 @@ registration time.
 
 from __future__ import annotations
 
-from factory import Requires, hookimpl
+from factory.plugin_api import Requires, hookimpl
 from factory_plugin_badam.options import BadamOptions
 
 

@@ -12,8 +12,7 @@ from typing import Any
 import torch
 from badam import BAdamCallback, BlockOptimizer
 
-from factory.config import RunConfig
-from factory.errors import ConfigError
+from factory.plugin_api import ConfigError, RunConfig
 
 
 class FactoryBlockOptimizer(BlockOptimizer):

@@ -7,7 +7,7 @@ listed, so it imports neither torch nor bitsandbytes.
 
 from __future__ import annotations
 
-from factory import Requires, hookimpl
+from factory.plugin_api import Requires, hookimpl
 from factory_plugin_bitsandbytes.options import BnbOptions
 
 NEEDS = Requires(packages=("bitsandbytes>=0.48",))

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from factory.model.quantized import ComputeDtype
+from factory.plugin_api import ComputeDtype
 
 
 class BnbOptions(BaseModel):

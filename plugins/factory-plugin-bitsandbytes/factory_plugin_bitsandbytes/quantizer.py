@@ -12,9 +12,7 @@ from typing import Any
 import bitsandbytes as bnb
 from transformers import BitsAndBytesConfig
 
-from factory.config import RunConfig
-from factory.errors import PluginError
-from factory.model.quantized import compute_dtype, save_quantized
+from factory.plugin_api import PluginError, RunConfig, compute_dtype, save_quantized
 
 
 def guard_cpu_repacking(model: Any) -> int:

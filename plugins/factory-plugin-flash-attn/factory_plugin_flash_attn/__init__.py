@@ -7,7 +7,7 @@ Registers the patches ``flash-attn`` (FlashAttention 2: CUDA compute capability 
 
 from __future__ import annotations
 
-from factory import Requires, hookimpl
+from factory.plugin_api import Requires, hookimpl
 from factory_plugin_flash_attn.options import FlashAttnOptions
 
 

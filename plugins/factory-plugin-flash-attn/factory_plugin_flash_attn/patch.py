@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from factory.config import RunConfig
-from factory.errors import PluginError
+from factory.plugin_api import PluginError, RunConfig
 
 DETERMINISTIC_ENV = "FLASH_ATTENTION_DETERMINISTIC"  # read by transformers' flash attention on every call
 

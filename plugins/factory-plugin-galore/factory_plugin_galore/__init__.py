@@ -7,7 +7,7 @@ the config section ``galore``. Imports neither torch nor galore_torch at registr
 
 from __future__ import annotations
 
-from factory import Requires, hookimpl
+from factory.plugin_api import Requires, hookimpl
 from factory_plugin_galore.options import GaloreOptions
 
 

@@ -12,9 +12,7 @@ from typing import Any
 import torch
 from galore_torch.galore_projector import GaLoreProjector
 
-from factory.config import RunConfig
-from factory.errors import ConfigError
-from factory.model.modules import is_linear, matches, resolve_targets
+from factory.plugin_api import ConfigError, RunConfig, is_linear, matches, resolve_targets
 
 
 def projected_weights(model: Any, target: str | list[str]) -> set[int]:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from factory.model.modules import TargetModules
+from factory.plugin_api import TargetModules
 
 
 class GaloreOptions(BaseModel):

@@ -7,7 +7,7 @@ data set. Imported when plugins are listed, so it imports neither torch nor gptq
 
 from __future__ import annotations
 
-from factory import Requires, hookimpl
+from factory.plugin_api import Requires, hookimpl
 from factory_plugin_gptq.options import GptqOptions
 
 NEEDS = Requires(packages=("gptqmodel>=7.0,<7.7", "optimum>=1.24"))

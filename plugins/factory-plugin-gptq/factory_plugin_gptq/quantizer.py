@@ -10,9 +10,14 @@ from typing import Any
 
 from transformers import GPTQConfig
 
-from factory.config import RunConfig
-from factory.errors import PluginError
-from factory.model.quantized import calibration_texts, checkpoint_quantization, pin_training_kernels, save_quantized
+from factory.plugin_api import (
+    PluginError,
+    RunConfig,
+    calibration_texts,
+    checkpoint_quantization,
+    pin_training_kernels,
+    save_quantized,
+)
 
 
 class GptqQuantizer:

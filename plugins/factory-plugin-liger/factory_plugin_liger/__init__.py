@@ -7,7 +7,7 @@ neither torch nor liger_kernel.
 
 from __future__ import annotations
 
-from factory import Requires, hookimpl
+from factory.plugin_api import Requires, hookimpl
 from factory_plugin_liger.options import LigerOptions
 
 

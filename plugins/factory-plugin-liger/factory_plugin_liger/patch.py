@@ -11,9 +11,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from factory.config import RunConfig
-from factory.errors import PluginError
-from factory.model.checkpoint import checkpoint_config
+from factory.plugin_api import PluginError, RunConfig, checkpoint_config
 
 
 @dataclass(frozen=True)

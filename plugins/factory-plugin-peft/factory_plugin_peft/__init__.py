@@ -7,7 +7,7 @@ neither torch nor peft: implementations are named as ``"module:attr"`` strings.
 
 from __future__ import annotations
 
-from factory import Requires, hookimpl
+from factory.plugin_api import Requires, hookimpl
 from factory_plugin_peft.options import LoraOptions
 
 NEEDS = Requires(packages=("peft>=0.13",))

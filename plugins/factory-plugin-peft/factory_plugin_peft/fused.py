@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
 
-from factory.model.fused import low_rank_linear, stacked_low_rank_linear
+from factory.plugin_api import low_rank_linear, stacked_low_rank_linear
 
 # Layers of one module that read the same input, as transformers' Llama-style attention names them.
 SHARED_INPUT = ("q_proj", "k_proj", "v_proj")

@@ -17,9 +17,7 @@ from peft.optimizers import create_loraplus_optimizer
 from peft.utils.constants import EMBEDDING_LAYER_NAMES
 from safetensors.torch import save_file
 
-from factory.config import RunConfig
-from factory.errors import ConfigError
-from factory.model.modules import check_modules, resolve_targets
+from factory.plugin_api import ConfigError, RunConfig, check_modules, resolve_targets
 from factory_plugin_peft.fused import fuse_lora_layers
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from factory.model.modules import TargetModules
+from factory.plugin_api import TargetModules
 
 
 class LoraOptions(BaseModel):

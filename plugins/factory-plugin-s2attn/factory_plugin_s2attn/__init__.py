@@ -6,7 +6,7 @@ attention interface, so it runs anywhere. Imported when plugins are listed: no t
 
 from __future__ import annotations
 
-from factory import hookimpl
+from factory.plugin_api import hookimpl
 from factory_plugin_s2attn.options import S2AttnOptions
 
 

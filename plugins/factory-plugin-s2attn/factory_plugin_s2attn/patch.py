@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from factory.config import RunConfig
-from factory.errors import PluginError
-from factory.model.checkpoint import checkpoint_config
+from factory.plugin_api import PluginError, RunConfig, checkpoint_config
 from factory_plugin_s2attn.attention import NAME, register
 
 # Llama-family decoders: rotary attention through transformers' attention interface, no sliding window.

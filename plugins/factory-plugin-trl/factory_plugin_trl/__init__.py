@@ -7,7 +7,7 @@ listed, so it imports neither torch nor trl: implementations are ``"module:attr"
 
 from __future__ import annotations
 
-from factory import Requires, hookimpl
+from factory.plugin_api import Requires, hookimpl
 from factory_plugin_trl.options import (
     DPOOptions,
     KTOOptions,

@@ -14,7 +14,7 @@ from trl import DPOConfig, KTOConfig, RewardConfig
 from trl.experimental.cpo import CPOConfig
 from trl.experimental.orpo import ORPOConfig
 
-from factory.train.run import TrainerSetup
+from factory.plugin_api import TrainerSetup
 from factory_plugin_trl.collators import CompletionMaskCollator, KTOPairsCollator, UnlabelledCollator
 from factory_plugin_trl.trainers import (
     FactoryDPOTrainer,

@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from factory.data.collator import pad
-from factory.data.tokenize import IGNORE_INDEX
+from factory.plugin_api import IGNORE_INDEX, pad
 
 Features = Sequence[dict[str, Any]]
 

@@ -38,8 +38,7 @@ import yaml
 from transformers import Trainer
 from trl.trainer.utils import selective_log_softmax
 
-from factory.errors import ConfigError
-from factory.train.run import TrainerSetup
+from factory.plugin_api import ConfigError, TrainerSetup
 from factory_plugin_trl.collators import PromptCollator
 from factory_plugin_trl.trainers import DedupedCheckpoints
 from factory_plugin_trl.value_head import (
@@ -181,7 +180,7 @@ def separate_models(setup: TrainerSetup, rm_dir: str | None) -> PPOModels:
 
 def build_ppo(setup: TrainerSetup) -> PPOTrainer:
     """The PPO trainer for the core's run (``ppo.*`` options; the stage checked the reward source)."""
-    from factory.infer.engine import stop_tokens
+    from factory.plugin_api import stop_tokens
 
     cfg, opts = setup.cfg, setup.cfg.options("ppo")
     rm_dir = opts.reward_model

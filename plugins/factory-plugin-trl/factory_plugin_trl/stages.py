@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from factory.config import RunConfig
-from factory.errors import ConfigError
-from factory.plugins import PluginManager
+from factory.plugin_api import ConfigError, PluginManager, RunConfig
 
 REWARDS_PLOT = "training_rewards.png"
 # Logged per stage and plotted against step (whichever of them the stage logs).
@@ -92,7 +90,7 @@ class TRLStage:
     def run(self, cfg: RunConfig, manager: PluginManager) -> dict[str, Any]:
         for check in self.checks:
             check(cfg)
-        from factory.train.run import run_training
+        from factory.plugin_api import run_training
 
         run = run_training(cfg, manager, self.data_kind, build_trainer=_import(self.builder))
         if run.trainer.is_world_process_zero():

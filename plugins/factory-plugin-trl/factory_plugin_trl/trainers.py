@@ -17,7 +17,7 @@ from trl import DPOTrainer, KTOTrainer, RewardTrainer
 from trl.experimental.cpo import CPOTrainer
 from trl.experimental.orpo import ORPOTrainer
 
-from factory.data.tokenize import IGNORE_INDEX
+from factory.plugin_api import IGNORE_INDEX
 from factory_plugin_trl.value_head import tied_duplicates
 
 REF_ADAPTER = "ref"  # the adapter TRL adds to a PeftModel as its reference (a copy of the trained one)
@@ -160,7 +160,7 @@ class FactoryRewardTrainer(_Pretokenized, DedupedCheckpoints, RewardTrainer):
 @contextlib.contextmanager
 def trl_errors(stage: str) -> Any:
     """TRL refuses some settings with ValueError (e.g. an adapter on lm_head): one factory sentence instead."""
-    from factory.errors import ConfigError
+    from factory.plugin_api import ConfigError
 
     try:
         yield

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 
-from factory.errors import ConfigError
+from factory.plugin_api import ConfigError
 
 HEAD_FILE = "value_head.safetensors"
 
@@ -159,7 +159,7 @@ def load_reward_model(folder: str | Path, cfg: Any, manager: Any) -> ValueHeadMo
     An adapter folder goes on top of ``cfg.model``; a whole-model folder (rm with full or freeze)
     is loaded as the model itself.
     """
-    from factory.model.loader import load_model
+    from factory.plugin_api import load_model
 
     folder = Path(folder)
     if not folder.is_dir():

@@ -8,7 +8,7 @@ it imports neither torch nor vllm.
 
 from __future__ import annotations
 
-from factory import Requires, hookimpl
+from factory.plugin_api import Requires, hookimpl
 from factory_plugin_vllm.options import VLLMOptions
 
 NEEDS = Requires(packages=("vllm>=0.6",), device="cuda", min_compute_capability=(7, 0))

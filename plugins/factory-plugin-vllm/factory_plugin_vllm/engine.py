@@ -13,17 +13,17 @@ import threading
 import uuid
 from typing import Any
 
-from factory.config import RunConfig
-from factory.infer.base import (
+from factory.plugin_api import (
     Engine,
     GenerationRequest,
     GenerationResult,
+    PluginManager,
     PromptTooLongError,
+    RunConfig,
     TextStream,
     prompt_ids,
     split_stop_words,
 )
-from factory.plugins import PluginManager
 from factory_plugin_vllm.wiring import engine_args, sampling_args, serve_plan
 
 CANCEL_POLL_SECONDS = 0.05
@@ -37,7 +37,7 @@ class VLLMEngine(Engine):
         from vllm import AsyncEngineArgs, AsyncLLMEngine
         from vllm.lora.request import LoRARequest
 
-        from factory.data.template import get_template
+        from factory.plugin_api import get_template
 
         plan = serve_plan(cfg)
         options = cfg.options("vllm")

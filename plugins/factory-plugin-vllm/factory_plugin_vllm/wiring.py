@@ -12,10 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from factory.config import RunConfig
-from factory.errors import ConfigError, PluginError
-from factory.infer.base import GenerationRequest
-from factory.model.aliases import ALIASES, resolve_alias
+from factory.plugin_api import ALIASES, ConfigError, GenerationRequest, PluginError, RunConfig, resolve_alias
 from factory_plugin_vllm.options import VLLMOptions
 
 DTYPES = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}

@@ -1,0 +1,100 @@
+"""The one stable import surface for plugins.
+
+A ``factory-plugin-*`` package imports factory only through this module (a test enforces it for
+the plugins under ``plugins/``), so the core can reorganise its rooms without breaking a
+third-party plugin. Everything here keeps its name and meaning across minor versions.
+
+Names are resolved lazily (PEP 562): importing this module imports neither torch nor
+transformers, so a plugin's ``register_*`` hooks stay cheap to call when plugins are listed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from factory.errors import ConfigError, DataError, FactoryError, PluginError, did_you_mean, one_of
+from factory.hookspecs import hookimpl
+from factory.registry import Requires
+
+# name -> module that defines it; grouped by what a plugin author looks for.
+_LAZY: dict[str, str] = {
+    # configuration and the plugin manager
+    "RunConfig": "factory.config",
+    "PluginManager": "factory.plugins",
+    # hardware facts
+    "hardware": "factory",
+    # models: target modules, checkpointing, quantized checkpoints, fused low-rank kernels
+    "TargetModules": "factory.model.modules",
+    "resolve_targets": "factory.model.modules",
+    "check_modules": "factory.model.modules",
+    "matches": "factory.model.modules",
+    "is_linear": "factory.model.modules",
+    "is_quantized_linear": "factory.model.modules",
+    "linear_module_names": "factory.model.modules",
+    "checkpoint_config": "factory.model.checkpoint",
+    "ComputeDtype": "factory.model.quantized",
+    "compute_dtype": "factory.model.quantized",
+    "calibration_texts": "factory.model.quantized",
+    "checkpoint_quantization": "factory.model.quantized",
+    "pin_training_kernels": "factory.model.quantized",
+    "require_checkpoint": "factory.model.quantized",
+    "require_quantized_layers": "factory.model.quantized",
+    "save_quantized": "factory.model.quantized",
+    "low_rank_linear": "factory.model.fused",
+    "stacked_low_rank_linear": "factory.model.fused",
+    "ALIASES": "factory.model.aliases",
+    "resolve_alias": "factory.model.aliases",
+    "load_model": "factory.model.loader",
+    "LoadedModel": "factory.model.loader",
+    # data
+    "IGNORE_INDEX": "factory.data.tokenize",
+    "pad": "factory.data.collator",
+    "get_template": "factory.data.template",
+    "Template": "factory.data.template",
+    "TemplateLibrary": "factory.data.template",
+    "Segment": "factory.data.template",
+    "BadRow": "factory.data.aligners",
+    "SkipRow": "factory.data.aligners",
+    "empty_record": "factory.data.record",
+    # training stages
+    "TrainerSetup": "factory.train.run",
+    "run_training": "factory.train.run",
+    # inference engines
+    "Engine": "factory.infer.base",
+    "GenerationRequest": "factory.infer.base",
+    "GenerationResult": "factory.infer.base",
+    "PromptTooLongError": "factory.infer.base",
+    "TextStream": "factory.infer.base",
+    "prompt_ids": "factory.infer.base",
+    "split_stop_words": "factory.infer.base",
+    "stop_tokens": "factory.infer.engine",
+}
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "FactoryError",
+    "PluginError",
+    "Requires",
+    "did_you_mean",
+    "hookimpl",
+    "one_of",
+    *_LAZY,
+]
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load on first use
+    pass
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"factory.plugin_api has no '{name}'; the plugin API lists its names in __all__")
+    if module == "factory":
+        return importlib.import_module(f"factory.{name}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
