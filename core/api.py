@@ -31,7 +31,9 @@ def check_selection(cfg: RunConfig, manager: PluginManager) -> None:
         manager.require("callbacks", name)
     if cfg.template != "auto":
         manager.require("templates", cfg.template)
-    manager.require("stages", cfg.stage)
+    stage = manager.load("stages", cfg.stage)
+    if callable(getattr(stage, "check", None)):
+        stage.check(cfg, manager)
 
 
 def finetune(
@@ -51,12 +53,13 @@ def finetune(
         config = DEFAULT_JOB
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides, **kwargs)
     manager = cfg.manager()
-    check_selection(cfg, manager)
+    from factory.train.launch import CHECKED_ENV
     from factory.train.preflight import check_training
     from factory.train.run import is_distributed_worker
 
-    check_training(cfg)
-
+    if not (is_distributed_worker() and os.environ.get(CHECKED_ENV)):  # the launching process checked already
+        check_selection(cfg, manager)
+        check_training(cfg)
     if cfg.nproc > 1 and not is_distributed_worker():
         from factory.train.launch import launch_distributed
 

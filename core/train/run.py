@@ -92,6 +92,7 @@ def training_arguments(cfg: RunConfig, out: Path, *, has_eval: bool, args_cls: A
         report_to=cfg.report_to or "none",
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
+        logging_nan_inf_filter=False,  # a diverged loss is logged as it is (stop-on-nan reads it), not averaged away
         dataloader_num_workers=0,
         disable_tqdm=False,
         torch_compile=cfg.torch_compile,
