@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -154,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Configs: a YAML file, then key=value overrides (dotted for plugin options, e.g. lora.rank=16).",
     )
     parser.add_argument("--version", action="version", version=f"factory {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show every library's logs and warnings (default: factory's progress and results only)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("finetune", help="train a model (stage, method and data from the config)")
@@ -242,6 +245,9 @@ def _run_plugin_command(name: str, argv: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = any(flag in argv for flag in ("-v", "--verbose"))  # accepted anywhere on the line
+    argv = [item for item in argv if item not in ("-v", "--verbose")]
     parser = build_parser()
     # Options may come after key=value arguments (`factory eval task=mmlu --json`): argparse stops
     # filling a trailing positional list at the first option, so the leftovers are appended here.
@@ -254,6 +260,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(ns, "func", None):
         parser.print_help()
         return 0
+    from factory.quiet import VERBOSE_ENV, quiet_libraries
+
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    quiet_libraries()
     try:
         return ns.func(ns)
     except FactoryError as exc:
