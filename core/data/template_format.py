@@ -80,6 +80,7 @@ class Reasoning(BaseModel):
     kept: Literal["none", "after_last_query", "last"] = "none"
     final_always: bool = False  # the final answer always gets the block, an empty one without reasoning
     lstrip_answer: bool = True  # newlines after the closing tag are dropped from the answer
+    split_always: bool = False  # past answers lose their leading newlines even without a closing tag (QwQ)
 
 
 def _explain(exc: ValidationError) -> str:
@@ -140,6 +141,9 @@ class Template(BaseModel):
     tools: str = GENERIC_TOOLS  # the tool-definition block
     tools_in: Literal["system", "after_system", "first_user", "before_last_user"] = "system"
     tools_note: str = ""  # opens the system text when tools are given (Llama's "Environment: ipython")
+    # between a system prompt and a tools block put in the system text; unset: the block follows the
+    # prompt directly and loses its leading whitespace when there is no prompt
+    tools_system_separator: str | None = None
     tool_definition: str = "{{tool}}"  # one tool; {{tool}} is its JSON spec
     tool_definition_separator: str = "\n"
     tool_wrap: bool = False  # {{tool}} and {{tools_json}} hold the OpenAI wrapper {"type": "function", ...}
@@ -147,6 +151,7 @@ class Template(BaseModel):
     reasoning: Reasoning | None = None
     generation_prompt: str | None = None  # default: the assistant header
     no_thinking_prompt: str = ""  # appended to the generation prompt when enable_thinking is false
+    enable_thinking: bool = True  # the default when a render is given none
     end: str = ""  # after the last turn when no generation prompt follows
     final_stop: str = ""  # after the final answer only, where the official template writes no end marker
     stop_words: list[str]

@@ -127,7 +127,7 @@ def render(
     users = [index for index, (role, _) in enumerate(turns) if role == "user"]
     first_user, last_user = (users[0], users[-1]) if users else (-1, -1)
     final = len(turns) - 1 if turns and turns[-1][0] in RESPONSE_ROLES else -1
-    prompt_for_answer = generation_prompt(t, specials, enable_thinking)
+    prompt_for_answer = generation_prompt(t, specials, t.enable_thinking if enable_thinking is None else enable_thinking)
     pending_ids: list[str] = []
     for index, (role, content) in enumerate(turns):
         if role in PROMPT_ROLES:
@@ -153,7 +153,8 @@ def render(
         if role == "function_call":
             calls = tool_calls(content, index)
             pending_ids = [call.id for call in calls]
-            fmt, body = t.function_call or t.assistant, [(_calls_text(t, calls), True)]
+            fmt = t.function_call or t.assistant
+            body = _answer(t.reasoning, "", index, final, last_user, mode)[:-1] + [(_calls_text(t, calls), True)]
         else:
             if "assistant" in t.trim:
                 content = content.strip()
@@ -192,7 +193,10 @@ def _system_turn(t: Template, system: str, specs: list[dict], tools_block: str, 
     if "system" in t.trim:
         text = text.strip()
     if tools_block and t.tools_in == "system":
-        text = text + tools_block if text else tools_block.lstrip()
+        if t.tools_system_separator is None:
+            text = text + tools_block if text else tools_block.lstrip()
+        else:
+            text = (text + t.tools_system_separator if text else "") + tools_block
     text = (t.tools_note if specs else "") + fill(t.system_header, {"date": date}) + text
     return fill(t.system, {**specials, "content": text}) if text else ""
 
@@ -220,7 +224,8 @@ def split_reasoning(reasoning: Reasoning, content: str) -> tuple[str, str, int]:
     """
     opening, closing = reasoning.tags
     if closing not in content:
-        return "", content, 0
+        answer = content.lstrip("\n") if reasoning.split_always and reasoning.lstrip_answer else content
+        return "", answer, len(content) - len(answer)
     before = content.split(closing)[0]
     after = content.split(closing)[-1]
     thought = before.rstrip("\n").split(opening)[-1].lstrip("\n").strip("\n")
