@@ -250,7 +250,7 @@ def test_every_template_renders_a_tool_conversation(tokenizer, name):
     if name in NOT_PREFIX_CONSISTENT:
         return
     assert text.startswith(prompt)
-    assert text[len(prompt):].lstrip(" ").removeprefix("<think>\n\n</think>\n\n").startswith("ANSWER-it-is-sunny-55")
+    assert text[len(prompt):].lstrip().removeprefix("<think>\n\n</think>\n\n").startswith("ANSWER-it-is-sunny-55")
 
 
 @pytest.mark.parametrize("name", PACKAGED.names())
