@@ -84,6 +84,18 @@ SAMPLES = [
 MODES = ("whole", "generation", "open")
 
 
+def supported(jinja: str) -> frozenset[str]:
+    """The conversation kinds an official template handles, read from its text (for ``factory templates check``)."""
+    kinds = {"system"}
+    if "tools" in jinja:
+        kinds.add("tools")
+    if "tool_calls" in jinja:
+        kinds.add("tool_calls")
+    if "</think>" in jinja or "reasoning_content" in jinja:
+        kinds.add("reasoning")
+    return frozenset(kinds)
+
+
 def modes(conversation: Conversation) -> Iterator[tuple[str, list[dict], bool]]:
     """``(mode, messages, add_generation_prompt)``: whole; before the final answer with a generation prompt; open."""
     yield "whole", conversation.messages, False
@@ -193,3 +205,55 @@ def read_conversations(path: str | Path) -> list[Conversation]:
                             "that alternate user and assistant turns") from None
         out.append(Conversation(f"{file.name}#{number}", record["messages"], record["system"], record["tools"]))
     return out
+
+
+def run_check(name: str, *, jinja: str | None = None, model: str | None = None, data: str | None = None,
+              bos_token: str | None = None, eos_token: str | None = None, date_string: str | None = None,
+              enable_thinking: bool | None = None, manager: Any = None) -> int:
+    """``factory templates check``: print each rendering's verdict; 0 when all are byte-exact, 1 otherwise."""
+    from factory.data.template_auto import get_template
+    from factory.errors import ConfigError
+    from factory.plugins import get_manager
+
+    if not jinja and not model:
+        raise ConfigError("factory templates check needs the official template: --jinja FILE or --model DIR")
+    tokenizer = None
+    if model:
+        folder = Path(model)
+        if not (folder / "tokenizer_config.json").is_file():
+            raise ConfigError(f"--model {model} is not a folder with a tokenizer_config.json; give a downloaded "
+                              "Hugging Face model folder")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    if jinja:
+        try:
+            text = Path(jinja).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read --jinja {jinja} ({exc.strerror}); give the official chat template file") from None
+        source = jinja
+    else:
+        text = getattr(tokenizer, "chat_template", None) or ""
+        if not isinstance(text, str) or not text:
+            raise ConfigError(f"the tokenizer in {model} has no chat_template to compare with; pass --jinja FILE")
+        source = f"{model}'s chat_template"
+    bos = bos_token if bos_token is not None else getattr(tokenizer, "bos_token", None) or ""
+    eos = eos_token if eos_token is not None else getattr(tokenizer, "eos_token", None) or ""
+    template = get_template(name, None, manager or get_manager())
+    if not isinstance(template, Template):
+        raise ConfigError(f"template '{name}' is not a data template that can be checked; name a packaged one")
+    kinds = supported(text)
+    conversations = read_conversations(data) if data else [s for s in SAMPLES if s.needs <= kinds]
+    kwargs: dict[str, Any] = {k: v for k, v in (("date_string", date_string), ("enable_thinking", enable_thinking))
+                              if v is not None}
+    results = check(template, text, conversations, bos_token=bos, eos_token=eos, **kwargs)
+    print(f"factory: template {template.name} vs {source}")
+    width = max((len(r.conversation) for r in results), default=0)
+    for r in results:
+        verdict = "byte-exact" if r.difference is None and r.error is None else (r.difference or f"skipped: {r.error}")
+        print(f"  {r.conversation:<{width}}  {r.mode:<10}  {verdict}")
+    differing = sum(r.difference is not None for r in results)
+    exact = sum(r.difference is None and r.error is None for r in results)
+    print(f"factory: {exact} byte-exact, {differing} differing, {len(results) - exact - differing} refused by the "
+          "official template")
+    return 1 if differing else 0

@@ -241,15 +241,15 @@ def _answer(reasoning: Reasoning | None, content: str, index: int, final: int, l
     thought, answer, start = split_reasoning(reasoning, content)
     if index == final:
         if reasoning.kept == "last" and mode != "drop":  # the final message exactly as given
-            return [(content[:start], mode == "train"), (content[start:], True)]
+            return [(content[:start], mode != "keep"), (content[start:], True)]
         if mode == "drop":
             thought = ""
         if thought or reasoning.final_always:
             block = fill(reasoning.format, {"reasoning": thought})
-            return [(block, mode == "train"), (answer.lstrip("\n"), True)]
+            return [(block, mode != "keep"), (answer.lstrip("\n"), True)]
         return [(answer, True)]
     if reasoning.kept == "after_last_query" and index > last_user and thought:
-        return [(fill(reasoning.format, {"reasoning": thought}), mode == "train"), (answer.lstrip("\n"), True)]
+        return [(fill(reasoning.format, {"reasoning": thought}), mode != "keep"), (answer.lstrip("\n"), True)]
     return [(answer, True)]
 
 
