@@ -82,6 +82,7 @@ SAMPLES = [
     Conversation("reasoning", REASONING_CHAT, needs=frozenset({"reasoning"})),
 ]
 MODES = ("whole", "generation", "open")
+RENDER_OPTIONS = ("date_string", "enable_thinking", "reasoning")  # the settings a factory template reads too
 
 
 def supported(jinja: str) -> frozenset[str]:
@@ -158,7 +159,11 @@ class Result:
 
 def check(template: Template, jinja: str, conversations: Sequence[Conversation], *, bos_token: str = "",
           eos_token: str = "", **kwargs: Any) -> list[Result]:
-    """Each conversation in each mode rendered both ways; ``kwargs`` go to both (date_string, enable_thinking...)."""
+    """Each conversation in each mode rendered both ways.
+
+    ``kwargs`` go to the official template (e.g. a family's own ``is_training`` switch); those in
+    :data:`RENDER_OPTIONS` go to factory's template too.
+    """
     tokenizer = SimpleNamespace(bos_token=bos_token, eos_token=eos_token)
     stop = fill(template.final_stop, {"bos_token": bos_token, "eos_token": eos_token})
     results = []
@@ -172,7 +177,8 @@ def check(template: Template, jinja: str, conversations: Sequence[Conversation],
                 results.append(Result(conversation.name, mode, None, f"the official template refuses it ({exc})"))
                 continue
             ours = template.render_text(messages, system=conversation.system, tools=conversation.tools,
-                                        add_generation_prompt=generation, tokenizer=tokenizer, **kwargs)
+                                        add_generation_prompt=generation, tokenizer=tokenizer,
+                                        **{k: v for k, v in kwargs.items() if k in RENDER_OPTIONS})
             if stop and mode == "whole" and ours == official + stop:
                 ours = official  # the declared end token after the final answer
             results.append(Result(conversation.name, mode, first_difference(official, ours)))

@@ -34,6 +34,7 @@ _PLACEHOLDERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "function_call": (_TURN, ("content",)),
     "observation": ((*_TURN, "content_json", "call_id"), ("content", "content_json")),
     "tool_call": (("name", "arguments", "id"), ("name",)),
+    "tool_call_argument": (("key", "value"), ("value",)),
     "tool_calls": (("calls",), ("calls",)),
     "tools": (("tools", "tools_json"), ("tools", "tools_json")),
     "tool_definition": (("tool", "tool_name"), ("tool",)),
@@ -126,6 +127,7 @@ class Template(BaseModel):
     system: str
     system_in_user: bool | Literal["last"] = False  # true: before the first user message; last: before the final message when it is a user's
     system_header: str = ""  # opens the system text (a dated header); its presence makes the system turn unconditional
+    system_always: bool = False  # the system turn is written even when there is no system text
     default_system: str
     default_system_tools: str | None = None  # the default system prompt when tools are given
     date_format: str = "%d %b %Y"  # strftime format of {{date}} when the render is given no date_string
@@ -136,6 +138,7 @@ class Template(BaseModel):
     function_call: str | None = None  # default: the assistant format
     observation: str | None = None  # default: the user format
     tool_call: str = '{"name": "{{name}}", "arguments": {{arguments}}}'  # one call
+    tool_call_argument: str | None = None  # set: {{arguments}} is each argument in this form, joined (XML-like calls)
     tool_call_separator: str = "\n"
     tool_calls: str = "{{calls}}"  # wraps the joined calls
     tools: str = GENERIC_TOOLS  # the tool-definition block

@@ -198,7 +198,7 @@ def _system_turn(t: Template, system: str, specs: list[dict], tools_block: str, 
         else:
             text = (text + t.tools_system_separator if text else "") + tools_block
     text = (t.tools_note if specs else "") + fill(t.system_header, {"date": date}) + text
-    return fill(t.system, {**specials, "content": text}) if text else ""
+    return fill(t.system, {**specials, "content": text}) if text or t.system_always else ""
 
 
 def _tools_text(t: Template, specs: list[dict]) -> str:
@@ -212,8 +212,17 @@ def _tools_text(t: Template, specs: list[dict]) -> str:
 
 
 def _calls_text(t: Template, calls: list[ToolCall]) -> str:
-    written = [fill(t.tool_call, {"name": c.name, "arguments": to_json(c.arguments), "id": c.id}) for c in calls]
+    written = [fill(t.tool_call, {"name": c.name, "arguments": _arguments_text(t, c.arguments), "id": c.id})
+               for c in calls]
     return fill(t.tool_calls, {"calls": t.tool_call_separator.join(written)})
+
+
+def _arguments_text(t: Template, arguments: Any) -> str:
+    """The arguments as JSON, or one ``tool_call_argument`` per key (text values as they are, others as JSON)."""
+    if t.tool_call_argument is None or not isinstance(arguments, Mapping):
+        return to_json(arguments)
+    return "".join(fill(t.tool_call_argument, {"key": str(key), "value": value if isinstance(value, str) else to_json(value)})
+                   for key, value in arguments.items())
 
 
 def split_reasoning(reasoning: Reasoning, content: str) -> tuple[str, str, int]:
