@@ -79,6 +79,7 @@ SAMPLES = [
                  needs=frozenset({"tools", "tool_calls", "system"})),
     Conversation("tool-definitions", CHAT[:2], tools=json.dumps(TOOLS), needs=frozenset({"tools"})),
     Conversation("tool-call", TOOL_CHAT[:2], tools=json.dumps(TOOLS), needs=frozenset({"tools", "tool_calls"})),
+    Conversation("tool-results", TOOL_CHAT, needs=frozenset({"tool_calls"})),  # calls without definitions
     Conversation("reasoning", REASONING_CHAT, needs=frozenset({"reasoning"})),
 ]
 MODES = ("whole", "generation", "open")
@@ -106,8 +107,12 @@ def modes(conversation: Conversation) -> Iterator[tuple[str, list[dict], bool]]:
         yield "open", messages[:-1], False
 
 
-def to_hf(messages: Sequence[Mapping], system: str) -> list[dict]:
-    """Standard-record messages in the form Hugging Face chat templates read."""
+def to_hf(messages: Sequence[Mapping], system: str, string_arguments: bool = False) -> list[dict]:
+    """Standard-record messages in the form Hugging Face chat templates read.
+
+    ``string_arguments``: call arguments as a JSON string, OpenAI's form, which some templates
+    (DeepSeek's) concatenate as text instead of serializing.
+    """
     out: list[dict] = [{"role": "system", "content": system}] if system else []
     ids: list[str] = []
     for index, message in enumerate(messages):
@@ -116,7 +121,9 @@ def to_hf(messages: Sequence[Mapping], system: str) -> list[dict]:
             calls = tool_calls(content, index)
             ids = [call.id for call in calls]
             out.append({"role": "assistant", "content": "", "tool_calls": [
-                {"type": "function", "id": call.id, "function": {"name": call.name, "arguments": call.arguments}}
+                {"type": "function", "id": call.id, "function": {
+                    "name": call.name,
+                    "arguments": json.dumps(call.arguments, ensure_ascii=False) if string_arguments else call.arguments}}
                 for call in calls]})
         elif role == "observation":
             out.append({"role": "tool", "content": content, **({"tool_call_id": ids.pop(0)} if ids else {})})
@@ -127,13 +134,13 @@ def to_hf(messages: Sequence[Mapping], system: str) -> list[dict]:
 
 def render_official(jinja: str, messages: Sequence[Mapping], *, system: str = "", tools: str = "",
                     add_generation_prompt: bool = False, bos_token: str = "", eos_token: str = "",
-                    **kwargs: Any) -> str:
+                    string_arguments: bool = False, **kwargs: Any) -> str:
     """The conversation rendered by ``jinja`` with transformers' renderer, as ``apply_chat_template`` does."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
     specs = [wrapped(spec) for spec in parse_tools(tools)] if tools else None
     rendered, _ = render_jinja_template(
-        conversations=[to_hf(messages, system)], tools=specs, chat_template=jinja,
+        conversations=[to_hf(messages, system, string_arguments)], tools=specs, chat_template=jinja,
         add_generation_prompt=add_generation_prompt, bos_token=bos_token, eos_token=eos_token, **kwargs,
     )
     return rendered[0]

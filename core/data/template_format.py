@@ -32,6 +32,7 @@ _PLACEHOLDERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "user": (_TURN, ("content",)),
     "assistant": (_TURN, ("content",)),
     "function_call": (_TURN, ("content",)),
+    "assistant_after_observation": (_TURN, ("content",)),
     "observation": ((*_TURN, "content_json", "call_id"), ("content", "content_json")),
     "tool_call": (("name", "arguments", "id"), ("name",)),
     "tool_call_argument": (("key", "value"), ("value",)),
@@ -136,6 +137,9 @@ class Template(BaseModel):
     user: str
     assistant: str
     function_call: str | None = None  # default: the assistant format
+    # a response right after a tool result, when the family writes it without its usual header
+    # (DeepSeek); its header is then also the generation prompt there
+    assistant_after_observation: str | None = None
     observation: str | None = None  # default: the user format
     tool_call: str = '{"name": "{{name}}", "arguments": {{arguments}}}'  # one call
     tool_call_argument: str | None = None  # set: {{arguments}} is each argument in this form, joined (XML-like calls)

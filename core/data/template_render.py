@@ -150,21 +150,25 @@ def render(
         if t.system_in_user is True:
             out.prompt(system_turn)
             system_turn = ""
+        after_result = index > 0 and turns[index - 1][0] == "observation" and t.assistant_after_observation is not None
         if role == "function_call":
             calls = tool_calls(content, index)
             pending_ids = [call.id for call in calls]
-            fmt = t.function_call or t.assistant
+            fmt = t.assistant_after_observation if after_result else t.function_call or t.assistant
             body = _answer(t.reasoning, "", index, final, last_user, mode)[:-1] + [(_calls_text(t, calls), True)]
         else:
             if "assistant" in t.trim:
                 content = content.strip()
-            fmt, body = t.assistant, _answer(t.reasoning, content, index, final, last_user, mode)
+            fmt = t.assistant_after_observation if after_result else t.assistant
+            body = _answer(t.reasoning, content, index, final, last_user, mode)
         head, _, tail = fmt.partition(CONTENT)
         tail = fill(tail, specials) + (fill(t.final_stop, specials) if index == final else "")
         out.response(fill(head, specials), body, tail, prompt_for_answer)
     if system_turn and t.system_in_user is True:
         out.prompt(system_turn)
-    if add_generation_prompt:
+    if add_generation_prompt and turns and turns[-1][0] == "observation" and t.assistant_after_observation is not None:
+        out.prompt(fill(t.assistant_after_observation.partition(CONTENT)[0], specials).rstrip(" "))
+    elif add_generation_prompt:
         out.prompt(prompt_for_answer)
     else:
         out.prompt(fill(t.end, specials))
