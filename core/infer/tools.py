@@ -162,11 +162,16 @@ class ToolCallParser:
                         pos = _literal(text, pos, part)
                     elif part == "key":
                         pos, key = self._name(text, pos, parts[index + 1])
-                    else:  # the value runs to the literal that closes it
-                        end = text.find(parts[index + 1].strip() or "\n", pos) if index + 1 < len(parts) else len(text)
+                    else:  # the value runs to the literal that closes it, less the format's own whitespace
+                        before, after = parts[index - 1], parts[index + 1]
+                        end = text.find(after.strip() or "\n", pos)
                         if end < 0:
                             raise _NoMatch
-                        value, pos = _argument_value(text[pos:end]), end
+                        raw = text[pos:end]
+                        opening, closing = before[len(before.rstrip()):], after[:len(after) - len(after.lstrip())]
+                        raw = raw[len(opening):] if opening and raw.startswith(opening) else raw
+                        raw = raw[:-len(closing)] if closing and raw.endswith(closing) else raw
+                        value, pos = _argument_value(raw), end
             except _NoMatch:
                 return start, arguments
             if not key:
