@@ -19,7 +19,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from factory.data.record import RESPONSE_ROLES
-from factory.data.template_format import Template, fill
+from factory.data.template_format import Reasoning, Template, fill
+from factory.data.template_render import split_reasoning
 from factory.data.template_tools import parse_tools, tool_calls, wrapped
 from factory.errors import DataError
 
@@ -107,11 +108,13 @@ def modes(conversation: Conversation) -> Iterator[tuple[str, list[dict], bool]]:
         yield "open", messages[:-1], False
 
 
-def to_hf(messages: Sequence[Mapping], system: str, string_arguments: bool = False) -> list[dict]:
+def to_hf(messages: Sequence[Mapping], system: str, string_arguments: bool = False,
+          reasoning_field: bool = False) -> list[dict]:
     """Standard-record messages in the form Hugging Face chat templates read.
 
     ``string_arguments``: call arguments as a JSON string, OpenAI's form, which some templates
-    (DeepSeek's) concatenate as text instead of serializing.
+    (DeepSeek's) concatenate as text instead of serializing. ``reasoning_field``: an answer's
+    ``<think>`` span passed as ``reasoning_content``, for templates that read reasoning only there.
     """
     out: list[dict] = [{"role": "system", "content": system}] if system else []
     ids: list[str] = []
@@ -127,6 +130,9 @@ def to_hf(messages: Sequence[Mapping], system: str, string_arguments: bool = Fal
                 for call in calls]})
         elif role == "observation":
             out.append({"role": "tool", "content": content, **({"tool_call_id": ids.pop(0)} if ids else {})})
+        elif role == "assistant" and reasoning_field and "</think>" in content:
+            thought, answer, _ = split_reasoning(Reasoning(), content)
+            out.append({"role": role, "content": answer, "reasoning_content": thought})
         else:
             out.append({"role": role, "content": content})
     return out
@@ -134,13 +140,13 @@ def to_hf(messages: Sequence[Mapping], system: str, string_arguments: bool = Fal
 
 def render_official(jinja: str, messages: Sequence[Mapping], *, system: str = "", tools: str = "",
                     add_generation_prompt: bool = False, bos_token: str = "", eos_token: str = "",
-                    string_arguments: bool = False, **kwargs: Any) -> str:
+                    string_arguments: bool = False, reasoning_field: bool = False, **kwargs: Any) -> str:
     """The conversation rendered by ``jinja`` with transformers' renderer, as ``apply_chat_template`` does."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
     specs = [wrapped(spec) for spec in parse_tools(tools)] if tools else None
     rendered, _ = render_jinja_template(
-        conversations=[to_hf(messages, system, string_arguments)], tools=specs, chat_template=jinja,
+        conversations=[to_hf(messages, system, string_arguments, reasoning_field)], tools=specs, chat_template=jinja,
         add_generation_prompt=add_generation_prompt, bos_token=bos_token, eos_token=eos_token, **kwargs,
     )
     return rendered[0]

@@ -27,13 +27,13 @@ _SPECIALS = ("bos_token", "eos_token")
 _TURN = ("content", *_SPECIALS)
 # field -> (placeholders it may use, the ones of which exactly one must appear exactly once)
 _PLACEHOLDERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "prefix": (_SPECIALS, ()),
+    "prefix": ((*_SPECIALS, "date"), ()),
     "system": (_TURN, ("content",)),
     "user": (_TURN, ("content",)),
     "assistant": (_TURN, ("content",)),
     "function_call": (_TURN, ("content",)),
     "assistant_after_observation": (_TURN, ("content",)),
-    "observation": ((*_TURN, "content_json", "call_id"), ("content", "content_json")),
+    "observation": ((*_TURN, "content_json", "call_id", "call_name"), ("content", "content_json")),
     "tool_call": (("name", "arguments", "id"), ("name",)),
     "tool_call_argument": (("key", "value"), ("value",)),
     "tool_calls": (("calls",), ("calls",)),
@@ -47,6 +47,7 @@ _PLACEHOLDERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "no_thinking_prompt": ((), ()),
     "end": (_SPECIALS, ()),
     "final_stop": (_SPECIALS, ()),
+    "final_end": (_SPECIALS, ()),
 }
 ROLES = ("system", "user", "assistant", "observation")
 
@@ -83,6 +84,7 @@ class Reasoning(BaseModel):
     final_always: bool = False  # the final answer always gets the block, an empty one without reasoning
     lstrip_answer: bool = True  # newlines after the closing tag are dropped from the answer
     split_always: bool = False  # past answers lose their leading newlines even without a closing tag (QwQ)
+    before_header: bool = False  # the block is a message of its own before the answer's header (gpt-oss)
 
 
 def _explain(exc: ValidationError) -> str:
@@ -161,6 +163,7 @@ class Template(BaseModel):
     enable_thinking: bool = True  # the default when a render is given none
     end: str = ""  # after the last turn when no generation prompt follows
     final_stop: str = ""  # after the final answer only, where the official template writes no end marker
+    final_end: str | None = None  # replaces the assistant format's end marker after the final answer (gpt-oss's <|return|>)
     stop_words: list[str]
     eos_ends_turn: bool  # the tokenizer's eos is the end-of-turn marker of a response
 
@@ -191,7 +194,7 @@ class Template(BaseModel):
                                  + " exactly once")
         if self.reasoning is not None and self.reasoning.format.count("{{reasoning}}") != 1:
             raise ValueError("key 'reasoning.format' must contain {{reasoning}} exactly once")
-        ends = self.assistant.partition(CONTENT)[2] + self.final_stop
+        ends = self.assistant.partition(CONTENT)[2] + self.final_stop + (self.final_end or "")
         if self.eos_ends_turn != (EOS in ends):
             raise ValueError(
                 "key 'eos_ends_turn' is "

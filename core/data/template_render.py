@@ -115,7 +115,7 @@ def render(
     date = date_string or t.default_date or datetime.now().strftime(t.date_format)
 
     out = Segments()
-    out.prompt(fill(t.prefix, specials))
+    out.prompt(fill(t.prefix, {**specials, "date": date}))
     tools_block = _tools_text(t, specs) if specs else ""
     system_turn = _system_turn(t, system, specs, tools_block, date, specials)
     if system_turn and t.system_in_user is False:
@@ -128,7 +128,7 @@ def render(
     first_user, last_user = (users[0], users[-1]) if users else (-1, -1)
     final = len(turns) - 1 if turns and turns[-1][0] in RESPONSE_ROLES else -1
     prompt_for_answer = generation_prompt(t, specials, t.enable_thinking if enable_thinking is None else enable_thinking)
-    pending_ids: list[str] = []
+    pending: list[ToolCall] = []  # the calls whose results come next
     for index, (role, content) in enumerate(turns):
         if role in PROMPT_ROLES:
             if role in t.trim:
@@ -143,8 +143,9 @@ def render(
             if role == "user":
                 out.prompt(fill(t.user, {**specials, "content": content}))
             else:
-                call_id = pending_ids.pop(0) if pending_ids else ""
-                values = {**specials, "content": content, "content_json": to_json(content), "call_id": call_id}
+                call = pending.pop(0) if pending else None
+                values = {**specials, "content": content, "content_json": to_json(content),
+                          "call_id": call.id if call else "", "call_name": call.name if call else ""}
                 out.prompt(fill(t.observation or t.user, values))
             continue
         if t.system_in_user is True:
@@ -153,7 +154,7 @@ def render(
         after_result = index > 0 and turns[index - 1][0] == "observation" and t.assistant_after_observation is not None
         if role == "function_call":
             calls = tool_calls(content, index)
-            pending_ids = [call.id for call in calls]
+            pending = list(calls)
             fmt = t.assistant_after_observation if after_result else t.function_call or t.assistant
             body = _answer(t.reasoning, "", index, final, last_user, mode)[:-1] + [(_calls_text(t, calls), True)]
         else:
@@ -162,8 +163,13 @@ def render(
             fmt = t.assistant_after_observation if after_result else t.assistant
             body = _answer(t.reasoning, content, index, final, last_user, mode)
         head, _, tail = fmt.partition(CONTENT)
+        if index == final and role == "assistant" and t.final_end is not None:
+            tail = t.final_end
         tail = fill(tail, specials) + (fill(t.final_stop, specials) if index == final else "")
-        out.response(fill(head, specials), body, tail, prompt_for_answer)
+        head = fill(head, specials)
+        if t.reasoning is not None and t.reasoning.before_header and len(body) > 1:  # the block opens the turn
+            head, body = "", [body[0], (head, True), *body[1:]]
+        out.response(head, body, tail, prompt_for_answer)
     if system_turn and t.system_in_user is True:
         out.prompt(system_turn)
     if add_generation_prompt and turns and turns[-1][0] == "observation" and t.assistant_after_observation is not None:
