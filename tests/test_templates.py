@@ -265,9 +265,8 @@ def test_default_system_is_used_only_without_a_system(tokenizer, name):
     if template.default_system:
         assert default in plain
         assert default not in template.render_text(CHAT, system="Other.", tokenizer=tokenizer, date_string="1 May 2031")
-    assert [s.text.rstrip() for s in template.render(CHAT, tokenizer=tokenizer) if s.trainable][0].lstrip().startswith(
-        "It is 4."
-    )
+    first = [s.text for s in template.render(CHAT, tokenizer=tokenizer) if s.trainable][0]
+    assert "It is 4." in first and "2+2" not in first  # (a family's empty reasoning block may open it)
 
 
 def test_every_yaml_entry_declares_the_documented_keys():

@@ -85,6 +85,9 @@ class Reasoning(BaseModel):
     lstrip_answer: bool = True  # newlines after the closing tag are dropped from the answer
     split_always: bool = False  # past answers lose their leading newlines even without a closing tag (QwQ)
     before_header: bool = False  # the block is a message of its own before the answer's header (gpt-oss)
+    always: bool = False  # every answer gets a block: its reasoning where kept, else an empty one (GLM-4.5)
+    answer_prefix: str = ""  # between the block and a non-empty answer
+    strip_whitespace: bool = False  # reasoning and answer lose all surrounding whitespace, not only newlines
 
 
 def _explain(exc: ValidationError) -> str:
@@ -148,7 +151,7 @@ class Template(BaseModel):
     tool_call_separator: str = "\n"
     tool_calls: str = "{{calls}}"  # wraps the joined calls
     tools: str = GENERIC_TOOLS  # the tool-definition block
-    tools_in: Literal["system", "after_system", "first_user", "before_last_user"] = "system"
+    tools_in: Literal["system", "before_system", "after_system", "first_user", "before_last_user"] = "system"
     tools_note: str = ""  # opens the system text when tools are given (Llama's "Environment: ipython")
     # between a system prompt and a tools block put in the system text; unset: the block follows the
     # prompt directly and loses its leading whitespace when there is no prompt

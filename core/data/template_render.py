@@ -117,6 +117,8 @@ def render(
     out = Segments()
     out.prompt(fill(t.prefix, {**specials, "date": date}))
     tools_block = _tools_text(t, specs) if specs else ""
+    if tools_block and t.tools_in == "before_system":
+        out.prompt(tools_block)
     system_turn = _system_turn(t, system, specs, tools_block, date, specials)
     if system_turn and t.system_in_user is False:
         out.prompt(system_turn)
@@ -243,11 +245,18 @@ def split_reasoning(reasoning: Reasoning, content: str) -> tuple[str, str, int]:
     """
     opening, closing = reasoning.tags
     if closing not in content:
-        answer = content.lstrip("\n") if reasoning.split_always and reasoning.lstrip_answer else content
-        return "", answer, len(content) - len(answer)
+        if reasoning.strip_whitespace:
+            answer = content.strip()
+        elif reasoning.split_always and reasoning.lstrip_answer:
+            answer = content.lstrip("\n")
+        else:
+            answer = content
+        return "", answer, content.find(answer) if answer else len(content)
     before = content.split(closing)[0]
     after = content.split(closing)[-1]
     thought = before.rstrip("\n").split(opening)[-1].lstrip("\n").strip("\n")
+    if reasoning.strip_whitespace:
+        return thought.strip(), after.strip(), len(content) - len(after.lstrip())
     answer = after.lstrip("\n") if reasoning.lstrip_answer else after
     return thought, answer, len(content) - len(answer)
 
@@ -263,13 +272,16 @@ def _answer(reasoning: Reasoning | None, content: str, index: int, final: int, l
             return [(content[:start], mode != "keep"), (content[start:], True)]
         if mode == "drop":
             thought = ""
-        if thought or reasoning.final_always:
-            block = fill(reasoning.format, {"reasoning": thought})
-            return [(block, mode != "keep"), (answer.lstrip("\n"), True)]
+        shown = bool(thought) or reasoning.final_always or reasoning.always
+    else:
+        if not (reasoning.kept == "after_last_query" and index > last_user):
+            thought = ""
+        shown = bool(thought) or reasoning.always
+    if not shown:
         return [(answer, True)]
-    if reasoning.kept == "after_last_query" and index > last_user and thought:
-        return [(fill(reasoning.format, {"reasoning": thought}), mode != "keep"), (answer.lstrip("\n"), True)]
-    return [(answer, True)]
+    answer = answer if reasoning.strip_whitespace else answer.lstrip("\n")
+    answer = reasoning.answer_prefix + answer if answer else answer
+    return [(fill(reasoning.format, {"reasoning": thought}), mode != "keep"), (answer, True)]
 
 
 def describe_tools(template: Template, system: str, specs: Any) -> str:
