@@ -109,12 +109,13 @@ def modes(conversation: Conversation) -> Iterator[tuple[str, list[dict], bool]]:
 
 
 def to_hf(messages: Sequence[Mapping], system: str, string_arguments: bool = False,
-          reasoning_field: bool = False) -> list[dict]:
+          reasoning_field: bool = False, call_ids: bool = True) -> list[dict]:
     """Standard-record messages in the form Hugging Face chat templates read.
 
     ``string_arguments``: call arguments as a JSON string, OpenAI's form, which some templates
     (DeepSeek's) concatenate as text instead of serializing. ``reasoning_field``: an answer's
     ``<think>`` span passed as ``reasoning_content``, for templates that read reasoning only there.
+    ``call_ids=False``: calls without ids, for templates that number calls themselves (Kimi).
     """
     out: list[dict] = [{"role": "system", "content": system}] if system else []
     ids: list[str] = []
@@ -124,12 +125,12 @@ def to_hf(messages: Sequence[Mapping], system: str, string_arguments: bool = Fal
             calls = tool_calls(content, index)
             ids = [call.id for call in calls]
             out.append({"role": "assistant", "content": "", "tool_calls": [
-                {"type": "function", "id": call.id, "function": {
+                {"type": "function", **({"id": call.id} if call_ids else {}), "function": {
                     "name": call.name,
                     "arguments": json.dumps(call.arguments, ensure_ascii=False) if string_arguments else call.arguments}}
                 for call in calls]})
         elif role == "observation":
-            out.append({"role": "tool", "content": content, **({"tool_call_id": ids.pop(0)} if ids else {})})
+            out.append({"role": "tool", "content": content, **({"tool_call_id": ids.pop(0)} if ids and call_ids else {})})
         elif role == "assistant" and reasoning_field and "</think>" in content:
             thought, answer, _ = split_reasoning(Reasoning(), content)
             out.append({"role": role, "content": answer, "reasoning_content": thought})
@@ -140,13 +141,15 @@ def to_hf(messages: Sequence[Mapping], system: str, string_arguments: bool = Fal
 
 def render_official(jinja: str, messages: Sequence[Mapping], *, system: str = "", tools: str = "",
                     add_generation_prompt: bool = False, bos_token: str = "", eos_token: str = "",
-                    string_arguments: bool = False, reasoning_field: bool = False, **kwargs: Any) -> str:
+                    string_arguments: bool = False, reasoning_field: bool = False, call_ids: bool = True,
+                    **kwargs: Any) -> str:
     """The conversation rendered by ``jinja`` with transformers' renderer, as ``apply_chat_template`` does."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
     specs = [wrapped(spec) for spec in parse_tools(tools)] if tools else None
     rendered, _ = render_jinja_template(
-        conversations=[to_hf(messages, system, string_arguments, reasoning_field)], tools=specs, chat_template=jinja,
+        conversations=[to_hf(messages, system, string_arguments, reasoning_field, call_ids)], tools=specs,
+        chat_template=jinja,
         add_generation_prompt=add_generation_prompt, bos_token=bos_token, eos_token=eos_token, **kwargs,
     )
     return rendered[0]

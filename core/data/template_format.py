@@ -33,8 +33,8 @@ _PLACEHOLDERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "assistant": (_TURN, ("content",)),
     "function_call": (_TURN, ("content",)),
     "assistant_after_observation": (_TURN, ("content",)),
-    "observation": ((*_TURN, "content_json", "call_id", "call_name"), ("content", "content_json")),
-    "tool_call": (("name", "arguments", "id"), ("name",)),
+    "observation": ((*_TURN, "content_json", "call_id", "call_name", "call_number"), ("content", "content_json")),
+    "tool_call": (("name", "arguments", "id", "number"), ("name",)),
     "tool_call_argument": (("key", "value"), ("value",)),
     "tool_calls": (("calls",), ("calls",)),
     "tools": (("tools", "tools_json"), ("tools", "tools_json")),
@@ -80,13 +80,15 @@ class Reasoning(BaseModel):
     format: str = "<think>\n{{reasoning}}\n</think>\n\n"  # a kept reasoning, written before the answer
     # past turns that keep it: none (DeepSeek-R1), after_last_query (Qwen3: the turns after the last
     # user message), or last (QwQ: only the final message, written as given)
-    kept: Literal["none", "after_last_query", "last"] = "none"
+    # after_first_answer (Kimi K2: every answer after the first plain one)
+    kept: Literal["none", "after_last_query", "after_first_answer", "last"] = "none"
     final_always: bool = False  # the final answer always gets the block, an empty one without reasoning
     lstrip_answer: bool = True  # newlines after the closing tag are dropped from the answer
     split_always: bool = False  # past answers lose their leading newlines even without a closing tag (QwQ)
     before_header: bool = False  # the block is a message of its own before the answer's header (gpt-oss)
     always: bool = False  # every answer gets a block: its reasoning where kept, else an empty one (GLM-4.5)
     answer_prefix: str = ""  # between the block and a non-empty answer
+    lstrip_after_block: bool = True  # an answer after a block loses its leading newlines, reasoning or not (Qwen3)
     strip_whitespace: bool = False  # reasoning and answer lose all surrounding whitespace, not only newlines
 
 

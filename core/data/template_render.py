@@ -128,9 +128,13 @@ def render(
 
     users = [index for index, (role, _) in enumerate(turns) if role == "user"]
     first_user, last_user = (users[0], users[-1]) if users else (-1, -1)
+    kept_after = last_user  # past answers after this message keep their reasoning (where the family keeps any)
+    if t.reasoning is not None and t.reasoning.kept == "after_first_answer":
+        kept_after = next((index for index, (role, _) in enumerate(turns) if role == "assistant"), len(turns))
     final = len(turns) - 1 if turns and turns[-1][0] in RESPONSE_ROLES else -1
     prompt_for_answer = generation_prompt(t, specials, t.enable_thinking if enable_thinking is None else enable_thinking)
-    pending: list[ToolCall] = []  # the calls whose results come next
+    pending: list[tuple[int, ToolCall]] = []  # the calls whose results come next, numbered in the conversation
+    numbered = 0
     for index, (role, content) in enumerate(turns):
         if role in PROMPT_ROLES:
             if role in t.trim:
@@ -145,9 +149,10 @@ def render(
             if role == "user":
                 out.prompt(fill(t.user, {**specials, "content": content}))
             else:
-                call = pending.pop(0) if pending else None
+                number, call = pending.pop(0) if pending else (0, None)
                 values = {**specials, "content": content, "content_json": to_json(content),
-                          "call_id": call.id if call else "", "call_name": call.name if call else ""}
+                          "call_id": call.id if call else "", "call_name": call.name if call else "",
+                          "call_number": str(number)}
                 out.prompt(fill(t.observation or t.user, values))
             continue
         if t.system_in_user is True:
@@ -156,14 +161,15 @@ def render(
         after_result = index > 0 and turns[index - 1][0] == "observation" and t.assistant_after_observation is not None
         if role == "function_call":
             calls = tool_calls(content, index)
-            pending = list(calls)
+            pending = list(enumerate(calls, numbered))
+            numbered += len(calls)
             fmt = t.assistant_after_observation if after_result else t.function_call or t.assistant
-            body = _answer(t.reasoning, "", index, final, last_user, mode)[:-1] + [(_calls_text(t, calls), True)]
+            body = _answer(t.reasoning, "", index, final, kept_after, mode)[:-1] + [(_calls_text(t, pending), True)]
         else:
             if "assistant" in t.trim:
                 content = content.strip()
             fmt = t.assistant_after_observation if after_result else t.assistant
-            body = _answer(t.reasoning, content, index, final, last_user, mode)
+            body = _answer(t.reasoning, content, index, final, kept_after, mode)
         head, _, tail = fmt.partition(CONTENT)
         if index == final and role == "assistant" and t.final_end is not None:
             tail = t.final_end
@@ -223,9 +229,10 @@ def _tools_text(t: Template, specs: list[dict]) -> str:
                           "tools_json": to_json(items, t.tool_indent)})
 
 
-def _calls_text(t: Template, calls: list[ToolCall]) -> str:
-    written = [fill(t.tool_call, {"name": c.name, "arguments": _arguments_text(t, c.arguments), "id": c.id})
-               for c in calls]
+def _calls_text(t: Template, calls: list[tuple[int, ToolCall]]) -> str:
+    written = [fill(t.tool_call, {"name": c.name, "arguments": _arguments_text(t, c.arguments), "id": c.id,
+                                  "number": str(number)})
+               for number, c in calls]
     return fill(t.tool_calls, {"calls": t.tool_call_separator.join(written)})
 
 
@@ -261,7 +268,7 @@ def split_reasoning(reasoning: Reasoning, content: str) -> tuple[str, str, int]:
     return thought, answer, len(content) - len(answer)
 
 
-def _answer(reasoning: Reasoning | None, content: str, index: int, final: int, last_user: int,
+def _answer(reasoning: Reasoning | None, content: str, index: int, final: int, kept_after: int,
             mode: str) -> list[tuple[str, bool]]:
     """An assistant message's body: its reasoning block where the family writes one, then the answer."""
     if reasoning is None:
@@ -274,12 +281,12 @@ def _answer(reasoning: Reasoning | None, content: str, index: int, final: int, l
             thought = ""
         shown = bool(thought) or reasoning.final_always or reasoning.always
     else:
-        if not (reasoning.kept == "after_last_query" and index > last_user):
+        if not (reasoning.kept in ("after_last_query", "after_first_answer") and index > kept_after):
             thought = ""
         shown = bool(thought) or reasoning.always
     if not shown:
         return [(answer, True)]
-    answer = answer if reasoning.strip_whitespace else answer.lstrip("\n")
+    answer = answer.lstrip("\n") if reasoning.lstrip_after_block and not reasoning.strip_whitespace else answer
     answer = reasoning.answer_prefix + answer if answer else answer
     return [(fill(reasoning.format, {"reasoning": thought}), mode != "keep"), (answer, True)]
 

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-_PLACEHOLDER = re.compile(r"\{\{(name|arguments|id)\}\}")
+_PLACEHOLDER = re.compile(r"\{\{(name|arguments|id|number)\}\}")
 _ARGUMENT = re.compile(r"\{\{(key|value)\}\}")
 _DECODER = json.JSONDecoder()
 
@@ -143,7 +143,7 @@ class ToolCallParser:
             elif part == "arguments":
                 value, pos = _json_value(text, pos)
                 arguments = _arguments(value)
-            elif part == "id":  # a call id the model made up: read over it
+            elif part in ("id", "number"):  # a call id or number the model wrote: read over it
                 pos, _ = self._name(text, pos, self.parts[index + 1])
             else:
                 pos, name = self._name(text, pos, self.parts[index + 1])
