@@ -81,7 +81,8 @@ class Reasoning(BaseModel):
     # past turns that keep it: none (DeepSeek-R1), after_last_query (Qwen3: the turns after the last
     # user message), or last (QwQ: only the final message, written as given)
     # after_first_answer (Kimi K2: every answer after the first plain one)
-    kept: Literal["none", "after_last_query", "after_first_answer", "last"] = "none"
+    # all (every answer keeps a non-empty reasoning)
+    kept: Literal["none", "after_last_query", "after_first_answer", "last", "all"] = "none"
     final_always: bool = False  # the final answer always gets the block, an empty one without reasoning
     lstrip_answer: bool = True  # newlines after the closing tag are dropped from the answer
     split_always: bool = False  # past answers lose their leading newlines even without a closing tag (QwQ)
@@ -158,6 +159,7 @@ class Template(BaseModel):
     # between a system prompt and a tools block put in the system text; unset: the block follows the
     # prompt directly and loses its leading whitespace when there is no prompt
     tools_system_separator: str | None = None
+    tools_first: bool = False  # in the system text, the tools block comes before the system prompt
     tool_definition: str = "{{tool}}"  # one tool; {{tool}} is its JSON spec
     tool_definition_separator: str = "\n"
     tool_wrap: bool = False  # {{tool}} and {{tools_json}} hold the OpenAI wrapper {"type": "function", ...}

@@ -210,7 +210,9 @@ def _system_turn(t: Template, system: str, specs: list[dict], tools_block: str, 
         text = fill(default, {"date": date})
     if "system" in t.trim:
         text = text.strip()
-    if tools_block and t.tools_in == "system":
+    if tools_block and t.tools_in == "system" and t.tools_first:
+        text = tools_block + (t.tools_system_separator or "" if text else "") + text
+    elif tools_block and t.tools_in == "system":
         if t.tools_system_separator is None:
             text = text + tools_block if text else tools_block.lstrip()
         else:
@@ -281,7 +283,8 @@ def _answer(reasoning: Reasoning | None, content: str, index: int, final: int, k
             thought = ""
         shown = bool(thought) or reasoning.final_always or reasoning.always
     else:
-        if not (reasoning.kept in ("after_last_query", "after_first_answer") and index > kept_after):
+        if not (reasoning.kept == "all" or reasoning.kept in ("after_last_query", "after_first_answer")
+                and index > kept_after):
             thought = ""
         shown = bool(thought) or reasoning.always
     if not shown:

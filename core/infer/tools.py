@@ -191,8 +191,9 @@ class ToolCallParser:
 def extract_tool_calls(template: Any, text: str) -> list[tuple[str, Any]] | None:
     """The tool calls ``text`` makes in ``template``'s syntax, or None when it is a plain answer."""
     reasoning = getattr(template, "reasoning", None)
-    if reasoning is not None and reasoning.tags[1] in text:  # the calls follow the model's reasoning
-        text = text.split(reasoning.tags[1])[-1]
+    closing = reasoning.format.partition("{{reasoning}}")[2].strip() if reasoning is not None else ""
+    if closing and closing in text:  # the calls follow the model's reasoning block
+        text = text.split(closing)[-1]
     if not text.strip():
         return None
     return ToolCallParser(template).parse(text)
