@@ -89,3 +89,23 @@ def test_the_docs_table_names_every_template_with_its_source():
         template = PACKAGED.get(name)
         assert (template.source and template.source in row) or "none" in row, row
         assert all(f"`{alias}`" in row for alias in template.aliases), row
+
+
+def test_auto_tells_each_version_apart_by_its_official_template():
+    from types import SimpleNamespace
+
+    from factory.data.template import detect_template
+    from factory.plugins import PluginManager
+
+    manager = PluginManager(entry_points=False, use_env=False)
+    wrong = {}
+    for fixture, entry in SOURCES.items():
+        claimed = [name for name in entry["templates"] if PACKAGED.get(name).detect]
+        if not claimed:
+            continue
+        tokenizer = SimpleNamespace(chat_template=(FIXTURES / entry["file"]).read_text(encoding="utf-8"),
+                                    name_or_path="")
+        found = detect_template(tokenizer, manager)
+        if found not in claimed:
+            wrong[fixture] = found
+    assert not wrong, f"auto picks another template for these official templates: {wrong}"
