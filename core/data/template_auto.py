@@ -55,8 +55,8 @@ def _auto(tokenizer: Any, manager: Any) -> Template:
     return get_template(detected or by_type or DEFAULT, tokenizer, manager)
 
 
-def _templates(manager: Any) -> list[tuple[str, Any]]:
-    """(name, template) of every usable registered template, aliases left out."""
+def _templates(manager: Any) -> list[tuple[Any, Any]]:
+    """(implementation, template) of every usable registered template, aliases left out."""
     out = []
     for impl in manager.implementations("templates"):
         if impl.unavailable_reason():
@@ -65,8 +65,8 @@ def _templates(manager: Any) -> list[tuple[str, Any]]:
             template = impl.load()
         except FactoryError:
             continue
-        if getattr(template, "name", impl.name) == impl.name:
-            out.append((impl.name, template))
+        if getattr(template, "name", impl.name) == impl.name:  # an alias is listed under its template's name
+            out.append((impl, template))
     return out
 
 
@@ -75,11 +75,11 @@ def detect_template(tokenizer: Any, manager: Any) -> str | None:
     (without one) whose ``detect_tokens`` are all in its vocabulary; the most specific one wins."""
     text = jinja_text(tokenizer)
     if text:
-        found = [(len(t.detect), name) for name, t in _templates(manager)
+        found = [(len(t.detect), impl.name) for impl, t in _templates(manager)
                  if getattr(t, "detect", None) and all(part in text for part in t.detect)]
     else:
         vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
-        found = [(len(t.detect_tokens), name) for name, t in _templates(manager)
+        found = [(len(t.detect_tokens), impl.name) for impl, t in _templates(manager)
                  if getattr(t, "detect_tokens", None) and all(token in vocab for token in t.detect_tokens)]
     if not found:
         return None
@@ -105,18 +105,8 @@ def template_for_model_type(model_type: str | None, manager: Any) -> str | None:
     """The registered template that declares ``model_type``; a third party's wins over the core's."""
     if not model_type:
         return None
-    matches = []
-    for impl in manager.implementations("templates"):
-        if impl.unavailable_reason():
-            continue
-        try:
-            template = impl.load()
-        except FactoryError:
-            continue
-        if getattr(template, "name", impl.name) != impl.name:  # an alias of a template listed under its own name
-            continue
-        if model_type in (getattr(template, "model_types", None) or ()):
-            matches.append(impl)
+    matches = [impl for impl, template in _templates(manager)
+               if model_type in (getattr(template, "model_types", None) or ())]
     preferred = [impl for impl in matches if impl.distribution != "factory-core"] or matches
     if len(preferred) > 1:
         raise PluginError(
