@@ -18,14 +18,23 @@ from factory.data.template_jinja import JinjaTemplate, NotPrefixConsistent, jinj
 from factory.errors import FactoryError, PluginError, one_of
 
 
-def get_template(name: str, tokenizer: Any, manager: Any) -> Template:
+def get_template(name: str, tokenizer: Any, manager: Any, *, reasoning: str | None = None,
+                 enable_thinking: bool | None = None) -> Template:
     """The chat template for ``template: name``, bound to ``tokenizer``.
 
     ``auto`` uses the tokenizer's own Jinja template when it has a prefix-consistent one, else the
     packaged template its files identify, else the one declared for the model's type
     (``model_types``), else ``default``. Any other name (or alias) comes from the plugin
-    registry; an unknown one is a PluginError listing those available.
+    registry; an unknown one is a PluginError listing those available. ``reasoning`` and
+    ``enable_thinking`` (the run's settings) become the defaults of its renders.
     """
+    template = _find(name, tokenizer, manager)
+    if (reasoning is not None or enable_thinking is not None) and isinstance(template, Template):
+        template = template.configure(reasoning=reasoning, enable_thinking=enable_thinking)
+    return template
+
+
+def _find(name: str, tokenizer: Any, manager: Any) -> Template:
     if name == AUTO:
         return _auto(tokenizer, manager)
     template = manager.load("templates", name)
@@ -51,8 +60,8 @@ def _auto(tokenizer: Any, manager: Any) -> Template:
         except NotPrefixConsistent:
             if not detected:
                 raise
-        return get_template(detected, tokenizer, manager)
-    return get_template(detected or by_type or DEFAULT, tokenizer, manager)
+        return _find(detected, tokenizer, manager)
+    return _find(detected or by_type or DEFAULT, tokenizer, manager)
 
 
 def _templates(manager: Any) -> list[tuple[Any, Any]]:
