@@ -107,6 +107,13 @@ def render(
     enable_thinking: bool | None = None,
     reasoning: str = "train",
 ) -> list[Segment]:
+    """The segments of a conversation, in the order every family's template writes them.
+
+    Prefix, tools and system turn (where the template puts them), then each message: prompt turns
+    (user, observation) are context; a response turn (assistant, function_call) is its header as
+    context and its body (reasoning block, answer or calls) and end marker as trained text. Last
+    the generation prompt, or the template's closing text.
+    """
     t = template
     mode = check_mode(reasoning)
     messages, system = take_system(messages, system)
@@ -211,7 +218,7 @@ def _system_turn(t: Template, system: str, specs: list[dict], tools_block: str, 
     if "system" in t.trim:
         text = text.strip()
     if tools_block and t.tools_in == "system" and t.tools_first:
-        text = tools_block + (t.tools_system_separator or "" if text else "") + text
+        text = tools_block + ((t.tools_system_separator or "") if text else "") + text
     elif tools_block and t.tools_in == "system":
         if t.tools_system_separator is None:
             text = text + tools_block if text else tools_block.lstrip()
