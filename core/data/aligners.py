@@ -95,12 +95,12 @@ def with_reasoning(content: str, message: Mapping[str, Any], where: str) -> str:
     reasoning back from that span (and drop, keep or train it, see ``reasoning`` in the config).
     """
     reasoning = next((message[key] for key in REASONING_KEYS if message.get(key) is not None), None)
-    if reasoning is None or not str(reasoning).strip():
+    if reasoning is None or "</think>" in content:  # no reasoning, or the content already carries it
         return content
     if not isinstance(reasoning, str):
         raise BadRow(f"{where} has reasoning {_short(reasoning)}, not text")
-    if "</think>" in content:
-        raise BadRow(f"{where} has both reasoning_content and a <think> span in its content; keep one")
+    if not reasoning.strip():
+        return content
     thought, answer = reasoning.strip("\n"), content.lstrip("\n")
     return f"<think>\n{thought}\n</think>\n\n{answer}"
 
