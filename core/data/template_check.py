@@ -83,7 +83,6 @@ SAMPLES = [
     Conversation("tool-results", TOOL_CHAT, needs=frozenset({"tool_calls"})),  # calls without definitions
     Conversation("reasoning", REASONING_CHAT, needs=frozenset({"reasoning"})),
 ]
-MODES = ("whole", "generation", "open")
 RENDER_OPTIONS = ("date_string", "enable_thinking", "reasoning")  # the settings a factory template reads too
 
 
