@@ -74,6 +74,14 @@ def cmd_data_preview(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_templates_check(ns: argparse.Namespace) -> int:
+    from factory.data.template_check import run_check
+
+    thinking = {"true": True, "false": False}.get(ns.enable_thinking) if ns.enable_thinking else None
+    return run_check(ns.name, jinja=ns.jinja, model=ns.model, data=ns.data, bos_token=ns.bos_token,
+                     eos_token=ns.eos_token, date_string=ns.date_string, enable_thinking=thinking)
+
+
 def cmd_eval(ns: argparse.Namespace) -> int:
     from factory.config import load_config
     from factory.errors import ConfigError
@@ -186,6 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", help="model whose tokenizer to use (default: smollm2-135m-instruct)")
     q.add_argument("--cutoff-len", type=int, help="maximum tokens per row (default 1024)")
     q.set_defaults(func=cmd_data_preview)
+
+    p = sub.add_parser("templates", help="check a chat template against a model's official one")
+    tsub = p.add_subparsers(dest="templates_command", metavar="SUBCOMMAND", required=True)
+    q = tsub.add_parser("check", help="render conversations with a factory template and the official Jinja template; "
+                        "print the first differing character of each (exit 1 if one differs)")
+    q.add_argument("name", help="factory template name (or alias)")
+    q.add_argument("--jinja", help="the official chat template as a Jinja file")
+    q.add_argument("--model", help="a Hugging Face model folder: its chat_template (unless --jinja) and bos/eos tokens")
+    q.add_argument("--data", help="your own conversations: JSON or JSONL rows in OpenAI's form ({\"messages\": [...]})")
+    q.add_argument("--bos-token", help="the model's bos token (default: the --model tokenizer's, else none)")
+    q.add_argument("--eos-token", help="the model's eos token (default: the --model tokenizer's, else none)")
+    q.add_argument("--date-string", help="the date both templates write into a dated system header")
+    q.add_argument("--enable-thinking", choices=["true", "false"], help="passed to both templates")
+    q.set_defaults(func=cmd_templates_check)
 
     p = sub.add_parser(
         "eval",

@@ -74,6 +74,14 @@ class RunConfig(BaseModel):
 
     # data
     template: str = Field("auto", description="chat template; auto uses the tokenizer's own")
+    reasoning: Literal["train", "keep", "drop"] = Field(
+        "train", description="reasoning (<think> spans, reasoning_content) of the final answer: train it, keep it "
+        "untrained, or drop it; earlier turns' reasoning is kept or dropped as the template's family does"
+    )
+    enable_thinking: bool | None = Field(
+        None, description="for templates with a thinking switch (qwen3...): false opens answers with an empty "
+        "reasoning block; None: the template's default"
+    )
     dataset: str | list[str] = Field("identity", description="data set name, path, or a list of them")
     dataset_dir: str | None = Field(None, description="folder searched for data set descriptors")
     eval_dataset: str | list[str] | None = None

@@ -141,6 +141,8 @@ def tokenize_dataset(records: AnyDataset, tokenizer: Any, template: Any, cfg: Ru
         function, fn_kwargs = tokenize_steps.tokenize_texts, {"tokenizer": tokenizer, "options": options}
     else:
         function = tokenize_steps.tokenize_conversations
+        if hasattr(template, "configure"):  # the run's reasoning settings become the template's defaults
+            template = template.configure(reasoning=cfg.reasoning, enable_thinking=cfg.enable_thinking)
         fn_kwargs = {"tokenizer": tokenizer, "template": template, "options": options}
     columns = records.column_names or list(RECORD_KEYS)
     tokenized = _apply(
