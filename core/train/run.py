@@ -19,13 +19,8 @@ from typing import Any
 
 from factory.config import RunConfig
 from factory.errors import ConfigError, FactoryError
-from factory.model.loader import (
-    LoadedModel,
-    load_model,
-    resolve_precision,
-    supports_packed_positions,
-    trainable_summary,
-)
+from factory.model.loader import LoadedModel, load_model, supports_packed_positions, trainable_summary
+from factory.model.precision import resolve_precision
 from factory.plugins import PluginManager
 from factory.train import checkpoints, outputs
 from factory.train.optim import default_param_groups
