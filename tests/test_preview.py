@@ -12,8 +12,8 @@ from rich.console import Console
 
 from factory.cli import main
 from factory.config import load_config
-from factory.preview import preview, render_tokens
 from factory.data.tokenize import IGNORE_INDEX
+from factory.preview import preview, render_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 
