@@ -61,6 +61,7 @@ _LAZY: dict[str, str] = {
     # training stages
     "TrainerSetup": "factory.train.run",
     "run_training": "factory.train.run",
+    "default_trainer": "factory.train.run",
     # inference engines
     "Engine": "factory.infer.base",
     "GenerationRequest": "factory.infer.base",

@@ -94,8 +94,8 @@ def load_model(cfg: RunConfig, manager: PluginManager, *, train: bool) -> Loaded
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         model.config.use_cache = False
-        if cfg.fused_ops:
-            log.info("fused RMSNorm/SwiGLU forwards on %d modules", fuse_modules(model))
+        if cfg.fused_ops:  # the core's own kernels step aside for what a patch took over (Liger's, say)
+            log.info("fused RMSNorm/SwiGLU forwards on %d modules", fuse_modules(model, skip=set(facts.replaces or ())))
         # check_adapter_continuation (run before loading) made sure the method can continue cfg.adapter.
         model = adapter.continue_from(model, cfg.adapter, cfg) if cfg.adapter else adapter.apply(model, cfg)
         for param in model.parameters():

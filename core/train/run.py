@@ -146,7 +146,9 @@ def default_trainer(setup: TrainerSetup, trainer_cls: Any = None) -> Any:
     """factory's Trainer (or ``trainer_cls``, a Trainer subclass with the same signature) over ``setup``."""
     from factory.train.trainer import FactoryTrainer
 
-    extra = {"chunked_loss": setup.cfg.chunked_loss} if trainer_cls is None else {}
+    # A patch that took over the loss (Liger's fused linear cross-entropy) needs the model's own forward.
+    chunked = setup.cfg.chunked_loss and "loss" not in (setup.loaded.facts.replaces or ())
+    extra = {"chunked_loss": chunked} if trainer_cls is None else {}
     return (trainer_cls or FactoryTrainer)(
         **extra,
         model=setup.model,
