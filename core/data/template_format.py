@@ -142,6 +142,7 @@ class Template(BaseModel):
     date_format: str = "%d %b %Y"  # strftime format of {{date}} when the render is given no date_string
     default_date: str = ""  # {{date}} when none is given ("" = today's date)
     trim: list[Literal["system", "user", "assistant", "observation"]] = []  # roles whose content is stripped
+    trim_after_system: bool = False  # a user turn is stripped with the system text in front of it (Llama 2)
     user: str
     assistant: str
     function_call: str | None = None  # default: the assistant format
