@@ -53,6 +53,13 @@ def test_every_packaged_template_is_verified_or_declared_without_an_official_jin
         assert PACKAGED.get(name).source, f"{name} names no official source"
 
 
+def test_templates_without_an_official_jinja_are_marked_unverified_and_listed():
+    marked = {name for name in PACKAGED.names() if PACKAGED.get(name).unverified}
+    assert marked == NO_OFFICIAL_JINJA
+    listed = next(line for line in DOC.read_text(encoding="utf-8").split("\n\n") if line.startswith("Unverified"))
+    assert all(f"`{name}`" in listed for name in marked), listed
+
+
 def test_every_fixture_names_its_source():
     for fixture, entry in SOURCES.items():
         assert (FIXTURES / entry["file"]).is_file(), fixture
