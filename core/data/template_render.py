@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from factory.data.record import PROMPT_ROLES, RESPONSE_ROLES
-from factory.data.template_format import CONTENT, Segment, fill
+from factory.data.template_text import CONTENT, Segment, fill
 from factory.data.template_tools import ToolCall, parse_tools, to_json, tool_calls, wrapped
 from factory.errors import ConfigError, DataError, one_of
 
