@@ -113,6 +113,7 @@ class Template(BaseModel):
     name: str
     description: str = ""
     source: str = ""  # the official template this one renders byte for byte (docs/templates.md)
+    unverified: bool = False  # no official template exists to prove it against (docs/templates.md lists these)
     aliases: list[str] = []  # other names (LLaMA-Factory's) that choose this template
     model_types: list[str] = []  # config ``model_type`` values this template is the default for (auto)
     detect: list[str] = []  # texts whose presence in a tokenizer's Jinja template identifies this version (auto)
@@ -127,6 +128,7 @@ class Template(BaseModel):
     date_format: str = "%d %b %Y"  # strftime format of {{date}} when the render is given no date_string
     default_date: str = ""  # {{date}} when none is given ("" = today's date)
     trim: list[Literal["system", "user", "assistant", "observation"]] = []  # roles whose content is stripped
+    trim_after_system: bool = False  # a user turn is stripped with the system text in front of it (Llama 2)
     user: str
     assistant: str
     function_call: str | None = None  # default: the assistant format
