@@ -65,15 +65,21 @@ def label_of(row: Mapping[str, Any], column: str) -> bool:
 
 
 def check_shape(record: dict[str, Any], spec: DatasetSpec) -> dict[str, Any]:
-    """Skip rows whose turns do not alternate prompt/response or end where their kind needs."""
+    """Skip rows whose turns do not alternate prompt/response or end where their kind needs.
+
+    Several observations in a row are one prompt turn: the results of a turn's parallel calls.
+    """
     messages = record["messages"]
     if not messages:
         raise SkipRow("no conversation turns")
+    expected = PROMPT_ROLES
     for i, message in enumerate(messages):
-        expected = PROMPT_ROLES if i % 2 == 0 else RESPONSE_ROLES
+        if message["role"] == "observation" and i > 0 and messages[i - 1]["role"] == "observation":
+            continue
         if message["role"] not in expected:
             raise SkipRow("turns that do not alternate user/assistant")
-    ends_with_prompt = len(messages) % 2 == 1
+        expected = RESPONSE_ROLES if expected is PROMPT_ROLES else PROMPT_ROLES
+    ends_with_prompt = messages[-1]["role"] in PROMPT_ROLES
     if spec.ranking:
         if not ends_with_prompt:
             raise SkipRow("preference prompts that do not end with a user turn")
@@ -375,10 +381,8 @@ class OpenAIAligner(ConversationAligner):
                 if out:
                     raise SkipRow("system turns inside the conversation")
                 record["system"] = record["system"] or self._content(raw, where)
-            elif message["role"] == "observation" and out and out[-1]["role"] == "observation":
-                out[-1]["content"] += "\n" + message["content"]  # results of parallel tool calls
             else:
-                out.append(message)
+                out.append(message)  # the results of parallel calls stay one observation each
 
     def answer(self, value: Any, key: str, spec: DatasetSpec) -> dict[str, str]:
         where = f"'{spec.column(key, key)}'"

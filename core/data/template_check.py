@@ -34,7 +34,17 @@ TOOLS = [
             "properties": {"city": {"type": "string", "description": "the city"}, "unit": {"type": "string"}},
             "required": ["city"],
         },
-    }
+    },
+    {
+        "name": "get_forecast",
+        "description": "Forecast for the coming days",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}, "metric": {"type": "boolean"},
+                           "hours": {"type": "array", "items": {"type": "integer"}}, "filters": {"type": "object"}},
+            "required": ["city", "days"],
+        },
+    },
 ]
 
 
@@ -46,7 +56,7 @@ class Conversation:
     messages: list[dict]
     system: str = ""
     tools: str = ""
-    needs: frozenset[str] = field(default_factory=frozenset)  # system, tools, tool_calls, reasoning
+    needs: frozenset[str] = field(default_factory=frozenset)  # system, tools, tool_calls, parallel_calls, reasoning
 
 
 def _call(name: str, arguments: dict, call_id: str) -> str:
@@ -65,6 +75,23 @@ TOOL_CHAT = [
     {"role": "observation", "content": '{"temperature": 22, "sky": "dégagé"}'},
     {"role": "assistant", "content": "It is 22 °C with a clear sky in Paris."},
 ]
+PARALLEL_CHAT = [  # two calls in one turn, one result each
+    {"role": "user", "content": "Weather in Paris and in Tokyo?"},
+    {"role": "function_call", "content": json.dumps([
+        {"name": "get_weather", "arguments": {"city": "Paris"}, "id": "pAr1s0001"},
+        {"name": "get_weather", "arguments": {"city": "東京"}, "id": "t0ky00002"}], ensure_ascii=False)},
+    {"role": "observation", "content": '{"temperature": 22}'},
+    {"role": "observation", "content": '{"temperature": 27}'},
+    {"role": "assistant", "content": "22 °C in Paris, 27 °C in Tokyo."},
+]
+ARGUMENTS_CHAT = [  # arguments that are not text: JSON and Python's str() write them differently
+    {"role": "user", "content": "Forecast for Oslo?"},
+    {"role": "function_call", "content": _call("get_forecast", {"city": "Oslo", "days": 3, "metric": True, "ratio": 0.5,
+                                                                 "hours": [9, 12], "filters": {"rain": False}},
+                                               "f0reCast9")},
+    {"role": "observation", "content": "sunny"},
+    {"role": "assistant", "content": "Sunny for three days."},
+]
 REASONING_CHAT = [
     {"role": "user", "content": "What is 17 × 3?"},
     {"role": "assistant", "content": "<think>\n17 × 3 = 51.\n</think>\n\n51."},
@@ -82,6 +109,8 @@ SAMPLES = [
     Conversation("tool-definitions", CHAT[:2], tools=json.dumps(TOOLS), needs=frozenset({"tools"})),
     Conversation("tool-call", TOOL_CHAT[:2], tools=json.dumps(TOOLS), needs=frozenset({"tools", "tool_calls"})),
     Conversation("tool-results", TOOL_CHAT, needs=frozenset({"tool_calls"})),  # calls without definitions
+    Conversation("tool-arguments", ARGUMENTS_CHAT, needs=frozenset({"tool_calls"})),
+    Conversation("parallel-calls", PARALLEL_CHAT, needs=frozenset({"tool_calls", "parallel_calls"})),
     Conversation("reasoning", REASONING_CHAT, needs=frozenset({"reasoning"})),
 ]
 RENDER_OPTIONS = ("date_string", "enable_thinking", "reasoning")  # the settings a factory template reads too
@@ -93,7 +122,7 @@ def supported(jinja: str) -> frozenset[str]:
     if "tools" in jinja:
         kinds.add("tools")
     if "tool_calls" in jinja:
-        kinds.add("tool_calls")
+        kinds |= {"tool_calls", "parallel_calls"}  # a template that refuses parallel calls is listed as refusing
     if "</think>" in jinja or "reasoning_content" in jinja:
         kinds.add("reasoning")
     return frozenset(kinds)

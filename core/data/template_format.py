@@ -32,6 +32,7 @@ _PLACEHOLDERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "function_call": (_TURN, ("content",)),
     "assistant_after_observation": (_TURN, ("content",)),
     "observation": ((*_TURN, "content_json", "call_id", "call_name", "call_number"), ("content", "content_json")),
+    "observations": (("results",), ("results",)),
     "tool_call": (("name", "arguments", "id", "number"), ("name",)),
     "tool_call_argument": (("key", "value"), ("value",)),
     "tool_calls": (("calls",), ("calls",)),
@@ -136,8 +137,14 @@ class Template(BaseModel):
     # (DeepSeek); its header is then also the generation prompt there
     assistant_after_observation: str | None = None
     observation: str | None = None  # default: the user format
+    # wraps the results of consecutive observation messages (the parallel calls of one turn), written
+    # each by `observation`: Qwen opens one user turn for all of them
+    observations: str = "{{results}}"
     tool_call: str = '{"name": "{{name}}", "arguments": {{arguments}}}'  # one call
     tool_call_argument: str | None = None  # set: {{arguments}} is each argument in this form, joined (XML-like calls)
+    # how tool_call_argument writes a value that is not text: as JSON, as Python's str() (what Jinja's
+    # `| string` writes: True, {'a': 1}), or str() for scalars and JSON for lists and objects
+    tool_call_argument_value: Literal["json", "str", "str_scalars"] = "json"
     tool_call_separator: str = "\n"
     tool_calls: str = "{{calls}}"  # wraps the joined calls
     tools: str = GENERIC_TOOLS  # the tool-definition block

@@ -163,7 +163,10 @@ def render(
                 values = {**specials, "content": content, "content_json": to_json(content),
                           "call_id": call.id if call else "", "call_name": call.name if call else "",
                           "call_number": str(number)}
-                out.prompt(fill(t.observation or t.user, values))
+                opening, _, closing = t.observations.partition("{{results}}")
+                first = index == 0 or turns[index - 1][0] != "observation"
+                last = index == len(turns) - 1 or turns[index + 1][0] != "observation"
+                out.prompt((opening if first else "") + fill(t.observation or t.user, values) + (closing if last else ""))
             continue
         if t.system_in_user is True:
             out.prompt(system_turn)
@@ -249,11 +252,21 @@ def _calls_text(t: Template, calls: list[tuple[int, ToolCall]]) -> str:
 
 
 def _arguments_text(t: Template, arguments: Any) -> str:
-    """The arguments as JSON, or one ``tool_call_argument`` per key (text values as they are, others as JSON)."""
+    """The arguments as JSON, or one ``tool_call_argument`` per key."""
     if t.tool_call_argument is None or not isinstance(arguments, Mapping):
         return to_json(arguments)
-    return "".join(fill(t.tool_call_argument, {"key": str(key), "value": value if isinstance(value, str) else to_json(value)})
+    return "".join(fill(t.tool_call_argument, {"key": str(key), "value": _argument_value(t, value)})
                    for key, value in arguments.items())
+
+
+def _argument_value(t: Template, value: Any) -> str:
+    """One argument's value as the family writes it: text as it is, other values as JSON or Python's ``str()``."""
+    if isinstance(value, str):
+        return value
+    if t.tool_call_argument_value == "str" or (t.tool_call_argument_value == "str_scalars"
+                                               and not isinstance(value, (list, dict))):
+        return str(value)
+    return to_json(value)
 
 
 def split_reasoning(reasoning: Reasoning, content: str) -> tuple[str, str, int]:
