@@ -114,7 +114,9 @@ class Template(BaseModel):
     name: str
     description: str = ""
     source: str = ""  # the official template this one renders byte for byte (docs/templates.md)
-    unverified: bool = False  # no official template exists to prove it against (docs/templates.md lists these)
+    # what `source` is: the family's official Jinja template, or, for a format whose models publish none,
+    # LLaMA-Factory's definition of it or FastChat's conversation (docs/templates.md)
+    verified_against: Literal["official", "llamafactory", "fastchat"] = "official"
     aliases: list[str] = []  # other names (LLaMA-Factory's) that choose this template
     model_types: list[str] = []  # config ``model_type`` values this template is the default for (auto)
     detect: list[str] = []  # texts whose presence in a tokenizer's Jinja template identifies this version (auto)
