@@ -148,7 +148,7 @@ def render(
             if trim and not t.trim_after_system:
                 content = content.strip()
             if role == "user" and index == first_user and tools_block and t.tools_in == "first_user":
-                content = tools_block + content
+                content = tools_block + content.strip()  # Llama 3.1 and 4 strip the message they put tools in
             if role == "user" and index == last_user and tools_block and t.tools_in == "before_last_user":
                 out.prompt(tools_block)
             if system_turn and (t.system_in_user is True or (role == "user" and index == len(turns) - 1)):
@@ -230,7 +230,8 @@ def _system_turn(t: Template, system: str, specs: list[dict], tools_block: str, 
             text = text + tools_block if text else tools_block.lstrip()
         else:
             text = (text + t.tools_system_separator if text else "") + tools_block
-    text = (t.tools_note if specs else "") + fill(t.system_header, {"date": date}) + text
+    header = fill(t.system_header, {"date": date})
+    text = (t.tools_note if specs and (header or text) else "") + header + text  # the note opens a system turn, never makes one
     return fill(t.system, {**specials, "content": text}) if text or t.system_always else ""
 
 
