@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from importlib.resources import files
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -417,3 +418,21 @@ def test_registration_reads_yaml_but_builds_no_template_and_imports_nothing_heav
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
     assert out == [str(len(PACKAGED.names()) + len(PACKAGED.aliases())), "0", "[]"]
+
+
+@pytest.mark.parametrize("name", ["seed_oss", "minicpm5", "qwen3_coder", "glm4_5"])
+def test_argument_values_that_are_not_text_round_trip(name):
+    """Arguments a template writes as Python's str() (True, {'a': 1}) or JSON parse back to the same values."""
+    from factory.infer.tools import extract_tool_calls
+
+    template = PACKAGED.get(name)
+    arguments = {"city": "Oslo", "days": 3, "metric": True, "ratio": 0.5, "hours": [9, 12], "filters": {"rain": False}}
+    messages = [{"role": "user", "content": "Forecast?"},
+                {"role": "function_call", "content": json.dumps({"name": "get_forecast", "arguments": arguments})}]
+    tokenizer = SimpleNamespace(bos_token="<s>", eos_token="</s>")
+    answer = [s.text for s in template.render(messages, tokenizer=tokenizer) if s.trainable][-1]
+    for marker in [*template.stop_words, "</s>"]:
+        answer = answer.split(marker)[0]
+    written = {"str": "True", "str_scalars": "True", "json": "true"}[template.tool_call_argument_value]
+    assert written in answer
+    assert extract_tool_calls(template, answer) == [("get_forecast", arguments)]

@@ -5,13 +5,15 @@ joins several with ``tool_call_separator`` and wraps them in ``tool_calls``; thi
 that same syntax, tolerant of whitespace. Two shapes cover the templates: the call is a JSON
 object (generic, ChatML/Qwen, Llama 3), or name and arguments are laid out in text (GLM-4,
 Mistral Small's ``[TOOL_CALLS]name[CALL_ID]id[ARGS]{...}``), the arguments possibly one element
-each (``tool_call_argument``: MiniCPM, Hunyuan, Seed-OSS).
+each (``tool_call_argument``: MiniCPM, Hunyuan, Seed-OSS), their values JSON or Python literals as the
+template writes them (``tool_call_argument_value``).
 Tool-call parsers in serving projects are written per model family; here the template's own
 format drives the parser, so a new template needs no parser code.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from collections.abc import Mapping
@@ -60,12 +62,18 @@ def _arguments(value: Any) -> Any:
     return value
 
 
-def _argument_value(text: str) -> Any:
-    """A value as an XML-like call writes it: text as it is, other values as JSON."""
+def _argument_value(text: str, python: bool = False) -> Any:
+    """A value as an XML-like call writes it: text as it is, other values as JSON, or, where the template
+    writes Python's ``str()`` of them (``python``), as the Python literal (``True``, ``{'a': 1}``)."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
-        return text
+        if not python:
+            return text
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            return text
     return text if isinstance(value, str) else value
 
 
@@ -110,6 +118,7 @@ class ToolCallParser:
         self.parts = _PLACEHOLDER.split(fmt)  # text shape: literal, placeholder, literal, ...
         argument = getattr(template, "tool_call_argument", None)  # XML-like calls: one element per argument
         self.argument_parts = _ARGUMENT.split(argument) if argument else None
+        self.python_values = getattr(template, "tool_call_argument_value", "json") != "json"
 
     def parse(self, text: str) -> list[tuple[str, Any]] | None:
         """The ``(name, arguments)`` calls when the whole answer is tool calls, else None."""
@@ -171,7 +180,7 @@ class ToolCallParser:
                         opening, closing = before[len(before.rstrip()):], after[:len(after) - len(after.lstrip())]
                         raw = raw[len(opening):] if opening and raw.startswith(opening) else raw
                         raw = raw[:-len(closing)] if closing and raw.endswith(closing) else raw
-                        value, pos = _argument_value(raw), end
+                        value, pos = _argument_value(raw, self.python_values), end
             except _NoMatch:
                 return start, arguments
             if not key:
