@@ -26,6 +26,7 @@ from factory.model.loader import (
 from factory.plugins import PluginManager
 from factory.train import outputs
 from factory.train.optim import default_param_groups
+from factory.train.record import recorded
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,7 @@ def final_evaluation(trainer: Any) -> dict[str, Any]:
     return trainer.evaluate()
 
 
+@recorded  # every run goes into the results database: config, loss curve, outputs, final status
 def run_training(
     cfg: RunConfig,
     manager: PluginManager,
