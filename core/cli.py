@@ -126,7 +126,8 @@ def _run_evaluation(ns: argparse.Namespace, command: str, defaults: dict) -> int
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     else:
         report.print_result(result)
-        print(f"factory: recorded as run {result.run_id}; see factory eval history")
+        if result.run_id is not None:
+            print(f"factory: recorded as run {result.run_id}; see factory eval history")
     return 0
 
 
