@@ -73,7 +73,10 @@ def database_url(value: str | None) -> str:
     if "://" in value:
         return value
     path = Path(value).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"results_db '{value}' cannot be created ({exc.strerror}); give a path in a folder you can write") from None
     return f"sqlite:///{path.resolve()}"
 
 
