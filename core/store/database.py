@@ -4,8 +4,10 @@ Where the database lives: ``results_db`` in the config (a file path means SQLite
 ``://`` is an SQLAlchemy URL), else the ``FACTORY_RESULTS_DB`` environment variable, else
 ``results.db`` in the user's data folder (platformdirs).
 
-SQLite allows one writer at a time. Every write here opens its transaction with
-``BEGIN IMMEDIATE``, so it takes the write lock before reading anything: with pysqlite's default
+SQLite files are switched to write-ahead logging (WAL): readers never wait for the writer and a
+commit costs one sync instead of three; the file must then be on a local disk (several machines
+share a PostgreSQL database instead). SQLite allows one writer at a time. Every write here opens
+its transaction with ``BEGIN IMMEDIATE``, so it takes the write lock before reading anything: with pysqlite's default
 deferred transactions, a transaction that read first and then wants to write can be refused at
 once (SQLite returns "database is locked" without waiting, to avoid a deadlock), whatever the
 busy timeout. With the lock taken first, a busy file is simply waited for (the busy timeout), and
@@ -15,6 +17,7 @@ a write that still finds it locked is retried until ``timeout`` seconds have pas
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -203,8 +206,12 @@ def _connect(url: str, timeout: float) -> Engine:
         ) from None
     if sqlite:
         @event.listens_for(engine, "connect")
-        def _driver_autocommit(dbapi_connection: Any, _record: Any) -> None:
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
             dbapi_connection.isolation_level = None  # transactions are begun below, not by pysqlite
+            try:  # readers never wait for the writer, and a commit costs one sync instead of three
+                dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError:  # a file that cannot switch now keeps its journal: slower, as correct
+                pass
 
         @event.listens_for(engine, "begin")
         def _begin(connection: Any) -> None:
