@@ -9,6 +9,7 @@ from typing import Any
 from factory.config import RunConfig
 from factory.errors import ConfigError
 from factory.model.aliases import ALIASES, resolve_alias
+from factory.model.checkpoint import is_hub_id
 
 
 def _from_pretrained(source: str, cfg: RunConfig, model_kwargs: dict[str, Any], **extra: Any) -> tuple[Any, Any]:
@@ -34,7 +35,7 @@ class HuggingFaceLoader:
         path = Path(source)
         if path.is_dir():
             return (path / "config.json").is_file()
-        return source.count("/") == 1 and not path.suffix
+        return is_hub_id(source)
 
     def load(self, source: str, cfg: RunConfig, model_kwargs: dict[str, Any]) -> tuple[Any, Any]:
         if Path(source).is_dir():
