@@ -92,7 +92,6 @@ class ResultsStore:
 
     def __init__(self, location: str | Database | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.db = location if isinstance(location, Database) else Database(location, timeout=timeout)
-        self.engine = self.db.engine
         self.url = self.db.shown
 
     def record(
