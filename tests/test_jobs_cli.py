@@ -106,3 +106,24 @@ def test_jobs_on_a_server(tmp_path, capsys, monkeypatch, server):
     assert code == 2 and err.strip().endswith("; set FACTORY_API_KEY to the server's key") and "answered 401" in err
     code, _, err = run(capsys, "jobs", "list", "--server", "http://127.0.0.1:9")
     assert code == 2 and err.startswith("error: cannot reach the server http://127.0.0.1:9 (")
+
+
+def test_a_worker_logs_json_lines_each_with_its_job_id(tmp_path):
+    import io
+
+    from factory.service.worker import JobLog, Worker
+
+    db = tmp_path / "jobs.db"
+    queue = JobQueue(str(db))
+    failing = queue.submit("eval", load_config(None, ["task=cmmlu"]).to_dict()).id  # no task_dir: it fails in one sentence
+    worker = Worker(load_config(None, [f"results_db={db}"]), ["eval"], name="w1")
+    stream = io.StringIO()
+    worker.local = JobLog("w1", json_lines=True, stream=stream)
+    assert worker.run(max_jobs=1) == 1
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    about_job = [line for line in lines if line["job_id"] is not None]
+    assert [line["message"].split(" (")[0] for line in about_job][:1] == ["claimed"]
+    assert about_job[-1]["level"] == "error" and about_job[-1]["message"].startswith("failed: task=cmmlu needs task_dir=DIR")
+    assert {line["job_id"] for line in about_job} == {failing} and {line["worker"] for line in lines} == {"w1"}
+    job = queue.get(failing)
+    assert job.status == "failed" and job.error.startswith("task=cmmlu needs task_dir=DIR")

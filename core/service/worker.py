@@ -248,7 +248,8 @@ class Worker:
     def _end(self, job: JobInfo, status: str, **kwargs: Any) -> None:
         try:
             self.queue.finish(job.id, self.name, status, **kwargs)
-            self.local.emit(job.id, kwargs.get("message") or status + (f": {kwargs['error']}" if kwargs.get("error") else ""))
+            self.local.emit(job.id, kwargs.get("message") or status + (f": {kwargs['error']}" if kwargs.get("error") else ""),
+                            "error" if status == "failed" else "info")
         except JobLost as exc:
             self.local.emit(job.id, str(exc), "warning")
         except StoreError as exc:
