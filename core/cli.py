@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -72,6 +73,14 @@ def cmd_data_preview(ns: argparse.Namespace) -> int:
         ns.dataset, template=ns.template, n=ns.n, dataset_dir=ns.dataset_dir, model=ns.model, cutoff_len=ns.cutoff_len
     )
     return 0
+
+
+def cmd_templates_check(ns: argparse.Namespace) -> int:
+    from factory.data.template_check import run_check
+
+    thinking = {"true": True, "false": False}.get(ns.enable_thinking) if ns.enable_thinking else None
+    return run_check(ns.name, jinja=ns.jinja, model=ns.model, data=ns.data, bos_token=ns.bos_token,
+                     eos_token=ns.eos_token, date_string=ns.date_string, enable_thinking=thinking)
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
@@ -143,55 +152,6 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     else:
         result = run_bench_repeated(ns.workload, ns.overrides, ns.repeat, dataset_dir=ns.dataset_dir, output=ns.output)
     print(json.dumps(result, indent=2))
-    return 0
-
-
-def cmd_plugins_list(ns: argparse.Namespace) -> int:
-    from factory.plugins import get_manager
-
-    rows = get_manager().listing()
-    if ns.json:
-        print(json.dumps([{k: row[k] for k in ("name", "distribution", "version", "provides", "status", "reason")} for row in rows], indent=2))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="factory plugins", show_lines=False)
-    for col in ("plugin", "distribution", "version", "provides", "status"):
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        provides = "\n".join(f"{kind}: {', '.join(names)}" for kind, names in row["provides"].items()) or "-"
-        status = row["status"]
-        style = "green" if status == "ok" else ("yellow" if status.startswith(("unavailable", "disabled")) else "red")
-        table.add_row(row["name"], row["distribution"], row["version"], provides, f"[{style}]{status}[/{style}]")
-    Console().print(table)
-    return 0
-
-
-def cmd_plugins_show(ns: argparse.Namespace) -> int:
-    from factory.errors import PluginError, did_you_mean
-    from factory.plugins import get_manager
-
-    rows = {row["name"]: row for row in get_manager().listing()}
-    row = rows.get(ns.name) or next((r for r in rows.values() if r["distribution"] == ns.name), None)
-    if row is None:
-        raise PluginError(f"no plugin named '{ns.name}'{did_you_mean(ns.name, rows)}; see factory plugins list")
-    if ns.json:
-        print(json.dumps(row, indent=2))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    console.print(f"[bold]{row['name']}[/bold]  {row['distribution']} {row['version']}")
-    console.print(f"status: {row['status']}")
-    table = Table(show_header=True)
-    for col in ("kind", "name", "requires", "available", "config section", "description"):
-        table.add_column(col, overflow="fold")
-    for impl in row["implementations"]:
-        available = "yes" if impl["available"] else f"no: {impl['reason']}"
-        table.add_row(impl["kind"], impl["name"], impl["requires"], available, impl["section"] or "-", impl["description"])
-    console.print(table)
     return 0
 
 
@@ -426,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Configs: a YAML file, then key=value overrides (dotted for plugin options, e.g. lora.rank=16).",
     )
     parser.add_argument("--version", action="version", version=f"factory {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show every library's logs and warnings (default: factory's progress and results only)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("finetune", help="train a model (stage, method and data from the config)")
@@ -455,6 +417,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", help="model whose tokenizer to use (default: smollm2-135m-instruct)")
     q.add_argument("--cutoff-len", type=int, help="maximum tokens per row (default 1024)")
     q.set_defaults(func=cmd_data_preview)
+
+    p = sub.add_parser("templates", help="check a chat template against a model's official one")
+    tsub = p.add_subparsers(dest="templates_command", metavar="SUBCOMMAND", required=True)
+    q = tsub.add_parser("check", help="render conversations with a factory template and the official Jinja template; "
+                        "print the first differing character of each (exit 1 if one differs)")
+    q.add_argument("name", help="factory template name (or alias)")
+    q.add_argument("--jinja", help="the official chat template as a Jinja file")
+    q.add_argument("--model", help="a Hugging Face model folder: its chat_template (unless --jinja) and bos/eos tokens")
+    q.add_argument("--data", help="your own conversations: JSON or JSONL rows in OpenAI's form ({\"messages\": [...]})")
+    q.add_argument("--bos-token", help="the model's bos token (default: the --model tokenizer's, else none)")
+    q.add_argument("--eos-token", help="the model's eos token (default: the --model tokenizer's, else none)")
+    q.add_argument("--date-string", help="the date both templates write into a dated system header")
+    q.add_argument("--enable-thinking", choices=["true", "false"], help="passed to both templates")
+    q.set_defaults(func=cmd_templates_check)
 
     p = sub.add_parser(
         "eval",
@@ -537,19 +513,41 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_runs_compare)
 
-    p = sub.add_parser("plugins", help="list and inspect installed plugins")
-    psub = p.add_subparsers(dest="plugins_command", metavar="SUBCOMMAND", required=True)
-    q = psub.add_parser("list", help="every plugin, what it registers and whether it can run here")
-    q.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    q.set_defaults(func=cmd_plugins_list)
-    q = psub.add_parser("show", help="one plugin's implementations, requirements and options")
-    q.add_argument("name")
-    q.add_argument("--json", action="store_true")
-    q.set_defaults(func=cmd_plugins_show)
+    _add_plugin_commands(sub)
     return parser
 
 
+def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:
+    """Commands plugins add through the ``register_commands`` hook, after the built-in ones.
+
+    Only their names and descriptions are read here: a command's module (which may import a web
+    framework) is imported when that command runs, and parses its own arguments then.
+    """
+    from factory.plugins import get_manager
+
+    for impl in get_manager().implementations("commands"):
+        if impl.name in sub.choices:
+            print(f"factory: ignoring the command '{impl.name}' of {impl.distribution}: it would shadow a built-in command",
+                  file=sys.stderr)
+            continue
+        p = sub.add_parser(impl.name, help=impl.description, add_help=False, prefix_chars="\0")
+        p.add_argument("args", nargs=argparse.REMAINDER)
+        p.set_defaults(func=lambda ns, name=impl.name: _run_plugin_command(name, ns.args))
+
+
+def _run_plugin_command(name: str, argv: list[str]) -> int:
+    from factory.plugins import get_manager
+
+    command = get_manager().load("commands", name)  # refuses, in one sentence, one that cannot run here
+    parser = argparse.ArgumentParser(prog=f"factory {name}", description=get_manager().get("commands", name).description)
+    command.add_arguments(parser)
+    return command.run(parser.parse_args(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = any(flag in argv for flag in ("-v", "--verbose"))  # accepted anywhere on the line
+    argv = [item for item in argv if item not in ("-v", "--verbose")]
     parser = build_parser()
     # Options may come after key=value arguments (`factory eval task=mmlu --json`): argparse stops
     # filling a trailing positional list at the first option, so the leftovers are appended here.
@@ -562,6 +560,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(ns, "func", None):
         parser.print_help()
         return 0
+    from factory.quiet import VERBOSE_ENV, quiet_libraries
+
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    quiet_libraries()
     try:
         return ns.func(ns)
     except FactoryError as exc:

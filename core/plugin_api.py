@@ -46,6 +46,7 @@ _LAZY: dict[str, str] = {
     "ALIASES": "factory.model.aliases",
     "resolve_alias": "factory.model.aliases",
     "load_model": "factory.model.loader",
+    "ModelFacts": "factory.model.facts",
     "LoadedModel": "factory.model.loader",
     # data
     "IGNORE_INDEX": "factory.data.tokenize",

@@ -21,28 +21,12 @@ from pydantic import BaseModel
 
 from factory import catalogue, hookspecs
 from factory.errors import PluginError, did_you_mean, one_of
-from factory.hookspecs import KINDS, PROJECT
-from factory.registry import Implementation, Requires, validate_name
+from factory.hookspecs import KINDS, LABELS, PROJECT
+from factory.registry import Implementation, Requires, check_contract, validate_name
 
 ENTRY_POINT_GROUP = "factory"
 DISABLE_ENV = "FACTORY_DISABLE_PLUGINS"
 PREFER_ENV = "FACTORY_PREFER"
-
-# What users call each kind in the config and in messages.
-LABELS: dict[str, str] = {
-    "loaders": "loader",
-    "quantizers": "quantization",
-    "adapters": "method",
-    "optimizers": "optimizer",
-    "aligners": "dataset format",
-    "templates": "template",
-    "patches": "patch",
-    "stages": "stage",
-    "engines": "engine",
-    "evaluators": "task",
-    "callbacks": "callback",
-}
-
 
 @dataclass
 class PluginRecord:
@@ -88,6 +72,7 @@ class PluginManager:
         self._pm = pluggy.PluginManager(PROJECT)
         self._pm.add_hookspecs(hookspecs)
         self.records: dict[str, PluginRecord] = {}
+        self._section_conflicts: dict[str, str] = {}
         self._impls: dict[str, dict[str, list[Implementation]]] = {kind: {} for kind in KINDS}
         self._disable: dict[str, str] = {name: "config" for name in disable}
         self.prefer: dict[str, str] = dict(prefer or {})
@@ -200,6 +185,10 @@ class PluginManager:
                     f"{LABELS[kind]} '{name}' of plugin '{record.name}' gives options={options!r}; "
                     "options must be a pydantic BaseModel subclass"
                 )
+            if options is not None:
+                _check_defaults(options, LABELS[kind], name, record.name)
+            if not isinstance(implementation, str):
+                check_contract(kind, name, implementation, record.distribution)
             same = self._impls[kind].get(name, [])
             if any(impl.plugin == record.name for impl in same):
                 raise PluginError(f"plugin '{record.name}' registers {LABELS[kind]} '{name}' twice")
@@ -306,20 +295,29 @@ class PluginManager:
     # -- config sections -------------------------------------------------------------------
 
     def sections(self) -> dict[str, tuple[type[BaseModel], list[Implementation]]]:
-        """Config section name -> (options model, implementations that read it)."""
+        """Config section name -> (options model, implementations that read it).
+
+        A section two plugins claim with different options is left out (and named by
+        :meth:`section_conflicts`), so only a config that uses it fails.
+        """
         out: dict[str, tuple[type[BaseModel], list[Implementation]]] = {}
         for kind in KINDS:
             for impl in self.implementations(kind):
                 if impl.options is None or impl.section is None:
                     continue
                 model, users = out.setdefault(impl.section, (impl.options, []))
-                if model is not impl.options:
-                    raise PluginError(
+                if model is not impl.options and impl.section not in self._section_conflicts:
+                    self._section_conflicts[impl.section] = (
                         f"config section '{impl.section}' is claimed with different options by "
                         f"{users[0].distribution} and {impl.distribution}; disable one of them"
                     )
                 users.append(impl)
-        return out
+        return {name: entry for name, entry in out.items() if name not in self._section_conflicts}
+
+    def section_conflicts(self) -> dict[str, str]:
+        """Sections claimed by two plugins with different options -> the sentence that says so."""
+        self.sections()
+        return dict(self._section_conflicts)
 
     # -- listing ---------------------------------------------------------------------------
 
@@ -392,6 +390,20 @@ class PluginManager:
         if reasons:
             return "ok", "partly unavailable: " + "; ".join(f"{name} {why}" for name, why in reasons.items())
         return "ok", None
+
+
+def _check_defaults(options: type[BaseModel], label: str, name: str, plugin: str) -> None:
+    """An options model must validate with no settings: every config load builds every section."""
+    from pydantic import ValidationError
+
+    try:
+        options.model_validate({})
+    except ValidationError as exc:
+        field = ".".join(str(part) for part in exc.errors()[0]["loc"]) or "(the model)"
+        raise PluginError(
+            f"{label} '{name}' of plugin '{plugin}' has options that do not validate with no settings "
+            f"({field}: {exc.errors()[0]['msg']}); give every option a default"
+        ) from None
 
 
 def _describe(exc: BaseException) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from factory.data.record import PROMPT_ROLES, RESPONSE_ROLES, empty_record
-from factory.data.registry import DatasetSpec
+from factory.data.registry import DatasetSpec, first_turn
 
 
 class BadRow(Exception):
@@ -85,15 +85,51 @@ def check_shape(record: dict[str, Any], spec: DatasetSpec) -> dict[str, Any]:
     return record
 
 
+REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")  # the names OpenAI-style data give it
+
+
+def with_reasoning(content: str, message: Mapping[str, Any], where: str) -> str:
+    """An answer with its ``reasoning_content`` written inline, in the ``<think>`` form reasoning models write.
+
+    The standard record has one text per message; chat templates of reasoning families read the
+    reasoning back from that span (and drop, keep or train it, see ``reasoning`` in the config).
+    """
+    reasoning = next((message[key] for key in REASONING_KEYS if message.get(key) is not None), None)
+    if reasoning is None or "</think>" in content:  # no reasoning, or the content already carries it
+        return content
+    if not isinstance(reasoning, str):
+        raise BadRow(f"{where} has reasoning {_short(reasoning)}, not text")
+    if not reasoning.strip():
+        return content
+    thought, answer = reasoning.strip("\n"), content.lstrip("\n")
+    return f"<think>\n{thought}\n</think>\n\n{answer}"
+
+
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def shared_columns(columns: set[str], first_row: Mapping[str, Any] | None) -> dict[str, str]:
+    """The column roles every conversation format reads the same way: pairs, KTO labels, system, tools."""
+    found: dict[str, str] = {}
+    if {"chosen", "rejected"} <= columns:
+        found.update(chosen="chosen", rejected="rejected")
+    for name in ("label", "kto_tag"):
+        if name in columns and first_row is not None and isinstance(first_row.get(name), bool):
+            found["kto_tag"] = name
+            break
+    for name in ("system", "tools"):
+        if name in columns:
+            found[name] = name
+    return found
 
 
 class ConversationAligner:
     """What alpaca, sharegpt and openai share: system, tools, preference pairs and KTO labels."""
 
     name = "conversation"
+    priority = 0
     messages_default: str | None = None
     system_default = "system"
     tools_default = "tools"
@@ -146,6 +182,25 @@ class AlpacaAligner(ConversationAligner):
     name = "alpaca"
     roles = ConversationAligner.roles + ("prompt", "query", "response", "history")
 
+    priority = 10  # after the list-of-turns formats: a row may carry both kinds of columns
+
+    def detect(self, column_names: list[str], first_row: Mapping[str, Any] | None) -> dict[str, str] | None:
+        """instruction/prompt/question with output/response/completion/answer (or a preference pair)."""
+        cols = set(column_names)
+        found = shared_columns(cols, first_row)
+        prompt = next((c for c in ("instruction", "prompt", "question") if c in cols), None)
+        response = next((c for c in ("output", "response", "completion", "answer") if c in cols), None)
+        ranking = "chosen" in found
+        if prompt is None or (response is None and not ranking):
+            return None
+        found["prompt"] = prompt
+        if response is not None and not ranking:
+            found["response"] = response
+        for name, role in (("input", "query"), ("history", "history")):
+            if name in cols:
+                found[role] = name
+        return found
+
     def required(self, spec: DatasetSpec) -> set[str]:
         needed = {spec.column("prompt", "instruction")}
         if not spec.ranking:
@@ -173,6 +228,15 @@ class ShareGPTAligner(ConversationAligner):
     name = "sharegpt"
     messages_default = "conversations"
     roles = ConversationAligner.roles + ("messages",)
+    priority = 20
+
+    def detect(self, column_names: list[str], first_row: Mapping[str, Any] | None) -> dict[str, str] | None:
+        """A messages/conversations column whose turns are from/value pairs."""
+        turns = next((c for c in ("conversations", "messages") if c in column_names), None)
+        turn = first_turn(first_row, turns) if turns else None
+        if turn is None or not {"from", "value"} <= set(turn):
+            return None
+        return {**shared_columns(set(column_names), first_row), "messages": turns}
 
     def required(self, spec: DatasetSpec) -> set[str]:
         return {spec.column("messages", self.messages_default)}
@@ -232,6 +296,17 @@ class OpenAIAligner(ConversationAligner):
     name = "openai"
     messages_default = "messages"
     roles = ConversationAligner.roles + ("messages",)
+    priority = 20
+
+    def detect(self, column_names: list[str], first_row: Mapping[str, Any] | None) -> dict[str, str] | None:
+        """A messages/conversations column whose turns carry a role (or that is empty in the first row)."""
+        turns = next((c for c in ("messages", "conversations") if c in column_names), None)
+        if turns is None:
+            return None
+        turn = first_turn(first_row, turns)
+        if turn is not None and "role" not in turn:
+            return None
+        return {**shared_columns(set(column_names), first_row), "messages": turns}
 
     def required(self, spec: DatasetSpec) -> set[str]:
         return {spec.column("messages", self.messages_default)}
@@ -251,7 +326,7 @@ class OpenAIAligner(ConversationAligner):
 
     @staticmethod
     def _calls(calls: list[Any], where: str) -> str:
-        """Tool calls as the function_call content: {"name", "arguments"} (a list for parallel calls)."""
+        """Tool calls as the function_call content: {"name", "arguments"[, "id"]} (a list for parallel calls)."""
         out = []
         for call in calls:
             function = call.get("function") if isinstance(call, Mapping) else None
@@ -263,7 +338,8 @@ class OpenAIAligner(ConversationAligner):
                     arguments = json.loads(arguments)
                 except json.JSONDecodeError:
                     pass  # keep arguments that are not JSON as the text they are
-            out.append({"name": function["name"], "arguments": arguments})
+            call_id = call.get("id")
+            out.append({"name": function["name"], "arguments": arguments, **({"id": call_id} if call_id else {})})
         return json.dumps(out[0] if len(out) == 1 else out, ensure_ascii=False)
 
     def _message(self, message: Any, where: str) -> dict[str, str] | None:
@@ -281,7 +357,7 @@ class OpenAIAligner(ConversationAligner):
                 if content.strip():
                     raise SkipRow("assistant turns with both text and tool calls")
                 return {"role": "function_call", "content": self._calls(message["tool_calls"], where)}
-            return {"role": "assistant", "content": content}
+            return {"role": "assistant", "content": with_reasoning(content, message, where)}
         if role in ("tool", "function"):
             return {"role": "observation", "content": content}
         raise BadRow(f"{where} has the role '{role}', not one of system, user, assistant, tool")
@@ -320,6 +396,12 @@ class TextAligner:
     """Plain text for pre-training: one text column."""
 
     name = "text"
+    priority = -10  # the fallback: any single column reads as text
+
+    def detect(self, column_names: list[str], first_row: Mapping[str, Any] | None) -> dict[str, str] | None:
+        if "text" in column_names or len(column_names) == 1:
+            return {"text": "text" if "text" in column_names else column_names[0]}
+        return None
 
     def columns(self, spec: DatasetSpec) -> set[str]:
         return {spec.column("text", "text")}

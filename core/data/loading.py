@@ -103,7 +103,7 @@ def _load_one(name_or_path: str, cfg: RunConfig, manager: PluginManager, dropped
         raw = raw.take(cfg.max_samples) if isinstance(raw, IterableDataset) else raw.select(range(min(cfg.max_samples, len(raw))))
     columns, first = _peek(raw, spec)
     if aligner is None:
-        spec = registry.detect_format(spec, columns, first)
+        spec = registry.detect_format(spec, columns, first, manager)
         aligner = _aligner(spec, manager)
     expected = sorted(c for c in aligner.columns(spec) if c)
     missing = [c for c in expected if c not in columns]

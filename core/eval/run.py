@@ -61,7 +61,9 @@ def evaluate(
     store files the run under (``eval`` or ``predict``).
     """
     from factory import __version__
+    from factory.quiet import quiet_libraries
 
+    quiet_libraries()
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides, **kwargs)
     manager = cfg.manager()
     evaluator = check_selection(cfg, manager)

@@ -187,7 +187,7 @@ class TransformersEngine(Engine):
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
-        self.template = get_template(cfg.template, self.tokenizer, manager)
+        self.template = get_template(cfg.template, self.tokenizer, manager, enable_thinking=cfg.enable_thinking)
         self.context_length = context_length(self.model, self.tokenizer)
         self.max_batch_size = cfg.max_batch_size
         self._eos_ids, self._stop_strings = stop_tokens(self.tokenizer, self.template, self.model)

@@ -7,13 +7,14 @@ fixes the order and the shared ``model_kwargs`` the steps hand each other.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from factory import hardware
 from factory.config import RunConfig
 from factory.errors import ConfigError
 from factory.model.attention import register_varlen_sdpa
+from factory.model.facts import ModelFacts
 from factory.model.fused import fuse_modules
 from factory.plugins import PluginManager
 
@@ -27,6 +28,7 @@ class LoadedModel:
     adapter: Any | None
     quantizer: Any | None
     compute_dtype: Any
+    facts: ModelFacts = field(default_factory=ModelFacts)
 
 
 def resolve_precision(precision: str) -> str:
@@ -46,14 +48,13 @@ def torch_dtype(precision: str) -> Any:
 
 
 def pick_loader(cfg: RunConfig, manager: PluginManager) -> Any:
-    """The loader the config names, or under ``auto`` the first one that understands the model source."""
+    """The loader the config names, or under ``auto`` the first one (by ``priority``, then name) that understands the model source."""
     if cfg.loader != "auto":
         return manager.load("loaders", cfg.loader)
-    for impl in manager.implementations("loaders"):
-        if impl.unavailable_reason() is None:
-            loader = impl.load()
-            if loader.can_load(cfg.model):
-                return loader
+    loaders = [(impl.name, impl.load()) for impl in manager.implementations("loaders") if impl.unavailable_reason() is None]
+    for _, loader in sorted(loaders, key=lambda entry: (-getattr(entry[1], "priority", 0), entry[0])):
+        if loader.can_load(cfg.model):
+            return loader
     raise ConfigError(
         f"model '{cfg.model}' is neither a model folder, a .gguf file, an alias nor a cached hub id; "
         "point model= at a local Hugging Face folder (this machine has no hub access)"
@@ -80,8 +81,9 @@ def load_model(cfg: RunConfig, manager: PluginManager, *, train: bool) -> Loaded
     model_kwargs: dict[str, Any] = {"dtype": load_dtype, "attn_implementation": cfg.attn_implementation}
     patches = [manager.load("patches", name) for name in cfg.patches]
     quantizer = manager.load("quantizers", cfg.quantization) if cfg.quantization else None
-    for patch in patches:
-        patch.before_load(cfg, model_kwargs)
+    facts = ModelFacts()
+    for name, patch in zip(cfg.patches, patches):
+        facts = facts.combine(patch.before_load(cfg, model_kwargs), name)
     if quantizer is not None:
         quantizer.before_load(cfg, model_kwargs)
     if train and model_kwargs["attn_implementation"] == "sdpa":
@@ -120,7 +122,7 @@ def load_model(cfg: RunConfig, manager: PluginManager, *, train: bool) -> Loaded
         if cfg.adapter:
             model = adapter.load(model, cfg.adapter, cfg)
         model.eval()
-    return LoadedModel(model, tokenizer, adapter, quantizer, compute_dtype)
+    return LoadedModel(model, tokenizer, adapter, quantizer, compute_dtype, facts)
 
 
 def check_quantized_checkpoint(cfg: RunConfig, manager: PluginManager) -> None:

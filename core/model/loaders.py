@@ -31,6 +31,8 @@ def _from_pretrained(source: str, cfg: RunConfig, model_kwargs: dict[str, Any], 
 class HuggingFaceLoader:
     """A local Hugging Face model folder, or a hub id already in the local cache (never downloads)."""
 
+    priority = 10  # after aliases and GGUF files: an alias name could be spelled like a hub id
+
     def can_load(self, source: str) -> bool:
         path = Path(source)
         if path.is_dir():
@@ -54,6 +56,8 @@ class HuggingFaceLoader:
 class GGUFLoader:
     """A GGUF file, dequantized by transformers into a regular model."""
 
+    priority = 20
+
     def can_load(self, source: str) -> bool:
         return source.endswith(".gguf") and Path(source).is_file()
 
@@ -67,6 +71,8 @@ class GGUFLoader:
 
 class AliasLoader:
     """Short names for models shipped inside Python packages (e.g. smollm2-135m-instruct)."""
+
+    priority = 30
 
     def can_load(self, source: str) -> bool:
         return source in ALIASES

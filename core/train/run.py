@@ -93,6 +93,7 @@ def training_arguments(cfg: RunConfig, out: Path, *, has_eval: bool, args_cls: A
         report_to=cfg.report_to or "none",
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
+        logging_nan_inf_filter=False,  # a diverged loss is logged as it is (stop-on-nan reads it), not averaged away
         dataloader_num_workers=0,
         disable_tqdm=False,
         torch_compile=cfg.torch_compile,
@@ -172,6 +173,21 @@ def final_evaluation(trainer: Any) -> dict[str, Any]:
     if last is not None and last.get("step") == state.global_step:
         return {key: value for key, value in last.items() if key.startswith("eval_")}
     return trainer.evaluate()
+
+
+def _batch_layout(cfg: RunConfig, loaded: LoadedModel, data_kind: str) -> Any:
+    """The config's batch layout, overruled by what the patches decided and by what the model supports."""
+    from factory.data.processing import BatchLayout, batch_layout
+
+    if data_kind in ("supervised", "pretrain") and not supports_packed_positions(loaded.model):
+        if cfg.packing:
+            raise ConfigError(
+                f"packing=true needs a model whose attention honours restarting position ids, and "
+                f"{type(loaded.model).__name__} builds its own mask; set packing=false"
+            )
+        log.warning("%s builds its own attention mask: using padded batches", type(loaded.model).__name__)
+        return BatchLayout(padding_free=False, packing=False)
+    return batch_layout(cfg, loaded.facts)
 
 
 def _resume_point(out: Path) -> str | None:
@@ -262,17 +278,10 @@ def _train(
         bound_kernel_caches()  # before the model's first matmul, when the libraries read it
 
     loaded: LoadedModel = load_model(cfg, manager, train=True)
-    if data_kind in ("supervised", "pretrain") and not supports_packed_positions(loaded.model):
-        if cfg.packing:
-            raise ConfigError(
-                f"packing=true needs a model whose attention honours restarting position ids, and "
-                f"{type(loaded.model).__name__} builds its own mask; set packing=false"
-            )
-        log.warning("%s builds its own attention mask: using padded batches", type(loaded.model).__name__)
-        cfg = cfg.model_copy(update={"padding_free": False, "packing": False})
+    layout = _batch_layout(cfg, loaded, data_kind)
     tokenizer, adapter = loaded.tokenizer, loaded.adapter
     template = get_template(cfg.template, tokenizer, manager)
-    train_ds, eval_ds, collator, data_stats = build_datasets(cfg, manager, tokenizer, template, data_kind)
+    train_ds, eval_ds, collator, data_stats = build_datasets(cfg, manager, tokenizer, template, data_kind, layout)
 
     optimizer_impl = manager.load("optimizers", cfg.optimizer)
     callbacks = list(getattr(optimizer_impl, "callbacks", lambda _cfg: [])(cfg))
