@@ -304,7 +304,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "output": ("output_dir", "overwrite_output_dir", "resume"),
     "serve": ("max_new_tokens", "temperature", "top_p", "system", "engine", "max_batch_size", "host", "port",
               "api_key", "api_keys", "max_request_bytes", "openapi", "served_model_name"),
-    "eval": ("task", "task_dir", "subjects", "eval_split", "n_shot", "eval_prompt", "results_db"),
+    "eval": ("task", "task_dir", "subjects", "eval_split", "n_shot", "eval_prompt", "results_db", "results_db_timeout"),
 }
 # (group, key inside the group) <-> flat key, where the flat name would repeat the group's.
 _GROUP_ALIASES: dict[tuple[str, str], str] = {("model", "model"): "path"}
