@@ -56,7 +56,7 @@ def test_a_locked_database_still_prints_and_saves_the_result(tmp_path, tiny_caus
     [saved] = saved_results(out)
     path = next(out.glob("eval-result-cmmlu-*.json"))
     sentence = f"the database 'sqlite:///{db}' refused the write (database is locked); the result was written to {path} instead"
-    assert sentence in proc.stderr.splitlines()
+    assert f"warning (factory.eval.run): {sentence}" in proc.stderr.splitlines()
     assert saved["overall"]["n"] == 4 and set(saved["subjects"]) == {"anatomy"} and saved["database_error"].endswith("(database is locked)")
     assert saved["model"] == str(tiny_causal_lm) and saved["command"] == "eval"
     assert ResultsStore(str(db)).runs() == []
@@ -112,15 +112,16 @@ def test_a_table_changed_during_the_run_still_saves_the_result(tmp_path, tiny_ca
         assert conn.execute("SELECT count(*) FROM factory_eval_runs").fetchone() == (0,)
 
 
-def test_a_database_of_another_schema_is_refused_before_the_model_loads(tmp_path):
+def test_a_database_of_another_schema_is_refused_before_the_model_loads(tmp_path, tiny_causal_lm):
     db = tmp_path / "other.db"
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE factory_eval_runs (id INTEGER PRIMARY KEY, note TEXT)")
-    proc = subprocess.run([sys.executable, "-m", "factory.cli", "eval", *settings(Path("/no/such/model"), str(db), tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "factory.cli", "eval", *settings(tiny_causal_lm, str(db), tmp_path / "out")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"error: results_db 'sqlite:///{db}' holds a table 'factory_eval_runs' without the column "
                                    "'created_at' (another program's or another version's table); point results_db at a new database")
+    assert not (tmp_path / "out").exists()  # nothing was scored or written
 
 
 @pytest.mark.parametrize("timeout", ["0", "-1", "1e9"])
