@@ -48,3 +48,12 @@ def bench(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", str(ROOT))
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Regenerate the generated parts of docs/ (the plugin contracts table) and check every doc test."""
+    install_all(session)
+    session.run("python", "-c", "import factory.contracts as c; print('docs/plugins.md', 'updated' if "
+                f"c.write_guide({str(ROOT / 'docs' / 'plugins.md')!r}) else 'up to date')")
+    session.run("pytest", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_docs.py"), str(ROOT / "tests" / "test_contracts.py"))

@@ -10,7 +10,7 @@ from factory.config import RunConfig, load_config, override_list
 from factory.plugins import PluginManager, get_manager
 
 
-def check_selection(cfg: RunConfig, manager: PluginManager) -> None:
+def check_training_selection(cfg: RunConfig, manager: PluginManager) -> None:
     """Refuse, before any model is loaded, every selected implementation that cannot run here (or cannot train).
 
     Plugins first (a missing or GPU-only one is the first thing to fix), then the model source,
@@ -64,7 +64,7 @@ def finetune(
     from factory.train.run import is_distributed_worker
 
     if not (is_distributed_worker() and os.environ.get(CHECKED_ENV)):  # the launching process checked already
-        check_selection(cfg, manager)
+        check_training_selection(cfg, manager)
         check_training(cfg)
     if cfg.nproc > 1 and not is_distributed_worker():
         from factory.train.launch import launch_distributed

@@ -67,11 +67,14 @@ def cmd_serve(ns: argparse.Namespace) -> int:
 
 
 def cmd_data_preview(ns: argparse.Namespace) -> int:
-    from factory.data.preview import preview
+    from factory.config import load_config
+    from factory.preview import preview
 
-    preview(
-        ns.dataset, template=ns.template, n=ns.n, dataset_dir=ns.dataset_dir, model=ns.model, cutoff_len=ns.cutoff_len
-    )
+    args = list(ns.args)
+    if args and "=" not in args[0] and not args[0].endswith((".yaml", ".yml", ".json")):
+        args[0] = f"dataset={args[0]}"  # `factory data preview NAME`: the data set, as a key
+    config, overrides = _split_config(args)
+    preview(load_config(config, ["packing=false", *overrides]), n=ns.n)
     return 0
 
 
@@ -410,12 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="inspect data sets as a stage will see them")
     dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     q = dsub.add_parser("preview", help="tokenized examples with the trained spans marked, and a length summary")
-    q.add_argument("dataset", help="data set name (from dataset_info.json or a descriptor) or path")
-    q.add_argument("--template", default="auto", help="chat template (default: the tokenizer's own)")
+    q.add_argument("args", nargs="*", metavar="[CONFIG.yaml | DATASET] [key=value ...]",
+                   help="a run's config and overrides (dataset=, dataset_dir=, template=, model=, cutoff_len=...)")
     q.add_argument("-n", type=int, default=3, help="examples to show (default 3)")
-    q.add_argument("--dataset-dir", help="folder searched for data set descriptors")
-    q.add_argument("--model", help="model whose tokenizer to use (default: smollm2-135m-instruct)")
-    q.add_argument("--cutoff-len", type=int, help="maximum tokens per row (default 1024)")
     q.set_defaults(func=cmd_data_preview)
 
     p = sub.add_parser("templates", help="check a chat template against a model's official one")

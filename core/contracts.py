@@ -139,15 +139,8 @@ class ChatTemplate(Protocol):
 class Patch(Protocol):
     """Model patches (``patches: [NAME, ...]``): attention implementations, fused kernels."""
 
-    replaces = Attribute(
-        "tuple[str, ...]",
-        "what the patch takes over, e.g. ('attention',), ('mlp.forward',), ('loss',): two patches taking over the "
-        "same thing are refused unless ordered",
-        default=(),
-    )
-
     def before_load(self, cfg: Any, model_kwargs: dict) -> Any:
-        """Set loading options in ``model_kwargs``; return a ``ModelFacts`` of decisions (or None); never write cfg."""
+        """Set loading options in ``model_kwargs``; return a ``ModelFacts`` of decisions and of what it replaces (or None); never write cfg."""
 
     def after_load(self, model: Any, cfg: Any) -> Any:
         """The loaded model, patched."""
@@ -295,3 +288,20 @@ def markdown() -> str:
             lines.append(f"| {shown} | {'yes' if is_required(member) else 'no'} | {doc} |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+GENERATED_START = "<!-- generated from core/contracts.py by factory.contracts.markdown(); tests/test_contracts.py keeps it in sync -->\n"
+GENERATED_END = "<!-- end of generated contracts -->"
+
+
+def write_guide(path: str) -> bool:
+    """Regenerate the contract table in the plugin guide at ``path``; returns whether it changed (``nox -s docs``)."""
+    from pathlib import Path
+
+    guide = Path(path)
+    text = guide.read_text(encoding="utf-8")
+    start = text.index(GENERATED_START) + len(GENERATED_START)
+    end = text.index(GENERATED_END)
+    updated = text[:start] + markdown() + text[end:]
+    guide.write_text(updated, encoding="utf-8")
+    return updated != text

@@ -38,6 +38,7 @@ _LAZY: dict[str, str] = {
     "calibration_texts": "factory.model.quantized",
     "checkpoint_quantization": "factory.model.quantized",
     "pin_training_kernels": "factory.model.quantized",
+    "freeze_base": "factory.model.quantized",
     "require_checkpoint": "factory.model.quantized",
     "require_quantized_layers": "factory.model.quantized",
     "save_quantized": "factory.model.quantized",
@@ -61,6 +62,7 @@ _LAZY: dict[str, str] = {
     # training stages
     "TrainerSetup": "factory.train.run",
     "run_training": "factory.train.run",
+    "default_trainer": "factory.train.run",
     # inference engines
     "Engine": "factory.infer.base",
     "GenerationRequest": "factory.infer.base",

@@ -203,3 +203,13 @@ def test_patches_decide_by_facts_and_two_that_disagree_are_refused():
         first.combine(ModelFacts(attn_implementation="s2attn", padding_free=False), "s2attn")
     with pytest.raises(PluginError, match="patch 'odd' returned 5 from before_load"):
         first.combine(5, "odd")
+
+
+def test_two_patches_replacing_the_same_thing_are_refused():
+    from factory.model.facts import ModelFacts
+
+    liger = ModelFacts().combine(ModelFacts(replaces=("rms_norm", "mlp", "loss")), "liger")
+    assert liger.owners == {"rms_norm": "liger", "mlp": "liger", "loss": "liger"}
+    assert liger.combine(ModelFacts(replaces=("attention",)), "flash").replaces == ("rms_norm", "mlp", "loss", "attention")
+    with pytest.raises(PluginError, match="patches 'liger' and 'other' both replace loss; use one of them"):
+        liger.combine(ModelFacts(replaces=("loss",)), "other")

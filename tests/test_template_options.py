@@ -141,7 +141,7 @@ def test_the_run_settings_reach_tokenization(smollm2_path):
 # -- aliases -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("alias, name", [("gemma2", "gemma"), ("deepseekr1", "deepseek_r1"), ("qwen", "qwen2"),
+@pytest.mark.parametrize("alias, name", [("gemma2", "gemma"), ("deepseekr1", "deepseek_r1"), ("qwen", "qwen2_5"),
                                          ("ministral", "mistral_nemo"), ("intern2", "intern")])
 def test_llamafactory_names_are_aliases(manager, alias, name):
     assert PACKAGED.aliases()[alias] == name

@@ -19,8 +19,9 @@ from types import SimpleNamespace
 from typing import Any
 
 from factory.data.record import RESPONSE_ROLES
-from factory.data.template_format import Reasoning, Template, fill
+from factory.data.template_format import Reasoning, Template
 from factory.data.template_render import split_reasoning
+from factory.data.template_text import fill
 from factory.data.template_tools import parse_tools, tool_calls, wrapped
 from factory.errors import DataError
 

@@ -8,20 +8,18 @@ definitions go, a dated system header, reasoning blocks), normally one entry of 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, model_validator
 
+from factory.data.template_render import render
+from factory.data.template_text import CONTENT, PLACEHOLDER, Segment
 from factory.errors import PluginError, did_you_mean
 
 AUTO = "auto"
 DEFAULT = "default"
 
-PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}")
-CONTENT = "{{content}}"
 EOS = "{{eos_token}}"
 _SPECIALS = ("bos_token", "eos_token")
 _TURN = ("content", *_SPECIALS)
@@ -56,19 +54,6 @@ GENERIC_TOOLS = (
     'To call tools, reply with only a JSON object {"name": <tool name>, "arguments": <arguments object>}, '
     "or a JSON list of such objects to call several."
 )
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A piece of rendered text; ``trainable`` marks response text the loss is computed on."""
-
-    text: str
-    trainable: bool
-
-
-def fill(fmt: str, values: Mapping[str, str]) -> str:
-    """``fmt`` with its placeholders replaced; one regex pass, so inserted text is never scanned again."""
-    return PLACEHOLDER.sub(lambda m: values[m.group(1)], fmt)
 
 
 class Reasoning(BaseModel):
@@ -128,6 +113,7 @@ class Template(BaseModel):
     name: str
     description: str = ""
     source: str = ""  # the official template this one renders byte for byte (docs/templates.md)
+    unverified: bool = False  # no official template exists to prove it against (docs/templates.md lists these)
     aliases: list[str] = []  # other names (LLaMA-Factory's) that choose this template
     model_types: list[str] = []  # config ``model_type`` values this template is the default for (auto)
     detect: list[str] = []  # texts whose presence in a tokenizer's Jinja template identifies this version (auto)
@@ -142,6 +128,7 @@ class Template(BaseModel):
     date_format: str = "%d %b %Y"  # strftime format of {{date}} when the render is given no date_string
     default_date: str = ""  # {{date}} when none is given ("" = today's date)
     trim: list[Literal["system", "user", "assistant", "observation"]] = []  # roles whose content is stripped
+    trim_after_system: bool = False  # a user turn is stripped with the system text in front of it (Llama 2)
     user: str
     assistant: str
     function_call: str | None = None  # default: the assistant format
@@ -247,8 +234,6 @@ class Template(BaseModel):
         rendered in the family's tool-call syntax. ``date_string`` fills a dated system header;
         ``enable_thinking`` and ``reasoning`` (keep, drop or train) steer reasoning blocks.
         """
-        from factory.data.template_render import render
-
         options = {"date_string": date_string, "enable_thinking": enable_thinking, "reasoning": reasoning}
         options = {**self._options, **{k: v for k, v in options.items() if v is not None}}
         return render(self, messages, system=system, tools=tools, add_generation_prompt=add_generation_prompt,

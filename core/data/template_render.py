@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from factory.data.record import PROMPT_ROLES, RESPONSE_ROLES
-from factory.data.template_format import CONTENT, Segment, fill
+from factory.data.template_text import CONTENT, Segment, fill
 from factory.data.template_tools import ToolCall, parse_tools, to_json, tool_calls, wrapped
 from factory.errors import ConfigError, DataError, one_of
 
@@ -144,7 +144,8 @@ def render(
     numbered = 0
     for index, (role, content) in enumerate(turns):
         if role in PROMPT_ROLES:
-            if role in t.trim:
+            trim = role in t.trim
+            if trim and not t.trim_after_system:
                 content = content.strip()
             if role == "user" and index == first_user and tools_block and t.tools_in == "first_user":
                 content = tools_block + content
@@ -153,6 +154,8 @@ def render(
             if system_turn and (t.system_in_user is True or (role == "user" and index == len(turns) - 1)):
                 content = system_turn + content
                 system_turn = ""
+            if trim and t.trim_after_system:
+                content = content.strip()
             if role == "user":
                 out.prompt(fill(t.user, {**specials, "content": content}))
             else:

@@ -26,7 +26,7 @@ from factory.store.evals import ResultsStore
 log = logging.getLogger(__name__)
 
 
-def check_selection(cfg: RunConfig, manager: PluginManager) -> Any:
+def check_evaluation(cfg: RunConfig, manager: PluginManager) -> Any:
     """The evaluator, after refusing every selected implementation that cannot run here."""
     if not cfg.task:
         names = [impl.name for impl in manager.implementations("evaluators")]
@@ -66,7 +66,7 @@ def evaluate(
     quiet_libraries()
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides, **kwargs)
     manager = cfg.manager()
-    evaluator = check_selection(cfg, manager)
+    evaluator = check_evaluation(cfg, manager)
     # a bad results_db fails before the long part
     store = ResultsStore(cfg.results_db, timeout=cfg.results_db_timeout) if record else None
     started = time.perf_counter()

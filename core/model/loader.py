@@ -10,12 +10,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from factory import hardware
 from factory.config import RunConfig
 from factory.errors import ConfigError
 from factory.model.attention import register_varlen_sdpa
 from factory.model.facts import ModelFacts
 from factory.model.fused import fuse_modules
+from factory.model.precision import resolve_precision, torch_dtype
 from factory.plugins import PluginManager
 
 log = logging.getLogger(__name__)
@@ -29,22 +29,6 @@ class LoadedModel:
     quantizer: Any | None
     compute_dtype: Any
     facts: ModelFacts = field(default_factory=ModelFacts)
-
-
-def resolve_precision(precision: str) -> str:
-    """``auto`` -> bf16 where the device has it (CUDA >= 8.0, or a CPU with AMX/AVX512-BF16), else fp16 on CUDA, else fp32."""
-    if precision != "auto":
-        return precision
-    gpus = hardware.cuda_devices()
-    if gpus:
-        return "bf16" if any(g.capability >= (8, 0) for g in gpus) else "fp16"
-    return "bf16" if hardware.cpu_supports_bf16() else "fp32"
-
-
-def torch_dtype(precision: str) -> Any:
-    import torch
-
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
 
 
 def pick_loader(cfg: RunConfig, manager: PluginManager) -> Any:
@@ -110,8 +94,8 @@ def load_model(cfg: RunConfig, manager: PluginManager, *, train: bool) -> Loaded
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         model.config.use_cache = False
-        if cfg.fused_ops:
-            log.info("fused RMSNorm/SwiGLU forwards on %d modules", fuse_modules(model))
+        if cfg.fused_ops:  # the core's own kernels step aside for what a patch took over (Liger's, say)
+            log.info("fused RMSNorm/SwiGLU forwards on %d modules", fuse_modules(model, skip=set(facts.replaces or ())))
         # check_adapter_continuation (run before loading) made sure the method can continue cfg.adapter.
         model = adapter.continue_from(model, cfg.adapter, cfg) if cfg.adapter else adapter.apply(model, cfg)
         for param in model.parameters():

@@ -56,9 +56,9 @@ def check_runnable(cfg: RunConfig, kind: str) -> None:
 
         check_training(cfg, cfg.manager())
     else:
-        from factory.eval.run import check_selection
+        from factory.eval.run import check_evaluation
 
-        check_selection(cfg, cfg.manager())
+        check_evaluation(cfg, cfg.manager())
 
 
 def queue_config(queue: JobQueue, kind: str, data: dict[str, Any], outputs: Path, priority: int) -> JobInfo:

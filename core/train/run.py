@@ -19,13 +19,8 @@ from typing import Any
 
 from factory.config import RunConfig
 from factory.errors import ConfigError, FactoryError
-from factory.model.loader import (
-    LoadedModel,
-    load_model,
-    resolve_precision,
-    supports_packed_positions,
-    trainable_summary,
-)
+from factory.model.loader import LoadedModel, load_model, supports_packed_positions, trainable_summary
+from factory.model.precision import resolve_precision
 from factory.plugins import PluginManager
 from factory.train import checkpoints, outputs
 from factory.train.optim import default_param_groups
@@ -152,7 +147,9 @@ def default_trainer(setup: TrainerSetup, trainer_cls: Any = None) -> Any:
     """factory's Trainer (or ``trainer_cls``, a Trainer subclass with the same signature) over ``setup``."""
     from factory.train.trainer import FactoryTrainer
 
-    extra = {"chunked_loss": setup.cfg.chunked_loss} if trainer_cls is None else {}
+    # A patch that took over the loss (Liger's fused linear cross-entropy) needs the model's own forward.
+    chunked = setup.cfg.chunked_loss and "loss" not in (setup.loaded.facts.replaces or ())
+    extra = {"chunked_loss": chunked} if trainer_cls is None else {}
     return (trainer_cls or FactoryTrainer)(
         **extra,
         model=setup.model,

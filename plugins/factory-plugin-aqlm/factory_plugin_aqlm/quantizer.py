@@ -14,6 +14,7 @@ from typing import Any
 from factory.plugin_api import (
     PluginError,
     RunConfig,
+    freeze_base,
     hardware,
     is_quantized_linear,
     require_checkpoint,
@@ -55,8 +56,7 @@ class AqlmQuantizer:
 
     def after_load(self, model: Any, cfg: RunConfig) -> Any:
         require_quantized_layers(model, cfg, "AQLM")
-        for param in model.parameters():
-            param.requires_grad = False
+        freeze_base(model)
         if not hardware.cuda_devices():
             for module in model.modules():
                 if is_quantized_linear(module):

@@ -11,7 +11,7 @@ from typing import Any
 
 from factory.plugin_api import (
     RunConfig,
-    pin_training_kernels,
+    freeze_base,
     require_checkpoint,
     require_quantized_layers,
     save_quantized,
@@ -28,10 +28,7 @@ class AwqQuantizer:
 
     def after_load(self, model: Any, cfg: RunConfig) -> Any:
         require_quantized_layers(model, cfg, "AWQ")
-        pin_training_kernels(model)
-        for param in model.parameters():
-            param.requires_grad = False
-        return model
+        return freeze_base(model, pin_kernels=True)
 
     def export(self, model: Any, tokenizer: Any, output_dir: str, cfg: RunConfig) -> None:
         save_quantized(

@@ -12,7 +12,7 @@ from typing import Any
 import bitsandbytes as bnb
 from transformers import BitsAndBytesConfig
 
-from factory.plugin_api import PluginError, RunConfig, compute_dtype, save_quantized
+from factory.plugin_api import PluginError, RunConfig, compute_dtype, freeze_base, save_quantized
 
 
 def guard_cpu_repacking(model: Any) -> int:
@@ -31,20 +31,6 @@ def guard_cpu_repacking(model: Any) -> int:
             module.support_avx512bf16_for_cpu = False
             count += 1
     return count
-
-
-def prepare_kbit(model: Any) -> None:
-    """k-bit preparation: freeze every weight; the adapter then adds the only trainable ones.
-
-    peft's ``prepare_model_for_kbit_training`` also casts every unquantized weight (embedding,
-    output head, norms) to fp32. That doubles the largest tensors the quantizer left alone (57 MB
-    more for SmolLM2-135M), and fp32 norm weights turn every later activation into fp32, so the
-    whole network computes in fp32 on CPU. transformers' RMSNorm already normalises in fp32, the
-    core keeps trainable adapter weights in fp32 and switches gradient checkpointing on itself,
-    so freezing is all that is left to do.
-    """
-    for param in model.parameters():
-        param.requires_grad = False
 
 
 class BitsAndBytesQuantizer:
@@ -78,8 +64,7 @@ class BitsAndBytesQuantizer:
                 + "; load it without quantization= or give an unquantized model"
             )
         guard_cpu_repacking(model)
-        prepare_kbit(model)
-        return model
+        return freeze_base(model)
 
     def export(self, model: Any, tokenizer: Any, output_dir: str, cfg: RunConfig) -> None:
         save_quantized(

@@ -15,7 +15,7 @@ from factory.plugin_api import (
     RunConfig,
     calibration_texts,
     checkpoint_quantization,
-    pin_training_kernels,
+    freeze_base,
     save_quantized,
 )
 
@@ -49,10 +49,7 @@ class GptqQuantizer:
         model_kwargs["quantization_config"] = self.quantization_config(cfg)
 
     def after_load(self, model: Any, cfg: RunConfig) -> Any:
-        pin_training_kernels(model)
-        for param in model.parameters():
-            param.requires_grad = False
-        return model
+        return freeze_base(model, pin_kernels=True)
 
     def export(self, model: Any, tokenizer: Any, output_dir: str, cfg: RunConfig) -> None:
         save_quantized(
