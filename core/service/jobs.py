@@ -52,9 +52,11 @@ def job_kind(cfg: RunConfig, group: str = "") -> str:
 def check_runnable(cfg: RunConfig, kind: str) -> None:
     """Refuse now, before queueing, every selected implementation the job could not run with."""
     if kind == "finetune":
-        from factory.api import check_selection as check_training
+        from factory.api import check_training_selection
+        from factory.train.preflight import check_training
 
-        check_training(cfg, cfg.manager())
+        check_training_selection(cfg, cfg.manager())
+        check_training(cfg)
     else:
         from factory.eval.run import check_evaluation
 
