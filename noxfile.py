@@ -40,6 +40,8 @@ def bench(session: nox.Session) -> None:
     for args in runs:
         name = "-".join(a.replace("=", "_") for a in args if not a.startswith("--") and not a.isdigit())
         session.run("factory", "bench", *args, "--output", str(out / f"{name}.json"))
+    if not session.posargs:  # the job service: queue overhead per job, listing 1,000 jobs (SQLite, PostgreSQL)
+        session.run("python", "-m", "factory.service.bench", "--output", str(out / "service.json"))
 
 
 @nox.session

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from factory import __version__
 from factory.errors import FactoryError
@@ -137,7 +138,8 @@ def _run_evaluation(ns: argparse.Namespace, command: str, defaults: dict) -> int
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     else:
         report.print_result(result)
-        print(f"factory: recorded as run {result.run_id}; see factory eval history")
+        if result.run_id is not None:
+            print(f"factory: recorded as run {result.run_id}; see factory eval history")
     return 0
 
 
@@ -153,6 +155,227 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     else:
         result = run_bench_repeated(ns.workload, ns.overrides, ns.repeat, dataset_dir=ns.dataset_dir, output=ns.output)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+# -- the service: workers, jobs, run history -------------------------------------------------
+
+
+def cmd_worker(ns: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from factory.config import load_config
+    from factory.service.worker import Worker, parse_kinds
+    from factory.store.jobs import KINDS
+
+    config, overrides = _split_config(ns.args)
+    kinds = [item.partition("=")[2] for item in overrides if item.startswith("kinds=")]
+    cfg = load_config(config, [item for item in overrides if not item.startswith("kinds=")])
+    worker = Worker(cfg, parse_kinds(kinds[-1]) if kinds else KINDS, name=ns.name, log_json=ns.log_json)
+    stop = threading.Event()
+
+    def graceful(signum: int, _frame: object) -> None:
+        worker.local.emit(None, "stopping: a running job goes back to the queue at its next batch")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, graceful)
+    signal.signal(signal.SIGINT, graceful)
+    ran = worker.run(stop, exit_idle=ns.exit_idle, max_jobs=ns.max_jobs)
+    worker.local.emit(None, f"stopped after {ran} job(s)")
+    return 0
+
+
+def _queue(args: Sequence[str]) -> Any:
+    from factory.config import load_config
+    from factory.store.jobs import JobQueue
+
+    config, overrides = _split_config(args)
+    cfg = load_config(config, overrides)
+    return JobQueue(cfg.results_db, timeout=cfg.results_db_timeout)
+
+
+def cmd_jobs_submit(ns: argparse.Namespace) -> int:
+    from factory.config import load_config, parse_overrides, read_config_file
+
+    config, overrides = _split_config(ns.args)
+    if ns.server:
+        from factory.service.client import ServiceClient
+
+        body = {**(read_config_file(config) if config else {}), **parse_overrides(overrides), "priority": ns.priority}
+        kind = ns.kind or ("eval" if body.get("task") else "finetune")
+        job = ServiceClient(ns.server).call("POST", "/v1/finetunes" if kind == "finetune" else "/v1/evals", body)
+    else:
+        from factory.service.jobs import check_runnable, job_kind, outputs_folder, queue_config
+        from factory.store.jobs import JobQueue
+
+        cfg = load_config(config, overrides)
+        kind = ns.kind or (job_kind(cfg) if cfg.task else "finetune")
+        check_runnable(cfg, kind)
+        queue = JobQueue(cfg.results_db, timeout=cfg.results_db_timeout)
+        job = queue_config(queue, kind, cfg.to_dict(), outputs_folder(cfg), ns.priority).to_dict()
+    if ns.json:
+        print(json.dumps(job, indent=2, default=str))
+    else:
+        print(f"factory: queued job {job['id']} ({job['kind']}, priority {job['priority']}); see factory jobs show {job['id']}")
+    return 0
+
+
+def cmd_jobs_list(ns: argparse.Namespace) -> int:
+    from factory.service import report
+
+    if ns.server:
+        from factory.service.client import ServiceClient
+
+        jobs = ServiceClient(ns.server).call("GET", "/v1/jobs", status=ns.status, limit=ns.limit)["data"]
+        where = ns.server
+    else:
+        from factory.store.jobs import parse_statuses
+
+        queue = _queue(ns.args)
+        jobs = [job.to_dict() for job in queue.list(statuses=parse_statuses(ns.status), limit=ns.limit)]
+        where = queue.url
+    if ns.json:
+        print(json.dumps(jobs, indent=2, default=str))
+    else:
+        report.print_jobs(jobs, where)
+    return 0
+
+
+def _job(ns: argparse.Namespace, action: str = "") -> dict:
+    if ns.server:
+        from factory.service.client import ServiceClient
+
+        return ServiceClient(ns.server).call("POST" if action else "GET", f"/v1/jobs/{ns.id}" + (f"/{action}" if action else ""))
+    queue = _queue(ns.args)
+    return (queue.cancel(ns.id) if action == "cancel" else queue.get(ns.id)).to_dict()
+
+
+def cmd_jobs_show(ns: argparse.Namespace) -> int:
+    from factory.service import report
+
+    job = _job(ns)
+    if ns.json:
+        print(json.dumps(job, indent=2, default=str))
+    else:
+        report.print_job(job)
+    return 0
+
+
+def cmd_jobs_cancel(ns: argparse.Namespace) -> int:
+    job = _job(ns, "cancel")
+    what = "cancelled" if job["status"] == "cancelled" else f"asked to stop; worker {job['worker']} stops it at its next batch"
+    print(f"factory: job {job['id']} {what}")
+    return 0
+
+
+def cmd_jobs_logs(ns: argparse.Namespace) -> int:
+    import time
+
+    from factory.service import report
+    from factory.store.jobs import FINISHED
+
+    after = 0
+    if ns.server:
+        from factory.service.client import ServiceClient
+
+        client = ServiceClient(ns.server)
+
+        def fetch() -> tuple[list[dict], str]:
+            answer = client.call("GET", f"/v1/jobs/{ns.id}/logs", after=after)
+            return answer["data"], answer["status"]
+    else:
+        queue = _queue(ns.args)
+        queue.get(ns.id)
+
+        def fetch() -> tuple[list[dict], str]:
+            return [line.to_dict() for line in queue.logs(ns.id, after=after)], queue.get(ns.id).status
+
+    while True:
+        lines, status = fetch()
+        for line in lines:
+            print(report.log_line(line, as_json=ns.json), flush=True)
+            after = line["id"]
+        if not ns.follow or (status in FINISHED and not lines):
+            return 0
+        time.sleep(1.0)
+
+
+def _db(args: Sequence[str]) -> Any:
+    from factory.config import load_config
+    from factory.store.database import Database
+
+    config, overrides = _split_config(args)
+    cfg = load_config(config, overrides)
+    return Database(cfg.results_db, timeout=cfg.results_db_timeout)
+
+
+def cmd_runs_list(ns: argparse.Namespace) -> int:
+    from factory.service import report
+    from factory.store.history import history
+
+    db = _db(ns.args)
+    runs = history(db, ns.kind, ns.limit)
+    if ns.json:
+        print(json.dumps(runs, indent=2, default=str, ensure_ascii=False))
+    else:
+        report.print_training_runs(runs, db.shown)
+    return 0
+
+
+def cmd_runs_show(ns: argparse.Namespace) -> int:
+    from factory.store.history import parse_ref, run_details
+
+    db = _db(ns.args)
+    kind, number = parse_ref(ns.ref)
+    if ns.json:
+        print(json.dumps(run_details(db, ns.ref), indent=2, default=str, ensure_ascii=False))
+        return 0
+    if kind == "eval":
+        from factory.eval import report as eval_report
+        from factory.store.evals import ResultsStore
+
+        eval_report.print_history([ResultsStore(db).get(number)], db.shown)
+        return 0
+    from factory.service import report
+    from factory.store.evals import ResultsStore
+    from factory.store.training import TrainingRuns
+
+    run = TrainingRuns(db).get(number)
+    report.print_training_run(run, ResultsStore(db).evaluations_of(run.output_dir) if run.output_dir else [])
+    return 0
+
+
+def cmd_runs_compare(ns: argparse.Namespace) -> int:
+    from factory.errors import ConfigError
+    from factory.store.history import parse_ref
+
+    db = _db(ns.args)
+    (kind_a, a), (kind_b, b) = parse_ref(ns.a), parse_ref(ns.b)
+    if kind_a != kind_b:
+        raise ConfigError(f"runs {ns.a} and {ns.b} are of different kinds; compare two training runs or two eval runs")
+    if kind_a == "eval":
+        from factory.eval import report as eval_report
+        from factory.store.evals import ResultsStore, compare
+
+        store = ResultsStore(db)
+        run_a, run_b = store.get(a), store.get(b)
+        rows = compare(run_a, run_b)
+        if ns.json:
+            print(json.dumps({"a": run_a.to_dict(), "b": run_b.to_dict(), "rows": rows}, indent=2, ensure_ascii=False))
+        else:
+            eval_report.print_compare(run_a, run_b, rows)
+        return 0
+    from factory.service import report
+    from factory.store.training import TrainingRuns, compare_training
+
+    runs = TrainingRuns(db)
+    run_a, run_b = runs.get(a), runs.get(b)
+    rows = compare_training(run_a, run_b)
+    if ns.json:
+        print(json.dumps({"a": run_a.to_dict(), "b": run_b.to_dict(), **rows}, indent=2, default=str, ensure_ascii=False))
+    else:
+        report.print_training_compare(run_a, run_b, rows)
     return 0
 
 
@@ -234,6 +457,61 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run N times, each in a fresh process; report the median run and every run's figures")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("worker", help="run queued jobs from the database (eval, predict, finetune)",
+                       description="factory worker [CONFIG.yaml] [kinds=eval,predict,finetune] [results_db=URL] [jobs.KEY=...]")
+    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [kinds=...] [key=value ...]")
+    p.add_argument("--name", help="this worker's name in the jobs table (default HOST:PID)")
+    p.add_argument("--exit-idle", type=float, metavar="SECONDS", help="stop once the queue has been empty this long")
+    p.add_argument("--max-jobs", type=int, metavar="N", help="stop after N jobs")
+    p.add_argument("--log-json", action="store_true", help="log JSON lines (each with its job_id) instead of text")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("jobs", help="submit, list, show, cancel jobs and read their logs (database or --server)")
+    jsub = p.add_subparsers(dest="jobs_command", metavar="SUBCOMMAND", required=True)
+
+    def job_command(name: str, help_text: str, func: Any, metavar: str = "[results_db=URL]", with_id: bool = True) -> argparse.ArgumentParser:
+        q = jsub.add_parser(name, help=help_text)
+        if with_id:
+            q.add_argument("id", type=int, help="the job's id")
+        q.add_argument("args", nargs="*", metavar=metavar)
+        q.add_argument("--server", metavar="URL", help="ask a running factory serve instead (key from FACTORY_API_KEY)")
+        q.add_argument("--json", action="store_true", help="print JSON")
+        q.set_defaults(func=func)
+        return q
+
+    q = job_command("submit", "queue a job from a config file and/or key=value settings", cmd_jobs_submit,
+                    "[CONFIG.yaml] [key=value ...]", with_id=False)
+    q.add_argument("--kind", choices=("eval", "predict", "finetune"),
+                   help="default: predict for task=bleu-rouge, eval for another task, finetune without one")
+    q.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
+    q = job_command("list", "jobs, newest first", cmd_jobs_list, with_id=False)
+    q.add_argument("--status", help="only these statuses, comma-separated (queued,running,succeeded,failed,cancelled)")
+    q.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    job_command("show", "one job: status, progress, result", cmd_jobs_show)
+    job_command("cancel", "cancel a queued job, or stop a running one at its next batch", cmd_jobs_cancel)
+    q = job_command("logs", "a job's log lines", cmd_jobs_logs)
+    q.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until the job ends")
+
+    p = sub.add_parser("runs", help="training and eval runs in the database: list, show, compare")
+    rsub = p.add_subparsers(dest="runs_command", metavar="SUBCOMMAND", required=True)
+    q = rsub.add_parser("list", help="runs, newest first")
+    q.add_argument("args", nargs="*", metavar="[results_db=URL]")
+    q.add_argument("--kind", choices=("train", "eval"), help="only training or only eval runs")
+    q.add_argument("--limit", type=int, default=20, help="at most this many (0: all)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_runs_list)
+    q = rsub.add_parser("show", help="one run: config, loss curve, scores, outputs, the evals of what it wrote")
+    q.add_argument("ref", metavar="RUN", help="train-N or eval-N (a bare N is train-N)")
+    q.add_argument("args", nargs="*", metavar="[results_db=URL]")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_runs_show)
+    q = rsub.add_parser("compare", help="two training runs (settings that differ, outcomes) or two eval runs (scores)")
+    q.add_argument("a", metavar="RUN_A")
+    q.add_argument("b", metavar="RUN_B")
+    q.add_argument("args", nargs="*", metavar="[results_db=URL]")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_runs_compare)
 
     _add_plugin_commands(sub)
     return parser

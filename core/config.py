@@ -41,7 +41,7 @@ MAX_SEED = 2**32 - 1  # numpy's seed range; transformers.set_seed seeds numpy to
 
 
 class JobsConfig(BaseModel):
-    """What evaluation jobs submitted to ``factory serve`` may reach, set by the operator."""
+    """What jobs submitted to ``factory serve`` may reach, and how workers run them; set by the operator."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -55,6 +55,11 @@ class JobsConfig(BaseModel):
     )
     output_dir: str | None = Field(None, description="where job outputs go, one folder per job; default outputs/jobs")
     keep_finished: int = Field(1000, ge=0, le=MAX_COUNT, description="finished jobs kept for listing; older ones are forgotten")
+    heartbeat_seconds: float = Field(10.0, gt=0, le=3600, description="how often a worker tells the database it is alive")
+    stale_after_seconds: float = Field(
+        60.0, gt=0, le=86400, description="a running job whose worker was silent this long is requeued once, then failed"
+    )
+    poll_seconds: float = Field(5.0, gt=0, le=3600, description="longest wait between an idle worker's looks at the queue")
 
 
 class RunConfig(BaseModel):
@@ -168,7 +173,8 @@ class RunConfig(BaseModel):
     eval_split: str | None = Field(None, description="folder of task_dir to score; default: the task's (test, C-Eval val)")
     n_shot: int = Field(5, ge=0, le=1000, description="solved examples from dev/ before each question")
     eval_prompt: Literal["chat", "raw"] = Field("chat", description="render questions with the chat template or as raw text")
-    results_db: str | None = Field(None, description="SQLite file or SQLAlchemy URL recording runs; default FACTORY_RESULTS_DB or the user data folder")
+    results_db: str | None = Field(None, description="SQLite file or SQLAlchemy URL recording runs and jobs; default FACTORY_RESULTS_DB or the user data folder")
+    results_db_timeout: float = Field(10.0, gt=0, le=3600, description="seconds a write waits for a locked SQLite database before giving up")
 
     jobs: JobsConfig = Field(default_factory=JobsConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
@@ -298,7 +304,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "output": ("output_dir", "overwrite_output_dir", "resume"),
     "serve": ("max_new_tokens", "temperature", "top_p", "system", "engine", "max_batch_size", "host", "port",
               "api_key", "api_keys", "max_request_bytes", "openapi", "served_model_name"),
-    "eval": ("task", "task_dir", "subjects", "eval_split", "n_shot", "eval_prompt", "results_db"),
+    "eval": ("task", "task_dir", "subjects", "eval_split", "n_shot", "eval_prompt", "results_db", "results_db_timeout"),
 }
 # (group, key inside the group) <-> flat key, where the flat name would repeat the group's.
 _GROUP_ALIASES: dict[tuple[str, str], str] = {("model", "model"): "path"}

@@ -153,8 +153,10 @@ def register_evaluators(register: Register) -> None:
     ``items``, ``settings``, ``output_file``). ``loaded`` (a ``LoadedModel``) or ``engine`` (an
     inference engine) is what the caller already holds; an evaluator that needs one and gets
     none loads it from ``cfg`` itself (logit scorers load the model, generating ones an engine).
-    ``progress`` shows a progress bar on stderr. :func:`factory.eval.evaluate` calls it and
-    records the result in the results store.
+    ``progress`` shows a progress bar on stderr when true; it may instead be a callable
+    ``progress(done, total)`` (items scored so far, items in all), called after every batch,
+    which may raise to stop the evaluation there (a cancelled job does). :func:`factory.eval.evaluate`
+    calls it and records the result in the results store.
     """
 
 

@@ -1,6 +1,8 @@
 """Test helpers for factory and for plugin authors, loaded by pytest as a plugin.
 
 Fixtures:
+- ``_results_db_for_tests`` (automatic): every run a test records without naming ``results_db``
+  (training runs, evals) goes to a database in the session's temporary folder, never the user's.
 - ``plugin_manager``: an isolated manager with the built-ins only (no entry points, no
   environment); register test plugins on it with ``register_plugin(obj, name)``.
 - ``tiny_causal_lm``: a folder holding a tiny random-weight Llama causal LM and a small
@@ -39,6 +41,16 @@ _TOKENIZER_TEXT = [
     "0123456789 + - * / = ( ) [ ] { } , . ; : ! ? ' \"",
     "你好，我是一个助手。",
 ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _results_db_for_tests(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Point FACTORY_RESULTS_DB (inherited by subprocesses too) at a throwaway file for the whole session."""
+    from factory.store.database import ENV
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ENV, str(tmp_path_factory.mktemp("results") / "results.db"))
+        yield
 
 
 @pytest.fixture

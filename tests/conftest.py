@@ -22,3 +22,18 @@ def smollm2_path() -> Path:
 def demo_dir() -> Path:
     assert DEMO_DIR.is_dir(), f"shared demo data missing at {DEMO_DIR}"
     return DEMO_DIR
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server for the session (fails, saying how to install it, where there is none)."""
+    from factory.store.throwaway import throwaway_postgres
+
+    with throwaway_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A fresh, empty database on the session's PostgreSQL server."""
+    return postgres_server.new_database()

@@ -205,6 +205,7 @@ def _assert_one_sentence(message: str, says: tuple[str, ...]) -> None:
 def test_bad_input(name, place, tmp_path, capsys):
     case = CASES[name]
     _write(case.files, tmp_path)
+    client = _client(tmp_path) if case.surface in ("server", "job") else None  # a server opens its database as it starts
     before = _snapshot(tmp_path)
     says = _fill(case.says, place)
     if case.surface == "cli":
@@ -219,7 +220,7 @@ def test_bad_input(name, place, tmp_path, capsys):
             getattr(factory, function)(*_fill(args, place), **{"output_dir": str(tmp_path / "out"), **kwargs})
         _assert_one_sentence(str(info.value), says)
     else:
-        client = _client(tmp_path)
+        assert client is not None
         if case.surface == "server":
             headers, body = case.given
             headers = {"Authorization": f"Bearer {KEY}"} if headers is None else headers

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -19,22 +20,28 @@ CMMLU_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cm
 ANSWERS = ["中国的首都是北京。", "2+2 equals 4."]
 
 
-def app_with(tmp_path: Path, engine=None, *overrides: str) -> TestClient:
-    settings = ["model=smollm2-135m-instruct", f"results_db={tmp_path / 'results.db'}",
-                f"jobs.output_dir={tmp_path / 'jobs'}", *overrides]
-    return TestClient(create_app(engine or ScriptedEngine(ANSWERS), load_config(None, settings)))
+@pytest.fixture
+def app_with():
+    """Build clients whose apps run (lifespan: the in-process worker) until the test ends."""
+    with ExitStack() as running:
+        def make(tmp_path: Path, engine=None, *overrides: str) -> TestClient:
+            settings = ["model=smollm2-135m-instruct", f"results_db={tmp_path / 'results.db'}",
+                        f"jobs.output_dir={tmp_path / 'jobs'}", "jobs.heartbeat_seconds=0.2", *overrides]
+            return running.enter_context(TestClient(create_app(engine or ScriptedEngine(ANSWERS), load_config(None, settings))))
+
+        yield make
 
 
 def wait(client: TestClient, job_id: str, timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         job = client.get(f"/v1/evals/{job_id}").json()
-        if job["status"] in ("succeeded", "failed") or time.monotonic() > deadline:
+        if job["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
             return job
         time.sleep(0.1)
 
 
-def test_predict_job_uses_the_served_engine_and_is_recorded(tmp_path):
+def test_predict_job_uses_the_served_engine_and_is_recorded(tmp_path, app_with):
     data = tmp_path / "qa.json"
     rows = [{"instruction": "中国的首都是哪里？", "input": "", "output": ANSWERS[0]}, {"instruction": "2+2?", "input": "", "output": ANSWERS[1]}]
     data.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
@@ -49,10 +56,10 @@ def test_predict_job_uses_the_served_engine_and_is_recorded(tmp_path):
     stored = ResultsStore(str(tmp_path / "results.db")).get(job["run_id"])
     assert stored.task == "bleu-rouge" and stored.model == "smollm2-135m-instruct"
     assert [j["id"] for j in client.get("/v1/evals").json()["data"]] == [job["id"]]
-    assert Path(stored.output_file).parent == tmp_path / "jobs" / job["id"]  # the server chose where it went
+    assert Path(stored.output_file).parent == tmp_path / "jobs" / f"job-{job['id']}"  # the server chose where it went
 
 
-def test_jobs_run_one_at_a_time(tmp_path, tiny_causal_lm):
+def test_jobs_run_one_at_a_time(tmp_path, tiny_causal_lm, app_with):
     client = app_with(tmp_path, None, f"jobs.allow_models=[{tiny_causal_lm}]", f"jobs.allow_dirs=[{CMMLU_DIR}]")
     body = {"model": str(tiny_causal_lm), "task": "cmmlu", "task_dir": str(CMMLU_DIR), "max_samples": 2, "n_shot": 0}
     ids = [client.post("/v1/evals", json={**body, "subjects": [subject]}).json()["id"] for subject in ("anatomy", "arts")]
@@ -63,7 +70,7 @@ def test_jobs_run_one_at_a_time(tmp_path, tiny_causal_lm):
     assert [run.id for run in ResultsStore(str(tmp_path / "results.db")).runs()] == [second["run_id"], first["run_id"]]
 
 
-def test_bad_jobs(tmp_path):
+def test_bad_jobs(tmp_path, app_with):
     client = app_with(tmp_path)
     reply = client.post("/v1/evals", json={"task": "cmmlx"})
     assert reply.status_code == 400 and "unknown task 'cmmlx'; did you mean 'cmmlu'?" in reply.json()["error"]["message"]

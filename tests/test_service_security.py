@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -25,10 +26,16 @@ MODEL = "smollm2-135m-instruct"
 WHO = [{"role": "user", "content": "Who are you?"}]
 
 
-def make_client(tmp_path: Path, *overrides: str) -> TestClient:
-    cfg = load_config(None, [f"model={MODEL}", f"api_key={KEY}", f"api_keys={{{READER}: read}}",
-                             f"results_db={tmp_path / 'results.db'}", f"jobs.output_dir={tmp_path / 'jobs'}", *overrides])
-    return TestClient(create_app(ScriptedEngine(["ok"]), cfg), headers=AUTH)
+@pytest.fixture
+def make_client():
+    """Build clients whose apps run (lifespan: the in-process worker) until the test ends."""
+    with ExitStack() as running:
+        def make(tmp_path: Path, *overrides: str) -> TestClient:
+            cfg = load_config(None, [f"model={MODEL}", f"api_key={KEY}", f"api_keys={{{READER}: read}}",
+                                     f"results_db={tmp_path / 'results.db'}", f"jobs.output_dir={tmp_path / 'jobs'}", *overrides])
+            return running.enter_context(TestClient(create_app(ScriptedEngine(["ok"]), cfg), headers=AUTH))
+
+        yield make
 
 
 @pytest.fixture
@@ -39,7 +46,7 @@ def allowed(tmp_path) -> Path:
 
 
 @pytest.fixture
-def client(tmp_path, allowed) -> TestClient:
+def client(tmp_path, allowed, make_client) -> TestClient:
     return make_client(tmp_path, f"jobs.allow_dirs=[{allowed}]")
 
 
@@ -60,7 +67,7 @@ def remote_code_model(folder: Path, marker: Path) -> Path:
 
 def wait(client: TestClient, job_id: str, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
-    while (job := client.get(f"/v1/evals/{job_id}").json())["status"] not in ("succeeded", "failed"):
+    while (job := client.get(f"/v1/evals/{job_id}").json())["status"] not in ("succeeded", "failed", "cancelled"):
         assert time.monotonic() < deadline, job
         time.sleep(0.05)
     return job
@@ -81,7 +88,7 @@ def test_a_model_folder_with_remote_code_is_refused_and_never_runs(tmp_path, cli
     assert queued(client) == [] and not marker.exists()
 
 
-def test_an_allowed_model_still_never_runs_its_own_code(tmp_path, allowed):
+def test_an_allowed_model_still_never_runs_its_own_code(tmp_path, allowed, make_client):
     """Even a model the operator allows is loaded without trust_remote_code: the job fails, the module never runs."""
     marker = tmp_path / "marker"
     evil = remote_code_model(allowed / "evil", marker)
@@ -150,7 +157,7 @@ def test_job_outputs_go_where_the_server_says(tmp_path, client, allowed):
     (allowed / "qa.json").write_text(json.dumps([{"instruction": "q", "output": "ok"}]))
     job = wait(client, client.post("/v1/evals", json={"task": "bleu-rouge", "dataset": str(allowed / "qa.json")}).json()["id"])
     assert job["status"] == "succeeded", job["error"]
-    assert Path(job["result"]["output_file"]).parent == tmp_path / "jobs" / job["id"]
+    assert Path(job["result"]["output_file"]).parent == tmp_path / "jobs" / f"job-{job['id']}"
 
 
 @pytest.mark.parametrize(
@@ -188,7 +195,7 @@ def test_out_of_range_job_numbers_are_400(client, body, param):
         ({"stop": ["x"] * 100}, "stop"),
     ],
 )
-def test_out_of_range_chat_numbers_are_400(tmp_path, extra, param):
+def test_out_of_range_chat_numbers_are_400(tmp_path, extra, param, make_client):
     reply = make_client(tmp_path).post("/v1/chat/completions", json={"model": MODEL, "messages": WHO, **extra})
     assert reply.status_code == 400, reply.text
     assert reply.json()["error"]["param"] == param
@@ -198,7 +205,7 @@ def test_out_of_range_chat_numbers_are_400(tmp_path, extra, param):
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/evals", "/v1/models", "/openapi.json", "/docs", "/v1/nothing"])
-def test_no_key_is_401_before_the_body_is_read(tmp_path, path):
+def test_no_key_is_401_before_the_body_is_read(tmp_path, path, make_client):
     client = TestClient(make_client(tmp_path, "openapi=true").app)
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
         reply = client.post(path, content=b'{"model": [', headers={**headers, "Content-Type": "application/json"})
@@ -207,14 +214,14 @@ def test_no_key_is_401_before_the_body_is_read(tmp_path, path):
     assert client.get("/health").status_code == 200
 
 
-def test_openapi_is_off_by_default_and_whole_behind_the_key(tmp_path):
+def test_openapi_is_off_by_default_and_whole_behind_the_key(tmp_path, make_client):
     assert make_client(tmp_path).get("/openapi.json").status_code == 404
     assert make_client(tmp_path).get("/docs").status_code == 404
     schema = make_client(tmp_path, "openapi=true").get("/openapi.json")
     assert schema.status_code == 200 and "/v1/chat/completions" in schema.json()["paths"]
 
 
-def test_a_read_key_reads_and_cannot_submit(tmp_path):
+def test_a_read_key_reads_and_cannot_submit(tmp_path, make_client):
     client = make_client(tmp_path)
     read = {"Authorization": f"Bearer {READER}"}
     assert client.get("/v1/evals", headers=read).status_code == 200

@@ -21,7 +21,7 @@ from typing import Any
 from factory.config import RunConfig
 from factory.errors import DataError, PluginError
 from factory.eval import tasks
-from factory.eval.progress import Bar, progress_bar
+from factory.eval.progress import Bar, ProgressOption, progress_bar
 from factory.eval.questions import Question, pick_subjects, read_questions, subject_files, task_folders
 from factory.eval.results import EvalResult, accuracy
 from factory.eval.tasks import LETTERS, TaskSpec
@@ -142,7 +142,7 @@ class MultipleChoiceEvaluator:
         self.spec = spec
 
     def evaluate(
-        self, cfg: RunConfig, manager: PluginManager, *, loaded: Any = None, engine: Any = None, progress: bool = True
+        self, cfg: RunConfig, manager: PluginManager, *, loaded: Any = None, engine: Any = None, progress: ProgressOption = True
     ) -> EvalResult:
         spec = self.spec
         dev_dir, scored_dir = task_folders(spec.name, cfg.task_dir, cfg.eval_split, spec.split, cfg.n_shot)

@@ -17,7 +17,7 @@ from factory.config import RunConfig
 from factory.data.record import RESPONSE_ROLES
 from factory.errors import ConfigError, DataError
 from factory.eval.metrics import METRICS, text_scores
-from factory.eval.progress import progress_bar
+from factory.eval.progress import ProgressOption, progress_bar
 from factory.eval.results import EvalResult, mean_scores
 from factory.plugins import PluginManager
 
@@ -62,7 +62,7 @@ class PredictEvaluator:
     """The evaluator behind ``task: bleu-rouge`` and ``factory predict`` (see :mod:`factory.hookspecs`)."""
 
     def evaluate(
-        self, cfg: RunConfig, manager: PluginManager, *, loaded: Any = None, engine: Any = None, progress: bool = True
+        self, cfg: RunConfig, manager: PluginManager, *, loaded: Any = None, engine: Any = None, progress: ProgressOption = True
     ) -> EvalResult:
         from factory.data.loading import load_records
         from factory.infer.base import GenerationRequest, load_engine

@@ -15,7 +15,7 @@ import asyncio
 import queue
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -225,6 +225,11 @@ class Engine(ABC):
     template: Any
     tokenizer: Any
     context_length: int
+    # The LoadedModel behind the engine when it holds one in this process: a logit-scoring
+    # evaluator (multiple choice) reuses it instead of loading a second copy.
+    loaded: Any = None
+    # Told the size of every batch the engine runs, when set (the service's monitoring sets it).
+    on_batch: Callable[[int], None] | None = None
 
     @abstractmethod
     def stream(self, request: GenerationRequest) -> TextStream:
@@ -258,7 +263,7 @@ class Engine(ABC):
                 stream.close()
 
     def stats(self) -> dict[str, int]:
-        """Counters for ``GET /health`` (e.g. queued and running requests)."""
+        """Counters for ``GET /health`` and ``/metrics`` (e.g. queued and running requests, generated tokens)."""
         return {}
 
     def close(self) -> None:  # noqa: B027 -- engines without workers have nothing to release

@@ -132,6 +132,7 @@ class _Row:
             return
         self.done = True
         self.counts[reason] += 1
+        self.counts["generated_tokens"] += self.count
         if text is not None:
             self._send(text)
         # The answer is exactly what was streamed, so streaming and non-streaming callers agree.
@@ -183,6 +184,7 @@ class TransformersEngine(Engine):
         from factory.model.loader import load_model
 
         loaded = load_model(serving_config(cfg), manager, train=False)
+        self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.template = get_template(cfg.template, self.tokenizer, manager, enable_thinking=cfg.enable_thinking)
@@ -191,8 +193,9 @@ class TransformersEngine(Engine):
         self._eos_ids, self._stop_strings = stop_tokens(self.tokenizer, self.template, self.model)
         self._pending: deque[_Row] = deque()
         self._running: list[_Row] = []
-        # requests queued, batches run, and finished requests by how they ended
-        self._counts = {"requests": 0, "batches": 0, "largest_batch": 0, "stop": 0, "length": 0, "cancelled": 0}
+        # requests queued, batches run, finished requests by how they ended, tokens generated
+        self._counts = {"requests": 0, "batches": 0, "largest_batch": 0, "stop": 0, "length": 0, "cancelled": 0,
+                        "generated_tokens": 0}
         self._cond = threading.Condition()
         self._closed = False
         self._worker = threading.Thread(target=self._work, name="factory-transformers-engine", daemon=True)
@@ -265,6 +268,8 @@ class TransformersEngine(Engine):
             self._running = batch
             self._counts["batches"] += 1
             self._counts["largest_batch"] = max(self._counts["largest_batch"], len(batch))
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
             return batch
 
     def _fits(self, batch: list[_Row], row: _Row) -> bool:

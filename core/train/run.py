@@ -24,6 +24,7 @@ from factory.model.precision import resolve_precision
 from factory.plugins import PluginManager
 from factory.train import checkpoints, outputs
 from factory.train.optim import default_param_groups
+from factory.train.record import recorded
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +230,7 @@ def _survivor(out: Path) -> str:
     return f"; the last complete checkpoint is '{last}' (resume=true continues from it)" if last else ""
 
 
+@recorded  # every run goes into the results database: config, loss curve, outputs, final status
 def run_training(
     cfg: RunConfig,
     manager: PluginManager,
