@@ -25,7 +25,9 @@ def check_selection(cfg: RunConfig, manager: PluginManager) -> None:
     adapter = manager.load("adapters", cfg.method)
     if cfg.adapter:
         check_adapter_continuation(cfg, adapter)
-    manager.require("optimizers", cfg.optimizer)
+    optimizer = manager.load("optimizers", cfg.optimizer)
+    if hasattr(optimizer, "check_trainable"):
+        optimizer.check_trainable(cfg)
     for name in cfg.callbacks:
         manager.require("callbacks", name)
     if cfg.loader != "auto":

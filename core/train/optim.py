@@ -1,10 +1,11 @@
-"""The built-in optimizer (AdamW) and the default parameter grouping other optimizers reuse."""
+"""The built-in optimizer (AdamW), the default parameter grouping and the groupings other optimizers reuse."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from factory.config import RunConfig
+from factory.errors import ConfigError
 
 
 def default_param_groups(model: Any, cfg: RunConfig) -> list[dict[str, Any]]:
@@ -15,6 +16,42 @@ def default_param_groups(model: Any, cfg: RunConfig) -> list[dict[str, Any]]:
             (decay if param.ndim >= 2 else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
+
+
+def projected_groups(
+    model: Any, cfg: RunConfig, param_groups: list[dict[str, Any]], target: str | list[str], key: str,
+    settings: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """``param_groups`` split for a gradient-projecting optimizer (GaLore, APOLLO).
+
+    Each group keeps its own settings (learning rate, weight decay) and is split into the 2-D weights of
+    the linear modules ``target`` selects, which get ``settings`` (rank, projection...), and the rest.
+    ``key`` is the target's config key, named when it selects no weight the method trains.
+    """
+    from factory.model.modules import is_linear, matches, resolve_targets
+
+    names = resolve_targets(model, target, key)
+    projected = {
+        id(module.weight)
+        for name, module in model.named_modules()
+        if is_linear(module) and matches(name, names) and module.weight.ndim == 2
+    }
+    groups = []
+    for group in param_groups:
+        kept = {k: v for k, v in group.items() if k != "params"}
+        params = list(group["params"])
+        low_rank = [p for p in params if id(p) in projected]
+        plain = [p for p in params if id(p) not in projected]
+        if low_rank:
+            groups.append({**kept, **settings, "params": low_rank})
+        if plain:
+            groups.append({**kept, "params": plain})
+    if not any(id(p) in projected for group in param_groups for p in group["params"]):
+        raise ConfigError(
+            f"{key}={target!r} selects no trainable 2-D weight of a linear layer under method={cfg.method}; "
+            "target modules that the method trains, or use method=full"
+        )
+    return groups
 
 
 def fused_adamw_fits(param_groups: list[dict[str, Any]]) -> bool:
