@@ -20,6 +20,7 @@ def _add(distribution: str, **names: list[str]) -> None:
 _add("factory-plugin-peft", adapters=["lora", "dora", "rslora", "pissa", "loraplus"], sections=["lora"])
 _add("factory-plugin-galore", optimizers=["galore", "galore-8bit", "galore-layerwise"], sections=["galore"])
 _add("factory-plugin-adam-mini", optimizers=["adam-mini"], sections=["adam_mini"])
+_add("factory-plugin-muon", optimizers=["muon"], sections=["muon"])
 _add("factory-plugin-apollo", optimizers=["apollo", "apollo-mini"], sections=["apollo"])
 _add("factory-plugin-badam", optimizers=["badam"], sections=["badam"])
 _add("factory-plugin-bitsandbytes", quantizers=["bnb-4bit", "bnb-8bit"], sections=["bnb"])

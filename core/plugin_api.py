@@ -60,6 +60,7 @@ _LAZY: dict[str, str] = {
     # training: optimizers' parameter groupings, decoder layers, stages
     "default_param_groups": "factory.train.optim",
     "projected_groups": "factory.train.optim",
+    "split_groups": "factory.train.optim",
     "decoder_layers": "factory.train.methods",
     "TrainerSetup": "factory.train.run",
     "run_training": "factory.train.run",

@@ -18,40 +18,47 @@ def default_param_groups(model: Any, cfg: RunConfig) -> list[dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
-def projected_groups(
+def split_groups(
     model: Any, cfg: RunConfig, param_groups: list[dict[str, Any]], target: str | list[str], key: str,
-    settings: dict[str, Any],
-) -> list[dict[str, Any]]:
-    """``param_groups`` split for a gradient-projecting optimizer (GaLore, APOLLO).
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``param_groups`` split into the 2-D weights of the linear modules ``target`` selects, and the rest.
 
-    Each group keeps its own settings (learning rate, weight decay) and is split into the 2-D weights of
-    the linear modules ``target`` selects, which get ``settings`` (rank, projection...), and the rest.
-    ``key`` is the target's config key, named when it selects no weight the method trains.
+    For optimizers that treat weight matrices their own way (GaLore, APOLLO, Muon). Each part keeps
+    its group's settings (learning rate, weight decay). ``key`` is the target's config key, named
+    when it selects no weight the method trains.
     """
     from factory.model.modules import is_linear, matches, resolve_targets
 
     names = resolve_targets(model, target, key)
-    projected = {
+    chosen = {
         id(module.weight)
         for name, module in model.named_modules()
         if is_linear(module) and matches(name, names) and module.weight.ndim == 2
     }
-    groups = []
+    matrices: list[dict[str, Any]] = []
+    rest: list[dict[str, Any]] = []
     for group in param_groups:
         kept = {k: v for k, v in group.items() if k != "params"}
         params = list(group["params"])
-        low_rank = [p for p in params if id(p) in projected]
-        plain = [p for p in params if id(p) not in projected]
-        if low_rank:
-            groups.append({**kept, **settings, "params": low_rank})
-        if plain:
-            groups.append({**kept, "params": plain})
-    if not any(id(p) in projected for group in param_groups for p in group["params"]):
+        for part, out in (([p for p in params if id(p) in chosen], matrices), ([p for p in params if id(p) not in chosen], rest)):
+            if part:
+                out.append({**kept, "params": part})
+    if not matrices:
         raise ConfigError(
             f"{key}={target!r} selects no trainable 2-D weight of a linear layer under method={cfg.method}; "
             "target modules that the method trains, or use method=full"
         )
-    return groups
+    return matrices, rest
+
+
+def projected_groups(
+    model: Any, cfg: RunConfig, param_groups: list[dict[str, Any]], target: str | list[str], key: str,
+    settings: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """One optimizer's groups for a gradient-projecting method: :func:`split_groups`' target weights
+    with ``settings`` (rank, projection...) added, then the rest as plain groups."""
+    matrices, rest = split_groups(model, cfg, param_groups, target, key)
+    return [{**group, **settings} for group in matrices] + rest
 
 
 def fused_adamw_fits(param_groups: list[dict[str, Any]]) -> bool:
