@@ -32,6 +32,7 @@ _add("factory-plugin-flash-attn", patches=["flash-attn", "flash-attn3"], section
 _add("factory-plugin-liger", patches=["liger"], sections=["liger"])
 _add("factory-plugin-trl", stages=["rm", "dpo", "kto", "orpo", "simpo", "ppo"],
      sections=["rm", "dpo", "kto", "orpo", "simpo", "ppo"])
+_add("factory-plugin-neftune", callbacks=["neftune"], sections=["neftune"])
 _add("factory-plugin-vllm", engines=["vllm"], sections=["vllm"])
 
 
