@@ -29,6 +29,7 @@ _add("factory-plugin-awq", quantizers=["awq"])
 _add("factory-plugin-aqlm", quantizers=["aqlm"])
 _add("factory-plugin-s2attn", patches=["s2attn"], sections=["s2attn"])
 _add("factory-plugin-flash-attn", patches=["flash-attn", "flash-attn3"], sections=["flash_attn"])
+_add("factory-plugin-rope", patches=["rope-scaling"], sections=["rope_scaling"])
 _add("factory-plugin-liger", patches=["liger"], sections=["liger"])
 _add("factory-plugin-trl", stages=["rm", "dpo", "kto", "orpo", "simpo", "ppo"],
      sections=["rm", "dpo", "kto", "orpo", "simpo", "ppo"])
