@@ -18,6 +18,7 @@ def _add(distribution: str, **names: list[str]) -> None:
 
 
 _add("factory-plugin-peft", adapters=["lora", "dora", "rslora", "pissa", "loraplus"], sections=["lora"])
+_add("factory-plugin-llama-pro", adapters=["llama-pro"], sections=["llama_pro"])
 _add("factory-plugin-galore", optimizers=["galore", "galore-8bit", "galore-layerwise"], sections=["galore"])
 _add("factory-plugin-adam-mini", optimizers=["adam-mini"], sections=["adam_mini"])
 _add("factory-plugin-muon", optimizers=["muon"], sections=["muon"])
