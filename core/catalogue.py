@@ -17,7 +17,7 @@ def _add(distribution: str, **names: list[str]) -> None:
             FIRST_PARTY[(kind, name)] = distribution
 
 
-_add("factory-plugin-peft", adapters=["lora", "dora", "rslora", "pissa", "loraplus"], sections=["lora"])
+_add("factory-plugin-peft", adapters=["lora", "dora", "rslora", "pissa", "loraplus", "oft"], sections=["lora", "oft"])
 _add("factory-plugin-llama-pro", adapters=["llama-pro"], sections=["llama_pro"])
 _add("factory-plugin-galore", optimizers=["galore", "galore-8bit", "galore-layerwise"], sections=["galore"])
 _add("factory-plugin-adam-mini", optimizers=["adam-mini"], sections=["adam_mini"])
