@@ -30,9 +30,11 @@ class BadamOptions(BaseModel):
 
     @model_validator(mode="after")
     def _start_block_fits_mode(self) -> BadamOptions:
-        if self.mode == "ratio" and {"switch_mode", "start_block"} & self.model_fields_set:
+        # compared with the defaults (not "was it given"), so a saved config reloads
+        defaults = type(self).model_fields
+        if self.mode == "ratio" and (self.switch_mode != defaults["switch_mode"].default or self.start_block is not None):
             raise ValueError("badam.mode ratio updates part of every weight instead of layers in turn; drop badam.switch_mode and badam.start_block")
-        if self.mode == "layer" and {"update_ratio", "mask_mode"} & self.model_fields_set:
+        if self.mode == "layer" and (self.update_ratio, self.mask_mode) != (defaults["update_ratio"].default, defaults["mask_mode"].default):
             raise ValueError("badam.update_ratio and badam.mask_mode belong to badam.mode ratio; set badam.mode=ratio or drop them")
         if self.switch_mode == "fixed" and self.start_block is None:
             raise ValueError("badam.switch_mode fixed trains one block only, so give it as badam.start_block")
