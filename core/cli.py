@@ -58,7 +58,7 @@ def cmd_chat(ns: argparse.Namespace) -> int:
 
 
 def cmd_serve(ns: argparse.Namespace) -> int:
-    from factory.infer.server import run_server
+    from factory.service.app import run_server
 
     config, overrides = _split_config(ns.args)
     return run_server(config, overrides)

@@ -33,6 +33,29 @@ class PluginsConfig(BaseModel):
     )
 
 
+# Upper bounds on counts and sizes: a number past them is a typo or an attack, and would
+# otherwise reach C code (numpy seeds, torch shapes) that fails with an internal error.
+MAX_COUNT = 2**31 - 1
+MAX_SEED = 2**32 - 1  # numpy's seed range; transformers.set_seed seeds numpy too
+
+
+class JobsConfig(BaseModel):
+    """What evaluation jobs submitted to ``factory serve`` may reach, set by the operator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allow_models: list[str] = Field(
+        default_factory=list,
+        description="model names or paths a job may evaluate besides the served model (the served model and adapter always are)",
+    )
+    allow_dirs: list[str] = Field(
+        default_factory=list,
+        description="folders a job may read benchmark folders, data files and adapters from (task_dir and dataset_dir always are)",
+    )
+    output_dir: str | None = Field(None, description="where job outputs go, one folder per job; default outputs/jobs")
+    keep_finished: int = Field(1000, ge=0, le=MAX_COUNT, description="finished jobs kept for listing; older ones are forgotten")
+
+
 class RunConfig(BaseModel):
     """Everything a run needs. Plugin sections live beside these fields (see :meth:`options`)."""
 
@@ -54,9 +77,9 @@ class RunConfig(BaseModel):
     dataset: str | list[str] = Field("identity", description="data set name, path, or a list of them")
     dataset_dir: str | None = Field(None, description="folder searched for data set descriptors")
     eval_dataset: str | list[str] | None = None
-    cutoff_len: int = Field(1024, gt=0)
-    max_samples: int | None = Field(None, gt=0)
-    val_size: float = Field(0.0, ge=0)
+    cutoff_len: int = Field(1024, gt=0, le=MAX_COUNT)
+    max_samples: int | None = Field(None, gt=0, le=MAX_COUNT)
+    val_size: float = Field(0.0, ge=0, le=MAX_COUNT)
     streaming: bool = False
     packing: bool | None = Field(None, description="pack examples into full rows; None: on for pt")
     padding_free: bool = Field(
@@ -66,7 +89,7 @@ class RunConfig(BaseModel):
     interleave_probs: list[float] | None = None
     train_on: Literal["all", "last"] = Field("all", description="assistant turns to train on")
     placeholders: dict[str, str] = Field(default_factory=dict, description="{{name}} -> value in data")
-    preprocessing_num_workers: int | None = Field(None, gt=0)
+    preprocessing_num_workers: int | None = Field(None, gt=0, le=1024)
 
     # training
     stage: str = "sft"
@@ -76,23 +99,23 @@ class RunConfig(BaseModel):
     output_dir: str | None = Field(None, description="where outputs go; default outputs/STAGE-METHOD-TIMESTAMP")
     overwrite_output_dir: bool = False
     resume: bool = False
-    batch_size: int = Field(4, gt=0)
-    eval_batch_size: int | None = Field(None, gt=0)
-    gradient_accumulation_steps: int = Field(1, gt=0)
-    learning_rate: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, ge=0)
+    batch_size: int = Field(4, gt=0, le=MAX_COUNT)
+    eval_batch_size: int | None = Field(None, gt=0, le=MAX_COUNT)
+    gradient_accumulation_steps: int = Field(1, gt=0, le=MAX_COUNT)
+    learning_rate: float = Field(1e-4, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
+    max_grad_norm: float = Field(1.0, ge=0, allow_inf_nan=False)
     lr_scheduler: str = "cosine"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    warmup_steps: int = Field(0, ge=0)
-    num_epochs: float = Field(3.0, gt=0)
-    max_steps: int = Field(-1, description="stop after N optimizer steps; -1 uses num_epochs")
-    logging_steps: int = Field(5, gt=0)
-    save_steps: int | None = Field(None, gt=0, description="checkpoint every N steps")
-    save_total_limit: int | None = Field(None, gt=0)
-    eval_steps: int | None = Field(None, gt=0)
-    seed: int = 42
-    nproc: int = Field(1, gt=0, description="processes for data-parallel training (torchrun)")
+    warmup_steps: int = Field(0, ge=0, le=MAX_COUNT)
+    num_epochs: float = Field(3.0, gt=0, le=MAX_COUNT)
+    max_steps: int = Field(-1, ge=-1, le=MAX_COUNT, description="stop after N optimizer steps; -1 uses num_epochs")
+    logging_steps: int = Field(5, gt=0, le=MAX_COUNT)
+    save_steps: int | None = Field(None, gt=0, le=MAX_COUNT, description="checkpoint every N steps")
+    save_total_limit: int | None = Field(None, gt=0, le=MAX_COUNT)
+    eval_steps: int | None = Field(None, gt=0, le=MAX_COUNT)
+    seed: int = Field(42, ge=0, le=MAX_SEED)
+    nproc: int = Field(1, gt=0, le=1024, description="processes for data-parallel training (torchrun)")
     deepspeed: str | None = Field(None, description="a DeepSpeed JSON config passed to the Trainer")
     fsdp: str | None = Field(None, description="FSDP options passed to the Trainer")
     report_to: list[str] = Field(default_factory=list)
@@ -109,15 +132,22 @@ class RunConfig(BaseModel):
     sample_prompt: str | None = Field("Who are you?", description="after SFT, print the tuned model's answer to this")
 
     # inference
-    max_new_tokens: int = Field(256, gt=0)
-    temperature: float = Field(0.0, ge=0)
+    max_new_tokens: int = Field(256, gt=0, le=MAX_COUNT)
+    temperature: float = Field(0.0, ge=0, le=100)
     top_p: float = Field(1.0, gt=0, le=1)
     system: str | None = Field(None, description="system prompt for chat (default: the template's)")
     engine: str = Field("transformers", description="inference engine: transformers, or one a plugin adds (vllm)")
-    max_batch_size: int = Field(8, gt=0, description="most requests the engine generates together in one batch")
+    max_batch_size: int = Field(8, gt=0, le=4096, description="most requests the engine generates together in one batch")
     host: str = Field("127.0.0.1", description="address factory serve listens on")
     port: int = Field(8000, ge=0, le=65535, description="port factory serve listens on (0: any free port)")
-    api_key: str | None = Field(None, description="when set, factory serve requires 'Authorization: Bearer KEY'")
+    api_key: str | None = Field(None, description="when set, factory serve requires 'Authorization: Bearer KEY' (full access)")
+    api_keys: dict[str, Literal["read", "submit"]] = Field(
+        default_factory=dict, description="more keys of factory serve with a scope: read (GET routes only) or submit"
+    )
+    max_request_bytes: int = Field(
+        4 * 2**20, gt=0, le=2**31, description="largest request body factory serve reads; larger ones get 413 unread"
+    )
+    openapi: bool = Field(False, description="serve /openapi.json and /docs (behind the API key)")
     served_model_name: str | None = Field(None, description="model id the server reports and accepts (default: model)")
 
     # evaluation
@@ -125,10 +155,11 @@ class RunConfig(BaseModel):
     task_dir: str | None = Field(None, description="benchmark folder with dev/ and test/ (or val/), one CSV per subject")
     subjects: list[str] | None = Field(None, description="subjects to evaluate (CSV file names); default: all")
     eval_split: str | None = Field(None, description="folder of task_dir to score; default: the task's (test, C-Eval val)")
-    n_shot: int = Field(5, ge=0, description="solved examples from dev/ before each question")
+    n_shot: int = Field(5, ge=0, le=1000, description="solved examples from dev/ before each question")
     eval_prompt: Literal["chat", "raw"] = Field("chat", description="render questions with the chat template or as raw text")
     results_db: str | None = Field(None, description="SQLite file or SQLAlchemy URL recording runs; default FACTORY_RESULTS_DB or the user data folder")
 
+    jobs: JobsConfig = Field(default_factory=JobsConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
 
     _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
@@ -138,6 +169,13 @@ class RunConfig(BaseModel):
     def _dataset_not_empty(cls, value: str | list[str]) -> str | list[str]:
         if not value:
             raise ValueError("give at least one data set")
+        return value
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_positive(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be a positive number of optimizer steps, or -1 to train for num_epochs")
         return value
 
     @field_validator("subjects", mode="before")

@@ -25,7 +25,7 @@ from openai import OpenAI
 
 from factory.config import load_config
 from factory.infer.base import load_engine
-from factory.infer.server import create_app
+from factory.service.app import create_app
 
 MODEL = "smollm2-135m-instruct"
 API_KEY = "sk-factory-test"

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
+from factory.config import MAX_COUNT
 from factory.infer.base import GenerationRequest, RequestError
 
 
@@ -81,13 +82,15 @@ class StreamOptions(_Lenient):
 class ChatCompletionRequest(_Lenient):
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
-    temperature: float | None = Field(None, ge=0)
-    top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int | None = Field(None, gt=0)
-    max_completion_tokens: int | None = Field(None, gt=0)
-    stop: str | list[str] | None = None
+    # Every number has both bounds (OpenAI's where it states them): a value past them is a 400
+    # here, never an overflow in the engine.
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+    max_tokens: int | None = Field(None, gt=0, le=MAX_COUNT)
+    max_completion_tokens: int | None = Field(None, gt=0, le=MAX_COUNT)
+    stop: str | list[str] | None = Field(None, max_length=16)
     n: int = Field(1, ge=1, le=16)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # torch.manual_seed's range
     stream: bool = False
     stream_options: StreamOptions | None = None
     tools: list[Tool] | None = None

@@ -1,10 +1,10 @@
-"""``factory serve``: an OpenAI-compatible HTTP API (FastAPI + uvicorn) in front of an engine.
+"""The OpenAI-compatible routes in front of an engine, and OpenAI's error shape for every error.
 
 Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions`` (non-streaming, or
-server-sent events ending with ``data: [DONE]``), and evaluation jobs (``POST /v1/evals``,
-``GET /v1/evals/{id}``, see :mod:`factory.eval.jobs`). Every error is OpenAI's JSON error shape with
+server-sent events ending with ``data: [DONE]``). Every error is OpenAI's JSON error shape with
 the matching status. Requests only queue work on the engine, whose worker batches them; a
-client that disconnects has its generation cancelled.
+client that disconnects has its generation cancelled. The app around these routes (keys, size
+limits, evaluation jobs, ``factory serve``) is the service room's: :mod:`factory.service.app`.
 """
 
 from __future__ import annotations
@@ -12,18 +12,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
+import uuid
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from factory import __version__
 from factory.config import RunConfig
 from factory.errors import FactoryError
 from factory.infer.base import Engine, GenerationResult, RequestError, TextStream
@@ -81,7 +80,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"'{param}': {error.get('msg', 'is invalid')}{shown}", param
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every error, ours and the framework's, in OpenAI's shape; never show internals."""
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return exc.response()
@@ -97,7 +97,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(FactoryError)
     async def _factory_error(_: Request, exc: FactoryError) -> JSONResponse:
-        return ApiError(400, str(exc)).response()
+        return ApiError(400, str(exc), param=getattr(exc, "param", None)).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -106,23 +106,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _crash(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("request failed")
-        return ApiError(500, f"internal error: {exc.__class__.__name__}: {exc}", type_="server_error").response()
-
-
-def _auth(api_key: str | None) -> Any:
-    async def check(request: Request) -> None:
-        if api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
-            raise ApiError(
-                401,
-                "missing or incorrect API key; send the header 'Authorization: Bearer KEY' with the server's api_key",
-                code="invalid_api_key",
-            )
-
-    return check
+        incident = uuid.uuid4().hex[:12]
+        log.exception("request failed (incident %s)", incident)
+        return ApiError(500, f"internal error (incident {incident} in the server's log)", type_="server_error").response()
 
 
 def _finish_reason(result: GenerationResult) -> str:
@@ -184,24 +170,21 @@ async def _collect(streams: list[TextStream], request: Request) -> None:
         watcher.cancel()
 
 
-def create_app(engine: Engine, cfg: RunConfig) -> FastAPI:
-    """The FastAPI app serving ``engine`` under the model id ``cfg.served_model_name or cfg.model``."""
+def add_inference_routes(app: FastAPI, engine: Engine, cfg: RunConfig) -> None:
+    """Serve ``engine`` on ``app`` under the model id ``cfg.served_model_name or cfg.model``."""
     model_id = cfg.served_model_name or cfg.model
     created = now()
-    app = FastAPI(title="factory", version=__version__, docs_url=None, redoc_url=None)
     app.state.engine = engine
-    _install_error_handlers(app)
-    authorized = [Depends(_auth(cfg.api_key))]
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": model_id, **engine.stats()}
 
-    @app.get("/v1/models", dependencies=authorized)
+    @app.get("/v1/models")
     async def models() -> ModelList:
         return ModelList(data=[ModelCard(id=model_id, created=created)])
 
-    @app.post("/v1/chat/completions", dependencies=authorized, response_model=None)
+    @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         if body.model != model_id:
             raise ApiError(
@@ -237,11 +220,6 @@ def create_app(engine: Engine, cfg: RunConfig) -> FastAPI:
         return ChatCompletion(
             id=completion_id, created=stamp, model=model_id, choices=choices, usage=_usage(streams, results)
         )
-
-    from factory.eval.jobs import add_eval_routes
-
-    add_eval_routes(app, engine, cfg, authorized)
-    return app
 
 
 def _usage(streams: list[TextStream], results: list[GenerationResult | None]) -> Usage:
@@ -302,24 +280,3 @@ async def _events(
     finally:
         _close_all(streams)
     yield "data: [DONE]\n\n"
-
-
-def run_server(config: str | None, overrides: Iterable[str]) -> int:
-    """Load the model into its engine and serve it until interrupted (``factory serve``)."""
-    import uvicorn
-
-    from factory.config import load_config
-    from factory.infer.base import load_engine
-
-    cfg = load_config(config, overrides)
-    engine = load_engine(cfg, cfg.manager())
-    try:
-        app = create_app(engine, cfg)
-        model_id = cfg.served_model_name or cfg.model
-        auth = " (API key required)" if cfg.api_key else ""
-        print(f"factory: serving '{model_id}' with the {cfg.engine} engine at http://{cfg.host}:{cfg.port}/v1{auth}",
-              flush=True)
-        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")
-    finally:
-        engine.close()
-    return 0

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.config import RunConfig
-from factory.errors import ConfigError
+from factory.errors import ConfigError, FactoryError
 from factory.model.loader import (
     LoadedModel,
     load_model,
@@ -24,7 +27,7 @@ from factory.model.loader import (
     trainable_summary,
 )
 from factory.plugins import PluginManager
-from factory.train import outputs
+from factory.train import checkpoints, outputs
 from factory.train.optim import default_param_groups
 
 log = logging.getLogger(__name__)
@@ -170,6 +173,49 @@ def final_evaluation(trainer: Any) -> dict[str, Any]:
     return trainer.evaluate()
 
 
+def _resume_point(out: Path) -> str | None:
+    """The checkpoint ``resume=true`` continues from, saying which newer ones it skipped and why."""
+    chosen, skipped = checkpoints.choose_resume(out)
+    for name, reason in skipped:
+        print(f"factory: skipping {out / name} for resume: {reason}", file=sys.stderr)
+    if chosen is not None:
+        print(f"factory: resuming from {chosen}", file=sys.stderr)
+        return str(chosen)
+    if skipped or any(child.name != outputs.OWNER_FILE for child in out.iterdir()):
+        why = f" (skipped {', '.join(name for name, _ in skipped)})" if skipped else ""
+        raise ConfigError(
+            f"resume=true but output_dir '{out}' holds no complete checkpoint-* folder{why}; "
+            "set save_steps to write checkpoints, or pass overwrite_output_dir=true instead of resume=true to start over"
+        )
+    return None
+
+
+def _save_final(out: Path, write: Callable[[Path], None]) -> None:
+    """:func:`outputs.save_final`, and on failure one sentence naming what survives: the last checkpoint, a rescue copy."""
+    try:
+        outputs.save_final(out, write)
+    except KeyboardInterrupt:
+        print(f"factory: interrupted during the final save; nothing was written to '{out}'{_survivor(out)}", file=sys.stderr)
+        raise
+    except OSError as exc:
+        rescue = Path(tempfile.mkdtemp(prefix="factory-rescue-"))
+        try:
+            write(rescue)
+            saved = f"; the trained weights were saved to '{rescue}' instead"
+        except Exception:
+            shutil.rmtree(rescue, ignore_errors=True)
+            saved = ""
+        raise FactoryError(
+            f"the final save to '{out}' failed ({exc.strerror or exc}){saved}{_survivor(out)}; free space or choose "
+            "another output_dir"
+        ) from None
+
+
+def _survivor(out: Path) -> str:
+    last = checkpoints.latest_complete(out)
+    return f"; the last complete checkpoint is '{last}' (resume=true continues from it)" if last else ""
+
+
 def run_training(
     cfg: RunConfig,
     manager: PluginManager,
@@ -190,11 +236,7 @@ def run_training(
 
     started = time.time()
     out = outputs.prepare_output_dir(cfg)
-    resume_from = None
-    if cfg.resume:
-        resume_from = outputs.last_checkpoint(out)
-        if resume_from is None and any(out.iterdir()):
-            raise ConfigError(f"resume=true but output_dir '{out}' holds no checkpoint-* folder; set save_steps to write checkpoints")
+    resume_from = _resume_point(out) if cfg.resume else None
     set_seed(cfg.seed)
     if cfg.kernel_cache_limit:
         from factory.train.memory import bound_kernel_caches
@@ -224,6 +266,7 @@ def run_training(
 
     setup = TrainerSetup(cfg, manager, loaded, template, train_ds, eval_ds, collator, callbacks, out)
     trainer = build_trainer(setup) if build_trainer is not None else default_trainer(setup, trainer_cls)
+    checkpoints.stage_checkpoints(trainer)
     model = trainer.model
     trainable, total = trainable_summary(model)
     if trainer.is_world_process_zero():
@@ -239,11 +282,16 @@ def run_training(
     metrics["log_history"] = trainer.state.log_history
 
     if trainer.is_world_process_zero():
-        adapter.save(trainer.model if not hasattr(trainer.model, "module") else trainer.model.module, str(out))
-        tokenizer.save_pretrained(str(out))
-        outputs.write_config(out, cfg)
-        outputs.write_metrics(out, metrics)
-        outputs.plot_loss(out, trainer.state.log_history)
-        outputs.write_record(out, cfg, manager, started, {"resumed_from": resume_from, "world_size": trainer.args.world_size})
+        model = trainer.model if not hasattr(trainer.model, "module") else trainer.model.module
+
+        def write(folder: Path) -> None:
+            adapter.save(model, str(folder))
+            tokenizer.save_pretrained(str(folder))
+            outputs.write_config(folder, cfg)
+            outputs.write_metrics(folder, metrics)
+            outputs.plot_loss(folder, trainer.state.log_history)
+            outputs.write_record(folder, cfg, manager, started, {"resumed_from": resume_from, "world_size": trainer.args.world_size})
+
+        _save_final(out, write)
     metrics["output_dir"] = str(out)
     return TrainingRun(metrics, out, trainer.model, tokenizer, template, trainer)
