@@ -49,7 +49,7 @@ def attach(model: Any, alpha: float) -> list[torch.utils.hooks.RemovableHandle]:
             lengths = torch.full(output.shape[:2], output.shape[1], device=output.device)
         else:
             lengths = example_lengths(positions.to(output.device))
-        magnitude = alpha / torch.sqrt(lengths.to(output.dtype) * dim)
+        magnitude = (alpha / torch.sqrt(lengths.float() * dim)).to(output.dtype)  # L * d overflows bf16's precision
         return output + torch.zeros_like(output).uniform_(-1, 1) * magnitude.unsqueeze(-1)
 
     return [
