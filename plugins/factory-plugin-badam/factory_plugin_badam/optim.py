@@ -60,8 +60,10 @@ class FactoryBlockOptimizer(BlockOptimizer):
 
 
 class FactoryBlockOptimizerRatio(BlockOptimizerRatio):
-    """badam's BlockOptimizerRatio with two fixes (badam 1.4) for a Trainer-driven run.
+    """badam's BlockOptimizerRatio with three fixes (badam 1.4) for a Trainer-driven run.
 
+    - The sparse gradients wait in the optimizer between backward and ``step`` (see
+      :meth:`sparse_update_hook`), so the Trainer's gradient-norm logging does not fail on them.
     - ``mask_mode: scatter`` draws its entries from a generator of its own: badam re-seeds torch's
       global generator with each weight's seed on every step, which would make dropout and anything
       else drawing from it repeat the same numbers step after step.
@@ -69,6 +71,32 @@ class FactoryBlockOptimizerRatio(BlockOptimizerRatio):
       resumed run picks up the same entries (badam restarted them from the first), and holds plain
       dicts, which the Trainer's ``weights_only`` reload accepts.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.held: dict[torch.Tensor, torch.Tensor] = {}
+        super().__init__(*args, **kwargs)
+
+    def sparse_update_hook(self) -> Any:
+        """badam's hook, after which the sparse gradient waits in the optimizer instead of in ``param.grad``.
+
+        The Trainer measures the gradient's norm after every backward (to log it, even without
+        clipping) with torch's ``clip_grad_norm_``, which cannot take sparse tensors.
+        """
+        sparsify = super().sparse_update_hook()
+
+        def hold(param: torch.Tensor) -> None:
+            sparsify(param)
+            self.held[param] = param.grad
+            param.grad = None
+
+        return hold
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        for param, grad in self.held.items():
+            param.grad = grad
+        self.held = {}
+        return super().step(closure)
 
     def _generate_mask_scatter(self, param: torch.Tensor, ratio: float, offset: int) -> torch.Tensor:
         count, chosen = param.numel(), int(param.numel() * ratio)
