@@ -6,14 +6,15 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from factory.config import RunConfig, load_config
+from factory.config import RunConfig, load_config, override_list
 from factory.plugins import PluginManager, get_manager
 
 
 def check_selection(cfg: RunConfig, manager: PluginManager) -> None:
     """Refuse, before any model is loaded, every selected implementation that cannot run here (or cannot train)."""
-    from factory.model.loader import check_adapter_continuation, check_quantized_checkpoint
+    from factory.model.loader import check_adapter_continuation, check_quantized_checkpoint, pick_loader
 
+    pick_loader(cfg, manager)
     if cfg.quantization:
         quantizer = manager.require("quantizers", cfg.quantization).load()
         if hasattr(quantizer, "check_trainable"):
@@ -30,11 +31,11 @@ def check_selection(cfg: RunConfig, manager: PluginManager) -> None:
         optimizer.check_trainable(cfg)
     for name in cfg.callbacks:
         manager.require("callbacks", name)
-    if cfg.loader != "auto":
-        manager.require("loaders", cfg.loader)
     if cfg.template != "auto":
         manager.require("templates", cfg.template)
-    manager.require("stages", cfg.stage)
+    stage = manager.load("stages", cfg.stage)
+    if callable(getattr(stage, "check", None)):
+        stage.check(cfg, manager)
 
 
 def finetune(
@@ -47,16 +48,20 @@ def finetune(
     With no arguments at all it runs the embedded default job (:data:`factory.defaults.DEFAULT_JOB`);
     otherwise unset keys take the :class:`RunConfig` defaults.
     """
-    overrides = list(overrides)
+    overrides = override_list(overrides)
     if config is None and not overrides and not kwargs:
         from factory.defaults import DEFAULT_JOB
 
         config = DEFAULT_JOB
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides, **kwargs)
     manager = cfg.manager()
-    check_selection(cfg, manager)
+    from factory.train.launch import CHECKED_ENV
+    from factory.train.preflight import check_training
     from factory.train.run import is_distributed_worker
 
+    if not (is_distributed_worker() and os.environ.get(CHECKED_ENV)):  # the launching process checked already
+        check_selection(cfg, manager)
+        check_training(cfg)
     if cfg.nproc > 1 and not is_distributed_worker():
         from factory.train.launch import launch_distributed
 

@@ -144,55 +144,6 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_plugins_list(ns: argparse.Namespace) -> int:
-    from factory.plugins import get_manager
-
-    rows = get_manager().listing()
-    if ns.json:
-        print(json.dumps([{k: row[k] for k in ("name", "distribution", "version", "provides", "status", "reason")} for row in rows], indent=2))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="factory plugins", show_lines=False)
-    for col in ("plugin", "distribution", "version", "provides", "status"):
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        provides = "\n".join(f"{kind}: {', '.join(names)}" for kind, names in row["provides"].items()) or "-"
-        status = row["status"]
-        style = "green" if status == "ok" else ("yellow" if status.startswith(("unavailable", "disabled")) else "red")
-        table.add_row(row["name"], row["distribution"], row["version"], provides, f"[{style}]{status}[/{style}]")
-    Console().print(table)
-    return 0
-
-
-def cmd_plugins_show(ns: argparse.Namespace) -> int:
-    from factory.errors import PluginError, did_you_mean
-    from factory.plugins import get_manager
-
-    rows = {row["name"]: row for row in get_manager().listing()}
-    row = rows.get(ns.name) or next((r for r in rows.values() if r["distribution"] == ns.name), None)
-    if row is None:
-        raise PluginError(f"no plugin named '{ns.name}'{did_you_mean(ns.name, rows)}; see factory plugins list")
-    if ns.json:
-        print(json.dumps(row, indent=2))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    console.print(f"[bold]{row['name']}[/bold]  {row['distribution']} {row['version']}")
-    console.print(f"status: {row['status']}")
-    table = Table(show_header=True)
-    for col in ("kind", "name", "requires", "available", "config section", "description"):
-        table.add_column(col, overflow="fold")
-    for impl in row["implementations"]:
-        available = "yes" if impl["available"] else f"no: {impl['reason']}"
-        table.add_row(impl["kind"], impl["name"], impl["requires"], available, impl["section"] or "-", impl["description"])
-    console.print(table)
-    return 0
-
-
 # -- parser --------------------------------------------------------------------------------
 
 
@@ -259,16 +210,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("plugins", help="list and inspect installed plugins")
-    psub = p.add_subparsers(dest="plugins_command", metavar="SUBCOMMAND", required=True)
-    q = psub.add_parser("list", help="every plugin, what it registers and whether it can run here")
-    q.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    q.set_defaults(func=cmd_plugins_list)
-    q = psub.add_parser("show", help="one plugin's implementations, requirements and options")
-    q.add_argument("name")
-    q.add_argument("--json", action="store_true")
-    q.set_defaults(func=cmd_plugins_show)
+    _add_plugin_commands(sub)
     return parser
+
+
+def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:
+    """Commands plugins add through the ``register_commands`` hook, after the built-in ones.
+
+    Only their names and descriptions are read here: a command's module (which may import a web
+    framework) is imported when that command runs, and parses its own arguments then.
+    """
+    from factory.plugins import get_manager
+
+    for impl in get_manager().implementations("commands"):
+        if impl.name in sub.choices:
+            print(f"factory: ignoring the command '{impl.name}' of {impl.distribution}: it would shadow a built-in command",
+                  file=sys.stderr)
+            continue
+        p = sub.add_parser(impl.name, help=impl.description, add_help=False, prefix_chars="\0")
+        p.add_argument("args", nargs=argparse.REMAINDER)
+        p.set_defaults(func=lambda ns, name=impl.name: _run_plugin_command(name, ns.args))
+
+
+def _run_plugin_command(name: str, argv: list[str]) -> int:
+    from factory.plugins import get_manager
+
+    command = get_manager().load("commands", name)  # refuses, in one sentence, one that cannot run here
+    parser = argparse.ArgumentParser(prog=f"factory {name}", description=get_manager().get("commands", name).description)
+    command.add_arguments(parser)
+    return command.run(parser.parse_args(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

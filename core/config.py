@@ -230,6 +230,22 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+def override_list(overrides: Iterable[str]) -> list[str]:
+    """``overrides`` as a list of strings; a bare string (read character by character otherwise) is refused."""
+    if isinstance(overrides, (str, bytes)):
+        raise ConfigError(
+            f"overrides must be a list of 'key=value' strings, e.g. [{str(overrides)!r}], not the single string {str(overrides)!r}"
+        )
+    try:
+        items = list(overrides)
+    except TypeError:
+        raise ConfigError(f"overrides must be a list of 'key=value' strings, not {overrides!r}") from None
+    strange = next((item for item in items if not isinstance(item, str)), None)
+    if strange is not None:
+        raise ConfigError(f"override {strange!r} is not a string; overrides are 'key=value' strings, e.g. 'batch_size=2'")
+    return items
+
+
 def _set_dotted(target: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = target
@@ -259,6 +275,11 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"config file '{path}' does not exist; give the path of a YAML file")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file '{path}' is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at position {exc.start}); "
+            "save it as UTF-8"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -280,12 +301,17 @@ def load_config(
     Later sources win: file, then ``key=value`` overrides, then keyword arguments. Plugin
     sections are validated by their plugins' options models.
     """
+    overrides = override_list(overrides)
     if source is None:
         data: dict[str, Any] = {}
     elif isinstance(source, Mapping):
         data = _merge({}, source)
-    else:
+    elif isinstance(source, (str, os.PathLike)):
         data = read_config_file(source)
+    else:
+        raise ConfigError(
+            f"the config must be a YAML file path, a dict of keys or a RunConfig, not the {type(source).__name__} {source!r}"
+        )
     _merge(data, parse_overrides(overrides))
     _merge(data, kwargs)
 

@@ -14,8 +14,9 @@ description="")`` once per implementation it offers:
 - ``options``: a pydantic model of the implementation's own settings, read from the config
   section ``section`` (default: ``name``), e.g. ``lora.rank=16``.
 
-What the *implementation* must provide is given per hook below. The core calls these
-methods; everything not listed is up to the plugin.
+What the *implementation* must provide is its kind's contract in :mod:`factory.contracts`
+(summarised per hook below, tabulated in docs/plugins.md); registration checks it. The core
+calls these members; everything not listed is up to the plugin.
 """
 
 from __future__ import annotations
@@ -167,6 +168,32 @@ def register_callbacks(register: Register) -> None:
     """
 
 
+@hookspec
+def register_commands(register: Register) -> None:
+    """CLI commands, run as ``factory NAME ...`` (the web UI plugin adds ``factory webui`` this way).
+
+    Implementation: an object with ``help: str``, ``add_arguments(parser)`` declaring its
+    arguments on an ``argparse`` sub-parser, and ``run(args) -> int`` returning the exit code.
+    A name may not shadow a built-in command.
+    """
+
+
 KINDS: tuple[str, ...] = tuple(
     name.removeprefix("register_") for name in list(globals()) if name.startswith("register_")
 )
+
+# What users call each kind in the config and in messages.
+LABELS: dict[str, str] = {
+    "loaders": "loader",
+    "quantizers": "quantization",
+    "adapters": "method",
+    "optimizers": "optimizer",
+    "aligners": "dataset format",
+    "templates": "template",
+    "patches": "patch",
+    "stages": "stage",
+    "engines": "engine",
+    "evaluators": "task",
+    "callbacks": "callback",
+    "commands": "command",
+}

@@ -21,28 +21,12 @@ from pydantic import BaseModel
 
 from factory import catalogue, hookspecs
 from factory.errors import PluginError, did_you_mean, one_of
-from factory.hookspecs import KINDS, PROJECT
-from factory.registry import Implementation, Requires, validate_name
+from factory.hookspecs import KINDS, LABELS, PROJECT
+from factory.registry import Implementation, Requires, check_contract, validate_name
 
 ENTRY_POINT_GROUP = "factory"
 DISABLE_ENV = "FACTORY_DISABLE_PLUGINS"
 PREFER_ENV = "FACTORY_PREFER"
-
-# What users call each kind in the config and in messages.
-LABELS: dict[str, str] = {
-    "loaders": "loader",
-    "quantizers": "quantization",
-    "adapters": "method",
-    "optimizers": "optimizer",
-    "aligners": "dataset format",
-    "templates": "template",
-    "patches": "patch",
-    "stages": "stage",
-    "engines": "engine",
-    "evaluators": "task",
-    "callbacks": "callback",
-}
-
 
 @dataclass
 class PluginRecord:
@@ -200,6 +184,10 @@ class PluginManager:
                     f"{LABELS[kind]} '{name}' of plugin '{record.name}' gives options={options!r}; "
                     "options must be a pydantic BaseModel subclass"
                 )
+            if options is not None:
+                _check_defaults(options, LABELS[kind], name, record.name)
+            if not isinstance(implementation, str):
+                check_contract(kind, name, implementation, record.distribution)
             same = self._impls[kind].get(name, [])
             if any(impl.plugin == record.name for impl in same):
                 raise PluginError(f"plugin '{record.name}' registers {LABELS[kind]} '{name}' twice")
@@ -392,6 +380,20 @@ class PluginManager:
         if reasons:
             return "ok", "partly unavailable: " + "; ".join(f"{name} {why}" for name, why in reasons.items())
         return "ok", None
+
+
+def _check_defaults(options: type[BaseModel], label: str, name: str, plugin: str) -> None:
+    """An options model must validate with no settings: every config load builds every section."""
+    from pydantic import ValidationError
+
+    try:
+        options.model_validate({})
+    except ValidationError as exc:
+        field = ".".join(str(part) for part in exc.errors()[0]["loc"]) or "(the model)"
+        raise PluginError(
+            f"{label} '{name}' of plugin '{plugin}' has options that do not validate with no settings "
+            f"({field}: {exc.errors()[0]['msg']}); give every option a default"
+        ) from None
 
 
 def _describe(exc: BaseException) -> str:

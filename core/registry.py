@@ -17,6 +17,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from factory import hardware
 from factory.errors import PluginError
+from factory.hookspecs import LABELS
 
 Device = Literal["any", "cpu", "cuda"]
 
@@ -100,6 +101,7 @@ class Implementation:
     options: type | None = None
     section: str | None = None
     description: str = ""
+    _checked: bool = field(default=False, repr=False)
 
     def unavailable_reason(self) -> str | None:
         return self.requires.unmet()
@@ -114,13 +116,29 @@ class Implementation:
                     obj = getattr(obj, part)
             except Exception as exc:  # a plugin's import error is the user's to fix
                 raise PluginError(
-                    f"{self.kind[:-1]} '{self.name}' from {self.distribution} failed to import "
+                    f"{LABELS[self.kind]} '{self.name}' from {self.distribution} failed to import "
                     f"'{self.target}': {exc.__class__.__name__}: {exc}"
                 ) from exc
             self.target = obj
         if isinstance(self.target, type) and self.kind not in CONSTRUCTED_PER_USE:
             self.target = self.target()
+            check_contract(self.kind, self.name, self.target, self.distribution)
+        elif not self._checked:
+            check_contract(self.kind, self.name, self.target, self.distribution)
+        self._checked = True
         return self.target
+
+
+def check_contract(kind: str, name: str, obj: Any, distribution: str) -> None:
+    """Refuse an implementation that lacks what its kind's contract (:mod:`factory.contracts`) requires."""
+    from factory.contracts import problems
+
+    found = problems(kind, obj)
+    if found:
+        raise PluginError(
+            f"{LABELS[kind]} '{name}' from {distribution} breaks its contract: it {'; it '.join(found)} "
+            f"(see the {kind} contract in docs/plugins.md)"
+        )
 
 
 def validate_name(kind: str, name: Any) -> str:

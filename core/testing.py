@@ -125,8 +125,18 @@ try:
 except Exception as exc:
     sections_error = str(exc)
 rows = [row for row in manager.listing() if row["distribution"] == dist]
+contracts = {}
+for kind in manager._impls:
+    for name, impls in manager._impls[kind].items():
+        for impl in impls:
+            if impl.distribution == dist and impl.unavailable_reason() is None:
+                try:
+                    impl.load()
+                    contracts[f"{kind}.{name}"] = None
+                except Exception as exc:
+                    contracts[f"{kind}.{name}"] = str(exc)
 print(json.dumps({"records": [r.__dict__ for r in mine], "heavy": heavy, "options": options,
-                  "conflicts": conflicts, "sections_error": sections_error, "rows": rows}))
+                  "conflicts": conflicts, "sections_error": sections_error, "rows": rows, "contracts": contracts}))
 """
 
 
@@ -151,7 +161,8 @@ def check_plugin_contract(distribution: str) -> list[dict[str, Any]]:
 
     In a fresh interpreter: its entry points load, importing them imports neither torch nor the
     distribution's own backends, no hook is misspelled, its names clash with no other installed
-    plugin, every options model validates with its defaults, and it is listed. Returns the
+    plugin, every options model validates with its defaults, every implementation that can run
+    here loads and fulfils its kind's contract (:mod:`factory.contracts`), and it is listed. Returns the
     distribution's listing rows; raises AssertionError naming each broken rule.
     """
     import importlib.metadata
@@ -173,6 +184,7 @@ def check_plugin_contract(distribution: str) -> list[dict[str, Any]]:
         problems.append(f"importing the plugin imported {', '.join(report['heavy'])}; defer them to the implementation")
     problems += [f"options of {key} do not validate with defaults: {err}" for key, err in report["options"].items() if err]
     problems += [f"name registered twice: {c}" for c in report["conflicts"]]
+    problems += [err for err in report["contracts"].values() if err]
     if report["sections_error"]:
         problems.append(report["sections_error"])
     listed = {row["name"] for row in report["rows"]}

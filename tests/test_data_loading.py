@@ -219,7 +219,7 @@ def test_a_file_path_aligns_like_its_described_name(file, formatting, demo_dir, 
     assert by_path["chosen"] == by_name["chosen"] and by_path["tools"] == by_name["tools"]
     if file.endswith(".json"):
         first = json.loads((demo_dir / file).read_text(encoding="utf-8"))[0]
-        spec = registry.detect_format(registry.DatasetSpec(name=file), list(first), first)
+        spec = registry.detect_format(registry.DatasetSpec(name=file), list(first), first, manager)
         assert spec.formatting == formatting
 
 

@@ -40,7 +40,8 @@ def test_installed_plugin_is_discovered_with_distribution_and_version(site):
     rows = listing(site)
     acme = rows["acme"]
     assert (acme["distribution"], acme["version"]) == ("acme-factory-plugin", "1.2.3")
-    assert acme["provides"] == {"adapters": ["acme"], "patches": ["acme-fast-kernels"]}
+    assert acme["provides"] == {"adapters": ["acme"], "aligners": ["acme-qa"], "commands": ["acme-hello"],
+                                "patches": ["acme-fast-kernels"]}
 
 
 def test_broken_plugin_is_reported_and_others_survive(site):
@@ -97,3 +98,27 @@ def test_contract_check_accepts_acme_and_rejects_faulty_plugins(site):
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=environ, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["acme", "REJECTED", "broken-factory-plugin", "REJECTED", "typo-factory-plugin"]
+
+
+def test_a_plugin_adds_a_cli_command_with_its_own_arguments(site):
+    env = {"FACTORY_DISABLE_PLUGINS": "clash"}
+    assert "acme-hello" in factory_cli(site, "--help", env=env).stdout
+    proc = factory_cli(site, "acme-hello", "world", "--shout", env=env)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "HELLO WORLD")
+    proc = factory_cli(site, "acme-hello", env=env)  # its own parser reports its own missing argument
+    assert proc.returncode == 2 and "usage: factory acme-hello" in proc.stderr and "name" in proc.stderr
+
+
+def test_a_plugin_data_format_is_recognised_from_the_columns(site, tmp_path):
+    rows = tmp_path / "qa.json"
+    rows.write_text(json.dumps([{"q": "What is 2+2?", "a": "4"}, {"q": "Capital of France?", "a": "Paris"}]))
+    probe = (
+        "import sys, json\nfrom factory.config import load_config\nfrom factory.data.loading import load_records\n"
+        "cfg = load_config(None, [])\nrecords = load_records(sys.argv[1], cfg, cfg.manager())\n"
+        "print(json.dumps(records[0]['messages']))\n"
+    )
+    environ = {**os.environ, "PYTHONPATH": str(site), "FACTORY_DISABLE_PLUGINS": "clash"}
+    proc = subprocess.run([sys.executable, "-c", probe, str(rows)], capture_output=True, text=True, env=environ, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [
+        {"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]

@@ -23,6 +23,27 @@ def make_plugin(name: str, **hooks) -> types.ModuleType:
     return module
 
 
+class Method:
+    """The least an adapter must provide (see factory.contracts.Adapter)."""
+
+    def apply(self, model, cfg):
+        return model
+
+    def save(self, model, output_dir):
+        pass
+
+
+class Quantizer:
+    def before_load(self, cfg, model_kwargs):
+        pass
+
+    def after_load(self, model, cfg):
+        return model
+
+    def export(self, model, tokenizer, output_dir, cfg):
+        pass
+
+
 def registers(kind_name: str, *items):
     def hook(register):
         for args, kwargs in items:
@@ -40,7 +61,7 @@ def test_builtins_are_registered_like_plugins(plugin_manager):
 
 
 def test_third_party_plugin_registers_with_attribution(plugin_manager):
-    plugin = make_plugin("p", **registers("adapters", (("mine", object()), {"description": "d"})))
+    plugin = make_plugin("p", **registers("adapters", (("mine", Method()), {"description": "d"})))
     plugin_manager.register_plugin(plugin, "mine-plugin", "factory-plugin-mine", "2.0")
     impl = plugin_manager.get("adapters", "mine")
     assert (impl.plugin, impl.distribution, impl.version) == ("mine-plugin", "factory-plugin-mine", "2.0")
@@ -62,11 +83,11 @@ def test_misspelled_hook_argument_is_refused(plugin_manager):
 
 def test_plugin_whose_hook_raises_is_recorded_and_rolled_back(plugin_manager):
     def hook(register):
-        register("half-done", object())
+        register("half-done", Method())
         raise RuntimeError("boom in hook")
 
     plugin_manager.register_plugin(make_plugin("p", register_adapters=hook), "bad", "bad-dist")
-    good = make_plugin("q", **registers("adapters", (("fine", object()), {})))
+    good = make_plugin("q", **registers("adapters", (("fine", Method()), {})))
     plugin_manager.register_plugin(good, "good")
     assert plugin_manager.records["bad"].error == "RuntimeError: boom in hook"
     assert "half-done" not in plugin_manager.names("adapters")
@@ -78,7 +99,7 @@ def test_plugin_whose_hook_raises_is_recorded_and_rolled_back(plugin_manager):
 
 def test_duplicate_names_are_an_error_naming_both_distributions(plugin_manager):
     for plugin, dist in (("one", "dist-one"), ("two", "dist-two")):
-        plugin_manager.register_plugin(make_plugin(plugin, **registers("adapters", (("same", object()), {}))), plugin, dist)
+        plugin_manager.register_plugin(make_plugin(plugin, **registers("adapters", (("same", Method()), {}))), plugin, dist)
     with pytest.raises(PluginError) as err:
         plugin_manager.get("adapters", "same")
     message = str(err.value)
@@ -90,7 +111,7 @@ def test_duplicate_names_are_an_error_naming_both_distributions(plugin_manager):
 def test_preference_settles_a_duplicate():
     manager = PluginManager(entry_points=False, use_env=False, prefer={"adapters.same": "dist-two"})
     for plugin, dist in (("one", "dist-one"), ("two", "dist-two")):
-        manager.register_plugin(make_plugin(plugin, **registers("adapters", (("same", object()), {}))), plugin, dist)
+        manager.register_plugin(make_plugin(plugin, **registers("adapters", (("same", Method()), {}))), plugin, dist)
     assert manager.get("adapters", "same").distribution == "dist-two"
     assert not manager.conflicts()
 
@@ -99,7 +120,7 @@ def test_preference_env_variable(monkeypatch):
     monkeypatch.setenv("FACTORY_PREFER", "adapters.same=dist-one")
     manager = PluginManager(entry_points=False)
     for plugin, dist in (("one", "dist-one"), ("two", "dist-two")):
-        manager.register_plugin(make_plugin(plugin, **registers("adapters", (("same", object()), {}))), plugin, dist)
+        manager.register_plugin(make_plugin(plugin, **registers("adapters", (("same", Method()), {}))), plugin, dist)
     assert manager.get("adapters", "same").distribution == "dist-one"
 
 
@@ -136,7 +157,7 @@ def test_first_party_name_not_installed_says_what_to_install(plugin_manager):
 
 def test_requirements_missing_package(plugin_manager):
     reqs = factory.Requires(packages=("surely-not-installed-pkg>=1",))
-    plugin = make_plugin("p", **registers("quantizers", (("q", object()), {"requires": reqs})))
+    plugin = make_plugin("p", **registers("quantizers", (("q", Quantizer()), {"requires": reqs})))
     plugin_manager.register_plugin(plugin, "qp")
     with pytest.raises(PluginError) as err:
         plugin_manager.require("quantizers", "q")
@@ -171,12 +192,12 @@ def test_invalid_requirement_string_is_refused():
 
 
 def test_lazy_target_is_imported_only_on_load(plugin_manager, tmp_path, monkeypatch):
-    (tmp_path / "lazy_impl_mod.py").write_text("class Impl:\n    value = 42\n")
+    (tmp_path / "lazy_impl_mod.py").write_text("class Impl:\n    value = 42\n    def create(self, cfg):\n        return None\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    plugin = make_plugin("p", **registers("engines", (("lazy", "lazy_impl_mod:Impl"), {})))
+    plugin = make_plugin("p", **registers("callbacks", (("lazy", "lazy_impl_mod:Impl"), {})))
     plugin_manager.register_plugin(plugin, "lazy")
     assert "lazy_impl_mod" not in sys.modules
-    assert plugin_manager.load("engines", "lazy").value == 42
+    assert plugin_manager.load("callbacks", "lazy").value == 42
 
 
 def test_lazy_target_import_error_is_a_plugin_error(plugin_manager):
@@ -187,13 +208,13 @@ def test_lazy_target_import_error_is_a_plugin_error(plugin_manager):
 
 
 def test_options_must_be_pydantic(plugin_manager):
-    plugin = make_plugin("p", **registers("adapters", (("x", object()), {"options": dict})))
+    plugin = make_plugin("p", **registers("adapters", (("x", Method()), {"options": dict})))
     record = plugin_manager.register_plugin(plugin, "opt")
     assert "options must be a pydantic BaseModel subclass" in record.error
 
 
 def test_bad_implementation_name_is_refused(plugin_manager):
-    plugin = make_plugin("p", **registers("adapters", (("Bad Name", object()), {})))
+    plugin = make_plugin("p", **registers("adapters", (("Bad Name", Method()), {})))
     record = plugin_manager.register_plugin(plugin, "badname")
     assert "'Bad Name' is invalid" in record.error
 
@@ -205,8 +226,8 @@ def test_two_plugins_claiming_one_section_with_different_models(plugin_manager):
     class B(BaseModel):
         y: int = Field(2)
 
-    plugin_manager.register_plugin(make_plugin("a", **registers("adapters", (("a1", object()), {"options": A, "section": "shared"}))), "pa", "dist-a")
-    plugin_manager.register_plugin(make_plugin("b", **registers("adapters", (("b1", object()), {"options": B, "section": "shared"}))), "pb", "dist-b")
+    plugin_manager.register_plugin(make_plugin("a", **registers("adapters", (("a1", Method()), {"options": A, "section": "shared"}))), "pa", "dist-a")
+    plugin_manager.register_plugin(make_plugin("b", **registers("adapters", (("b1", Method()), {"options": B, "section": "shared"}))), "pb", "dist-b")
     with pytest.raises(PluginError, match="'shared' is claimed with different options by dist-a and dist-b"):
         plugin_manager.sections()
 

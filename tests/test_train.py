@@ -216,3 +216,10 @@ def test_a_quantized_checkpoint_without_its_quantizer_is_refused(tiny_causal_lm,
     with pytest.raises(ConfigError, match=r"is a bitsandbytes-quantized checkpoint but quantization is not set; set quantization="):
         factory.finetune(**base_args(model, demo_dir, tmp_path / "out", method="lora", max_steps=1))
     assert not any((tmp_path / "out").glob("*"))
+
+
+def test_a_diverging_run_stops_in_one_sentence_with_stop_on_nan(tiny_causal_lm, demo_dir, tmp_path):
+    args = base_args(tiny_causal_lm, demo_dir, tmp_path / "nan", method="full", learning_rate=1e9, max_grad_norm=0.0,
+                     callbacks=["stop-on-nan"], max_steps=30)
+    with pytest.raises(factory.FactoryError, match=r"^the loss became (nan|inf) at step \d+; lower learning_rate \(now 1000000000.0\)"):
+        factory.finetune(**args)

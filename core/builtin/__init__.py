@@ -19,6 +19,8 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "builtin-templates": "templates",
     "builtin-engines": "engines",
     "builtin-evaluators": "evaluators",
+    "builtin-commands": "commands",
+    "builtin-callbacks": "callbacks",
 }
 
 

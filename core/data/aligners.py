@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from factory.data.record import PROMPT_ROLES, RESPONSE_ROLES, empty_record
-from factory.data.registry import DatasetSpec
+from factory.data.registry import DatasetSpec, first_turn
 
 
 class BadRow(Exception):
@@ -90,10 +90,26 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def shared_columns(columns: set[str], first_row: Mapping[str, Any] | None) -> dict[str, str]:
+    """The column roles every conversation format reads the same way: pairs, KTO labels, system, tools."""
+    found: dict[str, str] = {}
+    if {"chosen", "rejected"} <= columns:
+        found.update(chosen="chosen", rejected="rejected")
+    for name in ("label", "kto_tag"):
+        if name in columns and first_row is not None and isinstance(first_row.get(name), bool):
+            found["kto_tag"] = name
+            break
+    for name in ("system", "tools"):
+        if name in columns:
+            found[name] = name
+    return found
+
+
 class ConversationAligner:
     """What alpaca, sharegpt and openai share: system, tools, preference pairs and KTO labels."""
 
     name = "conversation"
+    priority = 0
     messages_default: str | None = None
     system_default = "system"
     tools_default = "tools"
@@ -146,6 +162,25 @@ class AlpacaAligner(ConversationAligner):
     name = "alpaca"
     roles = ConversationAligner.roles + ("prompt", "query", "response", "history")
 
+    priority = 10  # after the list-of-turns formats: a row may carry both kinds of columns
+
+    def detect(self, column_names: list[str], first_row: Mapping[str, Any] | None) -> dict[str, str] | None:
+        """instruction/prompt/question with output/response/completion/answer (or a preference pair)."""
+        cols = set(column_names)
+        found = shared_columns(cols, first_row)
+        prompt = next((c for c in ("instruction", "prompt", "question") if c in cols), None)
+        response = next((c for c in ("output", "response", "completion", "answer") if c in cols), None)
+        ranking = "chosen" in found
+        if prompt is None or (response is None and not ranking):
+            return None
+        found["prompt"] = prompt
+        if response is not None and not ranking:
+            found["response"] = response
+        for name, role in (("input", "query"), ("history", "history")):
+            if name in cols:
+                found[role] = name
+        return found
+
     def required(self, spec: DatasetSpec) -> set[str]:
         needed = {spec.column("prompt", "instruction")}
         if not spec.ranking:
@@ -173,6 +208,15 @@ class ShareGPTAligner(ConversationAligner):
     name = "sharegpt"
     messages_default = "conversations"
     roles = ConversationAligner.roles + ("messages",)
+    priority = 20
+
+    def detect(self, column_names: list[str], first_row: Mapping[str, Any] | None) -> dict[str, str] | None:
+        """A messages/conversations column whose turns are from/value pairs."""
+        turns = next((c for c in ("conversations", "messages") if c in column_names), None)
+        turn = first_turn(first_row, turns) if turns else None
+        if turn is None or not {"from", "value"} <= set(turn):
+            return None
+        return {**shared_columns(set(column_names), first_row), "messages": turns}
 
     def required(self, spec: DatasetSpec) -> set[str]:
         return {spec.column("messages", self.messages_default)}
@@ -232,6 +276,17 @@ class OpenAIAligner(ConversationAligner):
     name = "openai"
     messages_default = "messages"
     roles = ConversationAligner.roles + ("messages",)
+    priority = 20
+
+    def detect(self, column_names: list[str], first_row: Mapping[str, Any] | None) -> dict[str, str] | None:
+        """A messages/conversations column whose turns carry a role (or that is empty in the first row)."""
+        turns = next((c for c in ("messages", "conversations") if c in column_names), None)
+        if turns is None:
+            return None
+        turn = first_turn(first_row, turns)
+        if turn is not None and "role" not in turn:
+            return None
+        return {**shared_columns(set(column_names), first_row), "messages": turns}
 
     def required(self, spec: DatasetSpec) -> set[str]:
         return {spec.column("messages", self.messages_default)}
@@ -320,6 +375,12 @@ class TextAligner:
     """Plain text for pre-training: one text column."""
 
     name = "text"
+    priority = -10  # the fallback: any single column reads as text
+
+    def detect(self, column_names: list[str], first_row: Mapping[str, Any] | None) -> dict[str, str] | None:
+        if "text" in column_names or len(column_names) == 1:
+            return {"text": "text" if "text" in column_names else column_names[0]}
+        return None
 
     def columns(self, spec: DatasetSpec) -> set[str]:
         return {spec.column("text", "text")}

@@ -97,11 +97,13 @@ def _load_one(name_or_path: str, cfg: RunConfig, manager: PluginManager, dropped
     registry.check_media(spec)
     aligner = _aligner(spec, manager) if spec.formatting else None
     raw = _load_raw(spec, cfg.streaming)
+    if not isinstance(raw, IterableDataset) and len(raw) == 0:
+        raise DataError(f"data set '{spec.name}' ({spec.where}) has no rows; add rows to it or choose another data set")
     if cfg.max_samples is not None:
         raw = raw.take(cfg.max_samples) if isinstance(raw, IterableDataset) else raw.select(range(min(cfg.max_samples, len(raw))))
     columns, first = _peek(raw, spec)
     if aligner is None:
-        spec = registry.detect_format(spec, columns, first)
+        spec = registry.detect_format(spec, columns, first, manager)
         aligner = _aligner(spec, manager)
     expected = sorted(c for c in aligner.columns(spec) if c)
     missing = [c for c in expected if c not in columns]
@@ -297,6 +299,9 @@ def _quiet_builders() -> Iterator[None]:
 
 def _read_problem(files: list[Path], builder: str, exc: Exception) -> str:
     """One sentence saying what is wrong with data files the builder could not read."""
+    for path in files:
+        if path.stat().st_size == 0 or (path.stat().st_size < 2**20 and not path.read_bytes().strip()):
+            return f"data set file {path} is empty; add rows to it or point at another file"
     if builder == "json":
         for path in files:
             problem = _json_problem(path)
@@ -322,6 +327,8 @@ def _json_problem(path: Path) -> str | None:
         if isinstance(data, dict):
             return None
         if isinstance(data, list):
+            if not data:
+                return f"data set file {path} holds an empty JSON list, no rows; add rows to it or point at another file"
             bad = next((i for i, row in enumerate(data) if not isinstance(row, dict)), None)
             if bad is None:
                 return None

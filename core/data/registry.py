@@ -271,45 +271,34 @@ def _path_candidates(value: str, folder: Path | None) -> list[Path]:
 # -- telling the format from the columns -----------------------------------------------------
 
 
-def detect_format(spec: DatasetSpec, column_names: list[str], first_row: Mapping[str, Any] | None) -> DatasetSpec:
-    """Fill in the format of a data set given by path or hub id, from its columns and first row."""
-    cols = set(column_names)
-    found: dict[str, str] = {}
-    ranking = {"chosen", "rejected"} <= cols
-    if ranking:
-        found.update(chosen="chosen", rejected="rejected")
-    for name in ("label", "kto_tag"):
-        if name in cols and first_row is not None and isinstance(first_row.get(name), bool):
-            found["kto_tag"] = name
-            break
-    for name in ("system", "tools"):
-        if name in cols:
-            found[name] = name
-    turns = next((c for c in ("messages", "conversations") if c in cols), None)
-    if turns is not None:
-        found["messages"] = turns
-        first_turn = _first_turn(first_row, turns)
-        if first_turn is not None and {"from", "value"} <= set(first_turn):
-            return replace(spec, formatting="sharegpt", ranking=ranking, columns=found)
-        if first_turn is None or {"role"} <= set(first_turn):
-            return replace(spec, formatting="openai", ranking=ranking, columns=found)
+def detect_format(
+    spec: DatasetSpec, column_names: list[str], first_row: Mapping[str, Any] | None, manager: Any
+) -> DatasetSpec:
+    """Fill in the format of a data set given by path or hub id: every registered aligner is asked.
+
+    Aligners with a ``detect`` method are asked in order of their ``priority`` (highest first,
+    then by name); the first that recognises the columns names the format, so a third-party
+    aligner can claim a format of its own.
+    """
+    aligners = []
+    for impl in manager.implementations("aligners"):
+        if impl.unavailable_reason() is None:
+            aligner = impl.load()
+            if callable(getattr(aligner, "detect", None)):
+                aligners.append((-getattr(aligner, "priority", 0), impl.name, aligner))
+    for _, name, aligner in sorted(aligners, key=lambda entry: entry[:2]):
+        columns = aligner.detect(column_names, first_row)
+        if columns is not None:
+            ranking = "chosen" in columns and "rejected" in columns
+            return replace(spec, formatting=name, ranking=ranking, columns=dict(columns))
+    turns = next((c for c in ("messages", "conversations") if c in column_names), None)
+    turn = first_turn(first_row, turns) if turns else None
+    if turn is not None:
         raise DataError(
             f"cannot tell the format of {spec.where}: the turns of column '{turns}' have keys "
-            f"{', '.join(sorted(first_turn))}, neither role/content (openai) nor from/value (sharegpt); "
-            "describe the data set with its tags in a datasets.yaml in dataset_dir"
+            f"{', '.join(sorted(turn))}, which no installed data format reads (openai: role/content, sharegpt: "
+            "from/value); describe the data set with its tags in a datasets.yaml in dataset_dir"
         )
-    prompt = next((c for c in ("instruction", "prompt", "question") if c in cols), None)
-    response = next((c for c in ("output", "response", "completion", "answer") if c in cols), None)
-    if prompt is not None and (response is not None or ranking):
-        found["prompt"] = prompt
-        if response is not None and not ranking:
-            found["response"] = response
-        for name, role in (("input", "query"), ("history", "history")):
-            if name in cols:
-                found[role] = name
-        return replace(spec, formatting="alpaca", ranking=ranking, columns=found)
-    if "text" in cols or spec.file_type == "text" or len(cols) == 1:
-        return replace(spec, formatting="text", columns={"text": "text" if "text" in cols else column_names[0]})
     raise DataError(
         f"cannot tell the format of {spec.where} from its columns ({', '.join(column_names) or 'none'}); "
         "expected instruction/output (alpaca), conversations (sharegpt), messages (openai) or text, "
@@ -317,8 +306,9 @@ def detect_format(spec: DatasetSpec, column_names: list[str], first_row: Mapping
     )
 
 
-def _first_turn(row: Mapping[str, Any] | None, column: str) -> Mapping[str, Any] | None:
-    turns = row.get(column) if row is not None else None
+def first_turn(row: Mapping[str, Any] | None, column: str) -> Mapping[str, Any] | None:
+    """The first turn of a list-of-turns column, when it is a mapping."""
+    turns = (row or {}).get(column)
     if isinstance(turns, list) and turns and isinstance(turns[0], Mapping):
         return turns[0]
     return None

@@ -214,12 +214,22 @@ def _conversation(record: dict, kind: str) -> _Conversation | str:
             return "it has no chosen/rejected pair"
         if not messages or messages[-1]["role"] not in PROMPT_ROLES:
             return "its prompt does not end with a user turn"
+        if not _said(record["chosen"]):
+            return "its chosen answer is empty"
         return _Conversation(messages, [record["chosen"], record["rejected"]], system, tools)
     if not messages or messages[-1]["role"] not in RESPONSE_ROLES:
         return "it does not end with an assistant turn"
     if kind == "kto" and record.get("label") is None:
         return "it has no KTO label"
+    if not _said(messages[-1]):
+        return "its answer is empty"  # it would only teach the model to stop at once
     return _Conversation(messages[:-1], messages[-1:], system, tools)
+
+
+def _said(message: Any) -> bool:
+    """Whether a response message has any content (text or a tool call)."""
+    content = message.get("content") if isinstance(message, dict) else message
+    return bool(str(content or "").strip())
 
 
 def _fit(

@@ -23,8 +23,9 @@ def check_selection(cfg: RunConfig, manager: PluginManager) -> Any:
         manager.require("quantizers", cfg.quantization)
     for name in cfg.patches:
         manager.require("patches", name)
-    if cfg.loader != "auto":
-        manager.require("loaders", cfg.loader)
+    from factory.model.loader import pick_loader
+
+    pick_loader(cfg, manager)
     if cfg.template != "auto":
         manager.require("templates", cfg.template)
     return manager.load("evaluators", cfg.task)

@@ -8,10 +8,20 @@ an alias's converted folder, a local folder, or a hub id already in the local ca
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from factory.config import RunConfig
+from factory.errors import ConfigError
+
+# owner/name as the hub spells repository ids (no leading '/', '.' or '-', nothing beyond one '/').
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}$")
+
+
+def is_hub_id(source: str) -> bool:
+    """Whether ``source`` is spelled like a hub repository id (``owner/name``), not a path."""
+    return _HUB_ID.match(source) is not None and not Path(source).exists()
 
 
 def checkpoint_config(cfg: RunConfig) -> dict[str, Any]:
@@ -23,7 +33,7 @@ def checkpoint_config(cfg: RunConfig) -> dict[str, Any]:
         config_file: Any = resolve_alias(source) / "config.json"
     elif Path(source).is_dir():
         config_file = Path(source) / "config.json"
-    elif source.count("/") == 1 and not Path(source).suffix:
+    elif is_hub_id(source):
         from huggingface_hub import try_to_load_from_cache
 
         config_file = try_to_load_from_cache(source, "config.json")
@@ -31,4 +41,7 @@ def checkpoint_config(cfg: RunConfig) -> dict[str, Any]:
         return {}
     if not isinstance(config_file, (str, Path)) or not Path(config_file).is_file():
         return {}
-    return json.loads(Path(config_file).read_text(encoding="utf-8"))
+    try:
+        return json.loads(Path(config_file).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"model config '{config_file}' is not valid JSON ({exc}); fix or replace the model folder") from None

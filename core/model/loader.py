@@ -46,14 +46,13 @@ def torch_dtype(precision: str) -> Any:
 
 
 def pick_loader(cfg: RunConfig, manager: PluginManager) -> Any:
-    """The loader the config names, or under ``auto`` the first one that understands the model source."""
+    """The loader the config names, or under ``auto`` the first one (by ``priority``, then name) that understands the model source."""
     if cfg.loader != "auto":
         return manager.load("loaders", cfg.loader)
-    for impl in manager.implementations("loaders"):
-        if impl.unavailable_reason() is None:
-            loader = impl.load()
-            if loader.can_load(cfg.model):
-                return loader
+    loaders = [(impl.name, impl.load()) for impl in manager.implementations("loaders") if impl.unavailable_reason() is None]
+    for _, loader in sorted(loaders, key=lambda entry: (-getattr(entry[1], "priority", 0), entry[0])):
+        if loader.can_load(cfg.model):
+            return loader
     raise ConfigError(
         f"model '{cfg.model}' is neither a model folder, a .gguf file, an alias nor a cached hub id; "
         "point model= at a local Hugging Face folder (this machine has no hub access)"

@@ -9,6 +9,7 @@ from typing import Any
 from factory.config import RunConfig
 from factory.errors import ConfigError
 from factory.model.aliases import ALIASES, resolve_alias
+from factory.model.checkpoint import is_hub_id
 
 
 def _from_pretrained(source: str, cfg: RunConfig, model_kwargs: dict[str, Any], **extra: Any) -> tuple[Any, Any]:
@@ -30,11 +31,13 @@ def _from_pretrained(source: str, cfg: RunConfig, model_kwargs: dict[str, Any], 
 class HuggingFaceLoader:
     """A local Hugging Face model folder, or a hub id already in the local cache (never downloads)."""
 
+    priority = 10  # after aliases and GGUF files: an alias name could be spelled like a hub id
+
     def can_load(self, source: str) -> bool:
         path = Path(source)
         if path.is_dir():
             return (path / "config.json").is_file()
-        return source.count("/") == 1 and not path.suffix
+        return is_hub_id(source)
 
     def load(self, source: str, cfg: RunConfig, model_kwargs: dict[str, Any]) -> tuple[Any, Any]:
         if Path(source).is_dir():
@@ -53,6 +56,8 @@ class HuggingFaceLoader:
 class GGUFLoader:
     """A GGUF file, dequantized by transformers into a regular model."""
 
+    priority = 20
+
     def can_load(self, source: str) -> bool:
         return source.endswith(".gguf") and Path(source).is_file()
 
@@ -66,6 +71,8 @@ class GGUFLoader:
 
 class AliasLoader:
     """Short names for models shipped inside Python packages (e.g. smollm2-135m-instruct)."""
+
+    priority = 30
 
     def can_load(self, source: str) -> bool:
         return source in ALIASES

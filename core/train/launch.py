@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import yaml
 from factory.config import RunConfig
 from factory.errors import FactoryError
 from factory.train import outputs
+
+CHECKED_ENV = "FACTORY_CHECKED"  # set for the workers of a launch whose config the parent checked
 
 
 def _free_port() -> int:
@@ -39,7 +42,7 @@ def launch_distributed(cfg: RunConfig) -> dict[str, Any]:
         "-m", "factory.cli", "finetune", config_path,
     ]
     try:
-        proc = subprocess.run(cmd, check=False)
+        proc = subprocess.run(cmd, check=False, env={**os.environ, CHECKED_ENV: "1"})
     finally:
         Path(config_path).unlink(missing_ok=True)
     if proc.returncode != 0:

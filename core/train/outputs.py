@@ -55,12 +55,28 @@ def prepare_output_dir(cfg: RunConfig) -> Path:
             )
         for child in contents:
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / OWNER_FILE).write_text(json.dumps({"claimed": time.strftime("%Y-%m-%dT%H:%M:%S")}), encoding="utf-8")
+        claim = {"claimed": time.strftime("%Y-%m-%dT%H:%M:%S"), "created": created}
+        (out / OWNER_FILE).write_text(json.dumps(claim), encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"output_dir '{out}' cannot be written ({exc.strerror or exc}); choose a writable folder") from None
     return out
+
+
+def release_output_dir(out: Path) -> None:
+    """Undo :func:`prepare_output_dir` for a run that failed before writing anything: no empty folder is left behind."""
+    marker = out / OWNER_FILE
+    if not marker.is_file() or any(child.name != OWNER_FILE for child in out.iterdir()):
+        return
+    try:
+        created = json.loads(marker.read_text(encoding="utf-8")).get("created", False)
+    except ValueError:
+        created = False
+    marker.unlink()
+    if created:
+        out.rmdir()
 
 
 def _refuse_unwritable(out: Path) -> None:

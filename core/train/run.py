@@ -92,6 +92,7 @@ def training_arguments(cfg: RunConfig, out: Path, *, has_eval: bool, args_cls: A
         report_to=cfg.report_to or "none",
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
+        logging_nan_inf_filter=False,  # a diverged loss is logged as it is (stop-on-nan reads it), not averaged away
         dataloader_num_workers=0,
         disable_tqdm=False,
         torch_compile=cfg.torch_compile,
@@ -229,13 +230,29 @@ def run_training(
     (default: :func:`default_trainer` with ``trainer_cls``). Whatever model that trainer holds is
     saved with the method's ``save``, which calls its ``save_pretrained``.
     """
+    started = time.time()
+    out = outputs.prepare_output_dir(cfg)
+    try:
+        return _train(cfg, manager, data_kind, trainer_cls, build_trainer, out, started)
+    except BaseException:
+        outputs.release_output_dir(out)
+        raise
+
+
+def _train(
+    cfg: RunConfig,
+    manager: PluginManager,
+    data_kind: str,
+    trainer_cls: Any,
+    build_trainer: Callable[[TrainerSetup], Any] | None,
+    out: Path,
+    started: float,
+) -> TrainingRun:
     from transformers import set_seed
 
     from factory.data.processing import build_datasets
     from factory.data.template import get_template
 
-    started = time.time()
-    out = outputs.prepare_output_dir(cfg)
     resume_from = _resume_point(out) if cfg.resume else None
     set_seed(cfg.seed)
     if cfg.kernel_cache_limit:

@@ -87,9 +87,12 @@ class TRLStage:
     builder: str
     checks: tuple[Callable[[RunConfig], None], ...] = field(default=())
 
-    def run(self, cfg: RunConfig, manager: PluginManager) -> dict[str, Any]:
+    def check(self, cfg: RunConfig, manager: PluginManager) -> None:
+        """Settings this stage cannot use, refused before any model loads (the core calls this once)."""
         for check in self.checks:
             check(cfg)
+
+    def run(self, cfg: RunConfig, manager: PluginManager) -> dict[str, Any]:
         from factory.plugin_api import run_training
 
         run = run_training(cfg, manager, self.data_kind, build_trainer=_import(self.builder))

@@ -1,0 +1,67 @@
+"""Training settings that only fail deep inside the Trainer, checked before any model loads.
+
+An unknown scheduler, a missing DeepSpeed file or an uninstalled reporting backend would
+otherwise surface as a library traceback after the model and data are loaded; here each is one
+sentence naming the value and the fix. The valid values come from transformers itself, so the
+lists never drift from the installed version.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from factory.config import RunConfig
+from factory.errors import ConfigError, did_you_mean, one_of
+
+# Reporting integrations whose pip name differs from their report_to name.
+_PIP_NAMES = {"azure_ml": "azureml-core", "comet_ml": "comet-ml", "flyte": "flytekit"}
+
+
+def check_training(cfg: RunConfig) -> None:
+    """Refuse a training config that the Trainer would refuse later, in one sentence."""
+    _check_scheduler(cfg.lr_scheduler)
+    if cfg.deepspeed:
+        _check_deepspeed(cfg.deepspeed)
+    _check_report_to(cfg.report_to)
+
+
+def _check_scheduler(name: str) -> None:
+    from transformers.trainer_utils import SchedulerType
+
+    valid = [kind.value for kind in SchedulerType]
+    if name not in valid:
+        raise ConfigError(f"lr_scheduler '{name}' is not a scheduler transformers knows{did_you_mean(name, valid)} (available: {one_of(valid)})")
+
+
+def _check_deepspeed(config: str) -> None:
+    path = Path(config).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"deepspeed config '{config}' does not exist; give the path of a DeepSpeed JSON file")
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"deepspeed config '{config}' is not valid JSON ({exc}); fix the file") from None
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(f"deepspeed={config} needs the package 'deepspeed', which is not installed; pip install deepspeed")
+
+
+def _check_report_to(backends: list[str]) -> None:
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    available = set(get_available_reporting_integrations())
+    for name in backends:
+        if name in ("none", "all"):
+            continue
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise ConfigError(
+                f"report_to '{name}' is not a reporting backend{did_you_mean(name, INTEGRATION_TO_CALLBACK)} "
+                f"(available: {one_of(INTEGRATION_TO_CALLBACK)}, none)"
+            )
+        if name not in available:
+            package = _PIP_NAMES.get(name, name)
+            raise ConfigError(f"report_to '{name}' needs the package '{package}', which is not installed; pip install {package}")
