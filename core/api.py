@@ -10,30 +10,34 @@ from factory.config import RunConfig, load_config, override_list
 from factory.plugins import PluginManager, get_manager
 
 
-def check_selection(cfg: RunConfig, manager: PluginManager) -> None:
-    """Refuse, before any model is loaded, every selected implementation that cannot run here (or cannot train)."""
+def check_training_selection(cfg: RunConfig, manager: PluginManager) -> None:
+    """Refuse, before any model is loaded, every selected implementation that cannot run here (or cannot train).
+
+    Plugins first (a missing or GPU-only one is the first thing to fix), then the model source,
+    then what depends on both (a quantized checkpoint, an adapter to continue, settings the optimizer
+    cannot honour), then the stage.
+    """
     from factory.model.loader import check_adapter_continuation, check_quantized_checkpoint, pick_loader
 
-    pick_loader(cfg, manager)
-    if cfg.quantization:
-        quantizer = manager.require("quantizers", cfg.quantization).load()
-        if hasattr(quantizer, "check_trainable"):
-            quantizer.check_trainable(cfg)
-    else:
-        check_quantized_checkpoint(cfg, manager)
+    quantizer = manager.require("quantizers", cfg.quantization).load() if cfg.quantization else None
     for name in cfg.patches:
         manager.require("patches", name)
     adapter = manager.load("adapters", cfg.method)
-    if cfg.adapter:
-        check_adapter_continuation(cfg, adapter)
     optimizer = manager.load("optimizers", cfg.optimizer)
-    if hasattr(optimizer, "check_trainable"):
-        optimizer.check_trainable(cfg)
     for name in cfg.callbacks:
         manager.require("callbacks", name)
     if cfg.template != "auto":
         manager.require("templates", cfg.template)
     stage = manager.load("stages", cfg.stage)
+    pick_loader(cfg, manager)
+    if quantizer is None:
+        check_quantized_checkpoint(cfg, manager)
+    elif callable(getattr(quantizer, "check_trainable", None)):
+        quantizer.check_trainable(cfg)
+    if cfg.adapter:
+        check_adapter_continuation(cfg, adapter)
+    if callable(getattr(optimizer, "check_trainable", None)):
+        optimizer.check_trainable(cfg)
     if callable(getattr(stage, "check", None)):
         stage.check(cfg, manager)
 
@@ -48,6 +52,9 @@ def finetune(
     With no arguments at all it runs the embedded default job (:data:`factory.defaults.DEFAULT_JOB`);
     otherwise unset keys take the :class:`RunConfig` defaults.
     """
+    from factory.quiet import quiet_libraries
+
+    quiet_libraries()
     overrides = override_list(overrides)
     if config is None and not overrides and not kwargs:
         from factory.defaults import DEFAULT_JOB
@@ -60,7 +67,7 @@ def finetune(
     from factory.train.run import is_distributed_worker
 
     if not (is_distributed_worker() and os.environ.get(CHECKED_ENV)):  # the launching process checked already
-        check_selection(cfg, manager)
+        check_training_selection(cfg, manager)
         check_training(cfg)
     if cfg.nproc > 1 and not is_distributed_worker():
         from factory.train.launch import launch_distributed

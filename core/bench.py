@@ -197,10 +197,10 @@ def run_bench(workload: str, overrides: list[str], *, dataset_dir: str | None = 
         base.setdefault("dataset_dir", dataset_dir or default_dataset_dir())
         cfg = load_config(base, overrides)
         manager = cfg.manager()
-        from factory.api import check_selection
+        from factory.api import check_training_selection
         from factory.train.run import default_trainer, run_training
 
-        check_selection(cfg, manager)
+        check_training_selection(cfg, manager)
         seen: dict[str, Any] = {}
 
         def build(setup: Any) -> Any:

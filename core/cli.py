@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -65,12 +66,23 @@ def cmd_serve(ns: argparse.Namespace) -> int:
 
 
 def cmd_data_preview(ns: argparse.Namespace) -> int:
-    from factory.data.preview import preview
+    from factory.config import load_config
+    from factory.preview import preview
 
-    preview(
-        ns.dataset, template=ns.template, n=ns.n, dataset_dir=ns.dataset_dir, model=ns.model, cutoff_len=ns.cutoff_len
-    )
+    args = list(ns.args)
+    if args and "=" not in args[0] and not args[0].endswith((".yaml", ".yml", ".json")):
+        args[0] = f"dataset={args[0]}"  # `factory data preview NAME`: the data set, as a key
+    config, overrides = _split_config(args)
+    preview(load_config(config, ["packing=false", *overrides]), n=ns.n)
     return 0
+
+
+def cmd_templates_check(ns: argparse.Namespace) -> int:
+    from factory.data.template_check import run_check
+
+    thinking = {"true": True, "false": False}.get(ns.enable_thinking) if ns.enable_thinking else None
+    return run_check(ns.name, jinja=ns.jinja, model=ns.model, data=ns.data, bos_token=ns.bos_token,
+                     eos_token=ns.eos_token, date_string=ns.date_string, enable_thinking=thinking)
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
@@ -154,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Configs: a YAML file, then key=value overrides (dotted for plugin options, e.g. lora.rank=16).",
     )
     parser.add_argument("--version", action="version", version=f"factory {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show every library's logs and warnings (default: factory's progress and results only)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("finetune", help="train a model (stage, method and data from the config)")
@@ -176,13 +190,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="inspect data sets as a stage will see them")
     dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     q = dsub.add_parser("preview", help="tokenized examples with the trained spans marked, and a length summary")
-    q.add_argument("dataset", help="data set name (from dataset_info.json or a descriptor) or path")
-    q.add_argument("--template", default="auto", help="chat template (default: the tokenizer's own)")
+    q.add_argument("args", nargs="*", metavar="[CONFIG.yaml | DATASET] [key=value ...]",
+                   help="a run's config and overrides (dataset=, dataset_dir=, template=, model=, cutoff_len=...)")
     q.add_argument("-n", type=int, default=3, help="examples to show (default 3)")
-    q.add_argument("--dataset-dir", help="folder searched for data set descriptors")
-    q.add_argument("--model", help="model whose tokenizer to use (default: smollm2-135m-instruct)")
-    q.add_argument("--cutoff-len", type=int, help="maximum tokens per row (default 1024)")
     q.set_defaults(func=cmd_data_preview)
+
+    p = sub.add_parser("templates", help="check a chat template against a model's official one")
+    tsub = p.add_subparsers(dest="templates_command", metavar="SUBCOMMAND", required=True)
+    q = tsub.add_parser("check", help="render conversations with a factory template and the official Jinja template; "
+                        "print the first differing character of each (exit 1 if one differs)")
+    q.add_argument("name", help="factory template name (or alias)")
+    q.add_argument("--jinja", help="the official chat template as a Jinja file")
+    q.add_argument("--model", help="a Hugging Face model folder: its chat_template (unless --jinja) and bos/eos tokens")
+    q.add_argument("--data", help="your own conversations: JSON or JSONL rows in OpenAI's form ({\"messages\": [...]})")
+    q.add_argument("--bos-token", help="the model's bos token (default: the --model tokenizer's, else none)")
+    q.add_argument("--eos-token", help="the model's eos token (default: the --model tokenizer's, else none)")
+    q.add_argument("--date-string", help="the date both templates write into a dated system header")
+    q.add_argument("--enable-thinking", choices=["true", "false"], help="passed to both templates")
+    q.set_defaults(func=cmd_templates_check)
 
     p = sub.add_parser(
         "eval",
@@ -242,6 +267,9 @@ def _run_plugin_command(name: str, argv: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = any(flag in argv for flag in ("-v", "--verbose"))  # accepted anywhere on the line
+    argv = [item for item in argv if item not in ("-v", "--verbose")]
     parser = build_parser()
     # Options may come after key=value arguments (`factory eval task=mmlu --json`): argparse stops
     # filling a trailing positional list at the first option, so the leftovers are appended here.
@@ -254,6 +282,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(ns, "func", None):
         parser.print_help()
         return 0
+    from factory.quiet import VERBOSE_ENV, quiet_libraries
+
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    quiet_libraries()
     try:
         return ns.func(ns)
     except FactoryError as exc:

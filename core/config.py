@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from factory.errors import ConfigError, did_you_mean
+from factory.hookspecs import LABELS
 from factory.plugins import PluginManager, get_manager
 
 
@@ -59,7 +60,9 @@ class JobsConfig(BaseModel):
 class RunConfig(BaseModel):
     """Everything a run needs. Plugin sections live beside these fields (see :meth:`options`)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Read-only once validated: what a plugin decides travels as a typed fact (factory.model.facts),
+    # and a changed copy is made with model_copy(update=...), never by assignment.
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     # model
     model: str = Field("smollm2-135m-instruct", description="folder, GGUF file, cached hub id or alias")
@@ -74,6 +77,14 @@ class RunConfig(BaseModel):
 
     # data
     template: str = Field("auto", description="chat template; auto uses the tokenizer's own")
+    reasoning: Literal["train", "keep", "drop"] = Field(
+        "train", description="reasoning (<think> spans, reasoning_content) of the final answer: train it, keep it "
+        "untrained, or drop it; earlier turns' reasoning is kept or dropped as the template's family does"
+    )
+    enable_thinking: bool | None = Field(
+        None, description="for templates with a thinking switch (qwen3...): false opens answers with an empty "
+        "reasoning block; None: the template's default"
+    )
     dataset: str | list[str] = Field("identity", description="data set name, path, or a list of them")
     dataset_dir: str | None = Field(None, description="folder searched for data set descriptors")
     eval_dataset: str | list[str] | None = None
@@ -164,6 +175,49 @@ class RunConfig(BaseModel):
 
     _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
 
+    def __init__(self, **data: Any) -> None:
+        """``RunConfig(lora={"rank": 16}, learning_rate=2e-4)``: flat keys, grouped sections and plugin sections."""
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc, RunConfig, None)) from None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _with_sections(cls, data: Any, handler: Any) -> RunConfig:
+        """Split grouped and plugin sections off the core keys; validate each plugin section by its options model.
+
+        Plugin sections belong to the schema however the config is built (a YAML file, key=value,
+        keyword arguments, ``RunConfig(...)``), so this runs inside validation rather than in
+        :func:`load_config`.
+        """
+        if isinstance(data, RunConfig):
+            return data
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a config must be a mapping of keys to values, not {type(data).__name__}")
+        data = _ungroup(data)
+        plugins_cfg = _validate(PluginsConfig, data.get("plugins") or {}, "plugins")
+        manager = get_manager(plugins_cfg.disable, plugins_cfg.prefer)
+        sections = manager.sections()
+        unknown = [k for k in data if k not in CORE_KEYS and k not in sections]
+        conflicts = manager.section_conflicts()
+        clashing = next((k for k in unknown if k in conflicts), None)
+        if clashing is not None:
+            raise ConfigError(conflicts[clashing])
+        if unknown:
+            raise ConfigError(_unknown_key(unknown[0], manager, sections))
+        cfg = handler({k: v for k, v in data.items() if k in CORE_KEYS})
+        validated = {}
+        for name, (options, _users) in sections.items():
+            raw = data.get(name)
+            if raw is None:
+                raw = {}
+            if not isinstance(raw, Mapping):
+                raise ConfigError(f"config key '{name}' must be a mapping of options (e.g. {name}.KEY=VALUE), not {raw!r}")
+            validated[name] = _validate(options, raw, name)
+        cfg._sections = validated
+        return cfg
+
     @field_validator("dataset")
     @classmethod
     def _dataset_not_empty(cls, value: str | list[str]) -> str | list[str]:
@@ -201,17 +255,77 @@ class RunConfig(BaseModel):
             ) from None
 
     def to_dict(self) -> dict[str, Any]:
-        """The whole resolved config, reloadable with :func:`load_config`."""
+        """The whole resolved config with flat keys, reloadable with :func:`load_config`."""
         data = self.model_dump(mode="json")
         for name, section in sorted(self._sections.items()):
             data[name] = section.model_dump(mode="json")
         return data
+
+    def to_grouped(self) -> dict[str, Any]:
+        """The same config in sections (model, data, train, output, serve, eval, then plugin sections)."""
+        flat = self.to_dict()
+        grouped: dict[str, Any] = {}
+        for group, fields in GROUPS.items():
+            grouped[group] = {_GROUP_ALIASES.get((group, key), key): flat.pop(key) for key in fields}
+        grouped.update(flat)  # jobs, plugins and the plugin sections keep their own names
+        return grouped
+
+    def section(self, group: str) -> dict[str, Any]:
+        """The core keys of one group (``cfg.section("train")["learning_rate"]``)."""
+        if group not in GROUPS:
+            raise ConfigError(f"config group '{group}' does not exist{did_you_mean(group, GROUPS)} (groups: {', '.join(GROUPS)})")
+        return {key: getattr(self, key) for key in GROUPS[group]}
 
     def manager(self) -> PluginManager:
         return get_manager(self.plugins.disable, self.plugins.prefer)
 
 
 CORE_KEYS = frozenset(RunConfig.model_fields)
+
+# The sections a config may also be written in; flat keys keep working. Every core key but the
+# nested jobs and plugins belongs to exactly one group (a test checks).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "model": ("model", "adapter", "loader", "trust_remote_code", "precision", "attn_implementation",
+              "gradient_checkpointing", "patches", "quantization", "frozen_weights"),
+    "data": ("template", "reasoning", "enable_thinking", "dataset", "dataset_dir", "eval_dataset", "cutoff_len",
+             "max_samples", "val_size", "streaming", "packing", "padding_free", "mix_strategy", "interleave_probs",
+             "train_on", "placeholders", "preprocessing_num_workers"),
+    "train": ("stage", "method", "optimizer", "callbacks", "batch_size", "eval_batch_size",
+              "gradient_accumulation_steps", "learning_rate", "weight_decay", "max_grad_norm", "lr_scheduler",
+              "warmup_ratio", "warmup_steps", "num_epochs", "max_steps", "logging_steps", "save_steps",
+              "save_total_limit", "eval_steps", "seed", "nproc", "deepspeed", "fsdp", "report_to", "torch_compile",
+              "chunked_loss", "fused_ops", "kernel_cache_limit", "trim_memory", "sample_prompt"),
+    "output": ("output_dir", "overwrite_output_dir", "resume"),
+    "serve": ("max_new_tokens", "temperature", "top_p", "system", "engine", "max_batch_size", "host", "port",
+              "api_key", "api_keys", "max_request_bytes", "openapi", "served_model_name"),
+    "eval": ("task", "task_dir", "subjects", "eval_split", "n_shot", "eval_prompt", "results_db"),
+}
+# (group, key inside the group) <-> flat key, where the flat name would repeat the group's.
+_GROUP_ALIASES: dict[tuple[str, str], str] = {("model", "model"): "path"}
+_FROM_GROUP = {(group, alias): key for (group, key), alias in _GROUP_ALIASES.items()}
+
+
+def _ungroup(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat keys from a config that may use groups (``train: {learning_rate: 2e-4}``, ``model: {path: X}``)."""
+    flat: dict[str, Any] = {}
+    grouped: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in GROUPS and isinstance(value, Mapping):
+            for inner, item in value.items():
+                name = _FROM_GROUP.get((key, inner), inner)
+                if name not in GROUPS[key] or (key, inner) in _GROUP_ALIASES:
+                    valid = [_GROUP_ALIASES.get((key, k), k) for k in GROUPS[key]]
+                    raise ConfigError(
+                        f"unknown config key '{key}.{inner}'{did_you_mean(str(inner), valid)} "
+                        f"(the {key} group holds: {', '.join(valid)})"
+                    )
+                grouped[name] = item
+        else:
+            flat[key] = value
+    clash = next((key for key in grouped if key in flat and flat[key] != grouped[key]), None)
+    if clash is not None:
+        raise ConfigError(f"config key '{clash}' is given both flat and inside its group, with different values; keep one")
+    return {**flat, **grouped}
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
@@ -249,23 +363,43 @@ def override_list(overrides: Iterable[str]) -> list[str]:
 def _set_dotted(target: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = target
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
+        if not isinstance(child, dict) and depth == 0:
+            child = node[part] = _as_group(part, child)
         if not isinstance(child, dict):
             raise ConfigError(f"key '{key}' sets a field inside '{part}', which already has the value {child!r}")
         node = child
-    node[parts[-1]] = value
+    _assign(node, parts[-1], value, top=node is target)
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+def _merge(base: dict[str, Any], extra: Mapping[str, Any], *, top: bool = True) -> dict[str, Any]:
     for key, value in extra.items():
         if "." in key:
             _set_dotted(base, key, value)
+        elif isinstance(value, Mapping) and top and key in GROUPS and key in base and not isinstance(base[key], dict):
+            base[key] = _as_group(key, base[key])  # `model: X` then `model: {precision: bf16}`
+            _merge(base[key], value, top=False)
         elif isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
+            _merge(base[key], value, top=False)
         else:
-            base[key] = copy.deepcopy(value) if isinstance(value, (dict, list)) else value
+            _assign(base, key, value, top=top)
     return base
+
+
+def _assign(node: dict[str, Any], key: str, value: Any, *, top: bool) -> None:
+    """Set one key; a scalar for a group given as a mapping so far (`model: {..}` then `model=X`) fills its primary key."""
+    value = copy.deepcopy(value) if isinstance(value, (dict, list)) else value
+    if top and key in GROUPS and isinstance(node.get(key), dict) and not isinstance(value, Mapping):
+        node[key][_GROUP_ALIASES.get((key, key), key)] = value
+    else:
+        node[key] = value
+
+
+def _as_group(group: str, value: Any) -> Any:
+    """``model: X`` written flat, as the group's own mapping (``{path: X}``), so group keys can join it."""
+    alias = _GROUP_ALIASES.get((group, group))
+    return {alias: value} if alias is not None else value
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -315,23 +449,7 @@ def load_config(
     _merge(data, parse_overrides(overrides))
     _merge(data, kwargs)
 
-    plugins_cfg = _validate(PluginsConfig, data.get("plugins") or {}, "plugins")
-    manager = get_manager(plugins_cfg.disable, plugins_cfg.prefer)
-    sections = manager.sections()
-
-    core = {k: v for k, v in data.items() if k in CORE_KEYS}
-    unknown = [k for k in data if k not in CORE_KEYS and k not in sections]
-    if unknown:
-        raise ConfigError(_unknown_key(unknown[0], manager, sections))
-    cfg = _validate(RunConfig, core, None)
-    for name, (options, _users) in sections.items():
-        raw = data.get(name)
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"config key '{name}' must be a mapping of options (e.g. {name}.KEY=VALUE), not {raw!r}")
-        cfg._sections[name] = _validate(options, raw, name)
-    return cfg
+    return _validate(RunConfig, data, None)
 
 
 def _unknown_key(key: str, manager: PluginManager, sections: Mapping[str, Any]) -> str:
@@ -369,3 +487,21 @@ def _explain(exc: ValidationError, model: type[BaseModel], prefix: str | None) -
     given = err.get("input")
     shown = f" (got {given!r})" if not isinstance(given, (dict, list)) or len(repr(given)) < 60 else ""
     return f"config key '{key}': {err['msg'].removeprefix('Value error, ')}{shown}"
+
+
+def config_schema(manager: PluginManager | None = None) -> dict[str, Any]:
+    """The JSON schema of a run config: every core key (with its group) and every installed plugin's section.
+
+    A form built from it (the web UI's) shows a third-party plugin's options with no code of its own.
+    """
+    manager = manager or get_manager()
+    schema = RunConfig.model_json_schema()
+    for group, keys in GROUPS.items():
+        for key in keys:
+            schema["properties"][key]["x-factory-group"] = group
+    for name, (options, users) in sorted(manager.sections().items()):
+        section = options.model_json_schema()
+        section["x-factory-plugin"] = users[0].distribution
+        section["x-factory-used-by"] = [f"{LABELS[impl.kind]} {impl.name}" for impl in users]
+        schema["properties"][name] = section
+    return schema

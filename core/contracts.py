@@ -143,15 +143,8 @@ class ChatTemplate(Protocol):
 class Patch(Protocol):
     """Model patches (``patches: [NAME, ...]``): attention implementations, fused kernels."""
 
-    replaces = Attribute(
-        "tuple[str, ...]",
-        "what the patch takes over, e.g. ('attention',), ('mlp.forward',), ('loss',): two patches taking over the "
-        "same thing are refused unless ordered",
-        default=(),
-    )
-
     def before_load(self, cfg: Any, model_kwargs: dict) -> Any:
-        """Set loading options in ``model_kwargs``; return a ``ModelFacts`` of decisions (or None); never write cfg."""
+        """Set loading options in ``model_kwargs``; return a ``ModelFacts`` of decisions and of what it replaces (or None); never write cfg."""
 
     def after_load(self, model: Any, cfg: Any) -> Any:
         """The loaded model, patched."""

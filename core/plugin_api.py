@@ -46,6 +46,7 @@ _LAZY: dict[str, str] = {
     "ALIASES": "factory.model.aliases",
     "resolve_alias": "factory.model.aliases",
     "load_model": "factory.model.loader",
+    "ModelFacts": "factory.model.facts",
     "LoadedModel": "factory.model.loader",
     # data
     "IGNORE_INDEX": "factory.data.tokenize",
@@ -64,6 +65,7 @@ _LAZY: dict[str, str] = {
     "decoder_layers": "factory.train.methods",
     "TrainerSetup": "factory.train.run",
     "run_training": "factory.train.run",
+    "default_trainer": "factory.train.run",
     # inference engines
     "Engine": "factory.infer.base",
     "GenerationRequest": "factory.infer.base",

@@ -72,6 +72,7 @@ class PluginManager:
         self._pm = pluggy.PluginManager(PROJECT)
         self._pm.add_hookspecs(hookspecs)
         self.records: dict[str, PluginRecord] = {}
+        self._section_conflicts: dict[str, str] = {}
         self._impls: dict[str, dict[str, list[Implementation]]] = {kind: {} for kind in KINDS}
         self._disable: dict[str, str] = {name: "config" for name in disable}
         self.prefer: dict[str, str] = dict(prefer or {})
@@ -294,20 +295,29 @@ class PluginManager:
     # -- config sections -------------------------------------------------------------------
 
     def sections(self) -> dict[str, tuple[type[BaseModel], list[Implementation]]]:
-        """Config section name -> (options model, implementations that read it)."""
+        """Config section name -> (options model, implementations that read it).
+
+        A section two plugins claim with different options is left out (and named by
+        :meth:`section_conflicts`), so only a config that uses it fails.
+        """
         out: dict[str, tuple[type[BaseModel], list[Implementation]]] = {}
         for kind in KINDS:
             for impl in self.implementations(kind):
                 if impl.options is None or impl.section is None:
                     continue
                 model, users = out.setdefault(impl.section, (impl.options, []))
-                if model is not impl.options:
-                    raise PluginError(
+                if model is not impl.options and impl.section not in self._section_conflicts:
+                    self._section_conflicts[impl.section] = (
                         f"config section '{impl.section}' is claimed with different options by "
                         f"{users[0].distribution} and {impl.distribution}; disable one of them"
                     )
                 users.append(impl)
-        return out
+        return {name: entry for name, entry in out.items() if name not in self._section_conflicts}
+
+    def section_conflicts(self) -> dict[str, str]:
+        """Sections claimed by two plugins with different options -> the sentence that says so."""
+        self.sections()
+        return dict(self._section_conflicts)
 
     # -- listing ---------------------------------------------------------------------------
 

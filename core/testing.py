@@ -119,11 +119,9 @@ for kind in manager._impls:
 conflicts = [f"{kind}.{name}: " + " vs ".join(i.distribution for i in impls)
              for (kind, name), impls in manager.conflicts().items()
              if any(i.distribution == dist for i in impls)]
-try:
-    manager.sections()
-    sections_error = None
-except Exception as exc:
-    sections_error = str(exc)
+mine_sections = {impl.section for kind in manager._impls for impls in manager._impls[kind].values()
+                 for impl in impls if impl.distribution == dist and impl.section}
+sections_error = next((msg for name, msg in manager.section_conflicts().items() if name in mine_sections), None)
 rows = [row for row in manager.listing() if row["distribution"] == dist]
 contracts = {}
 for kind in manager._impls:

@@ -88,3 +88,73 @@ def test_unknown_section_lookup():
     cfg = load_config()
     with pytest.raises(ConfigError, match="config section 'frezze' is not known"):
         cfg.options("frezze")
+
+
+# -- groups, read-only configs, plugin sections in the schema -------------------------------------
+
+
+def test_every_core_key_is_in_exactly_one_group():
+    from factory.config import CORE_KEYS, GROUPS
+
+    grouped = [key for keys in GROUPS.values() for key in keys]
+    assert len(grouped) == len(set(grouped))
+    assert set(grouped) == CORE_KEYS - {"jobs", "plugins"}
+
+
+def test_grouped_and_flat_configs_are_the_same_config(tmp_path):
+    (tmp_path / "grouped.yaml").write_text(
+        "model:\n  path: smollm2-135m-instruct\n  precision: bf16\ndata:\n  cutoff_len: 512\n"
+        "train:\n  learning_rate: 2.0e-4\n  method: freeze\noutput:\n  output_dir: out\nfreeze:\n  layers: 3\n"
+    )
+    grouped = load_config(tmp_path / "grouped.yaml")
+    flat = load_config(None, ["model=smollm2-135m-instruct", "precision=bf16", "cutoff_len=512", "learning_rate=2e-4",
+                              "method=freeze", "output_dir=out", "freeze.layers=3"])
+    assert grouped.to_dict() == flat.to_dict()
+    assert load_config(flat.to_grouped()).to_dict() == flat.to_dict()  # the grouped form reloads
+    assert grouped.section("train")["learning_rate"] == 2e-4
+
+
+def test_a_flat_model_and_dotted_group_keys_combine(tmp_path):
+    (tmp_path / "run.yaml").write_text("model: smollm2-135m-instruct\n")
+    cfg = load_config(tmp_path / "run.yaml", ["model.precision=fp32", "train.batch_size=8"])
+    assert (cfg.model, cfg.precision, cfg.batch_size) == ("smollm2-135m-instruct", "fp32", 8)
+    assert load_config({"model": {"path": "a", "precision": "fp32"}}, ["model=b"]).model == "b"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"train": {"lr": 1}}, "unknown config key 'train.lr' (the train group holds: stage,"),
+        ({"model": {"model": "x"}}, "unknown config key 'model.model' (the model group holds: path,"),
+        ({"train": {"learning_rate": 1.0}, "learning_rate": 2.0},
+         "config key 'learning_rate' is given both flat and inside its group, with different values; keep one"),
+    ],
+)
+def test_bad_groups_are_one_sentence(data, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(data)
+    assert str(info.value).startswith(message)
+
+
+def test_runconfig_itself_takes_plugin_sections_and_is_read_only():
+    cfg = RunConfig(method="freeze", freeze={"layers": 2}, train={"batch_size": 3})
+    assert cfg.options("freeze").layers == 2 and cfg.batch_size == 3
+    with pytest.raises(ConfigError, match="unknown config key 'freeze.layres'; did you mean 'freeze.layers'"):
+        RunConfig(freeze={"layres": 2})
+    with pytest.raises(ConfigError, match="config key 'batch_size'"):
+        RunConfig(batch_size="many")
+    with pytest.raises(ValueError, match="frozen"):
+        cfg.batch_size = 5
+    changed = cfg.model_copy(update={"batch_size": 5})
+    assert (changed.batch_size, cfg.batch_size, changed.options("freeze").layers) == (5, 3, 2)
+
+
+def test_the_schema_holds_every_plugin_section_and_the_groups():
+    from factory.config import GROUPS, config_schema
+    from factory.plugins import get_manager
+
+    schema = config_schema()
+    for name in get_manager().sections():
+        assert name in schema["properties"] and schema["properties"][name]["x-factory-plugin"]
+    assert schema["properties"]["freeze"]["properties"]["layers"]["type"] == "integer"
+    assert {schema["properties"][key]["x-factory-group"] for keys in GROUPS.values() for key in keys} == set(GROUPS)

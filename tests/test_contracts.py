@@ -190,3 +190,26 @@ def test_loaders_are_asked_by_priority_under_auto(tmp_path):
     assert isinstance(pick_loader(cfg, manager), Claims)
     cfg = load_config(None, [f"model={tmp_path}"])  # no built-in loader takes an empty folder; the last resort does
     assert isinstance(pick_loader(cfg, manager), ClaimsLater)
+
+
+def test_patches_decide_by_facts_and_two_that_disagree_are_refused():
+    from factory.model.facts import ModelFacts
+
+    first = ModelFacts().combine(ModelFacts(attn_implementation="flash_attention_2", padding_free=True), "flash-attn")
+    assert (first.attn_implementation, first.padding_free) == ("flash_attention_2", True)
+    assert first.combine(ModelFacts(padding_free=True), "another").padding_free is True  # agreeing is fine
+    with pytest.raises(PluginError, match="patches 'flash-attn' and 's2attn' disagree on attn_implementation "
+                                          "\\('flash_attention_2' against 's2attn'\\); use one of them"):
+        first.combine(ModelFacts(attn_implementation="s2attn", padding_free=False), "s2attn")
+    with pytest.raises(PluginError, match="patch 'odd' returned 5 from before_load"):
+        first.combine(5, "odd")
+
+
+def test_two_patches_replacing_the_same_thing_are_refused():
+    from factory.model.facts import ModelFacts
+
+    liger = ModelFacts().combine(ModelFacts(replaces=("rms_norm", "mlp", "loss")), "liger")
+    assert liger.owners == {"rms_norm": "liger", "mlp": "liger", "loss": "liger"}
+    assert liger.combine(ModelFacts(replaces=("attention",)), "flash").replaces == ("rms_norm", "mlp", "loss", "attention")
+    with pytest.raises(PluginError, match="patches 'liger' and 'other' both replace loss; use one of them"):
+        liger.combine(ModelFacts(replaces=("loss",)), "other")

@@ -9,7 +9,8 @@ from factory import hardware
 from factory.config import load_config
 from factory.errors import ConfigError
 from factory.model import loader as loader_mod
-from factory.model.loader import load_model, resolve_precision
+from factory.model.loader import load_model
+from factory.model.precision import resolve_precision
 
 
 @pytest.mark.parametrize(

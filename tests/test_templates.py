@@ -54,6 +54,9 @@ TOOL_CHAT = [
     {"role": "assistant", "content": "ANSWER-it-is-sunny-55"},
 ]
 TOOL_SYSTEM = "SYSTEM-PROMPT-x1"
+# Their official templates drop past reasoning or move the system prompt, so the generation prompt
+# is not a prefix of the whole conversation there either (tests/test_template_fixtures.py holds them to it).
+NOT_PREFIX_CONSISTENT = {"deepseek_r1", "qwq", "mistral_nemo", "mistral_v3", "minicpm5_think"}
 
 
 @pytest.fixture(scope="module")
@@ -217,8 +220,12 @@ def test_every_template_renders_a_tool_conversation(tokenizer, name):
 
     # Every message content exactly once, in order (the call as its arguments' JSON after its name).
     arguments = json.dumps(CALL_ARGS, ensure_ascii=False)
+    if template.tool_call_argument:  # XML-like calls write each argument in an element of its own
+        arguments = template.tool_call_argument.replace("{{key}}", "unit").replace("{{value}}", "celsius")
     position = 0
-    for piece in [TOOL_SYSTEM, "USER-ASKS-weather-91", "get_weather", arguments, "OBSERVED-sunny-22C",
+    # Mistral NeMo's template writes the system prompt only before a final user message.
+    system = [] if template.system_in_user == "last" else [TOOL_SYSTEM]
+    for piece in [*system, "USER-ASKS-weather-91", "get_weather", arguments, "OBSERVED-sunny-22C",
                   "ANSWER-it-is-sunny-55"]:
         found = text.find(piece, position)
         assert found >= 0, f"{piece!r} missing or out of order in {text!r}"
@@ -238,23 +245,28 @@ def test_every_template_renders_a_tool_conversation(tokenizer, name):
         assert responses[1].endswith(tokenizer.eos_token)
     assert "".join(s.text for s in segments if not s.trainable).count("ANSWER") == 0
 
-    # What inference renders is exactly the prefix training saw before the answer.
+    # What inference renders is exactly the prefix training saw before the answer, except where the
+    # family's own template is not prefix-consistent.
     prompt = template.render_text(TOOL_CHAT[:3], system=TOOL_SYSTEM, tools=TOOLS, add_generation_prompt=True,
                                   tokenizer=tokenizer)
+    if name in NOT_PREFIX_CONSISTENT:
+        return
     assert text.startswith(prompt)
-    assert text[len(prompt):].lstrip(" ").startswith("ANSWER-it-is-sunny-55")
+    # the answer turn after it is trained (the text a family's generation prompt leaves to the model)
+    rest = text[len(prompt):]
+    assert responses[1] in rest and "ANSWER" not in rest[:rest.index(responses[1])]
 
 
 @pytest.mark.parametrize("name", PACKAGED.names())
 def test_default_system_is_used_only_without_a_system(tokenizer, name):
     template = PACKAGED.get(name)
-    plain = template.render_text(CHAT, tokenizer=tokenizer)
+    plain = template.render_text(CHAT, tokenizer=tokenizer, date_string="1 May 2031")
+    default = template.default_system.replace("{{date}}", "1 May 2031")
     if template.default_system:
-        assert template.default_system in plain
-        assert template.default_system not in template.render_text(CHAT, system="Other.", tokenizer=tokenizer)
-    assert [s.text.rstrip() for s in template.render(CHAT, tokenizer=tokenizer) if s.trainable][0].lstrip().startswith(
-        "It is 4."
-    )
+        assert default in plain
+        assert default not in template.render_text(CHAT, system="Other.", tokenizer=tokenizer, date_string="1 May 2031")
+    first = [s.text for s in template.render(CHAT, tokenizer=tokenizer) if s.trainable][0]
+    assert "It is 4." in first and "2+2" not in first  # (a family's empty reasoning block may open it)
 
 
 def test_every_yaml_entry_declares_the_documented_keys():
@@ -404,4 +416,4 @@ def test_registration_reads_yaml_but_builds_no_template_and_imports_nothing_heav
         " [x for x in ('torch', 'transformers', 'datasets') if x in sys.modules])\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
-    assert out == [str(len(PACKAGED.names())), "0", "[]"]
+    assert out == [str(len(PACKAGED.names()) + len(PACKAGED.aliases())), "0", "[]"]

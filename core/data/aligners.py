@@ -85,6 +85,26 @@ def check_shape(record: dict[str, Any], spec: DatasetSpec) -> dict[str, Any]:
     return record
 
 
+REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")  # the names OpenAI-style data give it
+
+
+def with_reasoning(content: str, message: Mapping[str, Any], where: str) -> str:
+    """An answer with its ``reasoning_content`` written inline, in the ``<think>`` form reasoning models write.
+
+    The standard record has one text per message; chat templates of reasoning families read the
+    reasoning back from that span (and drop, keep or train it, see ``reasoning`` in the config).
+    """
+    reasoning = next((message[key] for key in REASONING_KEYS if message.get(key) is not None), None)
+    if reasoning is None or "</think>" in content:  # no reasoning, or the content already carries it
+        return content
+    if not isinstance(reasoning, str):
+        raise BadRow(f"{where} has reasoning {_short(reasoning)}, not text")
+    if not reasoning.strip():
+        return content
+    thought, answer = reasoning.strip("\n"), content.lstrip("\n")
+    return f"<think>\n{thought}\n</think>\n\n{answer}"
+
+
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -306,7 +326,7 @@ class OpenAIAligner(ConversationAligner):
 
     @staticmethod
     def _calls(calls: list[Any], where: str) -> str:
-        """Tool calls as the function_call content: {"name", "arguments"} (a list for parallel calls)."""
+        """Tool calls as the function_call content: {"name", "arguments"[, "id"]} (a list for parallel calls)."""
         out = []
         for call in calls:
             function = call.get("function") if isinstance(call, Mapping) else None
@@ -318,7 +338,8 @@ class OpenAIAligner(ConversationAligner):
                     arguments = json.loads(arguments)
                 except json.JSONDecodeError:
                     pass  # keep arguments that are not JSON as the text they are
-            out.append({"name": function["name"], "arguments": arguments})
+            call_id = call.get("id")
+            out.append({"name": function["name"], "arguments": arguments, **({"id": call_id} if call_id else {})})
         return json.dumps(out[0] if len(out) == 1 else out, ensure_ascii=False)
 
     def _message(self, message: Any, where: str) -> dict[str, str] | None:
@@ -336,7 +357,7 @@ class OpenAIAligner(ConversationAligner):
                 if content.strip():
                     raise SkipRow("assistant turns with both text and tool calls")
                 return {"role": "function_call", "content": self._calls(message["tool_calls"], where)}
-            return {"role": "assistant", "content": content}
+            return {"role": "assistant", "content": with_reasoning(content, message, where)}
         if role in ("tool", "function"):
             return {"role": "observation", "content": content}
         raise BadRow(f"{where} has the role '{role}', not one of system, user, assistant, tool")

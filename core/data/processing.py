@@ -46,7 +46,7 @@ CODE_VERSION = hashlib.sha256(
     b"".join(Path(module.__file__).read_bytes() for module in (tokenize_steps, packing_steps))
 ).hexdigest()[:16]
 
-__all__ = ["DataStats", "TokenizedData", "build_collator", "build_datasets", "packing_enabled", "tokenize_dataset"]
+__all__ = ["BatchLayout", "DataStats", "batch_layout", "TokenizedData", "build_collator", "build_datasets", "packing_enabled", "tokenize_dataset"]
 
 
 @dataclass
@@ -89,13 +89,28 @@ class TokenizedData:
     stats: DataStats | None
 
 
-def packing_enabled(cfg: RunConfig, data_kind: str) -> bool:
-    """Packing is on for pre-training and off otherwise, unless the config says so."""
-    if data_kind in ("pairwise", "kto") and cfg.packing:
+@dataclass(frozen=True)
+class BatchLayout:
+    """How batches are built for a run: the config's choice, overruled by the model's facts (see factory.model.facts)."""
+
+    padding_free: bool
+    packing: bool | None  # None: the data kind decides (on for pre-training)
+
+
+def batch_layout(cfg: RunConfig, facts: Any = None) -> BatchLayout:
+    """The config's layout, with what the patches decided (a ``ModelFacts``) taking precedence."""
+    decided = getattr(facts, "padding_free", None)
+    return BatchLayout(padding_free=cfg.padding_free if decided is None else decided, packing=cfg.packing)
+
+
+def packing_enabled(cfg: RunConfig, data_kind: str, packing: bool | None = None) -> bool:
+    """Packing is on for pre-training and off otherwise, unless the config (or the run's layout) says so."""
+    packing = cfg.packing if packing is None else packing
+    if data_kind in ("pairwise", "kto") and packing:
         raise ConfigError(
             f"packing=true does not apply to {data_kind} data (stage '{cfg.stage}'); set packing: false"
         )
-    return data_kind == "pretrain" if cfg.packing is None else bool(cfg.packing)
+    return data_kind == "pretrain" if packing is None else bool(packing)
 
 
 def _apply(data: AnyDataset, step: str, function: Any, cfg: RunConfig, desc: str, **kwargs: Any) -> AnyDataset:
@@ -131,16 +146,20 @@ def _count(tokenized: Dataset, kind: str, cutoff_len: int) -> DataStats:
     )
 
 
-def tokenize_dataset(records: AnyDataset, tokenizer: Any, template: Any, cfg: RunConfig, data_kind: str) -> TokenizedData:
+def tokenize_dataset(
+    records: AnyDataset, tokenizer: Any, template: Any, cfg: RunConfig, data_kind: str, packing: bool | None = None
+) -> TokenizedData:
     """Tokenize standard records for ``data_kind`` and pack them when :func:`packing_enabled` says so."""
     if data_kind not in DATA_KINDS:
         raise ConfigError(f"data kind '{data_kind}' is unknown (available: {one_of(DATA_KINDS)}); fix the stage's data_kind")
-    packing = packing_enabled(cfg, data_kind)
+    packing = packing_enabled(cfg, data_kind, packing)
     options = TokenizeOptions(kind=data_kind, cutoff_len=cfg.cutoff_len, train_on=cfg.train_on, version=CODE_VERSION)
     if data_kind == "pretrain":
         function, fn_kwargs = tokenize_steps.tokenize_texts, {"tokenizer": tokenizer, "options": options}
     else:
         function = tokenize_steps.tokenize_conversations
+        if hasattr(template, "configure"):  # the run's reasoning settings become the template's defaults
+            template = template.configure(reasoning=cfg.reasoning, enable_thinking=cfg.enable_thinking)
         fn_kwargs = {"tokenizer": tokenizer, "template": template, "options": options}
     columns = records.column_names or list(RECORD_KEYS)
     tokenized = _apply(
@@ -177,25 +196,22 @@ def tokenize_dataset(records: AnyDataset, tokenizer: Any, template: Any, cfg: Ru
     return TokenizedData(rows, stats)
 
 
-def uses_varlen(cfg: RunConfig) -> bool:
-    """FlashAttention takes padding-free batches (one row, ``cu_seq_lens``); it cannot read packed padded rows."""
-    return "flash" in cfg.attn_implementation.lower()
-
-
 def build_datasets(
-    cfg: RunConfig, manager: PluginManager, tokenizer: Any, template: Any, data_kind: str
+    cfg: RunConfig, manager: PluginManager, tokenizer: Any, template: Any, data_kind: str, layout: BatchLayout | None = None
 ) -> tuple[AnyDataset, AnyDataset | None, Any, dict[str, Any]]:
     """The one call a stage makes: load and merge the data, tokenize (and pack) it, and its collator.
 
     Returns ``(train, eval or None, collator, stats)``. ``stats`` is JSON-ready: ``train`` and
     ``eval`` hold :meth:`DataStats.to_dict` (``None`` when streaming or absent) and
-    ``aligning_dropped`` the rows aligning dropped, per data set and reason.
+    ``aligning_dropped`` the rows aligning dropped, per data set and reason. ``layout`` is the run's
+    batch layout (:class:`BatchLayout`: the config's, overruled by the patches' facts).
     """
+    layout = layout or batch_layout(cfg)
     bundle = load_data(cfg, manager)
-    train = tokenize_dataset(bundle.train, tokenizer, template, cfg, data_kind)
-    evaluation = None if bundle.eval is None else tokenize_dataset(bundle.eval, tokenizer, template, cfg, data_kind)
-    flatten = (uses_varlen(cfg) or cfg.padding_free) and data_kind in ("supervised", "pretrain")
-    collator = build_collator(tokenizer, data_kind, packing=packing_enabled(cfg, data_kind), flatten=flatten)
+    train = tokenize_dataset(bundle.train, tokenizer, template, cfg, data_kind, layout.packing)
+    evaluation = None if bundle.eval is None else tokenize_dataset(bundle.eval, tokenizer, template, cfg, data_kind, layout.packing)
+    flatten = layout.padding_free and data_kind in ("supervised", "pretrain")
+    collator = build_collator(tokenizer, data_kind, packing=packing_enabled(cfg, data_kind, layout.packing), flatten=flatten)
     stats: dict[str, Any] = {"aligning_dropped": bundle.dropped}
     for split, part in (("train", train), ("eval", evaluation)):
         stats[split] = part.stats.to_dict() if part is not None and part.stats is not None else None

@@ -14,7 +14,7 @@ from factory.eval.store import ResultsStore
 from factory.plugins import PluginManager
 
 
-def check_selection(cfg: RunConfig, manager: PluginManager) -> Any:
+def check_evaluation(cfg: RunConfig, manager: PluginManager) -> Any:
     """The evaluator, after refusing every selected implementation that cannot run here."""
     if not cfg.task:
         names = [impl.name for impl in manager.implementations("evaluators")]
@@ -49,10 +49,12 @@ def evaluate(
     store files the run under (``eval`` or ``predict``).
     """
     from factory import __version__
+    from factory.quiet import quiet_libraries
 
+    quiet_libraries()
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides, **kwargs)
     manager = cfg.manager()
-    evaluator = check_selection(cfg, manager)
+    evaluator = check_evaluation(cfg, manager)
     store = ResultsStore(cfg.results_db) if record else None  # a bad results_db fails before the long part
     started = time.perf_counter()
     result = evaluator.evaluate(cfg, manager, loaded=loaded, engine=engine, progress=progress)

@@ -185,7 +185,7 @@ class TransformersEngine(Engine):
         loaded = load_model(serving_config(cfg), manager, train=False)
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
-        self.template = get_template(cfg.template, self.tokenizer, manager)
+        self.template = get_template(cfg.template, self.tokenizer, manager, enable_thinking=cfg.enable_thinking)
         self.context_length = context_length(self.model, self.tokenizer)
         self.max_batch_size = cfg.max_batch_size
         self._eos_ids, self._stop_strings = stop_tokens(self.tokenizer, self.template, self.model)

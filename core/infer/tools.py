@@ -3,7 +3,9 @@
 A template writes a call with its ``tool_call`` format (``{{name}}`` and ``{{arguments}}``),
 joins several with ``tool_call_separator`` and wraps them in ``tool_calls``; this module parses
 that same syntax, tolerant of whitespace. Two shapes cover the templates: the call is a JSON
-object (generic, ChatML/Qwen, Llama 3), or name and arguments are laid out in text (GLM-4).
+object (generic, ChatML/Qwen, Llama 3), or name and arguments are laid out in text (GLM-4,
+Mistral Small's ``[TOOL_CALLS]name[CALL_ID]id[ARGS]{...}``), the arguments possibly one element
+each (``tool_call_argument``: MiniCPM, Hunyuan, Seed-OSS).
 Tool-call parsers in serving projects are written per model family; here the template's own
 format drives the parser, so a new template needs no parser code.
 """
@@ -15,7 +17,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-_PLACEHOLDER = re.compile(r"\{\{(name|arguments)\}\}")
+_PLACEHOLDER = re.compile(r"\{\{(name|arguments|id|number)\}\}")
+_ARGUMENT = re.compile(r"\{\{(key|value)\}\}")
 _DECODER = json.JSONDecoder()
 
 
@@ -57,6 +60,15 @@ def _arguments(value: Any) -> Any:
     return value
 
 
+def _argument_value(text: str) -> Any:
+    """A value as an XML-like call writes it: text as it is, other values as JSON."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    return text if isinstance(value, str) else value
+
+
 def _json_keys(fmt: str) -> tuple[str, str]:
     """The keys a JSON-shaped call format puts the name and the arguments under."""
     probe = fmt.replace("{{name}}", "@name@").replace("{{arguments}}", '"@arguments@"')
@@ -96,6 +108,8 @@ class ToolCallParser:
         self.json_frame = (fmt[:first], fmt[last + 1:]) if opens_json else None
         self.json_keys = _json_keys(fmt[first:last + 1]) if opens_json else ("name", "arguments")
         self.parts = _PLACEHOLDER.split(fmt)  # text shape: literal, placeholder, literal, ...
+        argument = getattr(template, "tool_call_argument", None)  # XML-like calls: one element per argument
+        self.argument_parts = _ARGUMENT.split(argument) if argument else None
 
     def parse(self, text: str) -> list[tuple[str, Any]] | None:
         """The ``(name, arguments)`` calls when the whole answer is tool calls, else None."""
@@ -124,14 +138,45 @@ class ToolCallParser:
         for index, part in enumerate(self.parts):
             if index % 2 == 0:
                 pos = _literal(text, pos, part)
+            elif part == "arguments" and self.argument_parts is not None:
+                pos, arguments = self._argument_elements(text, pos)
             elif part == "arguments":
                 value, pos = _json_value(text, pos)
                 arguments = _arguments(value)
+            elif part in ("id", "number"):  # a call id or number the model wrote: read over it
+                pos, _ = self._name(text, pos, self.parts[index + 1])
             else:
                 pos, name = self._name(text, pos, self.parts[index + 1])
         if not name:
             raise _NoMatch
         return pos, [(name, arguments if arguments is not None else {})]
+
+    def _argument_elements(self, text: str, pos: int) -> tuple[int, dict[str, Any]]:
+        """Arguments written one element each (``<param name="KEY">VALUE</param>``), as many as there are."""
+        parts, arguments = self.argument_parts, {}
+        while True:
+            start, key, value = pos, None, None
+            try:
+                for index, part in enumerate(parts):
+                    if index % 2 == 0:
+                        pos = _literal(text, pos, part)
+                    elif part == "key":
+                        pos, key = self._name(text, pos, parts[index + 1])
+                    else:  # the value runs to the literal that closes it, less the format's own whitespace
+                        before, after = parts[index - 1], parts[index + 1]
+                        end = text.find(after.strip() or "\n", pos)
+                        if end < 0:
+                            raise _NoMatch
+                        raw = text[pos:end]
+                        opening, closing = before[len(before.rstrip()):], after[:len(after) - len(after.lstrip())]
+                        raw = raw[len(opening):] if opening and raw.startswith(opening) else raw
+                        raw = raw[:-len(closing)] if closing and raw.endswith(closing) else raw
+                        value, pos = _argument_value(raw), end
+            except _NoMatch:
+                return start, arguments
+            if not key:
+                return start, arguments
+            arguments[key] = value
 
     @staticmethod
     def _name(text: str, pos: int, following: str) -> tuple[int, str]:
@@ -145,6 +190,10 @@ class ToolCallParser:
 
 def extract_tool_calls(template: Any, text: str) -> list[tuple[str, Any]] | None:
     """The tool calls ``text`` makes in ``template``'s syntax, or None when it is a plain answer."""
+    reasoning = getattr(template, "reasoning", None)
+    closing = reasoning.format.partition("{{reasoning}}")[2].strip() if reasoning is not None else ""
+    if closing and closing in text:  # the calls follow the model's reasoning block
+        text = text.split(closing)[-1]
     if not text.strip():
         return None
     return ToolCallParser(template).parse(text)

@@ -193,13 +193,16 @@ def _same_output(module: torch.nn.Module, fused: types.FunctionType) -> bool:
         return False
 
 
-def fuse_modules(model: torch.nn.Module) -> int:
-    """Give RMSNorm and SwiGLU modules the fused forward where it matches; returns how many were patched."""
+def fuse_modules(model: torch.nn.Module, skip: set[str] | frozenset[str] = frozenset()) -> int:
+    """Give RMSNorm and SwiGLU modules the fused forward where it matches; returns how many were patched.
+
+    ``skip`` names what a patch took over (``rms_norm``, ``mlp``): those modules keep its forward.
+    """
     verdicts: dict[type, bool] = {}
     patched = 0
     for module in model.modules():
         fused = _candidates(module)
-        if fused is None:
+        if fused is None or ("rms_norm" if fused is _norm_forward else "mlp") in skip:
             continue
         kind = type(module)
         if kind not in verdicts:

@@ -7,14 +7,15 @@ fixes the order and the shared ``model_kwargs`` the steps hand each other.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from factory import hardware
 from factory.config import RunConfig
 from factory.errors import ConfigError
 from factory.model.attention import register_varlen_sdpa
+from factory.model.facts import ModelFacts
 from factory.model.fused import fuse_modules
+from factory.model.precision import resolve_precision, torch_dtype
 from factory.plugins import PluginManager
 
 log = logging.getLogger(__name__)
@@ -27,22 +28,7 @@ class LoadedModel:
     adapter: Any | None
     quantizer: Any | None
     compute_dtype: Any
-
-
-def resolve_precision(precision: str) -> str:
-    """``auto`` -> bf16 where the device has it (CUDA >= 8.0, or a CPU with AMX/AVX512-BF16), else fp16 on CUDA, else fp32."""
-    if precision != "auto":
-        return precision
-    gpus = hardware.cuda_devices()
-    if gpus:
-        return "bf16" if any(g.capability >= (8, 0) for g in gpus) else "fp16"
-    return "bf16" if hardware.cpu_supports_bf16() else "fp32"
-
-
-def torch_dtype(precision: str) -> Any:
-    import torch
-
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    facts: ModelFacts = field(default_factory=ModelFacts)
 
 
 def pick_loader(cfg: RunConfig, manager: PluginManager) -> Any:
@@ -79,8 +65,9 @@ def load_model(cfg: RunConfig, manager: PluginManager, *, train: bool) -> Loaded
     model_kwargs: dict[str, Any] = {"dtype": load_dtype, "attn_implementation": cfg.attn_implementation}
     patches = [manager.load("patches", name) for name in cfg.patches]
     quantizer = manager.load("quantizers", cfg.quantization) if cfg.quantization else None
-    for patch in patches:
-        patch.before_load(cfg, model_kwargs)
+    facts = ModelFacts()
+    for name, patch in zip(cfg.patches, patches):
+        facts = facts.combine(patch.before_load(cfg, model_kwargs), name)
     if quantizer is not None:
         quantizer.before_load(cfg, model_kwargs)
     if train and model_kwargs["attn_implementation"] == "sdpa":
@@ -107,8 +94,8 @@ def load_model(cfg: RunConfig, manager: PluginManager, *, train: bool) -> Loaded
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         model.config.use_cache = False
-        if cfg.fused_ops:
-            log.info("fused RMSNorm/SwiGLU forwards on %d modules", fuse_modules(model))
+        if cfg.fused_ops:  # the core's own kernels step aside for what a patch took over (Liger's, say)
+            log.info("fused RMSNorm/SwiGLU forwards on %d modules", fuse_modules(model, skip=set(facts.replaces or ())))
         # check_adapter_continuation (run before loading) made sure the method can continue cfg.adapter.
         model = adapter.continue_from(model, cfg.adapter, cfg) if cfg.adapter else adapter.apply(model, cfg)
         for param in model.parameters():
@@ -119,7 +106,7 @@ def load_model(cfg: RunConfig, manager: PluginManager, *, train: bool) -> Loaded
         if cfg.adapter:
             model = adapter.load(model, cfg.adapter, cfg)
         model.eval()
-    return LoadedModel(model, tokenizer, adapter, quantizer, compute_dtype)
+    return LoadedModel(model, tokenizer, adapter, quantizer, compute_dtype, facts)
 
 
 def check_quantized_checkpoint(cfg: RunConfig, manager: PluginManager) -> None:

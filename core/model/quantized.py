@@ -21,7 +21,7 @@ ComputeDtype = Literal["auto", "bf16", "fp16", "fp32"]
 
 def compute_dtype(name: ComputeDtype, cfg: RunConfig) -> Any:
     """The torch dtype for a ``compute_dtype`` option (``auto``: the run's resolved precision)."""
-    from factory.model.loader import resolve_precision, torch_dtype
+    from factory.model.precision import resolve_precision, torch_dtype
 
     return torch_dtype(resolve_precision(cfg.precision) if name == "auto" else name)
 

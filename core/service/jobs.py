@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from factory.config import RunConfig
 from factory.errors import FactoryError
-from factory.eval.run import check_selection, evaluate
+from factory.eval.run import check_evaluation, evaluate
 from factory.infer.server import ApiError
 from factory.service.allowlist import job_config
 
@@ -75,7 +75,7 @@ class EvalJobs:
         """Validate the job's config now (a ConfigError is the caller's 400) and queue it."""
         job_id = f"eval-{uuid.uuid4().hex[:12]}"
         cfg = job_config(self.base, settings, self.outputs / job_id)
-        check_selection(cfg, cfg.manager())
+        check_evaluation(cfg, cfg.manager())
         job = Job(job_id, cfg)
         with self.lock:
             self.jobs[job.id] = job

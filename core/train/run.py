@@ -19,13 +19,8 @@ from typing import Any
 
 from factory.config import RunConfig
 from factory.errors import ConfigError, FactoryError
-from factory.model.loader import (
-    LoadedModel,
-    load_model,
-    resolve_precision,
-    supports_packed_positions,
-    trainable_summary,
-)
+from factory.model.loader import LoadedModel, load_model, supports_packed_positions, trainable_summary
+from factory.model.precision import resolve_precision
 from factory.plugins import PluginManager
 from factory.train import checkpoints, outputs
 from factory.train.optim import default_param_groups
@@ -151,7 +146,9 @@ def default_trainer(setup: TrainerSetup, trainer_cls: Any = None) -> Any:
     """factory's Trainer (or ``trainer_cls``, a Trainer subclass with the same signature) over ``setup``."""
     from factory.train.trainer import FactoryTrainer
 
-    extra = {"chunked_loss": setup.cfg.chunked_loss} if trainer_cls is None else {}
+    # A patch that took over the loss (Liger's fused linear cross-entropy) needs the model's own forward.
+    chunked = setup.cfg.chunked_loss and "loss" not in (setup.loaded.facts.replaces or ())
+    extra = {"chunked_loss": chunked} if trainer_cls is None else {}
     return (trainer_cls or FactoryTrainer)(
         **extra,
         model=setup.model,
@@ -172,6 +169,21 @@ def final_evaluation(trainer: Any) -> dict[str, Any]:
     if last is not None and last.get("step") == state.global_step:
         return {key: value for key, value in last.items() if key.startswith("eval_")}
     return trainer.evaluate()
+
+
+def _batch_layout(cfg: RunConfig, loaded: LoadedModel, data_kind: str) -> Any:
+    """The config's batch layout, overruled by what the patches decided and by what the model supports."""
+    from factory.data.processing import BatchLayout, batch_layout
+
+    if data_kind in ("supervised", "pretrain") and not supports_packed_positions(loaded.model):
+        if cfg.packing:
+            raise ConfigError(
+                f"packing=true needs a model whose attention honours restarting position ids, and "
+                f"{type(loaded.model).__name__} builds its own mask; set packing=false"
+            )
+        log.warning("%s builds its own attention mask: using padded batches", type(loaded.model).__name__)
+        return BatchLayout(padding_free=False, packing=False)
+    return batch_layout(cfg, loaded.facts)
 
 
 def _resume_point(out: Path) -> str | None:
@@ -261,17 +273,10 @@ def _train(
         bound_kernel_caches()  # before the model's first matmul, when the libraries read it
 
     loaded: LoadedModel = load_model(cfg, manager, train=True)
-    if data_kind in ("supervised", "pretrain") and not supports_packed_positions(loaded.model):
-        if cfg.packing:
-            raise ConfigError(
-                f"packing=true needs a model whose attention honours restarting position ids, and "
-                f"{type(loaded.model).__name__} builds its own mask; set packing=false"
-            )
-        log.warning("%s builds its own attention mask: using padded batches", type(loaded.model).__name__)
-        cfg = cfg.model_copy(update={"padding_free": False, "packing": False})
+    layout = _batch_layout(cfg, loaded, data_kind)
     tokenizer, adapter = loaded.tokenizer, loaded.adapter
     template = get_template(cfg.template, tokenizer, manager)
-    train_ds, eval_ds, collator, data_stats = build_datasets(cfg, manager, tokenizer, template, data_kind)
+    train_ds, eval_ds, collator, data_stats = build_datasets(cfg, manager, tokenizer, template, data_kind, layout)
 
     optimizer_impl = manager.load("optimizers", cfg.optimizer)
     callbacks = list(getattr(optimizer_impl, "callbacks", lambda _cfg: [])(cfg))

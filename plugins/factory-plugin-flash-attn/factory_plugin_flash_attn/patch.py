@@ -2,7 +2,7 @@
 
 transformers carries the FlashAttention integration (``attn_implementation=flash_attention_2``
 or ``_3``, varlen calls when a batch brings ``cu_seq_lens``); the patch only selects it and
-makes the data worker build the matching batches, so this module needs no flash_attn import.
+returns the batch layout it needs as a fact, so this module needs no flash_attn import.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from factory.plugin_api import PluginError, RunConfig
+from factory.plugin_api import ModelFacts, PluginError, RunConfig
 
 DETERMINISTIC_ENV = "FLASH_ATTENTION_DETERMINISTIC"  # read by transformers' flash attention on every call
 
@@ -21,17 +21,14 @@ class FlashAttentionPatch:
     def __init__(self, version: int) -> None:
         self.implementation = f"flash_attention_{version}"
 
-    def before_load(self, cfg: RunConfig, model_kwargs: dict[str, Any]) -> None:
+    def before_load(self, cfg: RunConfig, model_kwargs: dict[str, Any]) -> ModelFacts:
         opts = cfg.options("flash_attn")
         model_kwargs["attn_implementation"] = self.implementation
-        if opts.varlen:
-            # The data worker reads the run's attn_implementation: a flash one gets padding-free
-            # batches (one row, cu_seq_lens_q/k, max_length_q/k) that FlashAttention takes as varlen.
-            cfg.attn_implementation = self.implementation
-        else:
-            cfg.padding_free = False  # padded rows; FlashAttention unpads them itself
         if opts.deterministic:
             os.environ[DETERMINISTIC_ENV] = "1"
+        # varlen: padding-free batches (one row, cu_seq_lens_q/k, max_length_q/k) that FlashAttention
+        # takes as varlen calls; otherwise padded rows, which FlashAttention unpads itself.
+        return ModelFacts(attn_implementation=self.implementation, padding_free=opts.varlen)
 
     def after_load(self, model: Any, cfg: RunConfig) -> Any:
         used = getattr(model.config, "_attn_implementation", None)

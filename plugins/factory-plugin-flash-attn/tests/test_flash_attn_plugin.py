@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import factory
 from factory import hardware
 from factory.data.collator import FlatteningCollator, build_collator
-from factory.data.processing import uses_varlen
+from factory.data.processing import batch_layout
 from factory.errors import PluginError
 from factory.testing import check_plugin_contract
 
@@ -56,17 +56,20 @@ def test_config_maps_to_attn_implementation_and_varlen_batches(tiny_causal_lm, m
     monkeypatch.delenv(DETERMINISTIC_ENV, raising=False)
     cfg = factory.load_config(None, ["patches=[flash-attn3]", "flash_attn.deterministic=true"])
     kwargs: dict = {"attn_implementation": cfg.attn_implementation}
-    FLASH_ATTN_3.before_load(cfg, kwargs)
-    assert kwargs["attn_implementation"] == cfg.attn_implementation == "flash_attention_3"
+    facts = FLASH_ATTN_3.before_load(cfg, kwargs)
+    assert kwargs["attn_implementation"] == facts.attn_implementation == "flash_attention_3"
+    assert cfg.attn_implementation == "sdpa"  # the config stays the user's
     tokenizer = AutoTokenizer.from_pretrained(tiny_causal_lm)
-    assert isinstance(build_collator(tokenizer, "supervised", packing=False, flatten=uses_varlen(cfg)), FlatteningCollator)
+    flatten = batch_layout(cfg, facts).padding_free  # as the training run decides
+    assert isinstance(build_collator(tokenizer, "supervised", packing=False, flatten=flatten), FlatteningCollator)
     assert os.environ[DETERMINISTIC_ENV] == "1"
 
     padded = factory.load_config(None, ["flash_attn.varlen=false"])
     kwargs = {}
-    FLASH_ATTN_2.before_load(padded, kwargs)
+    facts = FLASH_ATTN_2.before_load(padded, kwargs)
     assert kwargs["attn_implementation"] == "flash_attention_2" and padded.attn_implementation == "sdpa"
-    flatten = uses_varlen(padded) or padded.padding_free  # as factory.data.processing.build_datasets decides
+    assert padded.padding_free is True and batch_layout(padded, facts).padding_free is False
+    flatten = batch_layout(padded, facts).padding_free
     assert not isinstance(build_collator(tokenizer, "supervised", packing=False, flatten=flatten), FlatteningCollator)
 
 
@@ -111,14 +114,14 @@ def test_varlen_batches_reach_the_backend_with_each_examples_bounds(tiny_causal_
 
     cfg = factory.load_config(None, [f"model={tiny_causal_lm}", "patches=[flash-attn]", "flash_attn.deterministic=true"])
     kwargs: dict = {}
-    FLASH_ATTN_2.before_load(cfg, kwargs)
+    facts = FLASH_ATTN_2.before_load(cfg, kwargs)
     model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32).eval()
     model.config._attn_implementation = kwargs["attn_implementation"]  # what from_pretrained sets on a GPU
     FLASH_ATTN_2.after_load(model, cfg)
 
     gen = torch.Generator().manual_seed(0)
     examples = [torch.randint(3, 300, (n,), generator=gen) for n in (7, 12, 5)]
-    collator = build_collator(AutoTokenizer.from_pretrained(tiny_causal_lm), "supervised", packing=False, flatten=uses_varlen(cfg))
+    collator = build_collator(AutoTokenizer.from_pretrained(tiny_causal_lm), "supervised", packing=False, flatten=batch_layout(cfg, facts).padding_free)
     batch = collator([{"input_ids": e.tolist(), "labels": e.tolist()} for e in examples])
     batch.pop("labels")
     with torch.no_grad():

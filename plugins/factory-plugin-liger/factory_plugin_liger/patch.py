@@ -11,7 +11,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from factory.plugin_api import PluginError, RunConfig, checkpoint_config
+from factory.plugin_api import ModelFacts, PluginError, RunConfig, checkpoint_config
 
 
 @dataclass(frozen=True)
@@ -74,10 +74,15 @@ def patched_modules(model: Any, opts: Any) -> dict[str, list[str]]:
 class LigerPatch:
     """Refuse an unsupported model type before loading; apply the kernels to the loaded model."""
 
-    def before_load(self, cfg: RunConfig, model_kwargs: dict[str, Any]) -> None:
+    def before_load(self, cfg: RunConfig, model_kwargs: dict[str, Any]) -> ModelFacts:
         model_type = checkpoint_config(cfg).get("model_type")
         if model_type is not None:
             family(model_type, cfg.model)
+        opts = cfg.options("liger")
+        # What Liger takes over, so factory's own fused forwards and chunked loss step aside for it.
+        taken = {"rms_norm": opts.rms_norm, "mlp": opts.swiglu, "rope": opts.rope,
+                 "loss": opts.fused_linear_cross_entropy or opts.cross_entropy}
+        return ModelFacts(replaces=tuple(name for name, on in taken.items() if on))
 
     def after_load(self, model: Any, cfg: RunConfig) -> Any:
         function, kwargs = liger_call(model.config.model_type, cfg.options("liger"), cfg.model)

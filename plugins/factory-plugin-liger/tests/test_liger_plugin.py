@@ -94,3 +94,59 @@ def test_unsupported_model_type_is_refused_before_loading(tmp_path):
     cfg = factory.load_config(None, [f"model={tmp_path}"])
     with pytest.raises(PluginError, match=r"is of type 'gpt2', for which Liger has no kernels here; drop the liger patch"):
         LIGER.before_load(cfg, {})
+
+
+def test_when_liger_is_chosen_its_kernels_are_the_ones_that_run(tiny_causal_lm, tmp_path, monkeypatch):
+    """factory's fused RMSNorm/SwiGLU forwards and its chunked loss step aside for what Liger took over.
+
+    A stand-in for liger-kernel patches the loaded model the way the real one does (per-instance
+    forwards of the norm and MLP modules, the causal LM's forward for the fused loss); the run's
+    model and trainer are then checked to call those, not factory's own.
+    """
+    import json
+
+    from factory.plugin_api import default_trainer, run_training
+
+    marks: dict[str, list] = {"norm": [], "mlp": [], "loss": []}
+
+    def apply_liger_kernel_to_llama(model, rope, rms_norm, swiglu, cross_entropy, fused_linear_cross_entropy):
+        for module in model.modules():
+            name = type(module).__name__
+            if rms_norm and name.endswith("RMSNorm"):
+                original = module.forward
+                module.forward = lambda x, original=original: (marks["norm"].append(1), original(x))[1]
+            if swiglu and name.endswith("MLP"):
+                original = module.forward
+                module.forward = lambda x, original=original: (marks["mlp"].append(1), original(x))[1]
+        if fused_linear_cross_entropy:
+            original = model.forward
+            model.forward = lambda *a, original=original, **k: (marks["loss"].append(1), original(*a, **k))[1]
+
+    fake = types.ModuleType("liger_kernel.transformers")
+    fake.apply_liger_kernel_to_llama = apply_liger_kernel_to_llama
+    monkeypatch.setitem(sys.modules, "liger_kernel", types.ModuleType("liger_kernel"))
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", fake)
+    monkeypatch.setattr(hardware, "cuda_devices", lambda: (hardware.CudaDevice("A100", (8, 0)),))
+    monkeypatch.setattr("factory.registry.Requires.unmet", lambda self: None)  # liger-kernel itself is not installed here
+
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps([{"instruction": f"question {i}", "output": f"answer {i}"} for i in range(4)]))
+    built = {}
+
+    def build(setup):
+        built["trainer"] = trainer = default_trainer(setup)
+        return trainer
+
+    cfg = factory.load_config(None, [
+        f"model={tiny_causal_lm}", "patches=[liger]", "method=full", f"dataset={rows}",
+        "max_samples=4", "max_steps=1", "batch_size=2", "cutoff_len=64", "precision=fp32", "sample_prompt=null",
+        f"output_dir={tmp_path / 'out'}"])
+    run_training(cfg, cfg.manager(), "supervised", build_trainer=build)
+    assert built["trainer"].chunked_loss is False
+    assert marks["norm"] and marks["mlp"] and marks["loss"]  # Liger's forwards ran in the training step
+
+    plain = factory.load_config(None, [f"model={tiny_causal_lm}", f"dataset={rows}", "method=full", "max_steps=1",
+                                       "batch_size=2", "cutoff_len=64", "precision=fp32", "sample_prompt=null",
+                                       f"output_dir={tmp_path / 'plain'}"])
+    run_training(plain, plain.manager(), "supervised", build_trainer=build)
+    assert built["trainer"].chunked_loss is True  # without liger, factory's own chunked loss runs

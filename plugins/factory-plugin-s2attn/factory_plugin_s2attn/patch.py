@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from factory.plugin_api import PluginError, RunConfig, checkpoint_config
+from factory.plugin_api import ModelFacts, PluginError, RunConfig, checkpoint_config
 from factory_plugin_s2attn.attention import NAME, register
 
 # Llama-family decoders: rotary attention through transformers' attention interface, no sliding window.
@@ -22,13 +22,13 @@ def _check_type(model_type: str | None, model: str) -> None:
 class S2AttnPatch:
     """``patches: [s2attn]``: shifted sparse attention while training, full attention at inference."""
 
-    def before_load(self, cfg: RunConfig, model_kwargs: dict[str, Any]) -> None:
+    def before_load(self, cfg: RunConfig, model_kwargs: dict[str, Any]) -> ModelFacts:
         _check_type(checkpoint_config(cfg).get("model_type"), cfg.model)
         register()
         model_kwargs["attn_implementation"] = NAME
         # Groups are cut per row: a padding-free batch (all examples in one row) would make them a
         # fraction of the whole batch, across example boundaries; LongLoRA groups each sequence.
-        cfg.padding_free = False
+        return ModelFacts(attn_implementation=NAME, padding_free=False)
 
     def after_load(self, model: Any, cfg: RunConfig) -> Any:
         config = model.config

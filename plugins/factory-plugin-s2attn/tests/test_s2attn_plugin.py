@@ -124,8 +124,9 @@ def test_lora_training_through_factory(tiny_causal_lm, tmp_path):
 def test_before_load_and_refusals(tiny_causal_lm, tmp_path):
     cfg = factory.load_config(None, [f"model={tiny_causal_lm}", "patches=[s2attn]"])
     kwargs: dict = {}
-    S2ATTN.before_load(cfg, kwargs)
-    assert kwargs["attn_implementation"] == "s2attn" and cfg.padding_free is False  # groups are cut per row
+    facts = S2ATTN.before_load(cfg, kwargs)
+    assert kwargs["attn_implementation"] == "s2attn" and facts.padding_free is False  # groups are cut per row
+    assert cfg.padding_free is True  # decided as a fact; the config stays the user's
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(PluginError, match="is of type 'gpt2', whose attention S2-Attn does not patch"):
         S2ATTN.before_load(factory.load_config(None, [f"model={tmp_path}"]), {})

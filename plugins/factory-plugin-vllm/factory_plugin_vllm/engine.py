@@ -51,7 +51,7 @@ class VLLMEngine(Engine):
 
         self._engine = self._wait(create())
         self.tokenizer = AutoTokenizer.from_pretrained(plan.tokenizer, trust_remote_code=cfg.trust_remote_code)
-        self.template = get_template(cfg.template, self.tokenizer, manager)
+        self.template = get_template(cfg.template, self.tokenizer, manager, enable_thinking=cfg.enable_thinking)
         self.context_length = options.max_model_len or self._wait(self._engine.get_model_config()).max_model_len
         self._stop_ids, self._stop_strings = split_stop_words(self.template.stop_words, self.tokenizer.get_vocab())
         self._lora = LoRARequest("adapter", 1, plan.lora) if plan.lora else None

@@ -1,5 +1,8 @@
 """``factory data preview``: what a model will see of a data set, and what it learns from.
 
+A tool above the rooms (it needs a model's tokenizer and the data worker), used by the CLI and
+the web UI.
+
 The first examples are shown as tokenized for training (after the chat template and
 ``cutoff_len``), decoded back to text with the trained spans marked, with their token counts;
 then a length summary of the whole data set. A wrong template, format or ``cutoff_len`` shows
@@ -18,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from factory.config import load_config
+from factory.config import RunConfig
 from factory.data.processing import DataStats, tokenize_dataset
 from factory.data.tokenize import IGNORE_INDEX
 from factory.errors import ConfigError
@@ -116,28 +119,14 @@ def _quiet_progress() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def preview(
-    dataset: str,
-    *,
-    template: str = "auto",
-    n: int = 3,
-    dataset_dir: str | None = None,
-    model: str | None = None,
-    cutoff_len: int | None = None,
-    console: Console | None = None,
-) -> DataStats:
-    """Print ``n`` tokenized examples of ``dataset`` and its length summary; returns the statistics."""
+def preview(cfg: RunConfig, *, n: int = 3, console: Console | None = None) -> DataStats:
+    """Print ``n`` tokenized examples of the config's data set and its length summary; returns the statistics."""
     from factory.data.loading import load_records
     from factory.data.template import get_template
 
     if n < 0:
         raise ConfigError(f"-n {n} is negative; give the number of examples to show (e.g. -n 3)")
-    settings: dict[str, Any] = {"dataset": dataset, "template": template, "dataset_dir": dataset_dir, "packing": False}
-    if model is not None:
-        settings["model"] = model
-    if cutoff_len is not None:
-        settings["cutoff_len"] = cutoff_len
-    cfg = load_config(settings)
+    dataset = cfg.datasets[0]
     console = console or Console()
     styled = console.is_terminal
     manager = cfg.manager()
