@@ -14,7 +14,8 @@ def check_training_selection(cfg: RunConfig, manager: PluginManager) -> None:
     """Refuse, before any model is loaded, every selected implementation that cannot run here (or cannot train).
 
     Plugins first (a missing or GPU-only one is the first thing to fix), then the model source,
-    then what depends on both (a quantized checkpoint, an adapter to continue), then the stage.
+    then what depends on both (a quantized checkpoint, an adapter to continue, settings the optimizer
+    cannot honour), then the stage.
     """
     from factory.model.loader import check_adapter_continuation, check_quantized_checkpoint, pick_loader
 
@@ -22,7 +23,7 @@ def check_training_selection(cfg: RunConfig, manager: PluginManager) -> None:
     for name in cfg.patches:
         manager.require("patches", name)
     adapter = manager.load("adapters", cfg.method)
-    manager.require("optimizers", cfg.optimizer)
+    optimizer = manager.load("optimizers", cfg.optimizer)
     for name in cfg.callbacks:
         manager.require("callbacks", name)
     if cfg.template != "auto":
@@ -35,6 +36,8 @@ def check_training_selection(cfg: RunConfig, manager: PluginManager) -> None:
         quantizer.check_trainable(cfg)
     if cfg.adapter:
         check_adapter_continuation(cfg, adapter)
+    if callable(getattr(optimizer, "check_trainable", None)):
+        optimizer.check_trainable(cfg)
     if callable(getattr(stage, "check", None)):
         stage.check(cfg, manager)
 

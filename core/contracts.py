@@ -109,6 +109,10 @@ class Optimizer(Protocol):
     def callbacks(self, cfg: Any) -> list:
         """Trainer callbacks the optimizer needs (e.g. a block switcher)."""
 
+    @optional
+    def check_trainable(self, cfg: Any) -> None:
+        """Raise ConfigError before anything loads for a setting the optimizer cannot honour (gradient accumulation or clipping for one that steps inside backward)."""
+
 
 class Aligner(Protocol):
     """Data set formats: one raw row to factory's standard record."""

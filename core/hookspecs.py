@@ -81,7 +81,9 @@ def register_optimizers(register: Register) -> None:
 
     Implementation: an object with ``create(model, cfg, param_groups) -> torch.optim.Optimizer``
     where ``param_groups`` is the adapter's grouping of trainable parameters, and optionally
-    ``callbacks(cfg) -> list[TrainerCallback]``.
+    ``callbacks(cfg) -> list[TrainerCallback]`` and ``check_trainable(cfg) -> None``, called before a
+    training run loads anything, raising :class:`factory.ConfigError` for settings the optimizer cannot
+    honour (gradient accumulation or clipping for optimizers that step inside the backward pass).
     """
 
 

@@ -59,7 +59,11 @@ _LAZY: dict[str, str] = {
     "BadRow": "factory.data.aligners",
     "SkipRow": "factory.data.aligners",
     "empty_record": "factory.data.record",
-    # training stages
+    # training: optimizers' parameter groupings, decoder layers, stages
+    "default_param_groups": "factory.train.optim",
+    "projected_groups": "factory.train.optim",
+    "split_groups": "factory.train.optim",
+    "decoder_layers": "factory.train.methods",
     "TrainerSetup": "factory.train.run",
     "run_training": "factory.train.run",
     "default_trainer": "factory.train.run",

@@ -8,9 +8,10 @@ Fixtures:
 - ``tiny_causal_lm``: a folder holding a tiny random-weight Llama causal LM and a small
   byte-level BPE tokenizer with a ChatML chat template, built offline in seconds.
 
-And :func:`check_plugin_contract`, which every plugin's own tests call, and
+And :func:`check_plugin_contract`, which every plugin's own tests call,
 :func:`write_quantized_checkpoint`, which turns the tiny model into a pre-quantized checkpoint for
-the quantization plugins' tests.
+the quantization plugins' tests, and :func:`check_resume`, which checks that a run resumed from a
+checkpoint ends where the uninterrupted run does.
 
 This module is imported at pytest start-up, so it imports nothing heavy at module level.
 """
@@ -229,3 +230,32 @@ def write_quantized_checkpoint(
     for file in src.glob("tokenizer*"):
         (dst / file.name).write_bytes(file.read_bytes())
     return dequantized
+
+
+def check_resume(out: str | Path, overrides: list[str], *, steps: int = 4) -> dict[str, Any]:
+    """Train ``steps`` optimizer steps with a checkpoint half-way, then train again in a fresh folder
+    resumed from a copy of that checkpoint; assert both runs end with identical weights.
+
+    For optimizer and method plugins whose state goes through the Trainer's checkpoints. ``overrides``
+    are ``factory finetune`` settings (model, data, optimizer...); returns the uninterrupted run's metrics.
+    """
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from factory.api import finetune
+
+    out = Path(out)
+    half = steps // 2
+    common = [*overrides, f"max_steps={steps}", f"save_steps={half}", "sample_prompt=null"]
+    metrics = finetune(None, [*common, f"output_dir={out / 'straight'}"])
+    shutil.copytree(out / "straight" / f"checkpoint-{half}", out / "resumed" / f"checkpoint-{half}")
+    finetune(None, [*common, f"output_dir={out / 'resumed'}", "resume=true"])
+    record = json.loads((out / "resumed" / "factory_run.json").read_text())
+    assert str(record["resumed_from"]).endswith(f"checkpoint-{half}"), record["resumed_from"]
+    straight, resumed = (load_file(out / name / "model.safetensors") for name in ("straight", "resumed"))
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), f"{key} differs after resuming from checkpoint-{half}"
+    return metrics

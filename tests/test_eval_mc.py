@@ -91,8 +91,17 @@ def test_tables_cover_the_benchmarks():
 # -- bad input: one sentence each, before any model is loaded ---------------------------------
 
 
+def unloadable_model() -> str:
+    """A folder a loader accepts but that holds no weights: any attempt to load it would fail differently."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="factory-no-weights-"))
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    return str(folder)
+
+
 def run_eval(**settings):
-    return evaluate(load_config(model="no-such-model", task="cmmlu", **settings), record=False, progress=False)
+    return evaluate(load_config(model=unloadable_model(), task="cmmlu", **settings), record=False, progress=False)
 
 
 def one_sentence(exc: FactoryError) -> str:

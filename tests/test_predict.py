@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -101,8 +102,17 @@ def test_cli_predict_scores_saves_and_records(smollm2_path, tmp_path):
     assert runs[0]["score"] == pytest.approx(result["overall"]["values"]["bleu-4"])
 
 
+def no_weights(tmp_path: Path) -> str:
+    """A folder a loader accepts but that holds no weights: these refusals must come before any load."""
+    folder = tmp_path / "no-weights"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    return str(folder)
+
+
 def test_data_without_answers_is_refused(demo_dir, tmp_path):
-    cfg = load_config(model="no-such-model", task="bleu-rouge", dataset=str(demo_dir / "c4_demo.jsonl"), max_samples=5, output_dir=str(tmp_path))
+    cfg = load_config(model=no_weights(tmp_path), task="bleu-rouge", dataset=str(demo_dir / "c4_demo.jsonl"), max_samples=5,
+                      output_dir=str(tmp_path / "out"))
     with pytest.raises(DataError, match=r"has no conversation ending in an assistant answer to compare with; predict needs a supervised data set"):
         evaluate(cfg, record=False, progress=False)
 
@@ -111,6 +121,6 @@ def test_existing_predictions_are_not_overwritten(tmp_path):
     data = write_alpaca(tmp_path / "qa.json", ROWS)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "generated_predictions.jsonl").write_text("{}\n")
-    cfg = load_config(model="no-such-model", task="bleu-rouge", dataset=str(data), output_dir=str(tmp_path / "out"))
+    cfg = load_config(model=no_weights(tmp_path), task="bleu-rouge", dataset=str(data), output_dir=str(tmp_path / "out"))
     with pytest.raises(ConfigError, match=r"already exists; pass overwrite_output_dir=true to replace it"):
         evaluate(cfg, record=False, progress=False)

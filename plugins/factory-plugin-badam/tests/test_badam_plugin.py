@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,9 @@ from transformers import AutoModelForCausalLM
 
 import factory
 from factory.errors import ConfigError
-from factory.testing import check_plugin_contract
+from factory.testing import check_plugin_contract, check_resume
+
+DEMO_DIR = Path(__file__).resolve().parents[4] / "shared" / "data" / "llamafactory-demo"
 
 
 def config(*overrides: str) -> factory.RunConfig:
@@ -208,3 +211,111 @@ def test_callbacks_only_for_deepspeed(tmp_path):
     assert BADAM.callbacks(config()) == []
     callbacks = BADAM.callbacks(config(f"deepspeed={tmp_path / 'zero3.json'}"))
     assert [type(c) for c in callbacks] == [BAdamCallback]
+
+
+def ratio_config(*overrides: str) -> factory.RunConfig:
+    return config("badam.mode=ratio", "max_grad_norm=0", "weight_decay=0", *overrides)
+
+
+@pytest.mark.parametrize("mask_mode", ["adjacent", "scatter"])
+def test_ratio_mode_steps_equal_badam_built_directly(mask_mode, tiny_causal_lm, batch):
+    """The same steps as badam's BlockOptimizerRatio built as its README says (which needs include_lm_head on a
+    model with tied embeddings, or it fails looking for a head), and the global generator left alone."""
+    from badam import BlockOptimizerRatio
+
+    cfg = ratio_config("badam.update_ratio=0.25", "badam.switch_every=2", f"badam.mask_mode={mask_mode}")
+    ours_model, theirs_model = (AutoModelForCausalLM.from_pretrained(tiny_causal_lm) for _ in range(2))
+    torch.manual_seed(5)
+    ours = BADAM.create(ours_model, cfg, groups_of(ours_model))
+    torch.manual_seed(5)
+    theirs = BlockOptimizerRatio(groups_of(theirs_model), list(theirs_model.named_parameters()), update_ratio=0.25,
+                                 switch_every=2, mask_mode=mask_mode, lr=3e-3, include_lm_head=True)
+    start = snapshot(ours_model)
+    torch.manual_seed(9)
+    for _ in range(4):
+        step(ours_model, ours, batch)
+    ours_draw = torch.rand(1)
+    expected_draw = torch.rand(1, generator=torch.Generator().manual_seed(9))
+    for _ in range(4):
+        step(theirs_model, theirs, batch)
+    for (n, a), b in zip(ours_model.named_parameters(), theirs_model.parameters()):
+        assert torch.equal(a, b), n
+    assert torch.equal(ours_draw, expected_draw)  # our steps did not re-seed torch's generator
+    q_proj = "model.layers.0.self_attn.q_proj.weight"
+    changed = (dict(ours_model.named_parameters())[q_proj] != start[q_proj]).float().mean().item()
+    assert 0.25 <= changed < 0.8  # a quarter of the entries per phase (badam re-draws masks shared by shape as it switches)
+    assert torch.equal(ours_model.model.embed_tokens.weight, start["model.embed_tokens.weight"])  # embeddings stay out
+
+
+def test_ratio_mode_resumes_exactly(tiny_causal_lm, batch):
+    cfg = ratio_config("badam.update_ratio=0.2", "badam.switch_every=3", "badam.mask_mode=scatter")
+
+    def start(model):
+        optimizer = BADAM.create(model, cfg, groups_of(model))
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 - i / 10)
+
+    def advance(model, optimizer, scheduler, steps):
+        for _ in range(steps):
+            step(model, optimizer, batch)
+            scheduler.step()
+
+    torch.manual_seed(1)
+    straight = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
+    advance(straight, *start(straight), 8)
+    torch.manual_seed(1)
+    first = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
+    first_opt, first_sched = start(first)
+    advance(first, first_opt, first_sched, 4)  # inside the second phase
+    buffer = io.BytesIO()
+    torch.save({"model": first.state_dict(), "optimizer": first_opt.state_dict(), "lr": first_sched.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    torch.manual_seed(2)  # a resumed process draws other weight seeds at first; the checkpoint restores them
+    resumed = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
+    resumed.load_state_dict(saved["model"])
+    resumed_opt, resumed_sched = start(resumed)
+    resumed_opt.load_state_dict(saved["optimizer"])
+    resumed_sched.load_state_dict(saved["lr"])
+    advance(resumed, resumed_opt, resumed_sched, 4)
+    for (n, a), b in zip(straight.named_parameters(), resumed.parameters()):
+        assert torch.equal(b, a), n
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [("gradient_accumulation_steps=2", "gradients cannot accumulate over gradient_accumulation_steps=2; set it to 1"),
+     ("max_grad_norm=1.0", "so max_grad_norm=1.0 cannot apply; set max_grad_norm=0"),
+     ("weight_decay=0.1", "so weight_decay=0.1 cannot apply; set weight_decay=0"),
+     ("nproc=2", "it trains in one process only; drop nproc, deepspeed and fsdp or use badam.mode=layer")],
+)
+def test_ratio_mode_refuses_before_loading(override, expected, tmp_path):
+    args = ["method=full", "optimizer=badam", "badam.mode=ratio", "max_grad_norm=0", "weight_decay=0", f"output_dir={tmp_path / 'o'}"]
+    with pytest.raises(ConfigError) as err:
+        factory.finetune(None, [*args, override])
+    message = str(err.value)
+    assert message.startswith("badam.mode=ratio turns each gradient into a sparse one inside backward")
+    assert expected in message and "\n" not in message and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [(["badam.mode=ratio", "badam.switch_mode=descending"], "badam.mode ratio updates part of every weight"),
+     (["badam.update_ratio=0.1"], "badam.update_ratio and badam.mask_mode belong to badam.mode ratio"),
+     (["badam.mode=ratio", "badam.update_ratio=0"], "config key 'badam.update_ratio'")],
+)
+def test_ratio_options_are_checked(overrides, expected):
+    with pytest.raises(ConfigError) as err:
+        factory.load_config(None, overrides)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_ratio_mode_trains_and_resumes_through_finetune(tiny_causal_lm, tmp_path):
+    """Through the Trainer, which measures the gradient norm after every backward (so the sparse gradients must
+    wait in the optimizer): the loss falls, and a run resumed half-way ends with the uninterrupted run's weights."""
+    metrics = check_resume(tmp_path, [
+        f"model={tiny_causal_lm}", "dataset=alpaca_en_demo", f"dataset_dir={DEMO_DIR}", "max_samples=16", "cutoff_len=64",
+        "batch_size=4", "learning_rate=1e-2", "logging_steps=1", "precision=fp32", "method=full", "optimizer=badam",
+        "badam.mode=ratio", "badam.update_ratio=0.3", "badam.switch_every=3", "max_grad_norm=0", "weight_decay=0",
+    ])
+    values = [e["loss"] for e in metrics["log_history"] if "loss" in e]
+    assert len(values) == 4 and values[-1] < values[0], values

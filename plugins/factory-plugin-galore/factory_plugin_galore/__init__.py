@@ -1,8 +1,8 @@
 """factory-plugin-galore: GaLore optimizers, through galore-torch.
 
-Registers the optimizers ``galore`` (GaLore AdamW, any device) and ``galore-8bit`` (GaLore
-AdamW8bit, which needs CUDA: galore-torch calls ``torch.cuda.synchronize`` in it), both reading
-the config section ``galore``. Imports neither torch nor galore_torch at registration time.
+Registers the optimizers ``galore`` (GaLore AdamW, any device), ``galore-layerwise`` (the same,
+stepped per weight inside backward) and ``galore-8bit`` (GaLore AdamW8bit, which needs CUDA:
+galore-torch calls ``torch.cuda.synchronize`` in it), all reading the config section ``galore``. Imports neither torch nor galore_torch at registration time.
 """
 
 from __future__ import annotations
@@ -28,4 +28,12 @@ def register_optimizers(register):
         options=GaloreOptions,
         section="galore",
         description="8-bit AdamW (bitsandbytes) with GaLore projection",
+    )
+    register(
+        "galore-layerwise",
+        "factory_plugin_galore.optim:GALORE_LAYERWISE",
+        requires=Requires(packages=("galore-torch>=1.0",)),
+        options=GaloreOptions,
+        section="galore",
+        description="GaLore AdamW stepped per weight during backward, so one weight's gradient exists at a time",
     )

@@ -12,47 +12,39 @@ from typing import Any
 import torch
 from galore_torch.galore_projector import GaLoreProjector
 
-from factory.plugin_api import ConfigError, RunConfig, is_linear, matches, resolve_targets
-
-
-def projected_weights(model: Any, target: str | list[str]) -> set[int]:
-    """ids of the 2-D weights of the linear modules ``target`` selects (``all``: all but the head)."""
-    names = resolve_targets(model, target, "galore.target")
-    return {
-        id(module.weight)
-        for name, module in model.named_modules()
-        if is_linear(module) and matches(name, names) and module.weight.ndim == 2
-    }
+from factory.plugin_api import ConfigError, RunConfig, projected_groups
+from factory_plugin_galore.layerwise import LayerwiseOptimizer
 
 
 def galore_groups(model: Any, cfg: RunConfig, param_groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``param_groups`` split into GaLore groups (with rank, update_proj_gap, scale, proj_type) and plain ones."""
     opts = cfg.options("galore")
-    projected = projected_weights(model, opts.target)
     galore = {"rank": opts.rank, "update_proj_gap": opts.update_proj_gap, "scale": opts.scale, "proj_type": opts.proj_type}
-    groups = []
-    for group in param_groups:
-        settings = {key: value for key, value in group.items() if key != "params"}
-        params = list(group["params"])
-        low_rank = [p for p in params if id(p) in projected]
-        plain = [p for p in params if id(p) not in projected]
-        if low_rank:
-            groups.append({**settings, **galore, "params": low_rank})
-        if plain:
-            groups.append({**settings, "params": plain})
-    if not any("rank" in group for group in groups):
-        raise ConfigError(
-            f"galore.target={opts.target!r} selects no trainable 2-D weight of a linear layer under "
-            f"method={cfg.method}; target modules that the method trains, or use method=full"
-        )
-    return groups
+    return projected_groups(model, cfg, param_groups, opts.target, "galore.target", galore)
 
 
 class GaloreAdamW:
-    """``optimizer: galore`` (``eight_bit``: ``galore-8bit``, CUDA only)."""
+    """``optimizer: galore`` (``eight_bit``: ``galore-8bit``, CUDA only; ``layerwise``: ``galore-layerwise``)."""
 
-    def __init__(self, *, eight_bit: bool = False) -> None:
+    def __init__(self, *, eight_bit: bool = False, layerwise: bool = False) -> None:
         self.eight_bit = eight_bit
+        self.layerwise = layerwise
+
+    def check_trainable(self, cfg: RunConfig) -> None:
+        """Layer-wise steps happen inside backward: nothing can accumulate, clip or all-reduce gradients first."""
+        if not self.layerwise:
+            return
+        name = "optimizer galore-layerwise steps each weight as soon as backward reaches it"
+        if cfg.gradient_accumulation_steps != 1:
+            raise ConfigError(f"{name}, so gradients cannot accumulate over "
+                              f"gradient_accumulation_steps={cfg.gradient_accumulation_steps}; set it to 1 "
+                              "(raise batch_size instead) or use optimizer=galore")
+        if cfg.max_grad_norm > 0:
+            raise ConfigError(f"{name}, before the whole gradient's norm is known, so max_grad_norm={cfg.max_grad_norm} "
+                              "cannot clip it; set max_grad_norm=0 or use optimizer=galore")
+        if cfg.nproc > 1 or cfg.deepspeed or cfg.fsdp:
+            raise ConfigError(f"{name}, before processes could average their gradients, so it trains in one process "
+                              "only; drop nproc, deepspeed and fsdp or use optimizer=galore")
 
     def create(self, model: Any, cfg: RunConfig, param_groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
         groups = galore_groups(model, cfg, param_groups)
@@ -65,8 +57,17 @@ class GaloreAdamW:
             return GaLoreAdamW8bit(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         from galore_torch import GaLoreAdamW as AdamW
 
-        return AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, no_deprecation_warning=True)
+        def build(params: list[dict[str, Any]]) -> torch.optim.Optimizer:
+            return AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, no_deprecation_warning=True)
+
+        if not self.layerwise:
+            return build(groups)
+        self.check_trainable(cfg)
+        for group in groups:
+            group.setdefault("lr", cfg.learning_rate)
+        return LayerwiseOptimizer(groups, lambda group: build([group]))
 
 
 GALORE = GaloreAdamW()
 GALORE_8BIT = GaloreAdamW(eight_bit=True)
+GALORE_LAYERWISE = GaloreAdamW(layerwise=True)

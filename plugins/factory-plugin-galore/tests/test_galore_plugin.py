@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 import torch
-from factory_plugin_galore.optim import GALORE
+from factory_plugin_galore.optim import GALORE, GALORE_LAYERWISE
 from transformers import AutoModelForCausalLM
 
 import factory
 from factory.errors import ConfigError, PluginError
-from factory.testing import check_plugin_contract
+from factory.testing import check_plugin_contract, check_resume
+
+DEMO_DIR = Path(__file__).resolve().parents[4] / "shared" / "data" / "llamafactory-demo"
 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -55,7 +58,7 @@ def names_in_galore_groups(model, optimizer) -> set[str]:
 def test_contract():
     rows = check_plugin_contract("factory-plugin-galore")
     assert [row["status"] for row in rows] == ["ok"]
-    assert rows[0]["provides"] == {"optimizers": ["galore", "galore-8bit"]}
+    assert rows[0]["provides"] == {"optimizers": ["galore", "galore-8bit", "galore-layerwise"]}
     assert "galore-8bit needs a CUDA GPU" in rows[0]["reason"]
 
 
@@ -180,3 +183,88 @@ def test_state_survives_the_trainers_safe_reload(tiny_causal_lm, batch):
     step(second, resumed, batch)
     for (n, a), b in zip(first.named_parameters(), second.parameters()):
         assert torch.equal(a, b), n
+
+
+def scheduled(optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 - i / 10)
+
+
+def test_layerwise_takes_the_same_steps_as_galore_and_keeps_no_gradient(tiny_causal_lm, batch):
+    """Stepping each weight inside backward (its own optimizer, the scheduled learning rate copied in)
+    gives the weights of galore-torch's GaLoreAdamW stepping them all after backward."""
+    cfg = config("galore.rank=4", "galore.update_proj_gap=2", "max_grad_norm=0")
+    plain_model, layerwise_model = (AutoModelForCausalLM.from_pretrained(tiny_causal_lm) for _ in range(2))
+    plain = GALORE.create(plain_model, cfg, groups_of(plain_model))
+    layerwise = GALORE_LAYERWISE.create(layerwise_model, cfg, groups_of(layerwise_model))
+    plain_lr, layerwise_lr = scheduled(plain), scheduled(layerwise)
+    assert len(layerwise.per_param) == len(list(layerwise_model.parameters()))
+    for _ in range(5):  # the projection is recomputed twice on the way
+        step(plain_model, plain, batch)
+        plain_lr.step()
+        layerwise_model(batch, labels=batch).loss.backward()
+        assert all(p.grad is None for p in layerwise_model.parameters())  # dropped right after each weight's step
+        layerwise.step()
+        layerwise.zero_grad()
+        layerwise_lr.step()
+    for (n, a), b in zip(plain_model.named_parameters(), layerwise_model.parameters()):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-7, msg=n)
+    assert not torch.equal(plain_model.model.layers[0].self_attn.q_proj.weight,
+                           AutoModelForCausalLM.from_pretrained(tiny_causal_lm).model.layers[0].self_attn.q_proj.weight)
+
+
+def test_layerwise_state_resumes_exactly(tiny_causal_lm, batch):
+    cfg = config("galore.rank=4", "max_grad_norm=0")
+
+    def start(model):
+        optimizer = GALORE_LAYERWISE.create(model, cfg, groups_of(model))
+        return optimizer, scheduled(optimizer)
+
+    def advance(model, optimizer, scheduler, steps):
+        for _ in range(steps):
+            step(model, optimizer, batch)
+            scheduler.step()
+
+    straight = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
+    advance(straight, *start(straight), 4)
+    first = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
+    first_opt, first_lr = start(first)
+    advance(first, first_opt, first_lr, 2)
+    buffer = io.BytesIO()
+    torch.save({"model": first.state_dict(), "optimizer": first_opt.state_dict(), "lr": first_lr.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    first_opt.remove_hooks()
+    resumed = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
+    resumed.load_state_dict(saved["model"])
+    resumed_opt, resumed_lr = start(resumed)
+    resumed_opt.load_state_dict(saved["optimizer"])
+    resumed_lr.load_state_dict(saved["lr"])
+    advance(resumed, resumed_opt, resumed_lr, 2)
+    for (n, a), b in zip(straight.named_parameters(), resumed.parameters()):
+        assert torch.equal(b, a), n
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [("gradient_accumulation_steps=2", "gradients cannot accumulate over gradient_accumulation_steps=2; set it to 1"),
+     ("max_grad_norm=1.0", "so max_grad_norm=1.0 cannot clip it; set max_grad_norm=0"),
+     ("nproc=2", "it trains in one process only; drop nproc, deepspeed and fsdp")],
+)
+def test_layerwise_refuses_what_it_cannot_honour_before_loading(override, expected, tmp_path):
+    base = ["method=full", "optimizer=galore-layerwise", "max_grad_norm=0", f"output_dir={tmp_path / 'out'}"]
+    with pytest.raises(ConfigError) as err:
+        factory.finetune(None, [*base, override])
+    message = str(err.value)
+    assert message.startswith("optimizer galore-layerwise steps each weight as soon as backward reaches it")
+    assert expected in message and "\n" not in message and not (tmp_path / "out").exists()
+
+
+def test_trains_and_resumes_through_finetune(tiny_causal_lm, tmp_path):
+    """Through the Trainer: the loss falls with every weight stepped inside backward, and a run resumed half-way
+    (per-weight states with their projectors, reloaded weights_only) ends with the uninterrupted run's weights."""
+    metrics = check_resume(tmp_path, [
+        f"model={tiny_causal_lm}", "dataset=alpaca_en_demo", f"dataset_dir={DEMO_DIR}", "max_samples=16", "cutoff_len=64",
+        "batch_size=4", "learning_rate=1e-2", "logging_steps=1", "precision=fp32", "method=full", "optimizer=galore-layerwise", "galore.rank=4", "galore.update_proj_gap=3", "max_grad_norm=0",
+    ])
+    values = [e["loss"] for e in metrics["log_history"] if "loss" in e]
+    assert len(values) == 4 and values[-1] < values[0], values

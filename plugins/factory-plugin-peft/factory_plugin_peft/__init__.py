@@ -1,14 +1,14 @@
 """factory-plugin-peft: the LoRA family of fine-tuning methods, through peft.
 
 Registers the adapters ``lora``, ``dora``, ``rslora``, ``pissa`` and ``loraplus``, all reading
-the config section ``lora``. This module is imported when plugins are listed, so it imports
+the config section ``lora``, and ``oft`` (section ``oft``). This module is imported when plugins are listed, so it imports
 neither torch nor peft: implementations are named as ``"module:attr"`` strings.
 """
 
 from __future__ import annotations
 
 from factory.plugin_api import Requires, hookimpl
-from factory_plugin_peft.options import LoraOptions
+from factory_plugin_peft.options import LoraOptions, OftOptions
 
 NEEDS = Requires(packages=("peft>=0.13",))
 
@@ -32,3 +32,11 @@ def register_adapters(register):
             section="lora",
             description=description,
         )
+    register(
+        "oft",
+        "factory_plugin_peft.methods:OFT",
+        requires=Requires(packages=("peft>=0.17",)),
+        options=OftOptions,
+        section="oft",
+        description="orthogonal fine-tuning (OFT): a learned block-diagonal rotation of each target layer's input",
+    )

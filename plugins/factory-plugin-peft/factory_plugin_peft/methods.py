@@ -1,4 +1,4 @@
-"""The LoRA family on peft: one class whose variant (DoRA, rsLoRA, PiSSA, LoRA+) the method picks.
+"""The LoRA family on peft: one class whose variant (DoRA, rsLoRA, PiSSA, LoRA+) the method picks; OFT beside it.
 
 Each registered name is an instance of :class:`LoraMethod` (or :class:`LoraPlusMethod`), so the
 core calls ``apply``/``save``/``load``/``merge`` on it directly.
@@ -7,17 +7,18 @@ core calls ``apply``/``save``/``load``/``merge`` on it directly.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
+from peft import LoraConfig, OFTConfig, PeftConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from peft.optimizers import create_loraplus_optimizer
 from peft.utils.constants import EMBEDDING_LAYER_NAMES
 from safetensors.torch import save_file
 
-from factory.plugin_api import ConfigError, RunConfig, check_modules, resolve_targets
+from factory.plugin_api import ConfigError, RunConfig, check_modules, matches, resolve_targets
 from factory_plugin_peft.fused import fuse_lora_layers
 
 log = logging.getLogger(__name__)
@@ -48,13 +49,15 @@ def _tying(model: Any, names: list[str]) -> dict[str, Any]:
 class LoraMethod:
     """A LoRA-family method; ``dora``/``rslora``/``pissa`` force the matching peft setting."""
 
+    section = "lora"
+
     def __init__(self, name: str, *, dora: bool = False, rslora: bool = False, pissa: bool = False) -> None:
         self.name = name
         self.dora = dora
         self.rslora = rslora
         self.pissa = pissa
 
-    def lora_config(self, model: Any, cfg: RunConfig) -> LoraConfig:
+    def peft_config(self, model: Any, cfg: RunConfig) -> PeftConfig:
         """The peft config for this method and the ``lora`` options, checked against the model."""
         opts = cfg.options("lora")
         targets = resolve_targets(model, opts.target, "lora.target")
@@ -83,7 +86,7 @@ class LoraMethod:
 
     def apply(self, model: Any, cfg: RunConfig) -> Any:
         """Wrap ``model`` in a PeftModel; only the adapter (and modules_to_save) stays trainable."""
-        config = self.lora_config(model, cfg)
+        config = self.peft_config(model, cfg)
         # Seed the adapter's initialisation from cfg.seed alone, without moving the global RNG: the
         # same config then gives the same adapter (and the same PiSSA residual) when a run resumes.
         with torch.random.fork_rng():
@@ -91,7 +94,7 @@ class LoraMethod:
             try:
                 peft_model = get_peft_model(model, config)
             except ValueError as exc:
-                raise ConfigError(f"peft refused the {self.name} settings in section lora: {_first_line(exc)}") from None
+                raise ConfigError(f"peft refused the {self.name} settings in section {self.section}: {_first_line(exc)}") from None
         if cfg.fused_ops:
             log.info("fused low-rank forwards on %d LoRA layers", fuse_lora_layers(peft_model))
         if self.pissa:
@@ -126,7 +129,7 @@ class LoraMethod:
         only). A saved PiSSA adapter is already plain LoRA on the original base, so it continues as one.
         """
         peft_model = self._attach(model, adapter_dir, cfg, trainable=True)
-        log.info("continuing the adapter in %s (its own rank and targets; section lora is not used)", adapter_dir)
+        log.info("continuing the adapter in %s (its own shape and targets; section %s is not used)", adapter_dir, self.section)
         if cfg.fused_ops:
             log.info("fused low-rank forwards on %d LoRA layers", fuse_lora_layers(peft_model))
         return peft_model
@@ -171,8 +174,46 @@ class LoraPlusMethod(LoraMethod):
         return [group for group in groups if group["params"]]
 
 
+class OftMethod(LoraMethod):
+    """OFT: a learned block-diagonal orthogonal rotation of each target weight's input space (peft's OFT).
+
+    Everything but the peft config (save, load, continue, merge) is the LoRA family's, which only
+    goes through peft's generic ``PeftModel`` calls.
+    """
+
+    section = "oft"
+
+    def peft_config(self, model: Any, cfg: RunConfig) -> PeftConfig:
+        opts = cfg.options("oft")
+        check_modules(model, opts.modules_to_save, "oft.modules_to_save")
+        targets = resolve_targets(model, opts.target, "oft.target")
+        # peft would silently change a block size (or count) that does not divide a layer's inputs
+        key, value = ("oft.rank", opts.rank) if opts.rank else ("oft.block_size", opts.block_size)
+        widths = {module.in_features for name, module in model.named_modules()
+                  if matches(name, targets) and hasattr(module, "in_features")}
+        if any(width % value for width in widths):
+            raise ConfigError(
+                f"{key}={value} does not divide the input size of every target layer ({', '.join(map(str, sorted(widths)))}); "
+                f"choose a divisor of {math.gcd(*widths)}"
+            )
+        return OFTConfig(
+            task_type="CAUSAL_LM",
+            r=opts.rank,
+            oft_block_size=0 if opts.rank else opts.block_size,
+            module_dropout=opts.dropout,
+            target_modules=targets,
+            modules_to_save=opts.modules_to_save or None,
+            coft=opts.coft,
+            eps=opts.eps,
+            block_share=opts.block_share,
+            use_cayley_neumann=opts.cayley_neumann,
+            num_cayley_neumann_terms=opts.neumann_terms,
+        )
+
+
 LORA = LoraMethod("lora")
 DORA = LoraMethod("dora", dora=True)
 RSLORA = LoraMethod("rslora", rslora=True)
 PISSA = LoraMethod("pissa", pissa=True)
 LORAPLUS = LoraPlusMethod("loraplus")
+OFT = OftMethod("oft")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from factory.plugin_api import TargetModules
 
@@ -32,3 +32,28 @@ class LoraOptions(BaseModel):
     @property
     def scaling_alpha(self) -> float:
         return self.alpha if self.alpha is not None else 2.0 * self.rank
+
+
+class OftOptions(BaseModel):
+    """``oft.*``: the rotation's blocks and where it goes (method ``oft``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    block_size: int = Field(32, ge=0, description="size of each orthogonal block (must divide the target layers' inputs)")
+    rank: int = Field(0, ge=0, description="number of blocks per layer instead of block_size (0: use block_size)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="probability of setting a block to identity while training")
+    target: TargetModules = Field(
+        "all", description="module names to adapt (q_proj, self_attn.v_proj...), or all linear layers but the head"
+    )
+    modules_to_save: list[str] = Field(default_factory=list, description="modules trained in full and saved with the adapter")
+    coft: bool = Field(False, description="constrained OFT: keep each rotation within eps of the identity")
+    eps: float = Field(6e-5, gt=0, description="coft: how far a rotation may move")
+    block_share: bool = Field(False, description="one rotation shared by all blocks of a layer")
+    cayley_neumann: bool = Field(True, description="approximate the Cayley transform with a Neumann series (faster)")
+    neumann_terms: int = Field(5, gt=0, description="terms of that series")
+
+    @model_validator(mode="after")
+    def _blocks_given(self) -> OftOptions:
+        if self.rank == 0 and self.block_size == 0:
+            raise ValueError("oft.block_size and oft.rank are both 0; give the block size (e.g. 32) or the number of blocks")
+        return self

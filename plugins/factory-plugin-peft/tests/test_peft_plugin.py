@@ -69,7 +69,7 @@ def one_sentence(message: str) -> bool:
 def test_contract():
     rows = check_plugin_contract("factory-plugin-peft")
     assert [row["status"] for row in rows] == ["ok"]
-    assert rows[0]["provides"] == {"adapters": sorted(METHODS)}
+    assert rows[0]["provides"] == {"adapters": sorted([*METHODS, "oft"])}
 
 
 def test_registered_through_entry_point():
