@@ -28,18 +28,15 @@ from sqlalchemy import Float, create_engine, event, inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import DeclarativeBase, Session
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import FunctionElement
 
 from factory.errors import ConfigError, FactoryError
+from factory.store.tables import Base
 
 ENV = "FACTORY_RESULTS_DB"
 DEFAULT_TIMEOUT = 10.0
 T = TypeVar("T")
-
-
-class Base(DeclarativeBase):
-    """The tables of factory's database (see :mod:`factory.store.tables`)."""
 
 
 class StoreError(FactoryError):
@@ -117,8 +114,6 @@ class Database:
 
     def _create_tables(self) -> None:
         """Create what is missing; a read-only or busy database that has them all is only read."""
-        from factory.store import tables  # noqa: F401 - registers the tables on Base
-
         deadline = time.monotonic() + self.timeout
         while True:
             try:

@@ -10,9 +10,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from factory.store.database import Base
+
+class Base(DeclarativeBase):
+    """The tables of factory's database; :class:`factory.store.database.Database` creates them."""
 
 
 class EvalRunRow(Base):

@@ -1,6 +1,6 @@
 """Every training run recorded in the results database, as it goes.
 
-:func:`recorded` wraps the shared training run (:func:`factory.train.run.run_training`), so a run
+The shared training run (:func:`factory.train.run.run_training`) keeps a :class:`TrainingRecord`, so a run
 from the CLI, from Python or from a job is recorded alike: its config, plugins with versions,
 data sizes, loss curve, eval scores, duration, output folder and final status. A Trainer
 callback writes the loss curve and progress (step/total, ETA, tokens/s) as the run goes, and,
@@ -12,13 +12,9 @@ the training run (whose outputs hold the same facts in ``metrics.json`` and ``fa
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
-import os
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,44 +26,6 @@ log = logging.getLogger(__name__)
 CURVE_KEYS = ("loss", "eval_loss", "learning_rate", "epoch")
 KEPT_METRICS = ("train_loss", "train_runtime", "train_samples_per_second", "total_flos", "num_input_tokens_seen",
                 "trainable_parameters", "total_parameters", "epoch")
-
-
-def recorded(run_training: Callable[..., Any]) -> Callable[..., Any]:
-    """Record each call of ``run_training(cfg, manager, data_kind, trainer_cls=None, build_trainer=None)``.
-
-    The recorder's callback reaches the trainer the way every stage's callbacks do: it is added
-    to ``setup.callbacks`` before the stage's ``build_trainer`` (or the default trainer) runs.
-    """
-
-    signature = inspect.signature(run_training)
-
-    @functools.wraps(run_training)
-    def run(cfg: Any, manager: Any, *args: Any, **kwargs: Any) -> Any:
-        if int(os.environ.get("RANK", "0")) != 0:  # one record per run: the first process's
-            return run_training(cfg, manager, *args, **kwargs)
-        call = signature.bind(cfg, manager, *args, **kwargs)
-        build_trainer = call.arguments.get("build_trainer")
-        trainer_cls = call.arguments.pop("trainer_cls", None)
-        record = TrainingRecord(cfg, manager)
-
-        def build(setup: Any) -> Any:
-            setup.callbacks.append(record.callback(setup))
-            if build_trainer is not None:
-                return build_trainer(setup)
-            from factory.train.run import default_trainer
-
-            return default_trainer(setup, trainer_cls)
-
-        call.arguments["build_trainer"] = build
-        try:
-            result = run_training(*call.args, **call.kwargs)
-        except BaseException as exc:
-            record.fail(exc)
-            raise
-        record.finish(result.metrics, result.output_dir)
-        return result
-
-    return run
 
 
 class TrainingRecord:

@@ -24,7 +24,7 @@ from factory.model.precision import resolve_precision
 from factory.plugins import PluginManager
 from factory.train import checkpoints, outputs
 from factory.train.optim import default_param_groups
-from factory.train.record import recorded
+from factory.train.record import TrainingRecord
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,6 @@ def _survivor(out: Path) -> str:
     return f"; the last complete checkpoint is '{last}' (resume=true continues from it)" if last else ""
 
 
-@recorded  # every run goes into the results database: config, loss curve, outputs, final status
 def run_training(
     cfg: RunConfig,
     manager: PluginManager,
@@ -245,12 +244,22 @@ def run_training(
     saved with the method's ``save``, which calls its ``save_pretrained``.
     """
     started = time.time()
-    out = outputs.prepare_output_dir(cfg)
+    # Every run goes into the results database (config, loss curve, outputs, final status), once: by rank 0.
+    record = TrainingRecord(cfg, manager) if int(os.environ.get("RANK", "0")) == 0 else None
     try:
-        return _train(cfg, manager, data_kind, trainer_cls, build_trainer, out, started)
-    except BaseException:
-        outputs.release_output_dir(out)
+        out = outputs.prepare_output_dir(cfg)
+        try:
+            run = _train(cfg, manager, data_kind, trainer_cls, build_trainer, out, started, record)
+        except BaseException:
+            outputs.release_output_dir(out)
+            raise
+    except BaseException as exc:
+        if record is not None:
+            record.fail(exc)
         raise
+    if record is not None:
+        record.finish(run.metrics, run.output_dir)
+    return run
 
 
 def _train(
@@ -261,6 +270,7 @@ def _train(
     build_trainer: Callable[[TrainerSetup], Any] | None,
     out: Path,
     started: float,
+    record: TrainingRecord | None,
 ) -> TrainingRun:
     from transformers import set_seed
 
@@ -289,6 +299,8 @@ def _train(
         callbacks.append(TrimHeap())
 
     setup = TrainerSetup(cfg, manager, loaded, template, train_ds, eval_ds, collator, callbacks, out)
+    if record is not None:  # the record's callback reaches the trainer as every stage's callbacks do
+        setup.callbacks.append(record.callback(setup))
     trainer = build_trainer(setup) if build_trainer is not None else default_trainer(setup, trainer_cls)
     checkpoints.stage_checkpoints(trainer)
     model = trainer.model
