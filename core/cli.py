@@ -29,6 +29,12 @@ def _split_config(args: Sequence[str]) -> tuple[str | None, list[str]]:
 # -- commands ------------------------------------------------------------------------------
 
 
+def _require(extra: str, purpose: str) -> None:
+    from factory.extras import require
+
+    require(extra, purpose)
+
+
 def cmd_finetune(ns: argparse.Namespace) -> int:
     from factory.api import finetune
 
@@ -60,6 +66,8 @@ def cmd_chat(ns: argparse.Namespace) -> int:
 
 
 def cmd_serve(ns: argparse.Namespace) -> int:
+    _require("serve", "factory serve")
+    _require("store", "factory serve (its job queue)")
     from factory.service.app import run_server
 
     config, overrides = _split_config(ns.args)
@@ -93,6 +101,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     action = ns.args[0] if ns.args and ns.args[0] in ("history", "compare") else None
     if action is None:
         return _run_evaluation(ns, "eval", {})
+    _require("store", f"factory eval {action}")
     from factory.eval import report
     from factory.eval.store import ResultsStore, compare
 
@@ -162,6 +171,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
 
 
 def cmd_worker(ns: argparse.Namespace) -> int:
+    _require("store", "factory worker")
     import signal
     import threading
 
@@ -196,6 +206,8 @@ def _queue(args: Sequence[str]) -> Any:
 
 
 def cmd_jobs_submit(ns: argparse.Namespace) -> int:
+    if not getattr(ns, "server", None):  # with --server only the server needs its database
+        _require("store", "factory jobs")
     from factory.config import load_config, parse_overrides, read_config_file
 
     config, overrides = _split_config(ns.args)
@@ -222,6 +234,8 @@ def cmd_jobs_submit(ns: argparse.Namespace) -> int:
 
 
 def cmd_jobs_list(ns: argparse.Namespace) -> int:
+    if not getattr(ns, "server", None):  # with --server only the server needs its database
+        _require("store", "factory jobs")
     from factory.service import report
 
     if ns.server:
@@ -252,6 +266,8 @@ def _job(ns: argparse.Namespace, action: str = "") -> dict:
 
 
 def cmd_jobs_show(ns: argparse.Namespace) -> int:
+    if not getattr(ns, "server", None):  # with --server only the server needs its database
+        _require("store", "factory jobs")
     from factory.service import report
 
     job = _job(ns)
@@ -263,6 +279,8 @@ def cmd_jobs_show(ns: argparse.Namespace) -> int:
 
 
 def cmd_jobs_cancel(ns: argparse.Namespace) -> int:
+    if not getattr(ns, "server", None):  # with --server only the server needs its database
+        _require("store", "factory jobs")
     job = _job(ns, "cancel")
     what = "cancelled" if job["status"] == "cancelled" else f"asked to stop; worker {job['worker']} stops it at its next batch"
     print(f"factory: job {job['id']} {what}")
@@ -270,6 +288,8 @@ def cmd_jobs_cancel(ns: argparse.Namespace) -> int:
 
 
 def cmd_jobs_logs(ns: argparse.Namespace) -> int:
+    if not getattr(ns, "server", None):  # with --server only the server needs its database
+        _require("store", "factory jobs")
     import time
 
     from factory.service import report
@@ -311,6 +331,7 @@ def _db(args: Sequence[str]) -> Any:
 
 
 def cmd_runs_list(ns: argparse.Namespace) -> int:
+    _require("store", "factory runs")
     from factory.service import report
     from factory.store.history import history
 
@@ -324,6 +345,7 @@ def cmd_runs_list(ns: argparse.Namespace) -> int:
 
 
 def cmd_runs_show(ns: argparse.Namespace) -> int:
+    _require("store", "factory runs")
     from factory.store.history import parse_ref, run_details
 
     db = _db(ns.args)
@@ -347,6 +369,7 @@ def cmd_runs_show(ns: argparse.Namespace) -> int:
 
 
 def cmd_runs_compare(ns: argparse.Namespace) -> int:
+    _require("store", "factory runs")
     from factory.errors import ConfigError
     from factory.store.history import parse_ref
 

@@ -65,8 +65,10 @@ class PredictEvaluator:
         self, cfg: RunConfig, manager: PluginManager, *, loaded: Any = None, engine: Any = None, progress: ProgressOption = True
     ) -> EvalResult:
         from factory.data.loading import load_records
+        from factory.extras import require
         from factory.infer.base import GenerationRequest, load_engine
 
+        require("metrics", f"task {cfg.task} (BLEU and ROUGE)")  # before any model loads
         names = ([cfg.eval_dataset] if isinstance(cfg.eval_dataset, str) else list(cfg.eval_dataset)) if cfg.eval_dataset else cfg.datasets
         sets = {name: reference_items(load_records(name, cfg, manager), name) for name in names}
         path = predictions_path(cfg)

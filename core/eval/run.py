@@ -20,8 +20,6 @@ from factory.errors import ConfigError, one_of
 from factory.eval.progress import ProgressOption
 from factory.eval.results import EvalResult
 from factory.plugins import PluginManager
-from factory.store.database import StoreError
-from factory.store.evals import ResultsStore
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +65,20 @@ def evaluate(
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides, **kwargs)
     manager = cfg.manager()
     evaluator = check_evaluation(cfg, manager)
-    # a bad results_db fails before the long part
-    store = ResultsStore(cfg.results_db, timeout=cfg.results_db_timeout) if record else None
+    store = None
+    if record:  # a bad results_db (or no database support installed) fails before the long part
+        from factory.extras import require
+
+        require("store", "recording the evaluation in the results database")
+        from factory.store.evals import ResultsStore
+
+        store = ResultsStore(cfg.results_db, timeout=cfg.results_db_timeout)
     started = time.perf_counter()
     result = evaluator.evaluate(cfg, manager, loaded=loaded, engine=engine, progress=progress)
     if store is not None:
         facts = recorded_facts(cfg, command, time.perf_counter() - started, __version__)
+        from factory.store.database import StoreError
+
         try:
             result.run_id = store.record(result, **facts)
         except StoreError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import shutil
@@ -184,6 +185,11 @@ def plot_loss(out: Path, log_history: list[dict[str, Any]]) -> Path | None:
     train = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
     evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
     if not train:
+        return None
+    from factory.extras import hint, missing
+
+    if missing("plots"):
+        logging.getLogger(__name__).warning("%s not drawn: %s", PLOT_FILE, hint("plots"))
         return None
     import matplotlib
 

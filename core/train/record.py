@@ -33,13 +33,19 @@ class TrainingRecord:
 
     def __init__(self, cfg: Any, manager: Any) -> None:
         from factory import __version__
-        from factory.store.training import TrainingRuns
+        from factory.extras import hint, missing
 
         self.reporter = reporting.current.get()
         self.curve: list[dict[str, Any]] = []
         self.progress: dict[str, Any] = {}
-        self.runs: TrainingRuns | None = None
+        self.runs: Any = None
         self.run_id: int | None = None
+        if missing("store"):
+            log.warning("this training run is not recorded in the results database (no database support "
+                        "installed: %s); its outputs hold its record", hint("store"))
+            return
+        from factory.store.training import TrainingRuns
+
         try:
             self.runs = TrainingRuns(cfg.results_db, timeout=cfg.results_db_timeout)
             plugins = {r.name: {"distribution": r.distribution, "version": r.version} for r in manager.records.values()}
