@@ -45,16 +45,29 @@ def cmd_finetune(ns: argparse.Namespace) -> int:
 
 def cmd_export(ns: argparse.Namespace) -> int:
     from factory.config import load_config
+    from factory.convert import command_args
     from factory.errors import ConfigError
     from factory.model.export import export_model
 
     config, overrides = _split_config(ns.args)
-    targets = [o for o in overrides if o.startswith("output=")]
-    if not targets:
+    words = ("output=", "max_shard_size=")  # the command's own arguments, not config keys
+    args = {**command_args(config), **{o.partition("=")[0]: o.partition("=")[2] for o in overrides if o.startswith(words)}}
+    if "output" not in args:
         raise ConfigError("factory export needs output=DIR, the folder to write the merged model to")
-    cfg = load_config(config, [o for o in overrides if not o.startswith("output=")])
-    out = export_model(cfg, cfg.manager(), targets[-1].partition("=")[2])
+    cfg = load_config(config, [o for o in overrides if not o.startswith(words)])
+    out = export_model(cfg, cfg.manager(), args["output"], max_shard_size=args.get("max_shard_size"))
     print(f"factory: merged model written to {out}")
+    return 0
+
+
+def cmd_convert(ns: argparse.Namespace) -> int:
+    from factory.convert import convert
+
+    text = convert(ns.config, ns.output)
+    if ns.output is None:
+        print(text, end="")
+    else:
+        print(f"factory: wrote {ns.output}; run it with factory finetune {ns.output}")
     return 0
 
 
@@ -421,8 +434,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("export", help="merge an adapter into its base model and save a plain HF folder")
-    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] model=... adapter=DIR output=DIR")
+    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] model=... adapter=DIR output=DIR [max_shard_size=5GB]")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("convert", help="write a config (a LLaMA-Factory YAML too) in factory's grouped form")
+    p.add_argument("config", metavar="CONFIG.yaml")
+    p.add_argument("-o", "--output", metavar="FACTORY.yaml", help="file to write (default: print it)")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("chat", help="chat with a model (and adapter) in the terminal")
     p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] model=... [adapter=DIR] [key=value ...]")

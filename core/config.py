@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from factory import lf_compat
 from factory.errors import ConfigError, did_you_mean
 from factory.hookspecs import LABELS
 from factory.plugins import PluginManager, get_manager
@@ -269,12 +270,7 @@ class RunConfig(BaseModel):
 
     def to_grouped(self) -> dict[str, Any]:
         """The same config in sections (model, data, train, output, serve, eval, then plugin sections)."""
-        flat = self.to_dict()
-        grouped: dict[str, Any] = {}
-        for group, fields in GROUPS.items():
-            grouped[group] = {_GROUP_ALIASES.get((group, key), key): flat.pop(key) for key in fields}
-        grouped.update(flat)  # jobs, plugins and the plugin sections keep their own names
-        return grouped
+        return group_keys(self.to_dict())
 
     def section(self, group: str) -> dict[str, Any]:
         """The core keys of one group (``cfg.section("train")["learning_rate"]``)."""
@@ -309,6 +305,18 @@ GROUPS: dict[str, tuple[str, ...]] = {
 # (group, key inside the group) <-> flat key, where the flat name would repeat the group's.
 _GROUP_ALIASES: dict[tuple[str, str], str] = {("model", "model"): "path"}
 _FROM_GROUP = {(group, alias): key for (group, key), alias in _GROUP_ALIASES.items()}
+
+
+def group_keys(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat core keys moved into their groups (only the groups they fill); other keys keep their names."""
+    rest = dict(flat)
+    grouped: dict[str, Any] = {}
+    for group, fields in GROUPS.items():
+        inner = {_GROUP_ALIASES.get((group, key), key): rest.pop(key) for key in fields if key in rest}
+        if inner:
+            grouped[group] = inner
+    grouped.update(rest)  # jobs, plugins and the plugin sections keep their own names
+    return grouped
 
 
 def _ungroup(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -439,7 +447,8 @@ def load_config(
     """Build a validated :class:`RunConfig` from a YAML file or dict, CLI overrides and kwargs.
 
     Later sources win: file, then ``key=value`` overrides, then keyword arguments. Plugin
-    sections are validated by their plugins' options models.
+    sections are validated by their plugins' options models. A LLaMA-Factory config (file or
+    dict) is translated first (:mod:`factory.lf_compat`).
     """
     overrides = override_list(overrides)
     if source is None:
@@ -452,6 +461,8 @@ def load_config(
         raise ConfigError(
             f"the config must be a YAML file path, a dict of keys or a RunConfig, not the {type(source).__name__} {source!r}"
         )
+    if lf_compat.is_llamafactory(data):
+        data = lf_compat.translate(data)  # a LLaMA-Factory YAML, unchanged; overrides stay factory keys
     _merge(data, parse_overrides(overrides))
     _merge(data, kwargs)
 
