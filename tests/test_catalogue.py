@@ -163,6 +163,23 @@ CASES: dict[str, Case] = {
     "job model": Case("job", {"task": "cmmlu", "model": "/models/other"}, 400, ("job model '/models/other'",)),
     "job seed": Case("job", {"task": "cmmlu", "seed": 2**70}, 400, ("'seed'",)),
     "job body": Case("job", [1, 2], 400, ("the job body must be a JSON object",)),
+    # -- LLaMA-Factory YAMLs (factory.lf_compat) ------------------------------------------------
+    "lf unknown key": Case("cli", ["finetune", "lf.yaml"], 2, ("LLaMA-Factory key 'lora_rnak'", "docs/migrating.md"),
+                           files={"lf.yaml": "model_name_or_path: x\nlora_rnak: 8\n"}),
+    "lf refused key": Case("cli", ["finetune", "lf.yaml"], 2, ("LLaMA-Factory key 'use_llama_pro: true'", "method: llama-pro"),
+                           files={"lf.yaml": "model_name_or_path: x\nfinetuning_type: freeze\nuse_llama_pro: true\n"}),
+    "lf refused value": Case("cli", ["finetune", "lf.yaml"], 2, ("LLaMA-Factory key 'quantization_bit: 3'", "use one of 4, 8"),
+                             files={"lf.yaml": "model_name_or_path: x\nquantization_bit: 3\n"}),
+    "lf two keys": Case("cli", ["finetune", "lf.yaml"], 2, ("'pissa_init' and 'loraplus_lr_ratio'", "keep one"),
+                        files={"lf.yaml": "model_name_or_path: x\npissa_init: true\nloraplus_lr_ratio: 16\n"}),
+    "lf remote data": Case("cli", ["finetune", "lf.yaml"], 2, ("'dataset_dir: REMOTE:a/b'", "local path"),
+                           files={"lf.yaml": "model_name_or_path: x\ndataset_dir: REMOTE:a/b\n"}),
+    "lf checkpoint": Case("cli", ["finetune", "lf.yaml"], 2, ("'resume_from_checkpoint: out/checkpoint-5'", "resume: true"),
+                          files={"lf.yaml": "model_name_or_path: x\nresume_from_checkpoint: out/checkpoint-5\n"}),
+    "lf convert refused": Case("cli", ["convert", "lf.yaml", "-o", "{tmp}/out.yaml"], 2, ("LLaMA-Factory key 'fp8: true'",),
+                               files={"lf.yaml": "model_name_or_path: x\nfp8: true\n"}),
+    "lf export hub": Case("cli", ["export", "lf.yaml"], 2, ("LLaMA-Factory key 'export_hub_model_id'", "huggingface-cli upload"),
+                          files={"lf.yaml": "model_name_or_path: x\nexport_dir: out\nexport_hub_model_id: me/m\n"}),
 }
 
 
