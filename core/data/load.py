@@ -21,8 +21,6 @@ from factory.data import resolve as registry
 from factory.data.resolve import DatasetSpec
 from factory.errors import DataError, did_you_mean
 
-logger = logging.getLogger(__name__)
-
 AnyDataset = Dataset | IterableDataset
 
 
