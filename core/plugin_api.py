@@ -56,8 +56,8 @@ _LAZY: dict[str, str] = {
     "Template": "factory.data.template",
     "TemplateLibrary": "factory.data.template",
     "Segment": "factory.data.template",
-    "BadRow": "factory.data.aligners",
-    "SkipRow": "factory.data.aligners",
+    "BadRow": "factory.data.formats",
+    "SkipRow": "factory.data.formats",
     "empty_record": "factory.data.record",
     # training: optimizers' parameter groupings, decoder layers, stages
     "default_param_groups": "factory.train.optim",

@@ -30,9 +30,9 @@ from factory.config import RunConfig
 from factory.data import packing as packing_steps
 from factory.data import tokenize as tokenize_steps
 from factory.data.collator import build_collator
-from factory.data.loading import load_data
 from factory.data.record import RECORD_KEYS
 from factory.data.tokenize import DATA_KINDS, DROPPED, TRUNCATED, TokenizeOptions
+from factory.data.worker import load_data
 from factory.errors import ConfigError, DataError, one_of
 from factory.plugins import PluginManager
 
