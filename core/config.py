@@ -70,7 +70,8 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # model
-    model: str = Field("smollm2-135m-instruct", description="folder, GGUF file, cached hub id or alias")
+    model: str = Field("smollm2-135m-instruct", description="folder, GGUF file, hub id (owner/name, downloaded) or alias")
+    revision: str | None = Field(None, description="branch, tag or commit of a hub model to download and load (default: main)")
     adapter: str | None = Field(None, description="a trained adapter folder to load on top (chat, export, eval), or to train further (a training run with a method that trains adapters)")
     loader: str = Field("auto", description="model loader; auto asks each registered loader")
     trust_remote_code: bool = False
@@ -291,7 +292,7 @@ CORE_KEYS = frozenset(RunConfig.model_fields)
 # The sections a config may also be written in; flat keys keep working. Every core key but the
 # nested jobs and plugins belongs to exactly one group (a test checks).
 GROUPS: dict[str, tuple[str, ...]] = {
-    "model": ("model", "adapter", "loader", "trust_remote_code", "precision", "attn_implementation",
+    "model": ("model", "revision", "adapter", "loader", "trust_remote_code", "precision", "attn_implementation",
               "gradient_checkpointing", "patches", "quantization", "frozen_weights"),
     "data": ("template", "reasoning", "enable_thinking", "dataset", "dataset_dir", "eval_dataset", "cutoff_len",
              "max_samples", "val_size", "streaming", "packing", "padding_free", "mix_strategy", "interleave_probs",
