@@ -45,16 +45,15 @@ def cmd_finetune(ns: argparse.Namespace) -> int:
 
 def cmd_export(ns: argparse.Namespace) -> int:
     from factory.config import load_config
-    from factory.errors import ConfigError
     from factory.model.export import export_model
 
     config, overrides = _split_config(ns.args)
-    targets = [o for o in overrides if o.startswith("output=")]
-    if not targets:
-        raise ConfigError("factory export needs output=DIR, the folder to write the merged model to")
+    targets = [o.partition("=")[2] for o in overrides if o.startswith("output=")]
     cfg = load_config(config, [o for o in overrides if not o.startswith("output=")])
-    out = export_model(cfg, cfg.manager(), targets[-1].partition("=")[2])
-    print(f"factory: merged model written to {out}")
+    out = export_model(cfg, cfg.manager(), targets[-1] if targets else None)
+    print(f"factory: merged model written to {out}"
+          + (f" (Ollama: ollama create NAME -f {out}/Modelfile)" if cfg.export_ollama else "")
+          + (f", uploaded to {cfg.export_hub_repo}" if cfg.export_hub_repo else ""))
     return 0
 
 
@@ -421,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("export", help="merge an adapter into its base model and save a plain HF folder")
-    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] model=... adapter=DIR output=DIR")
+    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] model=... adapter=DIR output=DIR [export.max_shard_size=2GB export.ollama=true export.hub_repo=OWNER/NAME]")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("chat", help="chat with a model (and adapter) in the terminal")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -167,6 +168,16 @@ class RunConfig(BaseModel):
     openapi: bool = Field(False, description="serve /openapi.json and /docs (behind the API key)")
     served_model_name: str | None = Field(None, description="model id the server reports and accepts (default: model)")
 
+    # export (factory export)
+    export_dir: str | None = Field(None, description="folder factory export writes (output=DIR on the command line does the same)")
+    export_max_shard_size: int | None = Field(
+        None, gt=0, description="largest safetensors file of an export, in bytes or with a unit (500MB, 2GB, 1GiB); "
+        "bigger models are split into shards with an index; default: transformers' (50GB)"
+    )
+    export_ollama: bool = Field(False, description="also write an Ollama Modelfile: FROM ., the chat template as TEMPLATE, stop tokens, the default SYSTEM")
+    export_hub_repo: str | None = Field(None, description="hub repository (owner/name) to upload the exported folder to (HF_ENDPOINT, HF_TOKEN)")
+    export_hub_private: bool = Field(True, description="create export_hub_repo as a private repository when it does not exist yet")
+
     # evaluation
     task: str | None = Field(None, description="evaluator: mmlu, cmmlu, ceval (multiple choice) or bleu-rouge (predict)")
     task_dir: str | None = Field(None, description="benchmark folder with dev/ and test/ (or val/), one CSV per subject")
@@ -239,6 +250,18 @@ class RunConfig(BaseModel):
             raise ValueError("must be a positive number of optimizer steps, or -1 to train for num_epochs")
         return value
 
+    @field_validator("export_max_shard_size", mode="before")
+    @classmethod
+    def _shard_size_in_bytes(cls, value: Any) -> Any:
+        return parse_size(value) if isinstance(value, str) else value
+
+    @field_validator("export_hub_repo")
+    @classmethod
+    def _hub_repo_id(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$", value):
+            raise ValueError("must be a hub repository id, owner/name")
+        return value
+
     @field_validator("subjects", mode="before")
     @classmethod
     def _split_subjects(cls, value: Any) -> Any:
@@ -269,7 +292,7 @@ class RunConfig(BaseModel):
         return data
 
     def to_grouped(self) -> dict[str, Any]:
-        """The same config in sections (model, data, train, output, serve, eval, then plugin sections)."""
+        """The same config in sections (model, data, train, output, serve, export, eval, then plugin sections)."""
         flat = self.to_dict()
         grouped: dict[str, Any] = {}
         for group, fields in GROUPS.items():
@@ -305,11 +328,28 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "output": ("output_dir", "overwrite_output_dir", "resume"),
     "serve": ("max_new_tokens", "temperature", "top_p", "system", "engine", "max_batch_size", "host", "port",
               "api_key", "api_keys", "max_request_bytes", "openapi", "served_model_name"),
+    "export": ("export_dir", "export_max_shard_size", "export_ollama", "export_hub_repo", "export_hub_private"),
     "eval": ("task", "task_dir", "subjects", "eval_split", "n_shot", "eval_prompt", "results_db", "results_db_timeout"),
 }
 # (group, key inside the group) <-> flat key, where the flat name would repeat the group's.
-_GROUP_ALIASES: dict[tuple[str, str], str] = {("model", "model"): "path"}
+_GROUP_ALIASES: dict[tuple[str, str], str] = {
+    ("model", "model"): "path",
+    **{("export", key): key.removeprefix("export_") for key in GROUPS["export"]},
+}
 _FROM_GROUP = {(group, alias): key for (group, key), alias in _GROUP_ALIASES.items()}
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """``"500MB"``, ``"2GB"``, ``"1GiB"`` or ``"1048576"`` as bytes (units are bytes whatever their case)."""
+    match = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$", text)
+    unit = match.group(2).upper() if match else ""
+    if match is None or unit not in _SIZE_UNITS:
+        raise ValueError("must be a size such as 500MB, 2GB or 1GiB (or a number of bytes)")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 
 def _ungroup(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -132,3 +132,28 @@ def _reason(exc: BaseException) -> str:
     """The first line of an error, without the library's advice that follows it."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text.removeprefix("Got: ").rstrip(".")
+
+
+def push_folder(folder: Path, repo_id: str, *, private: bool = True, message: str = "Upload model exported by factory") -> str:
+    """Upload ``folder`` to the hub repository ``repo_id`` (created if missing); return the commit URL."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    hub = HubSettings.from_env()
+    if hub.offline:
+        raise ConfigError(f"export_hub_repo={repo_id} needs the hub, but HF_HUB_OFFLINE is set; unset it, or drop export_hub_repo")
+    api = HfApi(endpoint=hub.endpoint)
+    print(f"factory: uploading {folder} to {hub.endpoint}/{repo_id}", file=sys.stderr)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message=message)
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        fix = "set HF_TOKEN to a token with write access (or run hf auth login)" if status in (401, 403) else "retry"
+        raise ConfigError(f"uploading the export to '{repo_id}' on {hub.endpoint} failed ({_reason(exc)}); {fix}") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"uploading the export to '{repo_id}' failed: {hub.endpoint} cannot be reached ({_reason(exc)}); check the "
+            "network or HF_ENDPOINT"
+        ) from None
+    return str(info.commit_url if hasattr(info, "commit_url") else info)
