@@ -46,17 +46,24 @@ def cmd_finetune(ns: argparse.Namespace) -> int:
 def cmd_export(ns: argparse.Namespace) -> int:
     from factory.config import load_config
     from factory.convert import command_args
-    from factory.errors import ConfigError
     from factory.model.export import export_model
 
     config, overrides = _split_config(ns.args)
-    words = ("output=", "max_shard_size=")  # the command's own arguments, not config keys
-    args = {**command_args(config), **{o.partition("=")[0]: o.partition("=")[2] for o in overrides if o.startswith(words)}}
-    if "output" not in args:
-        raise ConfigError("factory export needs output=DIR, the folder to write the merged model to")
-    cfg = load_config(config, [o for o in overrides if not o.startswith(words)])
-    out = export_model(cfg, cfg.manager(), args["output"], max_shard_size=args.get("max_shard_size"))
-    print(f"factory: merged model written to {out}")
+    # The command's own words, and a LLaMA-Factory merge YAML's export_dir/export_size, become export keys.
+    words = {"output": "export_dir", "max_shard_size": "export_max_shard_size"}
+    given = dict(command_args(config))
+    rest = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key in words:
+            given[key] = value
+        else:
+            rest.append(override)
+    cfg = load_config(config, [*(f"{words[key]}={value}" for key, value in given.items() if key in words), *rest])
+    out = export_model(cfg, cfg.manager())
+    print(f"factory: merged model written to {out}"
+          + (f" (Ollama: ollama create NAME -f {out}/Modelfile)" if cfg.export_ollama else "")
+          + (f", uploaded to {cfg.export_hub_repo}" if cfg.export_hub_repo else ""))
     return 0
 
 
@@ -434,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("export", help="merge an adapter into its base model and save a plain HF folder")
-    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] model=... adapter=DIR output=DIR [max_shard_size=5GB]")
+    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] model=... adapter=DIR output=DIR [max_shard_size=2GB export.ollama=true export.hub_repo=OWNER/NAME]")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("convert", help="write a config (a LLaMA-Factory YAML too) in factory's grouped form")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -71,7 +72,8 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # model
-    model: str = Field("smollm2-135m-instruct", description="folder, GGUF file, cached hub id or alias")
+    model: str = Field("smollm2-135m-instruct", description="folder, GGUF file, hub id (owner/name, downloaded) or alias")
+    revision: str | None = Field(None, description="branch, tag or commit of a hub model to download and load (default: main)")
     adapter: str | None = Field(None, description="a trained adapter folder to load on top (chat, export, eval), or to train further (a training run with a method that trains adapters)")
     loader: str = Field("auto", description="model loader; auto asks each registered loader")
     trust_remote_code: bool = False
@@ -167,6 +169,16 @@ class RunConfig(BaseModel):
     openapi: bool = Field(False, description="serve /openapi.json and /docs (behind the API key)")
     served_model_name: str | None = Field(None, description="model id the server reports and accepts (default: model)")
 
+    # export (factory export)
+    export_dir: str | None = Field(None, description="folder factory export writes (output=DIR on the command line does the same)")
+    export_max_shard_size: int | None = Field(
+        None, gt=0, description="largest safetensors file of an export, in bytes or with a unit (500MB, 2GB, 1GiB); "
+        "bigger models are split into shards with an index; default: transformers' (50GB)"
+    )
+    export_ollama: bool = Field(False, description="also write an Ollama Modelfile: FROM ., the chat template as TEMPLATE, stop tokens, the default SYSTEM")
+    export_hub_repo: str | None = Field(None, description="hub repository (owner/name) to upload the exported folder to (HF_ENDPOINT, HF_TOKEN)")
+    export_hub_private: bool = Field(True, description="create export_hub_repo as a private repository when it does not exist yet")
+
     # evaluation
     task: str | None = Field(None, description="evaluator: mmlu, cmmlu, ceval (multiple choice) or bleu-rouge (predict)")
     task_dir: str | None = Field(None, description="benchmark folder with dev/ and test/ (or val/), one CSV per subject")
@@ -239,6 +251,18 @@ class RunConfig(BaseModel):
             raise ValueError("must be a positive number of optimizer steps, or -1 to train for num_epochs")
         return value
 
+    @field_validator("export_max_shard_size", mode="before")
+    @classmethod
+    def _shard_size_in_bytes(cls, value: Any) -> Any:
+        return parse_size(value) if isinstance(value, str) else value
+
+    @field_validator("export_hub_repo")
+    @classmethod
+    def _hub_repo_id(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$", value):
+            raise ValueError("must be a hub repository id, owner/name")
+        return value
+
     @field_validator("subjects", mode="before")
     @classmethod
     def _split_subjects(cls, value: Any) -> Any:
@@ -287,7 +311,7 @@ CORE_KEYS = frozenset(RunConfig.model_fields)
 # The sections a config may also be written in; flat keys keep working. Every core key but the
 # nested jobs and plugins belongs to exactly one group (a test checks).
 GROUPS: dict[str, tuple[str, ...]] = {
-    "model": ("model", "adapter", "loader", "trust_remote_code", "precision", "attn_implementation",
+    "model": ("model", "revision", "adapter", "loader", "trust_remote_code", "precision", "attn_implementation",
               "gradient_checkpointing", "patches", "quantization", "frozen_weights"),
     "data": ("template", "reasoning", "enable_thinking", "dataset", "dataset_dir", "eval_dataset", "cutoff_len",
              "max_samples", "val_size", "streaming", "packing", "padding_free", "mix_strategy", "interleave_probs",
@@ -300,10 +324,14 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "output": ("output_dir", "overwrite_output_dir", "resume"),
     "serve": ("max_new_tokens", "temperature", "top_p", "system", "engine", "max_batch_size", "host", "port",
               "api_key", "api_keys", "max_request_bytes", "openapi", "served_model_name"),
+    "export": ("export_dir", "export_max_shard_size", "export_ollama", "export_hub_repo", "export_hub_private"),
     "eval": ("task", "task_dir", "subjects", "eval_split", "n_shot", "eval_prompt", "results_db", "results_db_timeout"),
 }
 # (group, key inside the group) <-> flat key, where the flat name would repeat the group's.
-_GROUP_ALIASES: dict[tuple[str, str], str] = {("model", "model"): "path"}
+_GROUP_ALIASES: dict[tuple[str, str], str] = {
+    ("model", "model"): "path",
+    **{("export", key): key.removeprefix("export_") for key in GROUPS["export"]},
+}
 _FROM_GROUP = {(group, alias): key for (group, key), alias in _GROUP_ALIASES.items()}
 
 
@@ -317,6 +345,19 @@ def group_keys(flat: Mapping[str, Any]) -> dict[str, Any]:
             grouped[group] = inner
     grouped.update(rest)  # jobs, plugins and the plugin sections keep their own names
     return grouped
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """``"500MB"``, ``"2GB"``, ``"1GiB"`` or ``"1048576"`` as bytes (units are bytes whatever their case)."""
+    match = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$", text)
+    unit = match.group(2).upper() if match else ""
+    if match is None or unit not in _SIZE_UNITS:
+        raise ValueError("must be a size such as 500MB, 2GB or 1GiB (or a number of bytes)")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 
 def _ungroup(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -44,6 +44,7 @@ class Case:
     status: int  # exit code or HTTP status
     says: tuple[str, ...]  # fragments of the one sentence; the first names the bad value
     files: dict[str, Any] = field(default_factory=dict)  # files the case needs, under {tmp}
+    env: dict[str, str] = field(default_factory=dict)  # environment variables the case sets
 
 
 TINY = "model={tiny}"
@@ -97,7 +98,13 @@ CASES: dict[str, Case] = {
     # -- models and adapters ---------------------------------------------------------------------
     "missing model": Case("cli", ["finetune", "model={tmp}/nomodel", *RUN], 2, ("model '{tmp}/nomodel' is neither",)),
     "absolute non-path": Case("cli", ["finetune", "model=/nonexistent", *RUN], 2, ("model '/nonexistent' is neither",)),
-    "uncached hub id": Case("cli", ["finetune", "model=someone/some-model", *RUN], 2, ("model 'someone/some-model' is not in the local Hugging Face cache",)),
+    "offline hub id": Case("cli", ["finetune", "model=someone/some-model", *RUN], 2,
+                           ("model 'someone/some-model' is not in the local Hugging Face cache", "HF_HUB_OFFLINE is set"),
+                           env={"HF_HUB_OFFLINE": "1", "HF_HOME": "{tmp}-hf"}),
+    "unreachable hub": Case("cli", ["finetune", "model=someone/some-model", *RUN], 2,
+                            ("model 'someone/some-model' is not in the local Hugging Face cache", "http://127.0.0.1:9 cannot be reached"),
+                            env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": "{tmp}-hf"}),
+    "revision of a folder": Case("cli", ["finetune", TINY, "revision=v1", *RUN], 2, ("revision 'v1' pins a hub model", "drop revision=")),
     "bad model config": Case("cli", ["finetune", "model={tmp}/badmodel", *RUN], 2, ("model config '{tmp}/badmodel/config.json' is not valid JSON",),
                              {"badmodel/config.json": "{not json"}),
     "missing adapter": Case("cli", ["chat", TINY, "adapter={tmp}/noadapter", "--prompt", "hi"], 2, ("'{tmp}/noadapter'",)),
@@ -219,8 +226,10 @@ def _assert_one_sentence(message: str, says: tuple[str, ...]) -> None:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input(name, place, tmp_path, capsys):
+def test_bad_input(name, place, tmp_path, capsys, monkeypatch):
     case = CASES[name]
+    for key, value in case.env.items():
+        monkeypatch.setenv(key, _fill(value, place))
     _write(case.files, tmp_path)
     client = _client(tmp_path) if case.surface in ("server", "job") else None  # a server opens its database as it starts
     before = _snapshot(tmp_path)
