@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -215,3 +216,77 @@ def test_against_needs_the_environment(monkeypatch):
     monkeypatch.delenv(LF_ENV_VARIABLE, raising=False)
     with pytest.raises(ConfigError, match="pass lf_env=DIR or set FACTORY_LF_ENV"):
         resolve_lf_env(None)
+
+
+# -- the YAML we give LLaMA-Factory ------------------------------------------------------------------
+
+# Keys of LLaMA-Factory 0.9.5's argument dataclasses (ModelArguments, DataArguments, FinetuningArguments and
+# its Seq2SeqTrainingArguments) that the generated YAMLs use, as its examples/ write them (hiyouga/LLaMA-Factory,
+# examples/train_lora/qwen3_lora_{dpo,kto,reward}.yaml at dc85995a, train_qlora/qwen3_lora_sft_otfq.yaml at
+# 95ac3f23, train_full/qwen3_full_sft.yaml at 2083b8cd) and src/llamafactory/hparams/*.py define them.
+LF_KEYS = {
+    # model
+    "model_name_or_path", "quantization_bit", "quantization_method",
+    # method
+    "stage", "do_train", "finetuning_type", "lora_rank", "lora_alpha", "lora_dropout", "lora_target",
+    "freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules",
+    "pref_beta", "pref_loss", "pref_ftx", "simpo_gamma", "kto_chosen_weight", "kto_rejected_weight",
+    # data
+    "dataset", "dataset_dir", "template", "cutoff_len", "max_samples", "val_size",
+    # output and training (the Trainer's arguments)
+    "output_dir", "overwrite_output_dir", "logging_steps", "save_strategy", "plot_loss", "report_to",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "num_train_epochs", "max_steps",
+    "lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay", "max_grad_norm", "seed", "bf16", "fp16",
+    "use_cpu", "gradient_checkpointing", "eval_strategy",
+}
+LF_WORKLOADS = ("lora", "qlora", "full", "freeze", "dpo", "kto", "orpo", "simpo", "rm")
+
+# Parses each YAML with LLaMA-Factory's own argument parser (unknown keys and bad combinations raise).
+_LF_PARSE = """
+import json, sys
+from llamafactory.hparams import get_train_args
+for job in json.load(sys.stdin):
+    model_args, data_args, training_args, finetuning_args, _ = get_train_args(job)
+    assert finetuning_args.stage == job["stage"] and training_args.per_device_train_batch_size == job["per_device_train_batch_size"]
+print("ok")
+"""
+
+
+def _lf_env():
+    from factory.bench_llamafactory import LF_ENV_VARIABLE
+
+    candidate = Path(os.environ.get(LF_ENV_VARIABLE) or Path(__file__).resolve().parents[1].parent / "lf-venv")
+    return candidate if (candidate / "bin" / "llamafactory-cli").is_file() else None
+
+
+def _workload_yamls(tmp_path, model):
+    from factory.bench import workload_config
+    from factory.bench_llamafactory import llamafactory_yaml
+
+    return {name: llamafactory_yaml(workload_config(name, [f"model={model}"]), str(tmp_path / name))
+            for name in LF_WORKLOADS}
+
+
+def test_generated_yaml_is_llamafactory_yaml(tmp_path, tiny_causal_lm):
+    jobs = _workload_yamls(tmp_path, tiny_causal_lm)
+    for name, job in jobs.items():
+        assert set(job) <= LF_KEYS, (name, set(job) - LF_KEYS)
+    assert jobs["dpo"]["stage"] == "dpo" and jobs["dpo"]["pref_loss"] == "sigmoid" and jobs["dpo"]["pref_beta"] == 0.1
+    assert jobs["orpo"]["stage"] == "dpo" and jobs["orpo"]["pref_loss"] == "orpo"
+    assert (jobs["simpo"]["pref_loss"], jobs["simpo"]["pref_beta"], jobs["simpo"]["simpo_gamma"]) == ("simpo", 2.0, 1.0)
+    assert jobs["kto"]["stage"] == "kto" and jobs["kto"]["dataset"] == "kto_en_demo"
+    assert jobs["rm"]["stage"] == "rm" and jobs["dpo"]["max_samples"] == 40 and jobs["dpo"]["per_device_train_batch_size"] == 2
+    assert jobs["qlora"]["quantization_bit"] == 4 and jobs["full"]["finetuning_type"] == "full"
+    assert jobs["lora"]["lora_alpha"] == 16 and jobs["lora"]["lora_target"] == "all" and jobs["lora"]["bf16"] is True
+    assert jobs["lora"]["model_name_or_path"] == str(Path(tiny_causal_lm).resolve())
+
+
+def test_generated_yaml_parses_in_llamafactory(tmp_path, tiny_causal_lm):
+    """Where LLaMA-Factory's environment is built (../lf-venv or $FACTORY_LF_ENV), its own parser reads every YAML."""
+    env = _lf_env()
+    if env is None:
+        pytest.skip("no LLaMA-Factory environment (bash ../shared/baselines/llamafactory-venv.sh ../lf-venv builds one)")
+    jobs = list(_workload_yamls(tmp_path, tiny_causal_lm).values())
+    done = subprocess.run([str(env / "bin" / "python"), "-c", _LF_PARSE], input=json.dumps(jobs), capture_output=True,
+                          text=True, env={**os.environ, "DISABLE_VERSION_CHECK": "1", "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
