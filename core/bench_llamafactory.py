@@ -132,8 +132,9 @@ def llamafactory_yaml(cfg: RunConfig, output_dir: str) -> dict[str, Any]:
         "bf16": precision == "bf16",
         "fp16": precision == "fp16",
         "use_cpu": not hardware.cuda_devices(),
-        "gradient_checkpointing": cfg.gradient_checkpointing,
     }
+    if cfg.gradient_checkpointing:  # LLaMA-Factory checkpoints by default (disable_gradient_checkpointing: false)
+        job["gradient_checkpointing"] = True
     if cfg.quantization:
         job.update(quantization_bit=_QUANTIZATION[cfg.quantization], quantization_method="bnb")
     if cfg.val_size:
