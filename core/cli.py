@@ -179,6 +179,17 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         for name, settings in WORKLOADS.items():
             print(f"{name}: " + " ".join(f"{k}={v}" for k, v in settings.items()))
         return 0
+    from factory.bench_llamafactory import run_against_llamafactory, side_by_side, split_against
+    from factory.errors import ConfigError
+
+    against, lf_env, overrides = split_against(ns.overrides)
+    if against:
+        if ns.repeat != 1:
+            raise ConfigError("--repeat does not apply with against=llamafactory (one run of each, side by side); drop it")
+        result = run_against_llamafactory(ns.workload, overrides, lf_env=lf_env, dataset_dir=ns.dataset_dir, output=ns.output)
+        print(json.dumps(result, indent=2))
+        print(side_by_side(result))
+        return 0
     if ns.repeat == 1:
         result = run_bench(ns.workload, ns.overrides, dataset_dir=ns.dataset_dir, output=ns.output)
     else:
@@ -498,7 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="run a named training workload and measure speed, memory and loss")
     p.add_argument("workload", nargs="?", default="lora", help="workload name (see --list); default: lora")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides; baseline=true turns every speed lever off")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides; baseline=true turns every speed lever off; against=llamafactory lf_env=DIR "
+                        "runs the same job through LLaMA-Factory first and prints both side by side")
     p.add_argument("--dataset-dir", help="folder with alpaca_en_demo (default: ../shared/data/llamafactory-demo)")
     p.add_argument("--output", help="also write the JSON result to this file")
     p.add_argument("--repeat", type=int, default=1, metavar="N",

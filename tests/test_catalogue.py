@@ -95,6 +95,11 @@ CASES: dict[str, Case] = {
     "loader": Case("cli", ["finetune", "loader=ggufx", *RUN], 2, ("loader 'ggufx'", "did you mean 'gguf'")),
     "disabled plugin": Case("cli", ["finetune", "plugins.disable=[peft]", *RUN], 2, ("method 'lora' comes from factory-plugin-peft", "disabled")),
     "plugin show": Case("cli", ["plugins", "show", "nosuchplugin"], 2, ("no plugin named 'nosuchplugin'",)),
+    "bench against": Case("cli", ["bench", "lora", "against=axolotl"], 2, ("against=axolotl", "against=llamafactory")),
+    "bench lf_env": Case("cli", ["bench", "lora", "against=llamafactory", "lf_env={tmp}/nolf"], 2,
+                         ("lf_env '{tmp}/nolf' has no bin/llamafactory-cli", "llamafactory-venv.sh")),
+    "bench lf method": Case("cli", ["bench", "galore", "against=llamafactory", "lf_env={tmp}/lf"], 2,
+                            ("optimizer=galore", "optimizer=adamw"), {"lf/bin/llamafactory-cli": "#!/bin/sh\n"}),
     # -- models and adapters ---------------------------------------------------------------------
     "missing model": Case("cli", ["finetune", "model={tmp}/nomodel", *RUN], 2, ("model '{tmp}/nomodel' is neither",)),
     "absolute non-path": Case("cli", ["finetune", "model=/nonexistent", *RUN], 2, ("model '/nonexistent' is neither",)),

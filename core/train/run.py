@@ -12,7 +12,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,21 @@ class TrainingRun:
     tokenizer: Any
     template: Any
     trainer: Any
+
+
+# Called with (setup, trainer) for every trainer a run builds, before it trains: how the benchmark
+# times and profiles exactly the run a stage makes (``factory bench``), whatever its trainer is.
+_OBSERVERS: list[Callable[[TrainerSetup, Any], None]] = []
+
+
+@contextmanager
+def observe_trainers(observer: Callable[[TrainerSetup, Any], None]) -> Iterator[None]:
+    """Within the block, every training run calls ``observer(setup, trainer)`` once its trainer is built."""
+    _OBSERVERS.append(observer)
+    try:
+        yield
+    finally:
+        _OBSERVERS.remove(observer)
 
 
 def is_distributed_worker() -> bool:
@@ -302,6 +318,8 @@ def _train(
     if record is not None:  # the record's callback reaches the trainer as every stage's callbacks do
         setup.callbacks.append(record.callback(setup))
     trainer = build_trainer(setup) if build_trainer is not None else default_trainer(setup, trainer_cls)
+    for observer in list(_OBSERVERS):
+        observer(setup, trainer)
     checkpoints.stage_checkpoints(trainer)
     model = trainer.model
     trainable, total = trainable_summary(model)
