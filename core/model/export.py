@@ -10,8 +10,12 @@ from factory.model.loader import load_model
 from factory.plugins import PluginManager
 
 
-def export_model(cfg: RunConfig, manager: PluginManager, output: str) -> Path:
-    """Load ``cfg.model`` (+ ``cfg.adapter``), merge, and save to ``output`` for ``AutoModelForCausalLM``."""
+def export_model(cfg: RunConfig, manager: PluginManager, output: str, *, max_shard_size: str | int | None = None) -> Path:
+    """Load ``cfg.model`` (+ ``cfg.adapter``), merge, and save to ``output`` for ``AutoModelForCausalLM``.
+
+    ``max_shard_size`` (``"2GB"``, or bytes) splits the weights into files no larger than it
+    (transformers' own default when None).
+    """
     out = Path(output)
     if out.is_dir() and any(out.iterdir()) and not cfg.overwrite_output_dir:
         raise ConfigError(f"export folder '{out}' is not empty; choose another or pass overwrite_output_dir=true")
@@ -25,6 +29,7 @@ def export_model(cfg: RunConfig, manager: PluginManager, output: str) -> Path:
     if loaded.adapter is not None and cfg.adapter:
         model = loaded.adapter.merge(model)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out), safe_serialization=True)
+    shards = {"max_shard_size": max_shard_size} if max_shard_size is not None else {}
+    model.save_pretrained(str(out), safe_serialization=True, **shards)
     loaded.tokenizer.save_pretrained(str(out))
     return out
