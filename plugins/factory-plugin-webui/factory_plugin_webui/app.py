@@ -8,6 +8,7 @@ database (:mod:`.desk`), so what the page shows survives the browser and the pag
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from
 
 import gradio as gr  # noqa: E402 - after the analytics switch
 
-from factory.plugin_api import FactoryError, load_config  # noqa: E402
+from factory.plugin_api import FactoryError, export_model, load_config  # noqa: E402
 from factory_plugin_webui import labels  # noqa: E402
 from factory_plugin_webui.chat import ChatDesk  # noqa: E402
 from factory_plugin_webui.desk import Desk, progress_text  # noqa: E402
@@ -25,6 +26,7 @@ from factory_plugin_webui.preview import dataset_names, model_choices, model_sum
 from factory_plugin_webui.settings import command_line, to_yaml  # noqa: E402
 
 REFRESH_SECONDS = 2.0
+SHARD_SIZE = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B|B)$", re.IGNORECASE)  # what transformers' max_shard_size reads
 CSS = """
 .field-error p { color: #b91c1c; font-weight: 600; margin: 0; }
 mark.trained { background: #bbf7d0; }
@@ -63,7 +65,7 @@ class Form:
         common = {"label": spec.key, "info": spec.description or None, "elem_id": f"{self.name}-{elem(spec.key)}"}
         if spec.kind == "bool":
             box: Any = gr.Checkbox(value=value, **common)
-        elif spec.kind in ("choice", "multi"):
+        elif spec.kind in ("choice", "multi", "tristate"):
             choices = list(spec.choices)
             if spec.kind == "choice" and value not in [v for _, v in choices]:
                 choices.append((str(value), value))
@@ -123,7 +125,7 @@ class Page:
         return out
 
     def build(self) -> gr.Blocks:
-        with gr.Blocks(title="factory", css=CSS, analytics_enabled=False) as demo:
+        with gr.Blocks(title="factory", analytics_enabled=False) as demo:
             with gr.Row():
                 self._t(gr.Markdown(f"## {labels.text('title', 'en')}"), "title")
                 lang = gr.Radio(choices=[(v, k) for k, v in labels.LANGUAGES.items()], value="en",
@@ -235,9 +237,9 @@ class Page:
 
         def refresh() -> list[Any]:
             job = self.desk.latest(("finetune",))
-            curve = [p for p in self.desk.loss_curve(job) if "loss" in p]
-            frame = _frame(curve, ("step", "loss"))
-            return [progress_text(job), gr.update(value=frame), self.desk.log_text(job.id) if job else ""]
+            run = self.desk.training(job)
+            frame = _frame([p for p in run.get("loss_curve") or [] if "loss" in p], ("step", "loss"))
+            return [progress_text(job, run), frame, self.desk.log_text(job.id) if job else ""]
 
         def show_preview(*values: Any) -> Any:
             data, result = checked(values)
@@ -294,7 +296,7 @@ class Page:
             load_btn = self._t(gr.Button("Load model", elem_id="chat-load"), "chat.load")
             unload_btn = self._t(gr.Button("Unload", elem_id="chat-unload"), "chat.unload")
         status = gr.Markdown("", elem_id="chat-status")
-        chatbot = self._t(gr.Chatbot(type="messages", label="Conversation", elem_id="chat-history", height=320),
+        chatbot = self._t(gr.Chatbot(label="Conversation", elem_id="chat-history", height=320),
                           "chat.history")
         with gr.Row():
             message = self._t(gr.Textbox("", label="Message", elem_id="chat-message", scale=4), "chat.message")
@@ -404,8 +406,9 @@ class Page:
                 return ["", *form.error_updates(result.error, result.key)]
             if not target.strip():
                 return ["⚠ give the export folder, e.g. outputs/merged", *form.error_updates(None, None)]
-            from factory.plugin_api import export_model
-
+            if shard_size.strip() and not SHARD_SIZE.match(shard_size.strip()):
+                return [f"⚠ shard size '{shard_size.strip()}' is not a size; give a number and a unit, e.g. 2GB or 500MB",
+                        *form.error_updates(None, None)]
             try:
                 out = export_model(result.config, result.config.manager(), target.strip(),
                                    max_shard_size=shard_size.strip() or None)
@@ -462,5 +465,6 @@ def serve(base: Any, *, host: str, port: int, key: str | None) -> None:
     demo = build(base)
     auth = (lambda _user, password: password == key) if key else None
     demo.queue(default_concurrency_limit=4).launch(
-        server_name=host, server_port=port, auth=auth, share=False, show_api=False, quiet=True, inbrowser=False,
+        server_name=host, server_port=port, auth=auth, share=False, footer_links=[], quiet=True, inbrowser=False,
+        css=CSS, ssr_mode=False,
     )

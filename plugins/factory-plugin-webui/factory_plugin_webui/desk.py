@@ -34,6 +34,7 @@ from factory.plugin_api import (
 
 ACTIVE = ("queued", "running")
 WORKER_IDLE_SECONDS = 600  # the page's worker stops after this long without a job
+HEARTBEAT_SECONDS = 1.0  # the page's worker reports progress this often (the page refreshes every 2 s)
 
 
 class AlreadyTraining(FactoryError):
@@ -86,7 +87,8 @@ class Desk:
         if self._worker is not None and self._worker.poll() is None:
             return
         args = [sys.executable, "-m", "factory.cli", "worker", "kinds=finetune,eval,predict",
-                "--exit-idle", str(WORKER_IDLE_SECONDS), f"jobs.poll_seconds={min(self.base.jobs.poll_seconds, 1.0)}"]
+                "--exit-idle", str(WORKER_IDLE_SECONDS), f"jobs.poll_seconds={min(self.base.jobs.poll_seconds, 1.0)}",
+                f"jobs.heartbeat_seconds={min(self.base.jobs.heartbeat_seconds, HEARTBEAT_SECONDS)}"]
         if self.base.results_db:
             args.append(f"results_db={self.base.results_db}")
         self.outputs.mkdir(parents=True, exist_ok=True)
@@ -119,28 +121,40 @@ class Desk:
     def run(self, ref: str) -> dict[str, Any]:
         return run_details(self.queue.db, ref)
 
-    def loss_curve(self, job: Any) -> list[dict[str, Any]]:
-        if job is None or not job.run:
-            return []
-        return self.run(job.run).get("loss_curve") or []
+    def training(self, job: Any) -> dict[str, Any]:
+        """The training run a finetune job records (loss curve, progress), once it has started."""
+        return self.run(job.run) if job is not None and job.run else {}
 
     def runs(self, kind: str, limit: int = 50) -> list[dict[str, Any]]:
         return run_history(self.queue.db, kind, limit)
 
 
-def progress_text(job: Any) -> str:
-    """One line: job, status, step/total, ETA, tokens/s and loss (what the worker last reported)."""
+def progress_text(job: Any, run: dict[str, Any] | None = None) -> str:
+    """One line: job, status, step/total, ETA, tokens/s and loss.
+
+    A training run's own record (written at every logging step) is fresher than the job's
+    heartbeat, and holds the last step once the job has finished, so it is preferred.
+    """
     if job is None:
         return "no job yet"
     parts = [f"job {job.id} · {job.kind} · {job.status}"]
-    if job.done is not None:
-        parts.append(f"{job.done}/{job.total if job.total is not None else '?'} {job.progress.get('unit', '')}".strip())
-    if job.eta_s is not None and job.status == "running":
-        parts.append(f"ETA {job.eta_s:.0f} s")
-    if job.progress.get("tokens_per_s"):
-        parts.append(f"{job.progress['tokens_per_s']:.0f} tokens/s")
-    if job.progress.get("loss") is not None:
-        parts.append(f"loss {job.progress['loss']:.4f}")
+    progress = dict(job.progress)
+    done, total, eta = job.done, job.total, job.eta_s
+    if run and run.get("progress"):
+        step = run["progress"]
+        done, total, eta = step.get("step", done), step.get("total", total), step.get("eta_s", eta)
+        progress.update(unit="steps", tokens_per_s=step.get("tokens_per_s"))
+    curve = [point["loss"] for point in (run or {}).get("loss_curve") or [] if "loss" in point]
+    if curve:
+        progress["loss"] = curve[-1]
+    if done is not None:
+        parts.append(f"{done}/{total if total is not None else '?'} {progress.get('unit', '')}".strip())
+    if eta is not None and job.status == "running":
+        parts.append(f"ETA {eta:.0f} s")
+    if progress.get("tokens_per_s"):
+        parts.append(f"{progress['tokens_per_s']:.0f} tokens/s")
+    if progress.get("loss") is not None:
+        parts.append(f"loss {progress['loss']:.4f}")
     if job.run:
         parts.append(f"run {job.run}")
     if job.error:

@@ -44,7 +44,7 @@ class FieldSpec:
 
     key: str
     group: str  # the core group (model, data, train, ...) or the plugin section's name
-    kind: str  # bool, choice, multi, text, number, yaml
+    kind: str  # bool, tristate (bool or None), choice, multi, text, number, yaml
     default: Any
     description: str = ""
     choices: tuple[tuple[str, str], ...] = ()  # (label, value); unavailable implementations say why
@@ -61,6 +61,8 @@ class FieldSpec:
         """A config value as the field shows it."""
         if self.kind == "bool":
             return bool(value)
+        if self.kind == "tristate":
+            return "" if value is None else str(bool(value)).lower()
         if self.kind == "multi":
             return [value] if isinstance(value, str) else list(value or [])
         if value is None:
@@ -75,8 +77,17 @@ class FieldSpec:
             return bool(shown) if self.kind == "bool" else list(shown or [])
         if shown is None or (isinstance(shown, str) and not shown.strip()):
             return None if self.optional else self.default
+        if self.kind == "tristate":
+            return {"true": True, "false": False}.get(str(shown).lower(), shown)
         if self.kind in ("text", "choice"):
             return shown if not isinstance(shown, str) else shown.strip()
+        if self.kind == "number" and isinstance(shown, str):
+            for number in (int, float):  # YAML 1.1 reads 1e-4 as a string; the config would too, but say 1e-04 == 1e-4
+                try:
+                    return number(shown.strip())
+                except ValueError:
+                    pass
+            return shown.strip()  # the config's validation names the key and the value
         try:
             return yaml.safe_load(shown)
         except yaml.YAMLError:
@@ -98,7 +109,7 @@ def _kind(prop: Mapping[str, Any], defs: Mapping[str, Any]) -> tuple[str, bool, 
     if enums and len(real) == 1:
         return "choice", optional, enums
     if types == {"boolean"}:
-        return "bool", optional, ()
+        return ("tristate" if optional else "bool"), optional, ()
     if types <= {"integer", "number"} and types:
         return "number", optional, ()
     if types == {"string"}:
@@ -137,7 +148,7 @@ def fields(manager: Any, *, groups: Iterable[str] = TRAIN_GROUPS, keys: Iterable
             kind = "multi" if many else "choice"
         if kind == "choice" and optional:
             choices = (("none", ""), *choices)
-        out.append(FieldSpec(key, group, kind, prop.get("default"), prop.get("description", ""), choices, optional))
+        out.append(_spec(key, group, kind, prop, choices, optional))
     if plugin_sections:
         for name, section in schema["properties"].items():
             if "x-factory-plugin" not in section:
@@ -145,12 +156,16 @@ def fields(manager: Any, *, groups: Iterable[str] = TRAIN_GROUPS, keys: Iterable
             inner_defs = section.get("$defs", {})
             for option, prop in section.get("properties", {}).items():
                 kind, optional, enums = _kind(prop, inner_defs)
-                out.append(FieldSpec(
-                    f"{name}.{option}", name, kind, prop.get("default"), prop.get("description", ""),
-                    tuple((e, e) for e in enums), optional, section["x-factory-plugin"],
-                    tuple(section.get("x-factory-used-by", ())),
-                ))
+                out.append(_spec(f"{name}.{option}", name, kind, prop, tuple((e, e) for e in enums), optional,
+                                 section["x-factory-plugin"], tuple(section.get("x-factory-used-by", ()))))
     return out
+
+
+def _spec(key: str, group: str, kind: str, prop: Mapping[str, Any], choices: tuple[tuple[str, str], ...],
+          optional: bool, plugin: str | None = None, used_by: tuple[str, ...] = ()) -> FieldSpec:
+    if kind == "tristate":
+        choices = (("default", ""), ("true", "true"), ("false", "false"))
+    return FieldSpec(key, group, kind, prop.get("default"), prop.get("description", ""), choices, optional, plugin, used_by)
 
 
 def to_config(specs: Iterable[FieldSpec], values: Iterable[Any]) -> dict[str, Any]:

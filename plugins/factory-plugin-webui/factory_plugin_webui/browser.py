@@ -1,5 +1,8 @@
-"""Driving the page in the system's headless Chromium with Selenium (no browser download): helpers for the
-browser tests and the screenshot script."""
+"""Driving the page in the system's headless Chromium with Selenium (no browser download).
+
+Used by the plugin's browser tests and by ``scripts/screenshots.py`` (the pictures in docs/webui.md);
+Selenium is imported only here, when a browser is driven (``pip install selenium``).
+"""
 
 from __future__ import annotations
 
@@ -137,3 +140,24 @@ class Page:
         if "open" not in (head.get_attribute("class") or ""):
             head.click()
             time.sleep(0.3)
+
+
+TABS = ("Train", "Chat", "Evaluate", "Export", "Runs")
+
+
+def screenshots(page: Page, folder: Path) -> list[Path]:
+    """One PNG per tab (palette-reduced to stay small), named after the tab."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for label in TABS:
+        page.tab(label)
+        page.driver.execute_script("window.scrollTo(0, 0);")
+        time.sleep(1.5)
+        path = folder / f"{label.lower()}.png"
+        page.driver.save_screenshot(str(path))
+        Image.open(path).convert("RGB").quantize(colors=64).save(path, optimize=True)
+        written.append(path)
+    page.tab("Train")
+    return written
