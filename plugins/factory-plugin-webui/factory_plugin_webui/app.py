@@ -235,11 +235,15 @@ class Page:
             self.desk.cancel(job.id)
             return f"asked finetune job {job.id} to stop"
 
-        def refresh() -> list[Any]:
+        def refresh(seen: str | None = None) -> list[Any]:
             job = self.desk.latest(("finetune",))
             run = self.desk.training(job)
-            frame = _frame([p for p in run.get("loss_curve") or [] if "loss" in p], ("step", "loss"))
-            return [progress_text(job, run), frame, self.desk.log_text(job.id) if job else ""]
+            text, log_text = progress_text(job, run), self.desk.log_text(job.id) if job else ""
+            curve = [p for p in run.get("loss_curve") or [] if "loss" in p]
+            now = f"{text}|{len(curve)}|{len(log_text)}"
+            if now == seen:  # nothing new: the browser redraws nothing (a plot redraw costs its CPU)
+                return [gr.skip(), gr.skip(), gr.skip(), seen]
+            return [text, _frame(curve, ("step", "loss")), log_text, now]
 
         def show_preview(*values: Any) -> Any:
             data, result = checked(values)
@@ -271,7 +275,9 @@ class Page:
 
         preview_btn.click(show_preview, inputs, preview)
         command_btn.click(show_command, inputs, [status, *errors, yaml_box, command])
-        start_btn.click(start, inputs, [status, *errors]).then(refresh, None, [progress, loss_plot, log])
+        shown = gr.State(None)  # what this browser shows, so a refresh with nothing new sends nothing
+        watched = [progress, loss_plot, log, shown]
+        start_btn.click(start, inputs, [status, *errors]).then(refresh, None, watched)
         stop_btn.click(stop, None, status)
         save_btn.click(save, [settings_path, *inputs], [status, *errors, settings_file])
         load_btn.click(load, settings_path, [status, *inputs])
@@ -281,8 +287,8 @@ class Page:
         dataset_dir = form.input("dataset_dir")
         dataset_dir.change(lambda folder: gr.update(choices=dataset_names(folder or None)), dataset_dir,
                            form.input("dataset"))
-        timer.tick(refresh, None, [progress, loss_plot, log])
-        demo.load(refresh, None, [progress, loss_plot, log])
+        timer.tick(refresh, shown, watched)
+        demo.load(refresh, None, watched)
 
     # -- Chat ------------------------------------------------------------------------------------
 
@@ -322,9 +328,11 @@ class Page:
             try:
                 for answer in self.chat.answer(result.config, history[:-1], tool_specs):
                     history[-1] = {"role": "assistant", "content": answer}
-                    yield history, "", ""
+                    yield history, "", "…"
             except FactoryError as exc:
                 yield history[:-2], text, f"⚠ {exc}"
+                return
+            yield history, "", "answered"
 
         load_btn.click(load, form.inputs, [status, *form.errors])
         unload_btn.click(self.chat.unload, None, status)
@@ -362,14 +370,18 @@ class Page:
                 return [gr.update(value="" if form.placed(key) else f"⚠ {exc}"), *form.error_updates(str(exc), key)]
             return [f"queued {job.kind} job {job.id}", *form.error_updates(None, None)]
 
-        def refresh() -> list[Any]:
+        def refresh(seen: str | None = None) -> list[Any]:
             job = self.desk.latest(("eval", "predict"))
             runs = self.desk.runs("eval")
+            text = progress_text(job)
+            names = [r["run"] for r in runs]
+            now = f"{text}|{','.join(names)}"
+            if now == seen:
+                return [gr.skip()] * 4 + [seen]
             rows = [{"run": r["run"], "task": r["task"], "model": r["model"], "adapter": r.get("adapter") or "",
                      "metric": r["metric"], "score": round(r["score"], 4), "n": r["n"]} for r in runs]
-            names = [r["run"] for r in runs]
-            return [progress_text(job), _frame(rows, ("run", "task", "model", "adapter", "metric", "score", "n")),
-                    gr.update(choices=names), gr.update(choices=names)]
+            return [text, _frame(rows, ("run", "task", "model", "adapter", "metric", "score", "n")),
+                    gr.update(choices=names), gr.update(choices=names), now]
 
         def compare(a: str | None, b: str | None) -> Any:
             rows = []
@@ -381,9 +393,11 @@ class Page:
                         rows.append({"subject": score["name"], "score": score["value"], "run": ref})
             return _frame(rows, ("subject", "score", "run"))
 
-        start_btn.click(start, form.inputs, [status, *form.errors]).then(refresh, None, [progress, table, first, second])
-        timer.tick(refresh, None, [progress, table, first, second])
-        demo.load(refresh, None, [progress, table, first, second])
+        shown = gr.State(None)
+        watched = [progress, table, first, second, shown]
+        start_btn.click(start, form.inputs, [status, *form.errors]).then(refresh, None, watched)
+        timer.tick(refresh, shown, watched)
+        demo.load(refresh, None, watched)
         first.change(compare, [first, second], chart)
         second.change(compare, [first, second], chart)
 

@@ -128,6 +128,12 @@ class Page:
         box.send_keys(value)
         time.sleep(0.3)
 
+    def choose(self, elem_id: str, label: str) -> None:
+        """Pick the radio button ``label`` of a radio group."""
+        options = [o for o in self.driver.find_elements("css selector", f"#{elem_id} label") if o.text.strip() == label]
+        assert options, f"no choice {label!r} in #{elem_id}"
+        options[0].click()
+
     def text(self, elem_id: str) -> str:
         return self.find(f"#{elem_id}").text
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from factory_plugin_webui.browser import Page, chromium, missing_browser, screenshots, webui_server
 
-from factory.plugin_api import JobQueue, resolve_alias
+from factory.plugin_api import JobQueue, load_config, resolve_alias
 
 HERE = Path(__file__).parent
 SHARED = Path(__file__).resolve().parents[4] / "shared" / "data"
@@ -77,6 +77,30 @@ def test_model_type_and_auto_template_are_shown(page):
     assert "model type: llama" in info and "template auto" in info
 
 
+def test_settings_saved_from_the_page_are_read_by_factory_finetune(page, workspace):
+    path = workspace / "saved" / "settings.yaml"
+    page.type("train-warmup-steps", "1")
+    page.type("settings-path", str(path))
+    page.click("settings-save")
+    page.wait(lambda: "saved to" in page.text("train-status"), 30, "the settings to be saved")
+    cfg = load_config(str(path))  # what `factory finetune FILE` reads
+    assert (cfg.warmup_steps, cfg.learning_rate, cfg.max_steps, cfg.callbacks) == (1, 0.0002, 4, ["probe"])
+    assert cfg.model == str(resolve_alias("smollm2-135m-instruct")) and cfg.datasets == ["alpaca_en_demo"]
+
+
+def test_labels_switch_between_english_and_chinese(page):
+    def tabs() -> list[str]:
+        return [b.text.strip() for b in page.driver.find_elements("css selector", "button[role='tab']")]
+
+    assert tabs()[:5] == ["Train", "Chat", "Evaluate", "Export", "Runs"]
+    page.choose("language", "中文")
+    page.wait(lambda: tabs()[:5] == ["训练", "对话", "评估", "导出", "运行记录"], 30, "the Chinese labels")
+    assert page.find("#train-start").text == "开始"
+    assert "学习率" in page.find("#train-learning-rate").text
+    page.choose("language", "English")
+    page.wait(lambda: tabs()[:5] == ["Train", "Chat", "Evaluate", "Export", "Runs"], 30, "the English labels")
+
+
 @pytest.mark.e2e
 def test_lora_finetune_from_the_train_tab(page, server, workspace):
     queue = server[1]
@@ -125,10 +149,7 @@ def test_streamed_answer_in_the_chat_tab(page, server):
             seen.append(text)
         return text
 
-    page.wait(lambda: answer() and page.find("#chat-send").is_enabled() and
-              not page.driver.find_elements("css selector", "#chat-history .pending, #chat-history .generating"),
-              300, "the answer", every=0.05)
-    time.sleep(1)
+    page.wait(lambda: answer() is not None and page.text("chat-status") == "answered", 300, "the answer", every=0.05)
     final = answer()
     assert final.strip()
     assert len(seen) >= 2 and all(final.startswith(part) for part in seen[:-1])  # it arrived in pieces
@@ -151,3 +172,26 @@ def test_one_subject_cmmlu_job_from_the_evaluate_tab(page, server):
     assert job.run in table
     if score is not None:
         assert f"{round(score, 4):g}"[:4] in table
+
+
+@pytest.mark.e2e
+def test_export_merges_the_adapter_in_shards(page, server, workspace):
+    from transformers import AutoModelForCausalLM
+
+    queue = server[1]
+    job = queue.list(kinds=["finetune"], statuses=["succeeded"], limit=1)[0]
+    target = workspace / "merged"
+    page.tab("Export")
+    page.type("export-adapter", queue.get(job.id).config["output_dir"])
+    page.type("export-folder", str(target))
+    page.type("export-shard", "abc")
+    page.click("export-start")
+    page.wait(lambda: "shard size 'abc' is not a size" in page.text("export-status"), 30, "the refusal")
+    assert not target.exists()
+    page.type("export-shard", "200MB")
+    page.click("export-start")
+    page.wait(lambda: "wrote" in page.text("export-status"), 300, "the export", every=1.0)
+    shards = sorted(target.glob("*.safetensors"))
+    assert len(shards) >= 2 and all(path.stat().st_size <= 200 * 10**6 for path in shards)
+    model = AutoModelForCausalLM.from_pretrained(target)
+    assert model.config.model_type == "llama"
