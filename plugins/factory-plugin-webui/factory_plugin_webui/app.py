@@ -370,7 +370,7 @@ class Page:
                 return [gr.update(value="" if form.placed(key) else f"⚠ {exc}"), *form.error_updates(str(exc), key)]
             return [f"queued {job.kind} job {job.id}", *form.error_updates(None, None)]
 
-        def refresh(seen: str | None = None) -> list[Any]:
+        def refresh(seen: str | None = None, a: str | None = None, b: str | None = None) -> list[Any]:
             job = self.desk.latest(("eval", "predict"))
             runs = self.desk.runs("eval")
             text = progress_text(job)
@@ -380,8 +380,9 @@ class Page:
                 return [gr.skip()] * 4 + [seen]
             rows = [{"run": r["run"], "task": r["task"], "model": r["model"], "adapter": r.get("adapter") or "",
                      "metric": r["metric"], "score": round(r["score"], 4), "n": r["n"]} for r in runs]
+            a, b = _pair(names, a, b)
             return [text, _frame(rows, ("run", "task", "model", "adapter", "metric", "score", "n")),
-                    gr.update(choices=names), gr.update(choices=names), now]
+                    gr.update(choices=names, value=a), gr.update(choices=names, value=b), now]
 
         def compare(a: str | None, b: str | None) -> Any:
             rows = []
@@ -396,7 +397,7 @@ class Page:
         shown = gr.State(None)
         watched = [progress, table, first, second, shown]
         start_btn.click(start, form.inputs, [status, *form.errors]).then(refresh, None, watched)
-        timer.tick(refresh, shown, watched)
+        timer.tick(refresh, [shown, first, second], watched)
         demo.load(refresh, None, watched)
         first.change(compare, [first, second], chart)
         second.change(compare, [first, second], chart)
@@ -445,23 +446,31 @@ class Page:
                 second = self._t(gr.Dropdown([], label="Second run", elem_id="runs-second"), "runs.second")
                 second_plot = gr.LinePlot(x="step", y="loss", elem_id="runs-second-plot", height=240)
 
-        def refresh() -> list[Any]:
+        def refresh(a: str | None = None, b: str | None = None) -> list[Any]:
             runs = self.desk.runs("train")
             rows = [{"run": r["run"], "status": r["status"], "stage": r["stage"], "method": r["method"],
                      "model": r["model"], "final loss": r.get("metrics", {}).get("last_loss"),
                      "steps": (r.get("progress") or {}).get("step")} for r in runs]
             names = [r["run"] for r in runs]
+            a, b = _pair(names, a, b)  # the two newest, until the user picks others
             return [_frame(rows, ("run", "status", "stage", "method", "model", "final loss", "steps")),
-                    gr.update(choices=names), gr.update(choices=names)]
+                    gr.update(choices=names, value=a), gr.update(choices=names, value=b)]
 
         def curve(ref: str | None) -> Any:
             points = [p for p in self.desk.run(ref).get("loss_curve") or [] if "loss" in p] if ref else []
             return _frame(points, ("step", "loss"))
 
-        refresh_btn.click(refresh, None, [table, first, second])
+        refresh_btn.click(refresh, [first, second], [table, first, second])
         demo.load(refresh, None, [table, first, second])
         first.change(curve, first, first_plot)
         second.change(curve, second, second_plot)
+
+
+def _pair(names: list[str], a: str | None, b: str | None) -> tuple[str | None, str | None]:
+    """Two runs to compare: the ones chosen while they still exist, else the newest two."""
+    a = a if a in names else (names[0] if names else None)
+    b = b if b in names else next((n for n in names if n != a), None)
+    return a, b
 
 
 def _frame(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> Any:

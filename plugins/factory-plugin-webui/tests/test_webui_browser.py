@@ -77,6 +77,17 @@ def test_model_type_and_auto_template_are_shown(page):
     assert "model type: llama" in info and "template auto" in info
 
 
+def test_preview_renders_rows_through_the_template_with_trained_spans(page):
+    page.click("train-preview")
+    trained = page.wait(lambda: page.driver.find_elements("css selector", "#train-preview-rows mark.trained"), 120,
+                        "the preview rows")
+    text = page.text("train-preview-rows")
+    assert "alpaca_en_demo · supervised data · 8 rows" in text
+    assert "<|im_start|>assistant" in text  # SmolLM2's own chat template renders the rows
+    assert len(trained) >= 3  # the answers of the first three rows, and only they, are trained
+    assert all("<|im_start|>user" not in mark.text for mark in trained)
+
+
 def test_settings_saved_from_the_page_are_read_by_factory_finetune(page, workspace):
     path = workspace / "saved" / "settings.yaml"
     page.type("train-warmup-steps", "1")
@@ -172,6 +183,18 @@ def test_one_subject_cmmlu_job_from_the_evaluate_tab(page, server):
     assert job.run in table
     if score is not None:
         assert f"{round(score, 4):g}"[:4] in table
+    # the newest runs are compared per subject (here the one run, on its one subject)
+    page.wait(lambda: page.driver.find_elements("css selector", "#eval-compare canvas, #eval-compare svg"), 30, "the chart")
+
+
+@pytest.mark.e2e
+def test_runs_tab_shows_the_training_run_and_its_loss_curve(page, server):
+    job = server[1].list(kinds=["finetune"], statuses=["succeeded"], limit=1)[0]
+    page.tab("Runs")
+    page.click("runs-refresh")
+    page.wait(lambda: server[1].get(job.id).run in page.text("runs-table"), 30, "the run in the table")
+    page.wait(lambda: page.driver.find_elements("css selector", "#runs-first-plot canvas, #runs-first-plot svg"), 30,
+              "the run's loss curve")
 
 
 @pytest.mark.e2e
