@@ -1,4 +1,4 @@
-"""Built-in data set formats: alpaca, sharegpt, openai and plain text (factory.data.formats)."""
+"""Built-in data set formats (alpaca, sharegpt, openai, plain text) and data kinds (pretrain, supervised)."""
 
 from __future__ import annotations
 
@@ -23,3 +23,9 @@ def register_aligners(register):
         description="OpenAI chat messages (tool role, assistant tool_calls); preference pairs; KTO label",
     )
     register("text", "factory.data.formats:TEXT", description="plain text for pre-training")
+
+
+@hookimpl
+def register_data_kinds(register):
+    register("pretrain", "factory.data.kinds:PRETRAIN", description="plain text in cutoff_len chunks (stage pt)")
+    register("supervised", "factory.data.kinds:SUPERVISED", description="conversations trained on their answers (stage sft)")
