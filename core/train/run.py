@@ -70,6 +70,7 @@ def training_arguments(cfg: RunConfig, out: Path, *, has_eval: bool, args_cls: A
     from transformers import TrainingArguments
 
     from factory import hardware
+    from factory.train.distributed import trainer_settings
 
     precision = resolve_precision(cfg.precision)
     on_cpu = not hardware.cuda_devices()
@@ -99,8 +100,7 @@ def training_arguments(cfg: RunConfig, out: Path, *, has_eval: bool, args_cls: A
         fp16=precision == "fp16",
         use_cpu=on_cpu,
         ddp_backend="gloo" if on_cpu and is_distributed_worker() else None,
-        deepspeed=cfg.deepspeed,
-        fsdp=cfg.fsdp or "",
+        **trainer_settings(cfg),
         report_to=cfg.report_to or "none",
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
