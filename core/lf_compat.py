@@ -199,6 +199,8 @@ def _deepspeed(value: Any) -> Any:
 _ONLY_PREFERENCE = "only preference stages (dpo, kto, orpo, simpo) read it, as in LLaMA-Factory"
 _NO_FTX = ("has no counterpart in this stage, whose factory options have no added SFT loss; drop it, "
            "or use stage dpo (dpo.ftx) or simpo (simpo.ftx)")
+_OWN_REFERENCE = Refuse("has no counterpart in stages kto and ppo, whose reference is the model before training; "
+                        "drop it, or use stage dpo")
 _NO_WORKERS = "factory builds batches in the training process, so there are no loader workers to start"
 
 # The table. Order matters where one key refines another's value (stage before pref_loss,
@@ -313,9 +315,11 @@ TABLE: dict[str, Rule] = {
     "dpo_label_smoothing": Rule(in_stage={"dpo": "dpo.label_smoothing"}, note="only stage dpo reads it, as in LLaMA-Factory"),
     "kto_chosen_weight": Rule(to="kto.desirable_weight"),
     "kto_rejected_weight": Rule(to="kto.undesirable_weight"),
-    "ref_model": Rule(in_stage={"dpo": "dpo.ref_model", "kto": Refuse(
-        "has no counterpart in stage kto, whose reference is the model before training; drop it, or use stage dpo")},
-        note="orpo and simpo use no reference model, as in LLaMA-Factory"),
+    "ref_model": Rule(in_stage={"dpo": "dpo.ref_model", "kto": _OWN_REFERENCE, "ppo": _OWN_REFERENCE},
+                      note="orpo and simpo use no reference model, as in LLaMA-Factory"),
+    "ref_model_adapters": Rule(refuse="has no counterpart, because factory loads ref_model without adapters; merge the "
+                                      "adapter into it with factory export and give the merged folder as ref_model"),
+    "ref_model_quantization_bit": Rule(refuse="has no counterpart, because factory loads ref_model unquantized; drop it"),
     "reward_model": Rule(to="ppo.reward_model"),
     "reward_model_type": Rule(values={
         "lora": Ignore("factory reads the kind of the rm run's output folder itself"),

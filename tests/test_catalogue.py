@@ -196,7 +196,7 @@ CASES: dict[str, Case] = {
                            files={"lf.yaml": "model_name_or_path: x\npush_to_hub: true\n"}),
     "lf predict in finetune": Case("cli", ["finetune", "lf.yaml"], 2, ("LLaMA-Factory key 'do_predict: true'", "run factory predict lf.yaml"),
                                    files={"lf.yaml": "model_name_or_path: x\ndo_predict: true\neval_dataset: identity\n"}),
-    "lf kto ref_model": Case("cli", ["finetune", "lf.yaml"], 2, ("LLaMA-Factory key 'ref_model: m'", "stage kto", "stage dpo"),
+    "lf kto ref_model": Case("cli", ["finetune", "lf.yaml"], 2, ("LLaMA-Factory key 'ref_model: m'", "stages kto and ppo", "stage dpo"),
                              files={"lf.yaml": "model_name_or_path: x\nstage: kto\nref_model: m\n"}),
 }
 

@@ -15,6 +15,7 @@ from factory import lf_compat
 from factory.cli import main
 from factory.config import load_config
 from factory.errors import ConfigError
+from factory.train.distributed import deepspeed_config
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "llamafactory"
@@ -135,6 +136,7 @@ def test_methods_and_optimizers_of_the_extras(at_repo):
     ds3 = load_config(FIXTURES / "train_full/qwen3_full_sft.yaml")
     assert (ds3.method, ds3.deepspeed, ds3.dataset) == ("full", "zero3", ["identity", "alpaca_en_demo"])
     assert load_config(FIXTURES / "train_lora/qwen3_lora_sft_ds3.yaml").deepspeed == "zero3"
+    assert deepspeed_config(ds3.deepspeed)["zero_optimization"]["stage"] == 3  # what the Trainer is given
 
 
 def test_deepspeed_files(tmp_path, monkeypatch):
@@ -212,7 +214,9 @@ def test_inference_and_merge_yamls(at_repo):
     ({"resume_from_checkpoint": "out/checkpoint-5"}, "'resume_from_checkpoint: out/checkpoint-5'"),
     ({"infer_backend": "sglang"}, "LLaMA-Factory key 'infer_backend: sglang'"),
     ({"top_k": 50}, "LLaMA-Factory key 'top_k: 50'"),
-    ({"stage": "kto", "ref_model": "m"}, "LLaMA-Factory key 'ref_model: m' has no counterpart in stage kto"),
+    ({"stage": "kto", "ref_model": "m"}, "LLaMA-Factory key 'ref_model: m' has no counterpart in stages kto and ppo"),
+    ({"stage": "ppo", "ref_model": "m"}, "LLaMA-Factory key 'ref_model: m' has no counterpart in stages kto and ppo"),
+    ({"ref_model_adapters": "a"}, "LLaMA-Factory key 'ref_model_adapters' has no counterpart"),
     ({"stage": "kto", "pref_ftx": 0.5}, "LLaMA-Factory key 'pref_ftx: 0.5' has no counterpart in this stage"),
     ({"stage": "dpo", "pref_loss": "orpo", "pref_ftx": 1}, "LLaMA-Factory key 'pref_ftx: 1' has no counterpart in this stage"),
     ({"push_to_hub": True}, "LLaMA-Factory key 'push_to_hub: true' has no counterpart in factory finetune"),
