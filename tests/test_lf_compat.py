@@ -348,3 +348,12 @@ def test_finetune_refuses_the_predict_yaml_naming_factory_predict(at_repo, capsy
     err = capsys.readouterr().err
     assert f"'do_predict: true' asks for generated predictions, which factory finetune does not make; run factory predict {config}" in err
     assert err.count("\n") == 1
+
+
+@pytest.mark.e2e
+def test_dpo_example_with_a_reference_model_and_label_smoothing(smollm2_path, at_repo, tmp_path):
+    """ref_model and dpo_label_smoothing, LLaMA-Factory's keys, reach factory's dpo stage, which trains a step with them."""
+    lf = {**_raw("train_lora/qwen3_lora_dpo.yaml"), "ref_model": "smollm2-135m-instruct", "dpo_label_smoothing": 0.1}
+    (tmp_path / "dpo.yaml").write_text(yaml.safe_dump(lf), encoding="utf-8")
+    assert main(["finetune", str(tmp_path / "dpo.yaml"), *FAST, f"output_dir={tmp_path / 'out'}"]) == 0
+    assert (tmp_path / "out" / "adapter_config.json").is_file()
