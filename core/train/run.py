@@ -290,8 +290,8 @@ def _train(
 ) -> TrainingRun:
     from transformers import set_seed
 
-    from factory.data.processing import build_datasets
     from factory.data.template import get_template
+    from factory.data.worker import build_datasets
 
     resume_from = _resume_point(out) if cfg.resume else None
     set_seed(cfg.seed)
