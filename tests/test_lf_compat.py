@@ -364,3 +364,18 @@ def test_dpo_example_with_a_reference_model_and_label_smoothing(smollm2_path, at
     (tmp_path / "dpo.yaml").write_text(yaml.safe_dump(lf), encoding="utf-8")
     assert main(["finetune", str(tmp_path / "dpo.yaml"), *FAST, f"output_dir={tmp_path / 'out'}"]) == 0
     assert (tmp_path / "out" / "adapter_config.json").is_file()
+
+
+def test_apollo_layerwise_example_trains_the_tiny_model(tiny_causal_lm, demo_dir, tmp_path):
+    """LLaMA-Factory's layer-wise APOLLO example through factory finetune: the attention and MLP weights move."""
+    import torch
+    from safetensors.torch import load_file
+
+    lf = {**_raw("extras/apollo/llama3_full_sft.yaml"), "model_name_or_path": str(tiny_causal_lm), "dataset_dir": str(demo_dir),
+          "template": "chatml", "output_dir": str(tmp_path / "out"), "apollo_rank": 4}
+    (tmp_path / "apollo.yaml").write_text(yaml.safe_dump(lf), encoding="utf-8")
+    # one step: the example's warm-up would make its learning rate 0
+    assert main(["finetune", str(tmp_path / "apollo.yaml"), *FAST, "warmup_ratio=0", "learning_rate=1e-3"]) == 0
+    before, after = load_file(tiny_causal_lm / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    moved = [name for name in before if name in after and not torch.equal(before[name], after[name])]
+    assert any("q_proj" in name for name in moved) and any("mlp" in name for name in moved), moved
