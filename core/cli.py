@@ -45,16 +45,36 @@ def cmd_finetune(ns: argparse.Namespace) -> int:
 
 def cmd_export(ns: argparse.Namespace) -> int:
     from factory.config import load_config
-    from factory.errors import ConfigError
+    from factory.convert import command_args
     from factory.model.export import export_model
 
     config, overrides = _split_config(ns.args)
-    targets = [o for o in overrides if o.startswith("output=")]
-    if not targets:
-        raise ConfigError("factory export needs output=DIR, the folder to write the merged model to")
-    cfg = load_config(config, [o for o in overrides if not o.startswith("output=")])
-    out = export_model(cfg, cfg.manager(), targets[-1].partition("=")[2])
-    print(f"factory: merged model written to {out}")
+    # The command's own words, and a LLaMA-Factory merge YAML's export_dir/export_size, become export keys.
+    words = {"output": "export_dir", "max_shard_size": "export_max_shard_size"}
+    given = dict(command_args(config))
+    rest = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key in words:
+            given[key] = value
+        else:
+            rest.append(override)
+    cfg = load_config(config, [*(f"{words[key]}={value}" for key, value in given.items() if key in words), *rest])
+    out = export_model(cfg, cfg.manager())
+    print(f"factory: merged model written to {out}"
+          + (f" (Ollama: ollama create NAME -f {out}/Modelfile)" if cfg.export_ollama else "")
+          + (f", uploaded to {cfg.export_hub_repo}" if cfg.export_hub_repo else ""))
+    return 0
+
+
+def cmd_convert(ns: argparse.Namespace) -> int:
+    from factory.convert import convert
+
+    text = convert(ns.config, ns.output)
+    if ns.output is None:
+        print(text, end="")
+    else:
+        print(f"factory: wrote {ns.output}; run it with factory finetune {ns.output}")
     return 0
 
 
@@ -432,8 +452,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("export", help="merge an adapter into its base model and save a plain HF folder")
-    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] model=... adapter=DIR output=DIR")
+    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] model=... adapter=DIR output=DIR [max_shard_size=2GB export.ollama=true export.hub_repo=OWNER/NAME]")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("convert", help="write a config (a LLaMA-Factory YAML too) in factory's grouped form")
+    p.add_argument("config", metavar="CONFIG.yaml")
+    p.add_argument("-o", "--output", metavar="FACTORY.yaml", help="file to write (default: print it)")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("chat", help="chat with a model (and adapter) in the terminal")
     p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] model=... [adapter=DIR] [key=value ...]")

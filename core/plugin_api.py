@@ -49,16 +49,26 @@ _LAZY: dict[str, str] = {
     "load_model": "factory.model.loader",
     "ModelFacts": "factory.model.facts",
     "LoadedModel": "factory.model.loader",
+    "supports_packed_positions": "factory.model.loader",
     # data
     "IGNORE_INDEX": "factory.data.tokenize",
     "pad": "factory.data.collator",
+    "pad_token_id": "factory.data.collator",
+    "sequence_batch": "factory.data.collator",
     "get_template": "factory.data.template",
     "Template": "factory.data.template",
     "TemplateLibrary": "factory.data.template",
     "Segment": "factory.data.template",
-    "BadRow": "factory.data.aligners",
-    "SkipRow": "factory.data.aligners",
+    "BadRow": "factory.data.formats",
+    "SkipRow": "factory.data.formats",
     "empty_record": "factory.data.record",
+    "PROMPT_ROLES": "factory.data.record",
+    "ConversationKind": "factory.data.tokenize",
+    "Conversation": "factory.data.tokenize",
+    "Split": "factory.data.tokenize",
+    "final_answer": "factory.data.tokenize",
+    "labels_of": "factory.data.tokenize",
+    "said": "factory.data.tokenize",
     # training: optimizers' parameter groupings, decoder layers, stages
     "default_param_groups": "factory.train.optim",
     "projected_groups": "factory.train.optim",
@@ -67,6 +77,10 @@ _LAZY: dict[str, str] = {
     "TrainerSetup": "factory.train.run",
     "run_training": "factory.train.run",
     "default_trainer": "factory.train.run",
+    "FactoryTrainer": "factory.train.trainer",
+    "LogitsWorkspace": "factory.train.loss",
+    "chunked_token_logprobs": "factory.train.loss",
+    "split_head": "factory.train.loss",
     # inference engines
     "Engine": "factory.infer.base",
     "GenerationRequest": "factory.infer.base",
@@ -76,7 +90,33 @@ _LAZY: dict[str, str] = {
     "prompt_ids": "factory.infer.base",
     "split_stop_words": "factory.infer.base",
     "stop_tokens": "factory.infer.engine",
+    "load_engine": "factory.infer.base",
+    # front ends beside the CLI (the web UI): the config's schema, the job queue, the run history,
+    # data preview and export, each the same function the CLI calls
+    "load_config": "factory.config",
+    "parse_overrides": "factory.config",
+    "config_schema": "factory.config",
+    "CONFIG_GROUPS": "factory.config",
+    "JobQueue": "factory.store.jobs",
+    "check_runnable": "factory.service.jobs",
+    "queue_config": "factory.service.jobs",
+    "outputs_folder": "factory.service.jobs",
+    "job_kind": "factory.service.jobs",
+    "run_history": "factory.store.history",
+    "run_details": "factory.store.history",
+    "load_tokenizer": "factory.preview",
+    "detect_kind": "factory.preview",
+    "load_records": "factory.data.worker",
+    "tokenize_dataset": "factory.data.processing",
+    "dataset_specs": "factory.data.resolve",
+    "BUILTIN_DATASETS": "factory.data.resolve",
+    "model_type_of": "factory.data.template_auto",
+    "detect_template": "factory.data.template_auto",
+    "export_model": "factory.model.export",
 }
+# exported under another name than the module's own (a clearer one for plugin authors)
+_RENAMED: dict[str, str] = {"CONFIG_GROUPS": "GROUPS", "run_history": "history", "dataset_specs": "read_specs",
+           "BUILTIN_DATASETS": "BUILTIN_DIR"}
 
 __all__ = [
     "ConfigError",
@@ -100,7 +140,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"factory.plugin_api has no '{name}'; the plugin API lists its names in __all__")
     if module == "factory":
         return importlib.import_module(f"factory.{name}")
-    return getattr(importlib.import_module(module), name)
+    return getattr(importlib.import_module(module), _RENAMED.get(name, name))
 
 
 def __dir__() -> list[str]:

@@ -188,18 +188,18 @@ def final_evaluation(trainer: Any) -> dict[str, Any]:
     return trainer.evaluate()
 
 
-def _batch_layout(cfg: RunConfig, loaded: LoadedModel, data_kind: str) -> Any:
+def _batch_layout(cfg: RunConfig, loaded: LoadedModel) -> Any:
     """The config's batch layout, overruled by what the patches decided and by what the model supports."""
     from factory.data.processing import BatchLayout, batch_layout
 
-    if data_kind in ("supervised", "pretrain") and not supports_packed_positions(loaded.model):
+    if not supports_packed_positions(loaded.model):
         if cfg.packing:
             raise ConfigError(
                 f"packing=true needs a model whose attention honours restarting position ids, and "
                 f"{type(loaded.model).__name__} builds its own mask; set packing=false"
             )
         log.warning("%s builds its own attention mask: using padded batches", type(loaded.model).__name__)
-        return BatchLayout(padding_free=False, packing=False)
+        return BatchLayout(padding_free=False, packing=False, restarts=False)
     return batch_layout(cfg, loaded.facts)
 
 
@@ -301,7 +301,7 @@ def _train(
         bound_kernel_caches()  # before the model's first matmul, when the libraries read it
 
     loaded: LoadedModel = load_model(cfg, manager, train=True)
-    layout = _batch_layout(cfg, loaded, data_kind)
+    layout = _batch_layout(cfg, loaded)
     tokenizer, adapter = loaded.tokenizer, loaded.adapter
     template = get_template(cfg.template, tokenizer, manager)
     train_ds, eval_ds, collator, data_stats = build_datasets(cfg, manager, tokenizer, template, data_kind, layout)
