@@ -69,6 +69,8 @@ CASES: dict[str, Case] = {
     "deepspeed file": Case("cli", ["finetune", "deepspeed={tmp}/ds.json", *RUN], 2, ("deepspeed config '{tmp}/ds.json' does not exist",)),
     "deepspeed json": Case("cli", ["finetune", "deepspeed={tmp}/bad_ds.json", *RUN], 2, ("deepspeed config '{tmp}/bad_ds.json' is not valid JSON",),
                            {"bad_ds.json": "{zero_optimization:"}),
+    "deepspeed preset": Case("cli", ["finetune", "deepspeed=zero4", *RUN], 2, ("deepspeed config 'zero4' does not exist", "a preset (zero2, zero3)")),
+    "fsdp on cpu": Case("cli", ["finetune", "fsdp=full_shard", *RUN], 2, ("fsdp='full_shard' needs CUDA GPUs", "deepspeed=zero3")),
     "override form": Case("cli", ["finetune", "{tmp}/ok.yaml", "batch_size"], 2, ("override 'batch_size'", "key=value"), {"ok.yaml": "batch_size: 2\n"}),
     "plugin option range": Case("cli", ["finetune", "lora.rank=0", *RUN], 2, ("'lora.rank'",)),
     "plugin option typo": Case("cli", ["finetune", "lora.rnak=8", *RUN], 2, ("'lora.rnak'", "did you mean 'lora.rank'")),
