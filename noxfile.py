@@ -33,12 +33,16 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The performance benchmark: ``nox -s bench -- WORKLOAD [key=value ...]`` (default: lora, then its baseline)."""
+    """The performance benchmark: ``nox -s bench -- WORKLOAD [key=value ...]`` (default: lora, then its baseline).
+
+    ``nox -s bench -- dpo against=llamafactory lf_env=../lf-venv`` runs the job through LLaMA-Factory too.
+    """
     install_all(session)
     out = ROOT / "bench-results"
     runs = [session.posargs] if session.posargs else [["lora", "--repeat", "3"], ["lora", "baseline=true"]]
     for args in runs:
-        name = "-".join(a.replace("=", "_") for a in args if not a.startswith("--") and not a.isdigit())
+        name = "-".join(a.replace("=", "_") for a in args
+                        if not a.startswith(("--", "lf_env=")) and not a.isdigit())
         session.run("factory", "bench", *args, "--output", str(out / f"{name}.json"))
     if not session.posargs:  # the job service: queue overhead per job, listing 1,000 jobs (SQLite, PostgreSQL)
         session.run("python", "-m", "factory.service.bench", "--output", str(out / "service.json"))

@@ -17,6 +17,8 @@ def check_training_selection(cfg: RunConfig, manager: PluginManager) -> None:
     then what depends on both (a quantized checkpoint, an adapter to continue, settings the optimizer
     cannot honour), then the stage.
     """
+    from factory.data.kinds import data_kind
+    from factory.data.processing import packing_enabled
     from factory.model.loader import check_adapter_continuation, check_quantized_checkpoint, pick_loader
 
     quantizer = manager.require("quantizers", cfg.quantization).load() if cfg.quantization else None
@@ -29,6 +31,7 @@ def check_training_selection(cfg: RunConfig, manager: PluginManager) -> None:
     if cfg.template != "auto":
         manager.require("templates", cfg.template)
     stage = manager.load("stages", cfg.stage)
+    packing_enabled(cfg, data_kind(manager, stage.data_kind, cfg.stage), None, stage.data_kind)  # kind known, packing fits
     pick_loader(cfg, manager)
     if quantizer is None:
         check_quantized_checkpoint(cfg, manager)

@@ -128,6 +128,28 @@ class Aligner(Protocol):
         """For a data set given by path: the column mapping when this format recognises the columns, else None."""
 
 
+class DataKind(Protocol):
+    """Data kinds (a stage's ``data_kind``): standard records -> tokenized rows -> batches."""
+
+    columns = Attribute("dict[str, str]", "the columns of a tokenized row: name -> `ids` (int32 token lists), `bool` or `float`")
+    packable = Attribute("bool", "rows may be packed several to a `cutoff_len` row (`packing: true`)", default=False)
+    chunks = Attribute("bool", "texts are cut into `cutoff_len` chunks instead of truncated; packing on by default", default=False)
+
+    def tokenize(self, batch: dict, *, tokenizer: Any, template: Any, options: Any) -> dict:
+        """Batched `datasets.map` function: records -> `columns` plus `_status` (`ok`, `truncated`, `dropped:<why>`) and `_length`."""
+
+    def collator(self, tokenizer: Any, *, packing: bool, flatten: bool, restarts: bool) -> Any:
+        """The batch builder (`flatten`: one padding-free row for varlen attention; `restarts`: the model honours restarting positions)."""
+
+    @optional
+    def detect(self, record: dict) -> int:
+        """How specifically a standard record is data of this kind (0: not at all); `factory data preview` takes the highest."""
+
+    @optional
+    def pieces(self, row: dict) -> list:
+        """`(title, ids, labels)` parts of a tokenized row, as `factory data preview` shows them."""
+
+
 class ChatTemplate(Protocol):
     """Chat templates (``template: NAME``)."""
 
@@ -153,7 +175,7 @@ class Patch(Protocol):
 class Stage(Protocol):
     """Training stages (``stage: NAME``)."""
 
-    data_kind = Attribute("str", "the tokenization the stage trains on (a kind an aligner produces: supervised, pairwise...)")
+    data_kind = Attribute("str", "the registered data kind the stage trains on (pretrain, supervised, or a plugin's such as pairwise)")
 
     def run(self, cfg: Any, manager: Any) -> dict:
         """Train and return the final metrics."""
@@ -202,6 +224,7 @@ CONTRACTS: dict[str, type] = {
     "adapters": Adapter,
     "optimizers": Optimizer,
     "aligners": Aligner,
+    "data_kinds": DataKind,
     "templates": ChatTemplate,
     "patches": Patch,
     "stages": Stage,

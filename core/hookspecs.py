@@ -99,6 +99,21 @@ def register_aligners(register: Register) -> None:
 
 
 @hookspec
+def register_data_kinds(register: Register) -> None:
+    """Data kinds: what a stage trains on (its ``data_kind``: pretrain, supervised, pairwise, kto...).
+
+    Implementation: an object with ``columns`` (the columns of a tokenized row, name -> ``ids``,
+    ``bool`` or ``float``), ``tokenize(batch, *, tokenizer, template, options) -> dict`` (a batched
+    ``datasets.map`` function from standard records to those columns plus ``_status`` and
+    ``_length``; ``factory.plugin_api.ConversationKind`` does the work for conversation data) and
+    ``collator(tokenizer, *, packing, flatten, restarts)`` making batches of the rows; optionally
+    ``packable`` (rows may be packed), ``chunks`` (texts are cut into ``cutoff_len`` chunks),
+    ``detect(record) -> int`` (how specifically it claims a record, for ``factory data preview``)
+    and ``pieces(row)`` (what preview shows of a row).
+    """
+
+
+@hookspec
 def register_templates(register: Register) -> None:
     """Chat templates, chosen with ``template: NAME``.
 
@@ -121,8 +136,8 @@ def register_patches(register: Register) -> None:
 def register_stages(register: Register) -> None:
     """Training stages, chosen with ``stage: NAME`` (pt, sft, rm, dpo, kto, orpo, ppo...).
 
-    Implementation: an object with ``data_kind: str`` (which tokenization the stage needs:
-    ``pretrain``, ``supervised``, ``pairwise``, ``kto``) and
+    Implementation: an object with ``data_kind: str`` (the registered data kind it trains on:
+    ``pretrain``, ``supervised``, or one a plugin registers such as ``pairwise``) and
     ``run(cfg, manager) -> dict`` that trains and returns the final metrics.
     """
 
@@ -191,6 +206,7 @@ LABELS: dict[str, str] = {
     "adapters": "method",
     "optimizers": "optimizer",
     "aligners": "dataset format",
+    "data_kinds": "data kind",
     "templates": "template",
     "patches": "patch",
     "stages": "stage",

@@ -51,28 +51,23 @@ def load_tokenizer(source: str, trust_remote_code: bool = False) -> Any:
         ) from None
 
 
-def detect_kind(records: Any) -> str:
-    """The data kind a data set's standard records are made for (from its first record)."""
+def detect_kind(records: Any, manager: Any) -> str:
+    """The data kind a data set's standard records are made for: the registered kind that claims its first record most specifically."""
     first = next(iter(records))
-    if first.get("text") is not None:
-        return "pretrain"
-    if first.get("chosen") is not None:
-        return "pairwise"
-    if first.get("label") is not None:
-        return "kto"
-    return "supervised"
+    claims = []
+    for name in manager.names("data_kinds"):
+        kind = manager.load("data_kinds", name)
+        if hasattr(kind, "detect"):
+            claims.append((kind.detect(first), name))
+    score, name = max(claims, default=(0, "supervised"))
+    return name if score > 0 else "supervised"
 
 
-def _pieces(row: dict, kind: str) -> list[tuple[str, list[int], list[int]]]:
-    """(title, ids, labels) of the parts of one tokenized row."""
-    if kind in ("supervised", "pretrain"):
-        return [("", row["input_ids"], row["labels"])]
-    prompt = row["prompt_input_ids"]
-    parts = [("prompt", prompt, [IGNORE_INDEX] * len(prompt))]
-    if kind == "pairwise":
-        return parts + [(name, row[f"{name}_input_ids"], row[f"{name}_labels"]) for name in ("chosen", "rejected")]
-    verdict = "desirable" if row["label"] else "undesirable"
-    return parts + [(f"completion ({verdict})", row["completion_input_ids"], row["completion_labels"])]
+def _pieces(row: dict, kind: Any) -> list[tuple[str, list[int], list[int]]]:
+    """(title, ids, labels) of the parts of one tokenized row (the kind's own view, else its ids and labels)."""
+    if hasattr(kind, "pieces"):
+        return kind.pieces(row)
+    return [("", row["input_ids"], row.get("labels", [IGNORE_INDEX] * len(row["input_ids"])))]
 
 
 def render_tokens(tokenizer: Any, ids: list[int], labels: list[int], *, styled: bool) -> Text:
@@ -121,8 +116,8 @@ def _quiet_progress() -> Iterator[None]:
 
 def preview(cfg: RunConfig, *, n: int = 3, console: Console | None = None) -> DataStats:
     """Print ``n`` tokenized examples of the config's data set and its length summary; returns the statistics."""
-    from factory.data.loading import load_records
     from factory.data.template import get_template
+    from factory.data.worker import load_records
 
     if n < 0:
         raise ConfigError(f"-n {n} is negative; give the number of examples to show (e.g. -n 3)")
@@ -134,8 +129,8 @@ def preview(cfg: RunConfig, *, n: int = 3, console: Console | None = None) -> Da
     chat_template = get_template(cfg.template, tokenizer, manager)
     with _quiet_progress():
         records = load_records(dataset, cfg, manager)
-        kind = detect_kind(records)
-        tokenized = tokenize_dataset(records, tokenizer, chat_template, cfg, kind)
+        kind = detect_kind(records, manager)
+        tokenized = tokenize_dataset(records, tokenizer, chat_template, cfg, kind, manager=manager)
     assert tokenized.stats is not None  # preview never streams
     console.print(
         f"[bold]{escape(dataset)}[/bold] · {kind} data · template {escape(cfg.template)} · "
@@ -147,7 +142,7 @@ def preview(cfg: RunConfig, *, n: int = 3, console: Console | None = None) -> Da
     rows = tokenized.dataset
     for index in range(min(n, len(rows))):
         row = rows[index]
-        pieces = _pieces(row, kind)
+        pieces = _pieces(row, manager.load("data_kinds", kind))
         total = sum(len(ids) for _, ids, _ in pieces)
         trained = sum(int((np.asarray(labels) != IGNORE_INDEX).sum()) for _, _, labels in pieces)
         console.rule(f"example {index + 1} · {total} tokens, {trained} trained", style="cyan")

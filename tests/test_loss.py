@@ -122,3 +122,49 @@ def test_a_workspace_is_reused_across_calls_without_changing_the_loss(tiny_causa
         assert torch.equal(grad, grad_fresh)
         buffers.append(workspace._buffer.data_ptr())
     assert len(set(buffers)) == 1
+
+
+@pytest.mark.parametrize("head_trains", [False, True])
+@pytest.mark.parametrize(("block_rows", "temperature"), [(None, 1.0), (3, 0.7)])
+def test_token_logprobs_and_grads_equal_log_softmax(head_trains, block_rows, temperature, monkeypatch):
+    """Per-token log-probabilities (preference losses) equal log_softmax of full logits, and so do their gradients,
+    for a frozen head (gradient computed in the forward) and a trained one with a bias (recomputed in backward)."""
+    from factory.train.loss import chunked_token_logprobs
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=head_trains)
+    head.requires_grad_(head_trains)
+    hidden = torch.randn(23, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (23,))
+    weights = torch.randn(23)  # any function of the log-probabilities: a weighted sum
+    if block_rows:
+        monkeypatch.setattr(loss_module, "SOFTMAX_BLOCK_VALUES", block_rows * 50)
+
+    expected = torch.log_softmax(head(hidden) / temperature, -1).gather(1, targets[:, None])[:, 0]
+    (expected * weights).sum().backward()
+    want = [hidden.grad.clone()] + ([head.weight.grad.clone(), head.bias.grad.clone()] if head_trains else [])
+    hidden.grad = None
+    head.zero_grad()
+
+    got = chunked_token_logprobs(hidden, head, targets, chunk_tokens=7, temperature=temperature)
+    torch.testing.assert_close(got, expected.detach(), rtol=1e-5, atol=1e-6)
+    (got * weights).sum().backward()
+    have = [hidden.grad] + ([head.weight.grad, head.bias.grad] if head_trains else [])
+    for a, b in zip(have, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_sequence_batch_packs_pairs_per_row_and_numbers_every_token():
+    from factory.data.collator import sequence_batch
+
+    rows = [[(0, [1, 2, 3], [-100, 2, 3]), (2, [1, 2, 4, 5], [-100, -100, 4, 5])], [(1, [6, 7], [-100, 7]), (3, [6, 8], [-100, 8])]]
+    packed = sequence_batch(rows, 0, packed=True)
+    assert packed["input_ids"].tolist() == [[1, 2, 3, 1, 2, 4, 5], [6, 7, 6, 8, 0, 0, 0]]
+    assert packed["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2, 3], [0, 1, 0, 1, 0, 1, 2]]
+    assert packed["sequence_ids"].tolist() == [[0, 0, 0, 2, 2, 2, 2], [1, 1, 3, 3, -1, -1, -1]]
+    assert packed["labels"].tolist() == [[-100, 2, 3, -100, -100, 4, 5], [-100, 7, -100, 8, -100, -100, -100]]
+    padded = sequence_batch(rows, 0, packed=False)
+    assert padded["sequence_ids"].tolist() == [[0, 0, 0, -1], [2, 2, 2, 2], [1, 1, -1, -1], [3, 3, -1, -1]]
+    flat = sequence_batch(rows, 0, packed=True, flatten=True)
+    assert flat["sequence_ids"].tolist() == [[0, 0, 0, 2, 2, 2, 2, 1, 1, 3, 3]]
+    assert flat["cu_seq_lens_q"].tolist() == [0, 3, 7, 9, 11]

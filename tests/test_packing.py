@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from factory.data.collator import FlatteningCollator, PackedCollator, PaddingCollator, build_collator
-from factory.data.packing import best_fit_decreasing, chunk_texts, pack_examples
+from factory.data.collator import FlatteningCollator, PackedCollator, PaddingCollator
+from factory.data.kinds import PRETRAIN, SUPERVISED
+from factory.data.pack import best_fit_decreasing, chunk_texts, pack_examples
 from factory.data.tokenize import IGNORE_INDEX
 
 
@@ -134,18 +135,11 @@ def test_flattening_collator_varlen_arguments() -> None:
     assert batch["position_ids"][0].tolist() == [p for n in lengths for p in range(n)]
 
 
-def test_build_collator_choices(tiny_tokenizer) -> None:
-    assert isinstance(build_collator(tiny_tokenizer, "supervised", packing=False), PaddingCollator)
-    assert isinstance(build_collator(tiny_tokenizer, "pretrain", packing=True), PackedCollator)
-    assert isinstance(build_collator(tiny_tokenizer, "supervised", packing=True, flatten=True), FlatteningCollator)
-    pair = {"prompt_input_ids": [5, 6], "chosen_input_ids": [7], "chosen_labels": [7],
-            "rejected_input_ids": [8, 9], "rejected_labels": [8, 9]}
-    batch = build_collator(tiny_tokenizer, "pairwise", packing=False)([pair])
-    assert batch["input_ids"].tolist() == [[5, 6, 7, tiny_tokenizer.pad_token_id], [5, 6, 8, 9]]
-    assert batch["labels"].tolist() == [[-100, -100, 7, -100], [-100, -100, 8, 9]]
-    kto = {"prompt_input_ids": [5], "completion_input_ids": [7, 8], "completion_labels": [7, 8], "label": False}
-    batch = build_collator(tiny_tokenizer, "kto", packing=False)([kto])
-    assert batch["labels"].tolist() == [[-100, 7, 8]] and batch["label"].tolist() == [False]
+def test_collator_choices_of_the_core_kinds(tiny_tokenizer) -> None:
+    plain = dict(flatten=False, restarts=True)
+    assert isinstance(SUPERVISED.collator(tiny_tokenizer, packing=False, **plain), PaddingCollator)
+    assert isinstance(PRETRAIN.collator(tiny_tokenizer, packing=True, **plain), PackedCollator)
+    assert isinstance(SUPERVISED.collator(tiny_tokenizer, packing=True, flatten=True, restarts=True), FlatteningCollator)
 
 
 # -- contamination: a packed example's loss equals its loss alone --------------------------------

@@ -12,11 +12,12 @@ import pytest
 from datasets import Dataset, IterableDataset, load_from_disk
 
 from factory.config import load_config
-from factory.data.collator import FlatteningCollator, PackedCollator, PaddingCollator, PairwiseCollator
-from factory.data.processing import build_datasets, packing_enabled, tokenize_dataset
+from factory.data.collator import FlatteningCollator, PackedCollator, PaddingCollator
+from factory.data.processing import packing_enabled, tokenize_dataset
 from factory.data.record import RECORD_FEATURES, empty_record
 from factory.data.template import get_template
 from factory.data.tokenize import IGNORE_INDEX, _encode, budget
+from factory.data.worker import build_datasets
 from factory.errors import ConfigError, DataError
 
 SYSTEM = "You answer briefly."
@@ -203,7 +204,8 @@ def test_pairwise_rows(smollm2_tokenizer, template) -> None:
         (start, end), = _spans(tok, prompt + [answer])
         assert len(row["prompt_input_ids"]) == start
         assert row[f"{name}_labels"] == _expected_labels(full, [(start, end)])[start:]
-    batch = PairwiseCollator(pad_token_id=0)([row])
+    pairs = _cfg().manager().load("data_kinds", "pairwise")  # the trl plugin's data kind, through the registry
+    batch = pairs.collator(tok, packing=False, flatten=False, restarts=False)([row])
     assert batch["input_ids"].shape[0] == 2
 
 
@@ -217,6 +219,11 @@ def test_kto_rows(smollm2_tokenizer, template) -> None:
     assert row["prompt_input_ids"] + row["completion_input_ids"] == full
     assert len(row["prompt_input_ids"]) == spans[-1][0]  # only the judged last answer is the completion
     assert row["label"] is False
+
+
+def test_an_unknown_data_kind_is_one_sentence(smollm2_tokenizer, template) -> None:
+    with pytest.raises(ConfigError, match=r"names data kind 'pairs', which no installed plugin registers \(available: .*pretrain.*supervised"):
+        tokenize_dataset(_records([_record(CONVERSATION)]), smollm2_tokenizer, template, _cfg(), "pairs")
 
 
 def test_packing_only_for_pretrain_and_supervised() -> None:

@@ -12,8 +12,8 @@ import yaml
 
 from factory.cli import main
 from factory.config import load_config
-from factory.data.aligners import OPENAI
-from factory.data.registry import DatasetSpec
+from factory.data.formats import OPENAI
+from factory.data.resolve import DatasetSpec
 from factory.data.template import PACKAGED, JinjaTemplate, get_template, template_for_model_type
 from factory.data.template_check import REASONING_CHAT, render_official
 from factory.data.template_tools import stable_call_id, tool_calls
@@ -124,7 +124,8 @@ def test_calls_without_an_id_get_a_stable_nine_character_one():
 def test_the_run_settings_reach_tokenization(smollm2_path):
     from transformers import AutoTokenizer
 
-    from factory.data.tokenize import TokenizeOptions, tokenize_conversations
+    from factory.data.kinds import SUPERVISED
+    from factory.data.tokenize import TokenizeOptions
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
     batch = {"messages": [REASONING_CHAT], "system": [""], "tools": [""], "chosen": [None], "rejected": [None],
@@ -133,7 +134,7 @@ def test_the_run_settings_reach_tokenization(smollm2_path):
     labels = {}
     for mode in ("train", "keep"):
         template = PACKAGED.get("qwen3").bind(tokenizer).configure(reasoning=mode)
-        out = tokenize_conversations(batch, tokenizer=tokenizer, template=template, options=options)
+        out = SUPERVISED.tokenize(batch, tokenizer=tokenizer, template=template, options=options)
         labels[mode] = tokenizer.decode([t for t in out["labels"][0] if t >= 0])
     assert "60, 六十" in labels["train"] and "60, 六十" not in labels["keep"]
 

@@ -3,7 +3,7 @@
 Padding goes to the longest row of the batch (optionally up to a multiple), labels pad with
 ``IGNORE_INDEX``. The work is per row with numpy, never per token in Python. Written here
 because the transformers collators pad only the tokenizer's own columns (``tokenizer.pad``):
-packed rows need their ``position_ids`` continued, preference rows need prompt + answer built.
+packed rows need their ``position_ids`` continued, sequence batches their example ids.
 
 Batch layouts:
 - padded (``PaddingCollator``): ``input_ids``, ``attention_mask``, ``labels``.
@@ -12,9 +12,9 @@ Batch layouts:
   sees the restarts and keeps attention inside each example (sdpa/eager, with ``use_cache`` off).
 - flattened (``FlatteningCollator``, padding-free, for FlashAttention's varlen kernels): the
   whole batch as ONE row with ``position_ids`` and ``cu_seq_lens_q/k``, ``max_length_q/k``.
-- pairwise (``PairwiseCollator``): ``2 * batch`` rows, the chosen answers first, then the
-  rejected ones (one forward pass computes both).
-- kto (``KTOCollator``): prompt + completion rows plus ``label`` (bool, desirable or not).
+- whole sequences (``sequence_batch``, for losses over sequences such as preference pairs):
+  several examples per row with restarting positions, and ``sequence_ids`` naming each token's
+  example. Which collator a data kind uses is the kind's choice (``factory.data.kinds``).
 """
 
 from __future__ import annotations
@@ -134,39 +134,51 @@ class FlatteningCollator:
         }
 
 
-def _prompt_plus(features: Features, name: str) -> tuple[list[list[int]], list[list[int]]]:
-    """Rows ``prompt + answer`` and their labels (the prompt never trains) for one answer column."""
-    ids = [list(f["prompt_input_ids"]) + list(f[f"{name}_input_ids"]) for f in features]
-    labels = [[IGNORE_INDEX] * len(f["prompt_input_ids"]) + list(f[f"{name}_labels"]) for f in features]
-    return ids, labels
+Example = tuple[int, Sequence[int], Sequence[int]]  # (sequence id, input ids, labels)
 
 
-@dataclass
-class PairwiseCollator:
-    """Preference pairs: rows ``0..B-1`` are prompt + chosen, rows ``B..2B-1`` prompt + rejected."""
+def sequence_batch(
+    rows: Sequence[Sequence[Example]], pad_id: int, *, packed: bool, flatten: bool = False,
+    pad_to_multiple_of: int | None = None,
+) -> dict[str, Any]:
+    """Examples grouped in rows -> one batch, plus ``sequence_ids`` (the example of each token, -1 for padding).
 
-    pad_token_id: int
-    pad_to_multiple_of: int | None = None
-
-    def __call__(self, features: Features) -> dict[str, torch.Tensor]:
-        chosen_ids, chosen_labels = _prompt_plus(features, "chosen")
-        rejected_ids, rejected_labels = _prompt_plus(features, "rejected")
-        return _padded_batch(
-            chosen_ids + rejected_ids, chosen_labels + rejected_labels, self.pad_token_id, self.pad_to_multiple_of
-        )
-
-
-@dataclass
-class KTOCollator:
-    """KTO rows: prompt + completion, with ``label`` saying whether the completion is desirable."""
-
-    pad_token_id: int
-    pad_to_multiple_of: int | None = None
-
-    def __call__(self, features: Features) -> dict[str, torch.Tensor]:
-        batch = _padded_batch(*_prompt_plus(features, "completion"), self.pad_token_id, self.pad_to_multiple_of)
-        batch["label"] = torch.tensor([bool(f["label"]) for f in features])
+    For losses over whole sequences (preference pairs, KTO completions): ``packed`` puts each
+    row's examples one after the other with restarting positions (no padding inside a row; the
+    model keeps attention per example), ``flatten`` further makes the batch one padding-free row
+    with FlashAttention's varlen arguments, and otherwise each example is its own padded row
+    (for models that cannot take restarting positions). A label at an example's first token is
+    dropped, so no example predicts across a seam.
+    """
+    examples = [example for row in rows for example in row]
+    if not packed:
+        batch = _padded_batch([ids for _, ids, _ in examples], [labels for _, _, labels in examples], pad_id, pad_to_multiple_of)
+        seq = np.asarray([sid for sid, _, _ in examples], dtype=np.int64)[:, None]
+        batch["sequence_ids"] = torch.from_numpy(np.where(batch["attention_mask"].numpy() > 0, seq, -1))
         return batch
+    features, sequence_ids = [], []
+    for row in rows:
+        lengths = [len(ids) for _, ids, _ in row]
+        labels = np.concatenate([np.asarray(labels, dtype=np.int64) for _, _, labels in row])
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        labels[starts] = IGNORE_INDEX
+        features.append({
+            "input_ids": np.concatenate([np.asarray(ids, dtype=np.int64) for _, ids, _ in row]),
+            "labels": labels,
+            "position_ids": np.concatenate([np.arange(n) for n in lengths]),
+        })
+        sequence_ids.append(np.repeat([sid for sid, _, _ in row], lengths))
+    collate = FlatteningCollator if flatten else PackedCollator
+    batch = collate(pad_id, pad_to_multiple_of)(features)
+    shape = batch["input_ids"].shape
+    if flatten:
+        flat = np.concatenate(sequence_ids)
+        ids = np.full(shape[1], -1, dtype=np.int64)
+        ids[: len(flat)] = flat
+        batch["sequence_ids"] = torch.from_numpy(ids)[None]
+    else:
+        batch["sequence_ids"] = torch.from_numpy(pad(sequence_ids, -1, shape[1]))
+    return batch
 
 
 def pad_token_id(tokenizer: Any) -> int:
@@ -178,17 +190,3 @@ def pad_token_id(tokenizer: Any) -> int:
         f"tokenizer '{getattr(tokenizer, 'name_or_path', tokenizer)}' has neither a pad nor an eos token; "
         "set tokenizer.pad_token before training"
     )
-
-
-def build_collator(
-    tokenizer: Any, data_kind: str, *, packing: bool, pad_to_multiple_of: int | None = None, flatten: bool = False
-) -> PaddingCollator | PackedCollator | FlatteningCollator | PairwiseCollator | KTOCollator:
-    """The collator for rows of ``data_kind``; ``flatten`` gives the padding-free varlen batches."""
-    pad_id = pad_token_id(tokenizer)
-    if data_kind == "pairwise":
-        return PairwiseCollator(pad_id, pad_to_multiple_of)
-    if data_kind == "kto":
-        return KTOCollator(pad_id, pad_to_multiple_of)
-    if flatten:
-        return FlatteningCollator(pad_id, pad_to_multiple_of)
-    return (PackedCollator if packing else PaddingCollator)(pad_id, pad_to_multiple_of)

@@ -1,22 +1,23 @@
-"""From standard records to training rows: tokenize per data kind, pack, and count what happened.
+"""The data worker's last steps over a data set: render and tokenize per data kind, pack, and count what happened.
 
-``build_datasets`` is the one call a training stage makes. Each step is a ``datasets.map`` (with
+Rows are rendered through the chat template and tokenized by the data kind's tokenize function
+(:mod:`factory.data.tokenize`), then packed or chunked (:mod:`factory.data.pack`). Each step is a ``datasets.map`` (with
 ``preprocessing_num_workers`` processes) whose result ``datasets`` caches next to the data under
 a fingerprint of its inputs, so a second identical run reads the cache and tokenizes nothing.
 Every row that cannot be used is counted with its reason in :class:`DataStats` and logged, so
 no row is lost silently.
 
-Row layouts per data kind (token columns are int32 lists; ``labels`` are ``-100`` where no loss):
-- ``supervised``: ``input_ids``, ``labels`` (+ ``position_ids`` when packed).
-- ``pretrain``: ``input_ids``, ``labels`` in ``cutoff_len`` chunks (+ ``position_ids`` when packed).
-- ``pairwise``: ``prompt_input_ids``, ``chosen_input_ids``, ``chosen_labels``,
-  ``rejected_input_ids``, ``rejected_labels`` (TRL-style; answer labels align with answer ids).
-- ``kto``: ``prompt_input_ids``, ``completion_input_ids``, ``completion_labels``, ``label``.
+Each data kind (``factory.data.kinds``; plugins register more) declares its row columns and
+tokenize function; token columns are int32 lists, ``labels`` are ``-100`` where no loss. The
+core's kinds: ``supervised`` (``input_ids``, ``labels``) and ``pretrain`` (``input_ids``, then
+``labels`` in ``cutoff_len`` chunks), each with ``position_ids`` when packed.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -27,13 +28,12 @@ import numpy as np
 from datasets import Dataset, IterableDataset
 
 from factory.config import RunConfig
-from factory.data import packing as packing_steps
+from factory.data import pack as packing_steps
 from factory.data import tokenize as tokenize_steps
-from factory.data.collator import build_collator
-from factory.data.loading import load_data
+from factory.data.kinds import data_kind as lookup_kind
 from factory.data.record import RECORD_KEYS
-from factory.data.tokenize import DATA_KINDS, DROPPED, TRUNCATED, TokenizeOptions
-from factory.errors import ConfigError, DataError, one_of
+from factory.data.tokenize import DROPPED, TRUNCATED, TokenizeOptions, output_features
+from factory.errors import ConfigError, DataError
 from factory.plugins import PluginManager
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,14 @@ CODE_VERSION = hashlib.sha256(
     b"".join(Path(module.__file__).read_bytes() for module in (tokenize_steps, packing_steps))
 ).hexdigest()[:16]
 
-__all__ = ["BatchLayout", "DataStats", "batch_layout", "TokenizedData", "build_collator", "build_datasets", "packing_enabled", "tokenize_dataset"]
+@functools.cache
+def _kind_version(kind_type: type) -> str:
+    """A hash of the module defining a data kind (a plugin's too), so editing its tokenization invalidates caches."""
+    source = inspect.getsourcefile(kind_type)
+    return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:12] if source else ""
+
+
+__all__ = ["BatchLayout", "DataStats", "batch_layout", "TokenizedData", "packing_enabled", "tokenize_dataset"]
 
 
 @dataclass
@@ -95,6 +102,7 @@ class BatchLayout:
 
     padding_free: bool
     packing: bool | None  # None: the data kind decides (on for pre-training)
+    restarts: bool = True  # the model keeps examples apart by restarting position ids (packed rows are possible)
 
 
 def batch_layout(cfg: RunConfig, facts: Any = None) -> BatchLayout:
@@ -103,14 +111,20 @@ def batch_layout(cfg: RunConfig, facts: Any = None) -> BatchLayout:
     return BatchLayout(padding_free=cfg.padding_free if decided is None else decided, packing=cfg.packing)
 
 
-def packing_enabled(cfg: RunConfig, data_kind: str, packing: bool | None = None) -> bool:
-    """Packing is on for pre-training and off otherwise, unless the config (or the run's layout) says so."""
+def packing_enabled(cfg: RunConfig, kind: Any, packing: bool | None = None, name: str | None = None) -> bool:
+    """Packing is on for pre-training and off otherwise, unless the config (or the run's layout) says so.
+
+    ``kind`` is a data kind (or its name, with the config's plugins); rows of a kind that is not
+    ``packable`` (preference pairs) are never packed, and asking for it is one sentence.
+    """
+    if isinstance(kind, str):
+        name, kind = kind, lookup_kind(cfg.manager(), kind, cfg.stage)
     packing = cfg.packing if packing is None else packing
-    if data_kind in ("pairwise", "kto") and packing:
-        raise ConfigError(
-            f"packing=true does not apply to {data_kind} data (stage '{cfg.stage}'); set packing: false"
-        )
-    return data_kind == "pretrain" if packing is None else bool(packing)
+    if not getattr(kind, "packable", False):
+        if packing:
+            raise ConfigError(f"packing=true does not apply to {name or 'this'} data (stage '{cfg.stage}'); set packing: false")
+        return False
+    return bool(getattr(kind, "chunks", False)) if packing is None else bool(packing)
 
 
 def _apply(data: AnyDataset, step: str, function: Any, cfg: RunConfig, desc: str, **kwargs: Any) -> AnyDataset:
@@ -147,24 +161,21 @@ def _count(tokenized: Dataset, kind: str, cutoff_len: int) -> DataStats:
 
 
 def tokenize_dataset(
-    records: AnyDataset, tokenizer: Any, template: Any, cfg: RunConfig, data_kind: str, packing: bool | None = None
+    records: AnyDataset, tokenizer: Any, template: Any, cfg: RunConfig, data_kind: str, packing: bool | None = None,
+    manager: PluginManager | None = None,
 ) -> TokenizedData:
-    """Tokenize standard records for ``data_kind`` and pack them when :func:`packing_enabled` says so."""
-    if data_kind not in DATA_KINDS:
-        raise ConfigError(f"data kind '{data_kind}' is unknown (available: {one_of(DATA_KINDS)}); fix the stage's data_kind")
-    packing = packing_enabled(cfg, data_kind, packing)
-    options = TokenizeOptions(kind=data_kind, cutoff_len=cfg.cutoff_len, train_on=cfg.train_on, version=CODE_VERSION)
-    if data_kind == "pretrain":
-        function, fn_kwargs = tokenize_steps.tokenize_texts, {"tokenizer": tokenizer, "options": options}
-    else:
-        function = tokenize_steps.tokenize_conversations
-        if hasattr(template, "configure"):  # the run's reasoning settings become the template's defaults
-            template = template.configure(reasoning=cfg.reasoning, enable_thinking=cfg.enable_thinking)
-        fn_kwargs = {"tokenizer": tokenizer, "template": template, "options": options}
+    """Tokenize standard records for ``data_kind`` (a registered data kind) and pack them when :func:`packing_enabled` says so."""
+    kind = lookup_kind(manager or cfg.manager(), data_kind, cfg.stage)
+    packing = packing_enabled(cfg, kind, packing, data_kind)
+    options = TokenizeOptions(kind=data_kind, cutoff_len=cfg.cutoff_len, train_on=cfg.train_on,
+                              version=f"{CODE_VERSION}-{_kind_version(type(kind))}")
+    if hasattr(template, "configure"):  # the run's reasoning settings become the template's defaults
+        template = template.configure(reasoning=cfg.reasoning, enable_thinking=cfg.enable_thinking)
     columns = records.column_names or list(RECORD_KEYS)
     tokenized = _apply(
-        records, "map", function, cfg, f"tokenizing ({data_kind})",
-        fn_kwargs=fn_kwargs, remove_columns=columns, features=tokenize_steps.output_features(data_kind),
+        records, "map", kind.tokenize, cfg, f"tokenizing ({data_kind})",
+        fn_kwargs={"tokenizer": tokenizer, "template": template, "options": options}, remove_columns=columns,
+        features=output_features(kind.columns),
     )
     stats = None if isinstance(tokenized, IterableDataset) else _count(tokenized, data_kind, cfg.cutoff_len)
     if stats is not None and stats.dropped:
@@ -178,7 +189,7 @@ def tokenize_dataset(
     if stats is None or stats.dropped:
         tokenized = _apply(tokenized, "filter", _usable, cfg, "dropping unusable rows", input_columns="_status")
     rows = tokenized.remove_columns(METADATA)
-    if data_kind == "pretrain":
+    if getattr(kind, "chunks", False):
         rows = _apply(
             rows, "map", packing_steps.chunk_texts, cfg, "chunking",
             fn_kwargs={"cutoff_len": cfg.cutoff_len, "concatenate": packing},
@@ -194,27 +205,3 @@ def tokenize_dataset(
         stats.packed = packing
         stats.sequences = len(rows)
     return TokenizedData(rows, stats)
-
-
-def build_datasets(
-    cfg: RunConfig, manager: PluginManager, tokenizer: Any, template: Any, data_kind: str, layout: BatchLayout | None = None
-) -> tuple[AnyDataset, AnyDataset | None, Any, dict[str, Any]]:
-    """The one call a stage makes: load and merge the data, tokenize (and pack) it, and its collator.
-
-    Returns ``(train, eval or None, collator, stats)``. ``stats`` is JSON-ready: ``train`` and
-    ``eval`` hold :meth:`DataStats.to_dict` (``None`` when streaming or absent) and
-    ``aligning_dropped`` the rows aligning dropped, per data set and reason. ``layout`` is the run's
-    batch layout (:class:`BatchLayout`: the config's, overruled by the patches' facts).
-    """
-    layout = layout or batch_layout(cfg)
-    bundle = load_data(cfg, manager)
-    train = tokenize_dataset(bundle.train, tokenizer, template, cfg, data_kind, layout.packing)
-    evaluation = None if bundle.eval is None else tokenize_dataset(bundle.eval, tokenizer, template, cfg, data_kind, layout.packing)
-    flatten = layout.padding_free and data_kind in ("supervised", "pretrain")
-    collator = build_collator(tokenizer, data_kind, packing=packing_enabled(cfg, data_kind, layout.packing), flatten=flatten)
-    stats: dict[str, Any] = {"aligning_dropped": bundle.dropped}
-    for split, part in (("train", train), ("eval", evaluation)):
-        stats[split] = part.stats.to_dict() if part is not None and part.stats is not None else None
-        if part is not None and part.stats is not None:
-            logger.info("%s data: %s", split, part.stats.summary())
-    return train.dataset, None if evaluation is None else evaluation.dataset, collator, stats

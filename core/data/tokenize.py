@@ -22,47 +22,40 @@ from typing import Any
 
 import numpy as np
 
-from factory.data.record import PROMPT_ROLES, RESPONSE_ROLES
+from factory.data.record import RESPONSE_ROLES
 
 IGNORE_INDEX = -100
-DATA_KINDS = ("pretrain", "supervised", "pairwise", "kto")
-
 OK = "ok"
 TRUNCATED = "truncated"
 DROPPED = "dropped:"  # prefix of the status of an unusable row; the rest is the reason
 
-_TOKEN_COLUMNS: dict[str, tuple[str, ...]] = {
-    "pretrain": ("input_ids",),
-    "supervised": ("input_ids", "labels"),
-    "pairwise": ("prompt_input_ids", "chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels"),
-    "kto": ("prompt_input_ids", "completion_input_ids", "completion_labels"),
-}
+# datasets types of the column kinds a data kind declares (DataKind.columns)
+COLUMN_TYPES = ("ids", "bool", "float")
 
 
-def output_features(kind: str) -> Any:
-    """The ``datasets.Features`` of a tokenized batch of ``kind`` (typed even when a batch is all dropped)."""
+def output_features(columns: dict[str, str]) -> Any:
+    """The ``datasets.Features`` of a tokenized batch with ``columns`` (typed even when a batch is all dropped)."""
     from datasets import Features, List, Value
 
-    columns: dict[str, Any] = {name: List(Value("int32")) for name in _TOKEN_COLUMNS[kind]}
-    if kind == "kto":
-        columns["label"] = Value("bool")
-    columns["_status"] = Value("string")
-    columns["_length"] = Value("int32")
-    return Features(columns)
+    types = {"ids": List(Value("int32")), "bool": Value("bool"), "float": Value("float32")}
+    features: dict[str, Any] = {name: types[kind] for name, kind in columns.items()}
+    features["_status"] = Value("string")
+    features["_length"] = Value("int32")
+    return Features(features)
 
 
 @dataclass(frozen=True)
 class TokenizeOptions:
     """The settings tokenization depends on (all of them: they are part of the cache fingerprint)."""
 
-    kind: str
+    kind: str  # the data kind's name
     cutoff_len: int
     train_on: str = "all"
     version: str = ""  # a hash of the tokenization code, so editing it invalidates cached results
 
 
 @dataclass
-class _Split:
+class Split:
     """A tokenized conversation cut before its final response(s); masks say which tokens train."""
 
     prompt_ids: np.ndarray
@@ -130,7 +123,7 @@ def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
     return int(differ[0]) if len(differ) else n
 
 
-def _split(encoded: list[tuple[np.ndarray, np.ndarray]], train_prompt: bool) -> _Split | None:
+def _split(encoded: list[tuple[np.ndarray, np.ndarray]], train_prompt: bool) -> Split | None:
     """Split the encodings of one context + each final response at the response start.
 
     The prompt is the tokens the encodings share before their final responses, so a pair's two
@@ -145,7 +138,7 @@ def _split(encoded: list[tuple[np.ndarray, np.ndarray]], train_prompt: bool) -> 
         cut = min(cut, _common_prefix(first_ids, ids))
     prompt_mask = first_mask[:cut].copy() if train_prompt else np.zeros(cut, dtype=bool)
     responses = [(ids[cut:], mask[cut:]) for ids, mask in encoded]
-    return _Split(first_ids[:cut], prompt_mask, responses)
+    return Split(first_ids[:cut], prompt_mask, responses)
 
 
 # -- fitting into cutoff_len -----------------------------------------------------------------
@@ -171,11 +164,11 @@ def _cut_middle(values: np.ndarray, keep: int) -> np.ndarray:
     return np.concatenate((values[:head], values[len(values) - (keep - head) :]))
 
 
-def _cut(split: _Split, cutoff_len: int) -> _Split:
+def _cut(split: Split, cutoff_len: int) -> Split:
     prompt_budget, response_budget = budget(
         len(split.prompt_ids), max(len(ids) for ids, _ in split.responses), cutoff_len
     )
-    return _Split(
+    return Split(
         _cut_middle(split.prompt_ids, prompt_budget),
         _cut_middle(split.prompt_mask, prompt_budget),
         [(ids[:response_budget], mask[:response_budget]) for ids, mask in split.responses],
@@ -191,7 +184,7 @@ def _turn_starts(messages: Sequence[dict]) -> list[int]:
 
 
 @dataclass
-class _Conversation:
+class Conversation:
     context: list[dict]  # the messages before the final response(s)
     responses: list[dict]  # one final response (supervised, kto) or two (pairwise)
     system: str
@@ -205,45 +198,34 @@ class _Conversation:
         ]
 
 
-def _conversation(record: dict, kind: str) -> _Conversation | str:
-    """The conversation to tokenize, or the reason the record cannot be used for ``kind``."""
+def final_answer(record: dict) -> Conversation | str:
+    """A record whose last message is the answer to train on: its conversation, or why it cannot be used."""
     messages = list(record.get("messages") or [])
-    system, tools = record.get("system") or "", record.get("tools") or ""
-    if kind == "pairwise":
-        if record.get("chosen") is None or record.get("rejected") is None:
-            return "it has no chosen/rejected pair"
-        if not messages or messages[-1]["role"] not in PROMPT_ROLES:
-            return "its prompt does not end with a user turn"
-        if not _said(record["chosen"]):
-            return "its chosen answer is empty"
-        return _Conversation(messages, [record["chosen"], record["rejected"]], system, tools)
     if not messages or messages[-1]["role"] not in RESPONSE_ROLES:
         return "it does not end with an assistant turn"
-    if kind == "kto" and record.get("label") is None:
-        return "it has no KTO label"
-    if not _said(messages[-1]):
+    if not said(messages[-1]):
         return "its answer is empty"  # it would only teach the model to stop at once
-    return _Conversation(messages[:-1], messages[-1:], system, tools)
+    return Conversation(messages[:-1], messages[-1:], record.get("system") or "", record.get("tools") or "")
 
 
-def _said(message: Any) -> bool:
+def said(message: Any) -> bool:
     """Whether a response message has any content (text or a tool call)."""
     content = message.get("content") if isinstance(message, dict) else message
     return bool(str(content or "").strip())
 
 
 def _fit(
-    conv: _Conversation, split: _Split, template: Any, tokenizer: Any, options: TokenizeOptions, train_prompt: bool
-) -> _Split:
+    conv: Conversation, split: Split, template: Any, tokenizer: Any, options: TokenizeOptions, train_prompt: bool
+) -> Split:
     """Shorten an over-long conversation: drop the fewest oldest turns that make it fit, else cut tokens.
 
     Dropping more turns never makes a conversation longer, so a binary search needs only
     log2(turns) re-encodings.
     """
     turns = _turn_starts(conv.context)
-    splits: dict[int, _Split | None] = {0: split}
+    splits: dict[int, Split | None] = {0: split}
 
-    def dropping(k: int) -> _Split | None:
+    def dropping(k: int) -> Split | None:
         if k not in splits:
             renders = conv.renders(template, tokenizer, conv.context[turns[k] :])
             splits[k] = _split(_encode(tokenizer, renders), train_prompt)
@@ -260,69 +242,82 @@ def _fit(
     return _cut(dropping(lo) or split, options.cutoff_len)
 
 
-def _trains(split: _Split) -> bool:
+def _trains(split: Split) -> bool:
     """Does every response keep a trained token the model predicts (the row's first token never is)?"""
     skip = max(0, 1 - len(split.prompt_ids))
     return all(mask[skip:].any() for _, mask in split.responses)
 
 
-def _labels(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def labels_of(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Token ids where they train, ``IGNORE_INDEX`` elsewhere, as int32."""
     return np.where(mask, ids, IGNORE_INDEX).astype(np.int32)
 
 
-def _dropped(out: dict[str, list], kind: str, reason: str, length: int = 0) -> None:
-    for name in _TOKEN_COLUMNS[kind]:
-        out[name].append(np.zeros(0, dtype=np.int32))
-    if kind == "kto":
-        out["label"].append(None)
+def _dropped(out: dict[str, list], columns: dict[str, str], reason: str, length: int = 0) -> None:
+    for name, kind in columns.items():
+        out[name].append(np.zeros(0, dtype=np.int32) if kind == "ids" else None)
     out["_status"].append(DROPPED + reason)
     out["_length"].append(length)
 
 
-def _emit(out: dict[str, list], kind: str, record: dict, split: _Split, status: str, length: int) -> None:
-    prompt = split.prompt_ids.astype(np.int32)
-    if kind == "supervised":
-        ids, mask = split.responses[0]
-        out["input_ids"].append(np.concatenate((prompt, ids.astype(np.int32))))
-        out["labels"].append(np.concatenate((_labels(split.prompt_ids, split.prompt_mask), _labels(ids, mask))))
-    else:
-        out["prompt_input_ids"].append(prompt)
-        names = ("chosen", "rejected") if kind == "pairwise" else ("completion",)
-        for name, (ids, mask) in zip(names, split.responses):
-            out[f"{name}_input_ids"].append(ids.astype(np.int32))
-            out[f"{name}_labels"].append(_labels(ids, mask))
-        if kind == "kto":
-            out["label"].append(bool(record["label"]))
-    out["_status"].append(status)
-    out["_length"].append(length)
+class ConversationKind:
+    """Base of the data kinds made from conversations: the context, then one or more final answers.
+
+    A subclass says which conversation a standard record holds (:meth:`conversation`) and which
+    columns a tokenized one becomes (:meth:`emit`); rendering, tokenizing the whole string once,
+    masking and fitting into ``cutoff_len`` are shared (:func:`tokenize_conversations`). Plugins
+    subclass it (``factory.plugin_api.ConversationKind``) for kinds such as preference pairs.
+    """
+
+    columns: dict[str, str] = {}
+    packable = False
+
+    def conversation(self, record: dict) -> Conversation | str:
+        """The conversation to tokenize, or the reason (a clause) the record cannot be used."""
+        raise NotImplementedError
+
+    def emit(self, record: dict, split: Split) -> dict[str, Any]:
+        """The columns of one tokenized row from its prompt and answers (``Split``)."""
+        raise NotImplementedError
+
+    def trains_prompt(self, options: TokenizeOptions) -> bool:
+        """Whether prompt tokens train too (supervised data with ``train_on: all``)."""
+        return False
+
+    def tokenize(self, batch: dict[str, list], *, tokenizer: Any, template: Any, options: TokenizeOptions) -> dict[str, list]:
+        return tokenize_conversations(batch, tokenizer=tokenizer, template=template, options=options, kind=self)
 
 
-def tokenize_conversations(batch: dict[str, list], *, tokenizer: Any, template: Any, options: TokenizeOptions) -> dict[str, list]:
-    """``datasets.map`` function (batched) for the supervised, pairwise and kto kinds."""
-    kind = options.kind
-    train_prompt = kind == "supervised" and options.train_on == "all"
+def tokenize_conversations(
+    batch: dict[str, list], *, tokenizer: Any, template: Any, options: TokenizeOptions, kind: ConversationKind,
+) -> dict[str, list]:
+    """``datasets.map`` function (batched) for a conversation ``kind``."""
+    train_prompt = kind.trains_prompt(options)
     records = [dict(zip(batch, row)) for row in zip(*batch.values())]
-    convs = [_conversation(record, kind) for record in records]
-    renders = [conv.renders(template, tokenizer) for conv in convs if isinstance(conv, _Conversation)]
+    convs = [kind.conversation(record) for record in records]
+    renders = [conv.renders(template, tokenizer) for conv in convs if isinstance(conv, Conversation)]
     encoded = iter(_encode(tokenizer, [segments for group in renders for segments in group]))
 
-    out: dict[str, list] = {name: [] for name in output_features(kind)}
+    out: dict[str, list] = {name: [] for name in output_features(kind.columns)}
     for record, conv in zip(records, convs):
         if isinstance(conv, str):
-            _dropped(out, kind, conv)
+            _dropped(out, kind.columns, conv)
             continue
         split = _split([next(encoded) for _ in conv.responses], train_prompt)
         if split is None or not _trains(split):
-            _dropped(out, kind, "its response renders to no trainable token (check the template)")
+            _dropped(out, kind.columns, "its response renders to no trainable token (check the template)")
             continue
         length, status = split.length, OK
         if length > options.cutoff_len:
             status = TRUNCATED
             split = _fit(conv, split, template, tokenizer, options, train_prompt)
             if not _trains(split):
-                _dropped(out, kind, f"cutoff_len {options.cutoff_len} leaves no room for the response", length)
+                _dropped(out, kind.columns, f"cutoff_len {options.cutoff_len} leaves no room for the response", length)
                 continue
-        _emit(out, kind, record, split, status, length)
+        for name, value in kind.emit(record, split).items():
+            out[name].append(value)
+        out["_status"].append(status)
+        out["_length"].append(length)
     return out
 
 

@@ -149,3 +149,119 @@ def split_head(model: Any) -> tuple[Any, torch.nn.Linear] | None:
     if decoder is None or decoder is base:
         return None
     return decoder, head
+
+
+class _LinearTokenLogProbs(torch.autograd.Function):
+    """Log-probabilities of ``targets`` under ``softmax(hidden @ weight.T + bias)``, one fp32 value per row.
+
+    When only ``hidden`` needs a gradient (a frozen head: LoRA, freeze), ``d logp / d hidden`` is
+    computed chunk by chunk in the forward pass (it does not depend on the upstream gradient, which
+    only scales it per row), so the backward pass is one multiply. When the head trains too, the
+    backward pass recomputes each chunk's logits instead (its gradient needs the upstream values).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                targets: torch.Tensor, chunk_tokens: int, workspace: LogitsWorkspace, temperature: float) -> torch.Tensor:
+        want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
+        dtype = _compute_dtype(hidden, weight)
+        w = weight.to(dtype)
+        b = bias.to(dtype) if bias is not None else None
+        eager = want_hidden and not (want_weight or want_bias)  # gradients now, backward only scales them
+        grad_hidden = torch.empty_like(hidden) if eager else None
+        out = torch.empty(targets.numel(), dtype=torch.float32, device=hidden.device)
+        buffer = workspace.take(max(1, min(chunk_tokens, targets.numel())), w.shape[0], dtype, hidden.device)
+        for start in range(0, targets.numel(), chunk_tokens):
+            part = slice(start, start + chunk_tokens)
+            h, t = hidden[part].to(dtype), targets[part]
+            logits = _chunk_logits(buffer, h, w, b, t.numel(), temperature)
+            rows = max(1, SOFTMAX_BLOCK_VALUES // logits.shape[1])
+            positions = torch.arange(rows, device=t.device)
+            for first in range(0, t.numel(), rows):
+                block, t_block = logits[first:first + rows], t[first:first + rows]
+                log_probs = torch.log_softmax(block, dim=-1, dtype=torch.float32)
+                out[start + first:start + first + t_block.numel()] = log_probs.gather(1, t_block[:, None])[:, 0]
+                if eager:
+                    grad = log_probs.exp_().neg_()  # one-hot minus softmax, in place
+                    grad[positions[:t_block.numel()], t_block] += 1
+                    block.copy_(grad if temperature == 1.0 else grad.div_(temperature))
+            if eager:
+                grad_hidden[part] = logits @ w
+        if eager:
+            ctx.save_for_backward(grad_hidden)
+        else:
+            ctx.save_for_backward(hidden, weight, bias, targets)
+        ctx.eager, ctx.chunk_tokens, ctx.workspace, ctx.dtype, ctx.temperature = eager, chunk_tokens, workspace, dtype, temperature
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
+        if ctx.eager:
+            (grad_hidden,) = ctx.saved_tensors
+            return grad_hidden * grad_out[:, None].to(grad_hidden.dtype), None, None, None, None, None, None
+        hidden, weight, bias, targets = ctx.saved_tensors
+        want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
+        dtype = ctx.dtype
+        w = weight.to(dtype)
+        b = bias.to(dtype) if bias is not None else None
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if want_bias else None
+        buffer = ctx.workspace.take(max(1, min(ctx.chunk_tokens, targets.numel())), w.shape[0], dtype, hidden.device)
+        for start in range(0, targets.numel(), ctx.chunk_tokens):
+            part = slice(start, start + ctx.chunk_tokens)
+            h, t, g = hidden[part].to(dtype), targets[part], grad_out[part].float() / ctx.temperature
+            logits = _chunk_logits(buffer, h, w, b, t.numel(), ctx.temperature)
+            rows = max(1, SOFTMAX_BLOCK_VALUES // logits.shape[1])
+            positions = torch.arange(rows, device=t.device)
+            for first in range(0, t.numel(), rows):
+                block, t_block = logits[first:first + rows], t[first:first + rows]
+                grad = torch.softmax(block, dim=-1, dtype=torch.float32).neg_()
+                grad[positions[:t_block.numel()], t_block] += 1
+                grad *= g[first:first + rows, None]
+                if want_bias:
+                    grad_bias += grad.sum(0)
+                block.copy_(grad)
+            if want_hidden:
+                grad_hidden[part] = logits @ w
+            if want_weight:
+                grad_weight += (logits.t() @ h).float()
+        return (
+            grad_hidden,
+            None if grad_weight is None else grad_weight.to(weight.dtype),
+            None if grad_bias is None else grad_bias.to(bias.dtype),
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def _chunk_logits(buffer: torch.Tensor, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, rows: int,
+                  temperature: float = 1.0) -> torch.Tensor:
+    logits = buffer[:rows]
+    if b is None:
+        torch.mm(h, w.t(), out=logits)
+    else:
+        torch.addmm(b, h, w.t(), out=logits)
+    return logits if temperature == 1.0 else logits.div_(temperature)
+
+
+def chunked_token_logprobs(
+    hidden: torch.Tensor,
+    head: torch.nn.Linear,
+    targets: torch.Tensor,
+    chunk_tokens: int = CHUNK_TOKENS,
+    workspace: LogitsWorkspace | None = None,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """``log softmax(head(hidden) / temperature)[target]`` for each row of ``hidden`` (``(N, hidden)`` -> ``(N,)`` fp32), differentiable.
+
+    What preference losses read (sequence log-probabilities are sums of these), computed a chunk of
+    rows at a time like :func:`chunked_causal_lm_loss`: no ``N x vocab`` logits are ever held, in
+    any dtype. Rows are the positions that predict a target (shift and mask before calling).
+    """
+    if targets.numel() == 0:
+        return hidden.new_zeros(0, dtype=torch.float32) + 0 * hidden.sum()
+    return _LinearTokenLogProbs.apply(hidden, head.weight, head.bias, targets, chunk_tokens, workspace or LogitsWorkspace(),
+                                      float(temperature))

@@ -12,7 +12,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,21 @@ class TrainingRun:
     tokenizer: Any
     template: Any
     trainer: Any
+
+
+# Called with (setup, trainer) for every trainer a run builds, before it trains: how the benchmark
+# times and profiles exactly the run a stage makes (``factory bench``), whatever its trainer is.
+_OBSERVERS: list[Callable[[TrainerSetup, Any], None]] = []
+
+
+@contextmanager
+def observe_trainers(observer: Callable[[TrainerSetup, Any], None]) -> Iterator[None]:
+    """Within the block, every training run calls ``observer(setup, trainer)`` once its trainer is built."""
+    _OBSERVERS.append(observer)
+    try:
+        yield
+    finally:
+        _OBSERVERS.remove(observer)
 
 
 def is_distributed_worker() -> bool:
@@ -172,18 +188,18 @@ def final_evaluation(trainer: Any) -> dict[str, Any]:
     return trainer.evaluate()
 
 
-def _batch_layout(cfg: RunConfig, loaded: LoadedModel, data_kind: str) -> Any:
+def _batch_layout(cfg: RunConfig, loaded: LoadedModel) -> Any:
     """The config's batch layout, overruled by what the patches decided and by what the model supports."""
     from factory.data.processing import BatchLayout, batch_layout
 
-    if data_kind in ("supervised", "pretrain") and not supports_packed_positions(loaded.model):
+    if not supports_packed_positions(loaded.model):
         if cfg.packing:
             raise ConfigError(
                 f"packing=true needs a model whose attention honours restarting position ids, and "
                 f"{type(loaded.model).__name__} builds its own mask; set packing=false"
             )
         log.warning("%s builds its own attention mask: using padded batches", type(loaded.model).__name__)
-        return BatchLayout(padding_free=False, packing=False)
+        return BatchLayout(padding_free=False, packing=False, restarts=False)
     return batch_layout(cfg, loaded.facts)
 
 
@@ -274,8 +290,8 @@ def _train(
 ) -> TrainingRun:
     from transformers import set_seed
 
-    from factory.data.processing import build_datasets
     from factory.data.template import get_template
+    from factory.data.worker import build_datasets
 
     resume_from = _resume_point(out) if cfg.resume else None
     set_seed(cfg.seed)
@@ -285,7 +301,7 @@ def _train(
         bound_kernel_caches()  # before the model's first matmul, when the libraries read it
 
     loaded: LoadedModel = load_model(cfg, manager, train=True)
-    layout = _batch_layout(cfg, loaded, data_kind)
+    layout = _batch_layout(cfg, loaded)
     tokenizer, adapter = loaded.tokenizer, loaded.adapter
     template = get_template(cfg.template, tokenizer, manager)
     train_ds, eval_ds, collator, data_stats = build_datasets(cfg, manager, tokenizer, template, data_kind, layout)
@@ -302,6 +318,8 @@ def _train(
     if record is not None:  # the record's callback reaches the trainer as every stage's callbacks do
         setup.callbacks.append(record.callback(setup))
     trainer = build_trainer(setup) if build_trainer is not None else default_trainer(setup, trainer_cls)
+    for observer in list(_OBSERVERS):
+        observer(setup, trainer)
     checkpoints.stage_checkpoints(trainer)
     model = trainer.model
     trainable, total = trainable_summary(model)

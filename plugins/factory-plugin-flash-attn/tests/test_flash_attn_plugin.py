@@ -20,7 +20,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import factory
 from factory import hardware
-from factory.data.collator import FlatteningCollator, build_collator
+from factory.data.collator import FlatteningCollator
+from factory.data.kinds import sequence_collator
 from factory.data.processing import batch_layout
 from factory.errors import PluginError
 from factory.testing import check_plugin_contract
@@ -61,7 +62,7 @@ def test_config_maps_to_attn_implementation_and_varlen_batches(tiny_causal_lm, m
     assert cfg.attn_implementation == "sdpa"  # the config stays the user's
     tokenizer = AutoTokenizer.from_pretrained(tiny_causal_lm)
     flatten = batch_layout(cfg, facts).padding_free  # as the training run decides
-    assert isinstance(build_collator(tokenizer, "supervised", packing=False, flatten=flatten), FlatteningCollator)
+    assert isinstance(sequence_collator(tokenizer, packing=False, flatten=flatten), FlatteningCollator)
     assert os.environ[DETERMINISTIC_ENV] == "1"
 
     padded = factory.load_config(None, ["flash_attn.varlen=false"])
@@ -70,7 +71,7 @@ def test_config_maps_to_attn_implementation_and_varlen_batches(tiny_causal_lm, m
     assert kwargs["attn_implementation"] == "flash_attention_2" and padded.attn_implementation == "sdpa"
     assert padded.padding_free is True and batch_layout(padded, facts).padding_free is False
     flatten = batch_layout(padded, facts).padding_free
-    assert not isinstance(build_collator(tokenizer, "supervised", packing=False, flatten=flatten), FlatteningCollator)
+    assert not isinstance(sequence_collator(tokenizer, packing=False, flatten=flatten), FlatteningCollator)
 
 
 def test_after_load_refuses_a_model_that_ignored_the_request(tiny_causal_lm):
@@ -121,7 +122,7 @@ def test_varlen_batches_reach_the_backend_with_each_examples_bounds(tiny_causal_
 
     gen = torch.Generator().manual_seed(0)
     examples = [torch.randint(3, 300, (n,), generator=gen) for n in (7, 12, 5)]
-    collator = build_collator(AutoTokenizer.from_pretrained(tiny_causal_lm), "supervised", packing=False, flatten=batch_layout(cfg, facts).padding_free)
+    collator = sequence_collator(AutoTokenizer.from_pretrained(tiny_causal_lm), packing=False, flatten=batch_layout(cfg, facts).padding_free)
     batch = collator([{"input_ids": e.tolist(), "labels": e.tolist()} for e in examples])
     batch.pop("labels")
     with torch.no_grad():

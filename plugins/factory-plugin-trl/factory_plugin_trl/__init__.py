@@ -1,7 +1,8 @@
 """factory-plugin-trl: preference and reward training stages, through TRL.
 
 Registers the stages ``rm``, ``dpo``, ``kto``, ``orpo``, ``simpo`` and ``ppo``, each reading the
-config section of its own name (``dpo.beta=0.2``). This module is imported when plugins are
+config section of its own name (``dpo.beta=0.2``), and the data kinds they train on, ``pairwise``
+and ``kto``. This module is imported when plugins are
 listed, so it imports neither torch nor trl: implementations are ``"module:attr"`` strings.
 """
 
@@ -17,8 +18,8 @@ from factory_plugin_trl.options import (
     SimPOOptions,
 )
 
-# The trainers are subclassed where TRL 1.x reads its own tokenization (private hooks such as
-# ``_prepare_dataset``), so the plugin follows TRL's major version.
+# The losses are TRL 1.x's (tests/test_losses.py checks each against TRL's trainers), and PPO uses
+# its log-softmax helper, so the plugin follows TRL's major version.
 NEEDS = Requires(packages=("trl>=1.16,<2",))
 
 STAGES: dict[str, tuple[type, str]] = {
@@ -29,6 +30,14 @@ STAGES: dict[str, tuple[type, str]] = {
     "simpo": (SimPOOptions, "simple preference optimization: length-normalised margin, no reference"),
     "ppo": (PPOOptions, "proximal policy optimization against a reward model (from rm) or a reward function"),
 }
+
+
+@hookimpl
+def register_data_kinds(register):
+    register("pairwise", "factory_plugin_trl.data:PAIRWISE", requires=NEEDS,
+             description="a prompt with a chosen and a rejected answer (rm, dpo, orpo, simpo)")
+    register("kto", "factory_plugin_trl.data:KTO_ROWS", requires=NEEDS,
+             description="a conversation whose answer is labelled desirable or not (kto)")
 
 
 @hookimpl

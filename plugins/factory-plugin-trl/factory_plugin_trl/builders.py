@@ -1,125 +1,123 @@
-"""``build_trainer`` functions: a TRL trainer for each stage from the core's :class:`TrainerSetup`.
+"""``build_trainer`` functions: each stage's trainer from the core's :class:`TrainerSetup`.
 
-The core has loaded the model (method applied), tokenized the data and chosen the callbacks;
-these add what the stage needs (a reference model, a value head) and the TRL config.
+The core has loaded the model (method applied, frozen base in the compute precision, fused
+projections), tokenized the data and built its collator (the data kind's: pairs packed one per
+row, see :mod:`factory_plugin_trl.data`). These take the reference log-probabilities once where
+the stage has a reference and build a :class:`PreferenceTrainer` with the stage's objective.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
+import time
 from typing import Any
 
-from trl import DPOConfig, KTOConfig, RewardConfig
-from trl.experimental.cpo import CPOConfig
-from trl.experimental.orpo import ORPOConfig
+import torch
 
-from factory.plugin_api import TrainerSetup
-from factory_plugin_trl.collators import CompletionMaskCollator, KTOPairsCollator, UnlabelledCollator
-from factory_plugin_trl.trainers import (
-    FactoryDPOTrainer,
-    FactoryKTOTrainer,
-    FactoryORPOTrainer,
-    FactoryRewardTrainer,
-    FactorySimPOTrainer,
-    trl_errors,
-)
-from factory_plugin_trl.value_head import ValueHeadModel, is_peft
+from factory.plugin_api import ConfigError, FactoryError, TrainerSetup, load_model
+from factory_plugin_trl import reference
+from factory_plugin_trl.preference import DPO, KTO, ORPO, PreferenceTrainer, Reward, SimPO
+from factory_plugin_trl.value_head import DedupedCheckpoints, ValueHeadModel
 
 
-def trl_arguments(setup: TrainerSetup, config_cls: type, **fields: Any) -> Any:
-    """The run's TrainingArguments as a TRL config.
-
-    TRL configs switch checkpointing on by default; the core's loader already applied the run's
-    choice to the model, so the Trainer must not switch it again (transformers 5 renamed the field).
-    """
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    return setup.arguments(config_cls, dataset_num_proc=None, **{checkpointing: False}, **fields)
-
-
-def frozen_copy(model: Any) -> Any:
-    """A separate reference: the untrained model, copied and frozen (what sharing the base saves).
-
-    Of a PeftModel the transformers model inside is copied, its untrained adapter layers included,
-    so the copy computes the initial policy and TRL can patch it like any causal LM.
-    """
-    ref = copy.deepcopy(model.get_base_model() if is_peft(model) else model)
-    ref.requires_grad_(False)
-    return ref.eval()
-
-
-def reference_model(setup: TrainerSetup, share_base: bool) -> Any:
-    """None when the reference is the base with the adapter disabled (LoRA family, shared), else a frozen copy."""
-    return None if share_base and is_peft(setup.model) else frozen_copy(setup.model)
-
-
-def common(setup: TrainerSetup) -> dict[str, Any]:
-    return dict(
-        train_dataset=setup.train_dataset,
-        eval_dataset=setup.eval_dataset,
+def trainer(setup: TrainerSetup, objective: Any, *, model: Any = None, trainer_cls: type = PreferenceTrainer,
+            train_dataset: Any = None, eval_dataset: Any = None, **extra: Any) -> PreferenceTrainer:
+    model = setup.model if model is None else model
+    return trainer_cls(
+        model=model,
+        args=setup.arguments(prediction_loss_only=True),
+        train_dataset=setup.train_dataset if train_dataset is None else train_dataset,
+        eval_dataset=setup.eval_dataset if eval_dataset is None else eval_dataset,
+        data_collator=setup.collator,
         processing_class=setup.tokenizer,
+        optimizers=(setup.optimizer(model), None),
         callbacks=setup.callbacks,
+        objective=objective,
+        **extra,
     )
+
+
+def with_reference(setup: TrainerSetup, columns: tuple[str, ...], datasets: tuple[Any, Any],
+                   ref_model: str | None = None) -> tuple[Any, Any]:
+    """The train and eval rows with their reference log-probabilities (computed once, cached).
+
+    The reference is the policy before training (see :func:`reference.as_reference`) or, with
+    ``ref_model``, that model loaded frozen for this pass only.
+    """
+    cfg = setup.cfg
+    device = setup.model.device
+    separate = None
+    if ref_model:
+        ref_cfg = cfg.model_copy(update={"model": ref_model, "adapter": None})
+        try:
+            separate = load_model(ref_cfg, setup.manager, train=False).model
+        except FactoryError as exc:
+            raise ConfigError(f"dpo.ref_model '{ref_model}' cannot be loaded ({exc}); give a model folder or alias") from None
+        separate.requires_grad_(False)
+        separate.to(device)
+
+    precision = getattr(setup.loaded, "compute_dtype", None)
+    dtype = precision if precision in (torch.bfloat16, torch.float16) else None
+
+    def autocast() -> Any:
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+    identity = {
+        "model": str(cfg.model), "adapter": cfg.adapter, "method": cfg.method, "quantization": cfg.quantization,
+        "precision": str(dtype), "seed": cfg.seed, "ref_model": ref_model,
+    }
+    batch_size = cfg.eval_batch_size or cfg.batch_size
+
+    def scored(dataset: Any) -> Any:
+        if separate is not None:
+            return reference.compute(separate.eval(), dataset, setup.collator, columns, batch_size=batch_size,
+                                     autocast=autocast, device=device)
+        with reference.as_reference(setup.model) as model:
+            return reference.compute(model, dataset, setup.collator, columns, batch_size=batch_size,
+                                     autocast=autocast, device=device)
+
+    identity["weights"] = reference.model_identity(separate if separate is not None else setup.model)
+    train, evaluation = (reference.attach(d, identity, columns, lambda d=d: scored(d)) for d in datasets)
+    return train, evaluation  # a separate reference model is freed on return: only its log-probabilities stay
 
 
 def build_dpo(setup: TrainerSetup) -> Any:
     opts = setup.cfg.options("dpo")
-    losses, weights = [opts.loss], None
-    if opts.ftx:
-        losses, weights = [opts.loss, "sft"], [1.0, opts.ftx]
-    args = trl_arguments(setup, DPOConfig, beta=opts.beta, loss_type=losses, loss_weights=weights, max_length=None)
-    ref = reference_model(setup, opts.share_base)
-    with trl_errors("dpo"):
-        return FactoryDPOTrainer(
-            model=setup.model, ref_model=ref, args=args, data_collator=CompletionMaskCollator(setup.collator),
-            optimizers=(setup.optimizer(), None), **common(setup),
-        )
+    started = time.perf_counter()
+    train, evaluation = with_reference(setup, reference.PAIR_COLUMNS, (setup.train_dataset, setup.eval_dataset),
+                                       opts.ref_model)
+    objective = DPO(beta=opts.beta, loss=opts.loss, label_smoothing=opts.label_smoothing, ftx=opts.ftx)
+    return trainer(setup, objective, train_dataset=train, eval_dataset=evaluation,
+                   reference_seconds=time.perf_counter() - started)
 
 
 def build_kto(setup: TrainerSetup) -> Any:
     opts = setup.cfg.options("kto")
-    args = trl_arguments(
-        setup, KTOConfig, beta=opts.beta, desirable_weight=opts.desirable_weight,
-        undesirable_weight=opts.undesirable_weight, max_length=None, train_sampling_strategy="sequential",
-    )
-    ref = reference_model(setup, opts.share_base)
-    with trl_errors("kto"):
-        return FactoryKTOTrainer(
-            model=setup.model, ref_model=ref, args=args, data_collator=KTOPairsCollator(setup.collator),
-            optimizers=(setup.optimizer(), None), **common(setup),
-        )
+    started = time.perf_counter()
+    datasets = tuple(None if d is None else reference.with_kl_pairs(d, setup.cfg.batch_size)
+                     for d in (setup.train_dataset, setup.eval_dataset))
+    train, evaluation = with_reference(setup, reference.KTO_COLUMNS, datasets)
+    objective = KTO(beta=opts.beta, desirable_weight=opts.desirable_weight, undesirable_weight=opts.undesirable_weight)
+    return trainer(setup, objective, train_dataset=train, eval_dataset=evaluation,
+                   reference_seconds=time.perf_counter() - started)
 
 
 def build_simpo(setup: TrainerSetup) -> Any:
     opts = setup.cfg.options("simpo")
-    args = trl_arguments(
-        setup, CPOConfig, loss_type="simpo", beta=opts.beta, simpo_gamma=opts.gamma, cpo_alpha=opts.ftx,
-        max_length=setup.cfg.cutoff_len,
-    )
-    with trl_errors("simpo"):
-        return FactorySimPOTrainer(
-            model=setup.model, args=args, data_collator=setup.collator, optimizers=(setup.optimizer(), None),
-            **common(setup),
-        )
+    return trainer(setup, SimPO(beta=opts.beta, gamma=opts.gamma, ftx=opts.ftx))
 
 
 def build_orpo(setup: TrainerSetup) -> Any:
     opts = setup.cfg.options("orpo")
-    args = trl_arguments(setup, ORPOConfig, beta=opts.beta, max_length=setup.cfg.cutoff_len)
-    with trl_errors("orpo"):
-        return FactoryORPOTrainer(
-            model=setup.model, args=args, data_collator=setup.collator, optimizers=(setup.optimizer(), None),
-            **common(setup),
-        )
+    return trainer(setup, ORPO(beta=opts.beta))
+
+
+class RewardTrainer(DedupedCheckpoints, PreferenceTrainer):
+    """The reward model's trainer: a :class:`ValueHeadModel`, checkpointed as a plain state dict."""
 
 
 def build_rm(setup: TrainerSetup) -> Any:
     opts = setup.cfg.options("rm")
     model = ValueHeadModel(setup.model)
-    args = trl_arguments(setup, RewardConfig, center_rewards_coefficient=opts.center_rewards, max_length=None)
-    with trl_errors("rm"):
-        return FactoryRewardTrainer(
-            model=model, args=args, data_collator=UnlabelledCollator(setup.collator),
-            optimizers=(setup.optimizer(model), None), eval_before=opts.eval_before, **common(setup),
-        )
+    return trainer(setup, Reward(center=opts.center_rewards), model=model, trainer_cls=RewardTrainer,
+                   eval_before=opts.eval_before)
+

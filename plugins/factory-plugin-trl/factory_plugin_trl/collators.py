@@ -1,8 +1,7 @@
-"""Batch adapters: factory's collated batches in the layouts the TRL trainers and PPO read.
+"""Batches of the preference stages: pairs and KTO rows as packed sequences, and PPO's prompts.
 
-The core's collators already build the rows (prompt + answer, answer labels aligned, prompt
-never trained); these only rename or add what a trainer expects, so tokenization, templates and
-masking stay factory's.
+Rows come tokenized from the data worker (templates, truncation and masks are factory's); these
+lay them out for one forward pass per batch with the core's :func:`sequence_batch`.
 """
 
 from __future__ import annotations
@@ -14,61 +13,77 @@ from typing import Any
 import numpy as np
 import torch
 
-from factory.plugin_api import IGNORE_INDEX, pad
+from factory.plugin_api import IGNORE_INDEX, pad, sequence_batch
 
 Features = Sequence[dict[str, Any]]
 
 
-def completion_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``labels`` -> ``completion_mask`` (1 where a token trains), the layout of TRL's DPO and KTO trainers."""
-    labels = batch.pop("labels")
-    batch["completion_mask"] = (labels != IGNORE_INDEX).long()
+REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps", "ref_logps", "ref_KL_logps")
+
+
+def _answer(f: dict[str, Any], name: str) -> tuple[list[int], list[int]]:
+    """``prompt + answer`` ids and labels (the prompt never trains) of one answer column of a row."""
+    prompt = list(f["prompt_input_ids"])
+    return prompt + list(f[f"{name}_input_ids"]), [IGNORE_INDEX] * len(prompt) + list(f[f"{name}_labels"])
+
+
+def _references(features: Features, batch: dict[str, Any]) -> dict[str, Any]:
+    """The precomputed reference log-probabilities the rows carry, as tensors."""
+    for key in REFERENCE_COLUMNS:
+        if key in features[0]:
+            batch[key] = torch.tensor([float(f[key]) for f in features], dtype=torch.float32)
     return batch
 
 
 @dataclass
-class CompletionMaskCollator:
-    """Pairwise rows for TRL's DPOTrainer: chosen rows first, then rejected, with a completion mask."""
+class PairCollator:
+    """Preference pairs: sequence ``i`` is pair ``i``'s chosen answer, ``B + i`` its rejected one.
 
-    inner: Any
-
-    def __call__(self, features: Features) -> dict[str, torch.Tensor]:
-        return completion_batch(self.inner(features))
-
-
-@dataclass
-class UnlabelledCollator:
-    """Pairwise rows for TRL's RewardTrainer, which scores whole sequences and reads no labels."""
-
-    inner: Any
-
-    def __call__(self, features: Features) -> dict[str, torch.Tensor]:
-        batch = self.inner(features)
-        batch.pop("labels")
-        return batch
-
-
-@dataclass
-class KTOPairsCollator:
-    """KTO rows plus the mismatched pairs its KL estimate needs: each prompt with its neighbour's answer.
-
-    Built per batch (prompt ``i`` with the completion of row ``i - 1``), as in the KTO paper, so
-    the pairs never depend on the order the sampler gives and shuffling stays on.
+    ``packed``: each pair is one row (prompt + chosen, then prompt + rejected, positions
+    restarting), so no pair is padded to the longest answer in the batch; ``flatten`` makes the
+    whole batch one row for varlen attention. Otherwise (models that cannot take restarting
+    positions) every answer is its own padded row.
     """
 
-    inner: Any
+    pad_token_id: int
+    packed: bool = True
+    flatten: bool = False
+    pad_to_multiple_of: int | None = None
 
-    def __call__(self, features: Features) -> dict[str, torch.Tensor]:
-        batch = completion_batch(self.inner(features))
-        previous = [features[-1], *features[:-1]]
-        shifted = [
-            {**row, "completion_input_ids": other["completion_input_ids"], "completion_labels": other["completion_labels"]}
-            for row, other in zip(features, previous)
-        ]
-        mismatched = completion_batch(self.inner(shifted))
-        for key in ("input_ids", "attention_mask", "completion_mask"):
-            batch[f"KL_{key}"] = mismatched[key]
-        return batch
+    def __call__(self, features: Features) -> dict[str, Any]:
+        size = len(features)
+        rows = [[(i, *_answer(f, "chosen")), (size + i, *_answer(f, "rejected"))] for i, f in enumerate(features)]
+        batch = sequence_batch(rows, self.pad_token_id, packed=self.packed, flatten=self.flatten,
+                               pad_to_multiple_of=self.pad_to_multiple_of)
+        return _references(features, batch)
+
+
+@dataclass
+class KTOCollator:
+    """KTO rows, all in one packed row (sequence ``i`` = row ``i``), plus their mismatched pairs under ``KL_``.
+
+    The mismatched pairs (each prompt with another row's answer, columns ``KL_completion_*``) are
+    fixed in the data set (see :func:`factory_plugin_trl.reference.with_kl_pairs`), so their
+    reference log-probabilities can be computed once.
+    """
+
+    pad_token_id: int
+    packed: bool = True
+    flatten: bool = False
+    pad_to_multiple_of: int | None = None
+
+    def _batch(self, features: Features, name: str) -> dict[str, Any]:
+        examples = [(i, *_answer(f, name)) for i, f in enumerate(features)]
+        rows = [examples] if self.packed else [[example] for example in examples]
+        return sequence_batch(rows, self.pad_token_id, packed=self.packed, flatten=self.flatten,
+                              pad_to_multiple_of=self.pad_to_multiple_of)
+
+    def __call__(self, features: Features) -> dict[str, Any]:
+        batch = self._batch(features, "completion")
+        if "KL_completion_input_ids" in features[0]:
+            batch.update({f"KL_{key}": value for key, value in self._batch(features, "KL_completion").items()})
+        batch["label"] = torch.tensor([bool(f["label"]) for f in features])
+        return _references(features, batch)
 
 
 def prompt_of(input_ids: Sequence[int], labels: Sequence[int]) -> list[int]:

@@ -11,8 +11,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 SHARE_BASE = (
-    "with LoRA-family methods, reuse the one base model: the reference is the base with the adapter "
-    "disabled (and PPO's value and reward are extra adapters); false keeps separate frozen copies"
+    "with LoRA-family methods, reuse the one base model: the reference is the base with adapters disabled and "
+    "the value and reward models are extra adapters; false keeps separate models"
 )
 
 
@@ -37,7 +37,12 @@ class DPOOptions(BaseModel):
     beta: float = Field(0.1, gt=0, description="strength of the KL constraint to the reference (IPO: its tau)")
     loss: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO loss: sigmoid (DPO), ipo or hinge")
     ftx: float = Field(0.0, ge=0, description="weight of an added SFT loss on the chosen answers (0: none)")
-    share_base: bool = Field(True, description=SHARE_BASE)
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="conservative DPO (sigmoid loss): probability that a preference label is flipped"
+    )
+    ref_model: str | None = Field(
+        None, description="a separate reference model (folder or alias); default: the policy before training"
+    )
 
 
 class KTOOptions(BaseModel):
@@ -48,7 +53,6 @@ class KTOOptions(BaseModel):
     beta: float = Field(0.1, gt=0, description="strength of the KL constraint to the reference")
     desirable_weight: float = Field(1.0, gt=0, description="weight of the loss on desirable answers")
     undesirable_weight: float = Field(1.0, gt=0, description="weight of the loss on undesirable answers")
-    share_base: bool = Field(True, description=SHARE_BASE)
 
 
 class SimPOOptions(BaseModel):

@@ -3,7 +3,7 @@
 Written here because TRL 1.x no longer ships PPO (its ``PPOTrainer`` and value-head models were
 removed; the online trainers left, GRPO and RLOO, have no value model). It is a Hugging Face
 Trainer whose training step is one PPO iteration, so schedule, logging, checkpoints and outputs
-are the core's. TRL still provides the log-softmax kernel.
+are the core's. Log-probabilities come from the core's chunked LM head.
 
 One iteration on a batch of prompts:
 1. generate answers with the policy (sampling settings ``ppo.*``);
@@ -38,11 +38,11 @@ import yaml
 from transformers import Trainer
 from trl.trainer.utils import selective_log_softmax
 
-from factory.plugin_api import ConfigError, TrainerSetup
+from factory.plugin_api import ConfigError, LogitsWorkspace, TrainerSetup, chunked_token_logprobs, split_head
 from factory_plugin_trl.collators import PromptCollator
-from factory_plugin_trl.trainers import DedupedCheckpoints
 from factory_plugin_trl.value_head import (
     CheckpointableWrapper,
+    DedupedCheckpoints,
     ValueHeadModel,
     is_peft,
     last_positions,
@@ -167,10 +167,19 @@ def shared_models(setup: TrainerSetup, rm_dir: str | None) -> PPOModels:
     return PPOModels(policy, ValueHeadModel(policy, value_head, adapter=VALUE), reward, None)
 
 
+def frozen_copy(model: Any) -> Any:
+    """A separate reference: the untrained model, copied and frozen (what sharing the base saves).
+
+    Of a PeftModel the transformers model inside is copied, its untrained adapter layers included,
+    so the copy computes the initial policy.
+    """
+    ref = copy.deepcopy(model.get_base_model() if is_peft(model) else model)
+    ref.requires_grad_(False)
+    return ref.eval()
+
+
 def separate_models(setup: TrainerSetup, rm_dir: str | None) -> PPOModels:
     """Each role its own model: a frozen reference copy, a value copy trained with the run's method, the rm run."""
-    from factory_plugin_trl.builders import frozen_copy
-
     policy = setup.model
     reference = frozen_copy(policy)
     value = ValueHeadModel(copy.deepcopy(policy))
@@ -289,12 +298,27 @@ class PPOTrainer(DedupedCheckpoints, Trainer):
             if frozen is not None:
                 frozen.to(self.args.device)
         self._metrics: dict[str, list[float]] = defaultdict(list)
+        self.logits_workspace = LogitsWorkspace()
 
     # forward passes
 
     def _answer_logprobs(self, model: Any, rollout: Rollout | dict[str, Any]) -> torch.Tensor:
-        """Log-probabilities of the answer tokens under ``model`` (only the answer positions reach the LM head)."""
+        """Log-probabilities of the answer tokens under ``model``: only the answer positions reach the LM head, a chunk
+        at a time (``chunked_token_logprobs``), so no full-vocabulary logits exist for the batch."""
         ids, start = rollout["input_ids"], rollout["prompt_length"]
+        parts = split_head(model)
+        if parts is not None:
+            decoder, head = parts
+            with self.compute_loss_context_manager(), self.accelerator.autocast():
+                hidden = decoder(
+                    input_ids=ids, attention_mask=rollout["attention_mask"], position_ids=rollout["position_ids"],
+                    use_cache=False,
+                ).last_hidden_state[:, start - 1 : -1]
+            answers = ids[:, start:]
+            logps = chunked_token_logprobs(hidden.flatten(0, 1), head, answers.flatten(), workspace=self.logits_workspace,
+                                           temperature=self.opts.temperature)
+            return logps.view(answers.shape)
+        # a model that transforms its logits (soft-capping, scaling): its own head on the answer positions
         with self.compute_loss_context_manager():
             logits = model(
                 input_ids=ids, attention_mask=rollout["attention_mask"], position_ids=rollout["position_ids"],

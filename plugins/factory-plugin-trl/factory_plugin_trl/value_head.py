@@ -83,6 +83,20 @@ class CheckpointableWrapper(torch.nn.Module):
                 module.tie_weights()
 
 
+class DedupedCheckpoints:
+    """A Trainer mixin: checkpoints of a wrapper model (not a PreTrainedModel) hold its state dict, tied weights once.
+
+    The Trainer saves such models with ``safetensors.save_file``, which refuses tensors sharing
+    memory (tied embeddings); see :class:`CheckpointableWrapper` for the way back.
+    """
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if state_dict is None:
+            skip = set(tied_duplicates(self.model))
+            state_dict = {name: t.contiguous() for name, t in self.model.state_dict().items() if name not in skip}
+        super()._save(output_dir, state_dict)
+
+
 class ValueHeadModel(CheckpointableWrapper):
     """``model`` (a causal LM, maybe a PeftModel) with a linear head giving one scalar per position.
 
@@ -103,12 +117,25 @@ class ValueHeadModel(CheckpointableWrapper):
     def device(self) -> torch.device:
         return self.v_head.weight.device
 
-    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """One float32 scalar per position, shape ``(batch, length)``."""
+    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               position_ids: torch.Tensor | None = None, **extra: Any) -> torch.Tensor:
+        """One float32 scalar per position, shape ``(batch, length)`` (``extra``: varlen attention arguments)."""
         hidden = decoder_of(self.model)(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **extra
         ).last_hidden_state
         return self.v_head(hidden.to(self.v_head.weight.dtype)).squeeze(-1).float()
+
+    def sequence_scores(self, batch: dict[str, Any], count: int) -> torch.Tensor:
+        """One scalar per sequence of a packed batch (:func:`factory.plugin_api.sequence_batch`): the head at its last token."""
+        from factory_plugin_trl.sequences import model_inputs
+
+        values = self.values(**model_inputs(batch)).flatten()
+        owners = batch["sequence_ids"].flatten()
+        index = torch.arange(owners.numel(), device=owners.device)
+        valid = owners >= 0
+        last = torch.zeros(count, dtype=torch.long, device=owners.device).scatter_reduce(
+            0, owners[valid], index[valid], reduce="amax", include_self=False)
+        return values[last]
 
     def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """One scalar per sequence: the head at its last token."""

@@ -51,7 +51,7 @@ REWARD_FUNCTION = f"{Path(__file__).stem}:reward_by_length"
 def test_contract():
     rows = check_plugin_contract("factory-plugin-trl")
     assert [row["status"] for row in rows] == ["ok"]
-    assert rows[0]["provides"] == {"stages": STAGES}
+    assert rows[0]["provides"] == {"data_kinds": ["kto", "pairwise"], "stages": STAGES}
 
 
 def test_plugins_list_shows_each_stage_and_its_plugin():
@@ -62,8 +62,10 @@ def test_plugins_list_shows_each_stage_and_its_plugin():
     assert {stage: givers.get(stage) for stage in STAGES} == dict.fromkeys(STAGES, "factory-plugin-trl")
     table = subprocess.run([sys.executable, "-m", "factory.cli", "plugins", "list"], capture_output=True, text=True,
                            check=True, env={**os.environ, "COLUMNS": "200"}).stdout
-    line = next(line for line in table.splitlines() if "factory-plugin-trl" in line)
-    assert all(stage in line for stage in STAGES), line
+    lines = table.splitlines()
+    first = next(i for i, line in enumerate(lines) if "factory-plugin-trl" in line)
+    stages = next(line for line in lines[first:first + 3] if "stages:" in line)  # one line per kind it provides
+    assert all(stage in stages for stage in STAGES), stages
 
 
 def test_options_reach_their_sections():
@@ -108,23 +110,26 @@ def test_ppo_refuses_a_run_that_is_not_an_rm(tiny_causal_lm, tmp_path):
 
 
 def test_kto_pairs_put_each_prompt_before_its_neighbours_answer():
-    from factory_plugin_trl.collators import KTOPairsCollator
-
-    from factory.data.collator import KTOCollator
+    from datasets import Dataset
+    from factory_plugin_trl.collators import KTOCollator
+    from factory_plugin_trl.reference import with_kl_pairs
 
     rows = [
         {"prompt_input_ids": [1, 2], "completion_input_ids": [3, 4], "completion_labels": [3, 4], "label": True},
         {"prompt_input_ids": [5], "completion_input_ids": [6, 7, 8], "completion_labels": [-100, 7, 8], "label": False},
         {"prompt_input_ids": [9, 10, 11], "completion_input_ids": [12], "completion_labels": [12], "label": True},
     ]
-    batch = KTOPairsCollator(KTOCollator(0))(rows)
+    rows = with_kl_pairs(Dataset.from_list(rows), batch_size=3).to_list()
+    batch = KTOCollator(0, packed=False)(rows)
     assert batch["input_ids"].tolist() == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]
-    assert batch["completion_mask"].tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 0, 1]]
+    assert batch["labels"].tolist() == [[-100, -100, 3, 4], [-100, -100, 7, 8], [-100, -100, -100, 12]]
     kl = [row[: int(n)] for row, n in zip(batch["KL_input_ids"].tolist(), batch["KL_attention_mask"].sum(1))]
     assert kl == [[1, 2, 12], [5, 3, 4], [9, 10, 11, 6, 7, 8]]
-    kl_mask = [row[: int(n)] for row, n in zip(batch["KL_completion_mask"].tolist(), batch["KL_attention_mask"].sum(1))]
-    assert kl_mask == [[0, 0, 1], [0, 1, 1], [0, 0, 0, 0, 1, 1]]
-    assert batch["label"].tolist() == [True, False, True] and "labels" not in batch
+    kl_labels = [row[: int(n)] for row, n in zip(batch["KL_labels"].tolist(), batch["KL_attention_mask"].sum(1))]
+    assert kl_labels == [[-100, -100, 12], [-100, 3, 4], [-100, -100, -100, -100, 7, 8]]
+    assert batch["label"].tolist() == [True, False, True]
+    packed = KTOCollator(0)(rows)  # all rows in one packed row, each its own sequence
+    assert packed["sequence_ids"].tolist() == [[0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]]
 
 
 def test_prompts_are_what_precedes_the_final_answer_left_padded():
@@ -143,21 +148,22 @@ def test_prompts_are_what_precedes_the_final_answer_left_padded():
 
 
 @pytest.mark.parametrize(
-    ("method", "loss", "share_base", "expected"),
+    ("method", "loss", "expected"),
     [
-        ("lora", "sigmoid", True, math.log(2)),  # -log sigmoid(0)
-        ("lora", "ipo", False, (1 / (2 * 0.2)) ** 2),  # (0 - 1 / (2 beta))^2
-        ("full", "hinge", True, 1.0),  # relu(1 - 0)
+        ("lora", "sigmoid", math.log(2)),  # -log sigmoid(0)
+        ("freeze", "ipo", (1 / (2 * 0.2)) ** 2),  # (0 - 1 / (2 beta))^2
+        ("full", "hinge", 1.0),  # relu(1 - 0)
     ],
 )
-def test_dpo_starts_from_a_reference_equal_to_the_policy(tiny_causal_lm, tmp_path, method, loss, share_base, expected):
+def test_dpo_starts_from_a_reference_equal_to_the_policy(tiny_causal_lm, tmp_path, method, loss, expected):
+    extra = {"freeze": {"layers": 1}} if method == "freeze" else {}
     metrics = run(tiny_causal_lm, "dpo", tmp_path / "out", method=method, max_steps=3, max_samples=10, val_size=2,
-                  dpo={"loss": loss, "beta": 0.2, "share_base": share_base})
+                  dpo={"loss": loss, "beta": 0.2}, **extra)
     assert logged(metrics, "loss")[0] == pytest.approx(expected, rel=1e-5)
     assert logged(metrics, "rewards/margins")[0] == 0.0
     margins = logged(metrics, "rewards/margins")
     assert any(m != 0 for m in margins[1:]), margins  # the policy moved away from the reference
-    assert {"eval_rewards/margins", "eval_rewards/accuracies", "eval_loss"} <= set(metrics)
+    assert {"eval_rewards/margins", "eval_rewards/accuracies", "eval_loss", "train_rewards/accuracies"} <= set(metrics)
     out = tmp_path / "out"
     assert (out / "training_rewards.png").is_file() and (out / "metrics.json").is_file()
     if method == "lora":  # only the trained adapter is saved, no reference copy next to it
@@ -196,21 +202,54 @@ def test_qlora_dpo_reference_is_the_quantized_base(tiny_causal_lm, tmp_path):
     assert all(g > 0 for g in logged(metrics, "grad_norm"))
 
 
-def test_dpo_reference_is_the_base_with_the_adapter_disabled(tiny_causal_lm, tmp_path):
-    from factory_plugin_trl.builders import build_dpo
+def test_dpo_reference_is_the_base_computed_once(tiny_causal_lm, tmp_path):
+    """The reference log-probabilities the rows carry are the plain base model's (transformers, padded, full logits),
+    computed before training and read back from the cache by a second run over the same data and model."""
+    from factory_plugin_trl import builders
+    from transformers import AutoModelForCausalLM
 
     from factory.train.run import run_training
 
-    built = []
+    built, computed = [], []
+    compute = builders.reference.compute
+
+    def counting(*args, **kwargs):
+        computed.append(1)
+        return compute(*args, **kwargs)
 
     def capture(setup):
-        built.append(build_dpo(setup))
-        return built[0]
+        built.append(builders.build_dpo(setup))
+        return built[-1]
 
-    cfg = factory.load_config(stage_args(tiny_causal_lm, "dpo", tmp_path / "out", max_steps=1))
-    run_training(cfg, cfg.manager(), "pairwise", build_trainer=capture)
-    trainer = built[0]
-    assert trainer.ref_model is None and list(trainer.model.peft_config) == ["default"]
+    cfg = factory.load_config(stage_args(tiny_causal_lm, "dpo", tmp_path / "out", max_samples=7, max_steps=1,
+                                         overwrite_output_dir=True))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(builders.reference, "compute", counting)
+        run_training(cfg, cfg.manager(), "pairwise", build_trainer=capture)
+        first = len(computed)
+        run_training(cfg, cfg.manager(), "pairwise", build_trainer=capture)
+    assert len(computed) == first  # the second run read the cache
+    assert list(built[0].model.peft_config) == ["default"]  # no reference adapter, no model copy
+    rows = built[1].train_dataset
+    base = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32)
+    for row in rows.select(range(2)):
+        for name in ("chosen", "rejected"):
+            ids = torch.tensor([row["prompt_input_ids"] + row[f"{name}_input_ids"]])
+            labels = torch.tensor([[-100] * len(row["prompt_input_ids"]) + row[f"{name}_labels"]])
+            with torch.no_grad():
+                logp = torch.log_softmax(base(ids).logits[0, :-1].float(), -1)
+            keep = labels[0, 1:] != -100
+            expected = logp[keep].gather(1, labels[0, 1:][keep][:, None]).sum().item()
+            assert row[f"ref_{name}_logps"] == pytest.approx(expected, rel=1e-5, abs=1e-5)
+
+
+def test_dpo_with_a_separate_reference_model(tiny_causal_lm, tmp_path):
+    from factory.testing import build_tiny_causal_lm
+
+    other = build_tiny_causal_lm(tmp_path / "other", seed=5)
+    metrics = run(tiny_causal_lm, "dpo", tmp_path / "out", max_steps=1, dpo={"ref_model": str(other)})
+    assert logged(metrics, "rewards/margins")[0] != 0.0  # a different model: the log-ratios start away from zero
+    assert logged(metrics, "loss")[0] != pytest.approx(math.log(2), rel=1e-3)
 
 
 def test_kto_starts_at_one_half_with_zero_kl(tiny_causal_lm, tmp_path):
@@ -221,33 +260,37 @@ def test_kto_starts_at_one_half_with_zero_kl(tiny_causal_lm, tmp_path):
     assert {"rewards/chosen", "rewards/rejected", "rewards/margins"} <= set(metrics["log_history"][0])
 
 
-def test_pairwise_forward_averages_answer_logprobs(tiny_causal_lm):
-    """SimPO/ORPO read length-normalised log-probabilities and an SFT loss on the chosen answer only."""
-    from factory_plugin_trl.trainers import _PairwiseForward
+@pytest.mark.parametrize("packed", [True, False])
+def test_sequence_logps_of_packed_pairs_equal_padded_rows(tiny_causal_lm, packed):
+    """Packed pairs (prompt + chosen, prompt + rejected in one row) give every answer the log-probability a plain
+    padded forward over full logits gives it, summed and averaged over the answer's trained tokens."""
+    from factory_plugin_trl.collators import PairCollator
+    from factory_plugin_trl.sequences import sequence_logps
     from transformers import AutoModelForCausalLM
-    from trl.experimental.cpo import CPOTrainer
 
-    class Forward(_PairwiseForward):
-        aux_loss_enabled = False
-        get_batch_logps = staticmethod(CPOTrainer.get_batch_logps)
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
-    ids = torch.randint(3, 200, (4, 9), generator=torch.Generator().manual_seed(0))
-    labels = ids.clone()
-    labels[:, :5] = -100  # the prompt
-    labels[1, 7:] = -100  # a shorter answer
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
-
-    chosen, rejected, _, _, nll = Forward().concatenated_forward(model, batch)
-
-    logp = torch.log_softmax(model(ids).logits.float(), -1)
-    expected = []
-    for row in range(4):
-        picked = [logp[row, t - 1, ids[row, t]] for t in range(1, 9) if labels[row, t] != -100]
-        expected.append(sum(picked) / len(picked))
-    torch.testing.assert_close(torch.cat([chosen, rejected]), torch.stack(expected), rtol=1e-5, atol=1e-5)
-    chosen_tokens = [-logp[row, t - 1, ids[row, t]] for row in range(2) for t in range(1, 9) if labels[row, t] != -100]
-    torch.testing.assert_close(nll, torch.stack(chosen_tokens).mean(), rtol=1e-5, atol=1e-5)
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32)
+    rows = [
+        {"prompt_input_ids": [5, 6, 7], "chosen_input_ids": [8, 9, 10], "chosen_labels": [8, 9, 10],
+         "rejected_input_ids": [11, 12], "rejected_labels": [11, -100]},
+        {"prompt_input_ids": [13, 14], "chosen_input_ids": [15], "chosen_labels": [15],
+         "rejected_input_ids": [16, 17, 18, 19], "rejected_labels": [16, 17, 18, 19]},
+    ]
+    with torch.no_grad():
+        got = sequence_logps(model, PairCollator(0, packed=packed)(rows))
+    expected, counts = [], []
+    for name in ("chosen", "rejected"):
+        for row in rows:
+            ids = torch.tensor([row["prompt_input_ids"] + row[f"{name}_input_ids"]])
+            labels = [-100] * len(row["prompt_input_ids"]) + row[f"{name}_labels"]
+            with torch.no_grad():
+                logp = torch.log_softmax(model(ids).logits[0].float(), -1)
+            picked = [logp[t - 1, ids[0, t]] for t in range(1, len(labels)) if labels[t] != -100]
+            expected.append(sum(picked).item())
+            counts.append(len(picked))
+    torch.testing.assert_close(got.sums, torch.tensor(expected), rtol=1e-5, atol=1e-5)
+    assert got.tokens.tolist() == counts
+    torch.testing.assert_close(got.means, torch.tensor(expected) / torch.tensor(counts, dtype=torch.float32),
+                               rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("stage", ["simpo", "orpo"])
@@ -303,8 +346,8 @@ def test_saved_reward_model_scores_like_the_trainer(rm_run, tiny_causal_lm):
     from factory_plugin_trl.value_head import load_reward_model
     from transformers import AutoTokenizer
 
-    from factory.data.processing import build_datasets
     from factory.data.template import get_template
+    from factory.data.worker import build_datasets
 
     out, metrics = rm_run
     cfg = factory.load_config(stage_args(tiny_causal_lm, "rm", out, max_samples=12, val_size=4))
@@ -312,9 +355,9 @@ def test_saved_reward_model_scores_like_the_trainer(rm_run, tiny_causal_lm):
     tokenizer = AutoTokenizer.from_pretrained(tiny_causal_lm)
     _, eval_rows, collator, _ = build_datasets(cfg, manager, tokenizer, get_template(cfg.template, tokenizer, manager), "pairwise")
     scorer = load_reward_model(out, cfg, manager)
-    batch = collator(list(eval_rows))
+    batch = collator(list(eval_rows))  # pairs packed one per row, as the trainer saw them
     with torch.no_grad():
-        scores = scorer.scores(batch["input_ids"], batch["attention_mask"])
+        scores = scorer.sequence_scores(batch, 2 * len(eval_rows))
     chosen, rejected = scores.chunk(2)
     assert (chosen > rejected).float().mean().item() == pytest.approx(metrics["eval_accuracy"])
 

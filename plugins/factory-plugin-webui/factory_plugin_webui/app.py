@@ -427,8 +427,8 @@ class Page:
                 return [f"⚠ shard size '{shard_size.strip()}' is not a size; give a number and a unit, e.g. 2GB or 500MB",
                         *form.error_updates(None, None)]
             try:
-                out = export_model(result.config, result.config.manager(), target.strip(),
-                                   max_shard_size=shard_size.strip() or None)
+                cfg = load_config({**result.config.to_dict(), "export_max_shard_size": shard_size.strip() or None})
+                out = export_model(cfg, cfg.manager(), target.strip())
             except FactoryError as exc:
                 return [f"⚠ {exc}", *form.error_updates(None, None)]
             return [f"wrote {out}", *form.error_updates(None, None)]

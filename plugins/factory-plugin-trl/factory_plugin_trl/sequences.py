@@ -1,0 +1,82 @@
+"""Per-sequence log-probabilities of a batch of examples in one forward pass, chunked over the vocabulary.
+
+A batch from :func:`factory.plugin_api.sequence_batch` holds several examples per row (a pair's
+chosen and rejected answers after their prompt, restarting positions) and says which example
+each token belongs to (``sequence_ids``). The decoder runs once; the LM head runs only on the
+trained positions, a chunk at a time (``chunked_token_logprobs``), so no full-vocabulary logits
+exist for the batch in any precision.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from factory.plugin_api import IGNORE_INDEX, LogitsWorkspace, chunked_token_logprobs, split_head
+
+MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+
+
+@dataclass
+class SequenceLogps:
+    """Log-probabilities of each sequence's trained tokens (fp32), and the tokens they came from."""
+
+    sums: torch.Tensor  # (sequences,) summed over the sequence's trained tokens
+    tokens: torch.Tensor  # (sequences,) how many tokens train in each
+    token_logps: torch.Tensor  # (trained tokens,) one per trained token
+    token_sequence: torch.Tensor  # (trained tokens,) the sequence of each
+
+    @property
+    def means(self) -> torch.Tensor:
+        """Length-normalised log-probabilities (SimPO, ORPO, IPO read these)."""
+        return self.sums / self.tokens.clamp(min=1)
+
+
+def model_inputs(batch: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """What the decoder takes from a batch (``prefix``: e.g. ``KL_`` for KTO's mismatched pairs)."""
+    return {key: batch[prefix + key] for key in MODEL_KEYS if prefix + key in batch}
+
+
+def count_sequences(batch: dict[str, Any], prefix: str = "") -> int:
+    return int(batch[prefix + "sequence_ids"].max()) + 1
+
+
+def sequence_logps(
+    model: Any, batch: dict[str, Any], *, workspace: LogitsWorkspace | None = None,
+    autocast: Callable[[], AbstractContextManager] = nullcontext, prefix: str = "", timings: dict[str, float] | None = None,
+) -> SequenceLogps:
+    """The summed log-probabilities of every sequence in ``batch`` under ``model`` (gradients flow when enabled).
+
+    ``timings`` (phase -> seconds) accumulates the time of the decoder (``forward``) and of the LM head
+    and the sums (``logprob``), for the run's profile.
+    """
+    started = time.perf_counter()
+    labels, sequence_ids = batch[prefix + "labels"], batch[prefix + "sequence_ids"]
+    count = count_sequences(batch, prefix)
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    parts = split_head(model)
+    with autocast():
+        if parts is not None:
+            decoder, head = parts
+            hidden = decoder(**model_inputs(batch, prefix), use_cache=False).last_hidden_state
+        else:  # a model that transforms its logits (soft-capping, scaling): its own head, kept rows only
+            logits = model(**model_inputs(batch, prefix), use_cache=False).logits
+    decoded = time.perf_counter()
+    if parts is not None:
+        token_logps = chunked_token_logprobs(hidden[:, :-1][keep], head, targets[keep], workspace=workspace)
+    else:
+        picked = logits[:, :-1][keep].float()
+        token_logps = torch.log_softmax(picked, -1).gather(1, targets[keep][:, None])[:, 0]
+    owners = sequence_ids[:, 1:][keep]
+    sums = torch.zeros(count, dtype=torch.float32, device=token_logps.device).index_add(0, owners, token_logps)
+    tokens = torch.bincount(owners, minlength=count)
+    if timings is not None:
+        timings["forward"] = timings.get("forward", 0.0) + decoded - started
+        timings["logprob"] = timings.get("logprob", 0.0) + time.perf_counter() - decoded
+    return SequenceLogps(sums, tokens, token_logps, owners)
