@@ -192,8 +192,12 @@ CASES: dict[str, Case] = {
                           files={"lf.yaml": "model_name_or_path: x\nresume_from_checkpoint: out/checkpoint-5\n"}),
     "lf convert refused": Case("cli", ["convert", "lf.yaml", "-o", "{tmp}/out.yaml"], 2, ("LLaMA-Factory key 'fp8: true'",),
                                files={"lf.yaml": "model_name_or_path: x\nfp8: true\n"}),
-    "lf export hub": Case("cli", ["export", "lf.yaml"], 2, ("LLaMA-Factory key 'export_hub_model_id'", "huggingface-cli upload"),
-                          files={"lf.yaml": "model_name_or_path: x\nexport_dir: out\nexport_hub_model_id: me/m\n"}),
+    "lf push to hub": Case("cli", ["finetune", "lf.yaml"], 2, ("LLaMA-Factory key 'push_to_hub: true'", "export_hub_repo"),
+                           files={"lf.yaml": "model_name_or_path: x\npush_to_hub: true\n"}),
+    "lf predict in finetune": Case("cli", ["finetune", "lf.yaml"], 2, ("LLaMA-Factory key 'do_predict: true'", "run factory predict lf.yaml"),
+                                   files={"lf.yaml": "model_name_or_path: x\ndo_predict: true\neval_dataset: identity\n"}),
+    "lf kto ref_model": Case("cli", ["finetune", "lf.yaml"], 2, ("LLaMA-Factory key 'ref_model: m'", "stages kto and ppo", "stage dpo"),
+                             files={"lf.yaml": "model_name_or_path: x\nstage: kto\nref_model: m\n"}),
 }
 
 
