@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +90,25 @@ def trainer_settings(cfg: RunConfig) -> dict[str, Any]:
         # FSDP2 (torch's fully_shard); auto_wrap wraps the layers the model lists as not to split.
         return {"fsdp": cfg.fsdp, "fsdp_config": {"version": 2}}
     return {}
+
+
+def weights_sharded(trainer: Any) -> bool:
+    """Whether each rank holds only its partition of every weight (DeepSpeed ZeRO-3)."""
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None) if getattr(trainer, "is_deepspeed_enabled", False) else None
+    return plugin is not None and plugin.zero_stage == 3
+
+
+@contextmanager
+def gathered_weights(trainer: Any) -> Iterator[None]:
+    """Whole weights on every rank for the duration (a collective: every rank enters), so rank 0 can save them.
+
+    Under ZeRO-3 a rank's parameters are empty outside the forward and backward passes; saving
+    them as they are writes a model of zero-size tensors without an error.
+    """
+    if not weights_sharded(trainer):
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(trainer.model.parameters()), modifier_rank=None):
+        yield
