@@ -41,6 +41,19 @@ _BASE: dict[str, Any] = {
     "seed": 42,
 }
 
+# The preference job of issue 22: LoRA r=8 on all linear layers, the first 40 pairs of dpo_en_demo (kto_en_demo
+# for kto), batch 2, cutoff 512, bf16, lr 5e-6, one epoch, no held-out split. SimPO's beta and gamma and
+# ORPO's beta are named so the LLaMA-Factory run (pref_beta, simpo_gamma) gets the same values.
+_PREFERENCE: dict[str, Any] = {
+    **{k: v for k, v in _BASE.items() if k != "val_size"},
+    "dataset": "dpo_en_demo",
+    "batch_size": 2,
+    "max_samples": 40,
+    "learning_rate": 5e-6,
+    "method": "lora",
+    "lora": {"rank": 8, "target": "all"},
+}
+
 WORKLOADS: dict[str, dict[str, Any]] = {
     "lora": {**_BASE, "method": "lora", "lora": {"rank": 8, "target": "all"}},
     "qlora": {**_BASE, "method": "lora", "lora": {"rank": 8, "target": "all"}, "quantization": "bnb-4bit"},
@@ -48,6 +61,11 @@ WORKLOADS: dict[str, dict[str, Any]] = {
     "freeze": {**_BASE, "method": "freeze", "learning_rate": 2e-5},
     "galore": {**_BASE, "method": "full", "optimizer": "galore", "learning_rate": 2e-5},
     "badam": {**_BASE, "method": "full", "optimizer": "badam", "learning_rate": 2e-5},
+    "dpo": {**_PREFERENCE, "stage": "dpo", "dpo": {"beta": 0.1, "loss": "sigmoid"}},
+    "kto": {**_PREFERENCE, "stage": "kto", "dataset": "kto_en_demo", "kto": {"beta": 0.1}},
+    "orpo": {**_PREFERENCE, "stage": "orpo", "orpo": {"beta": 0.1}},
+    "simpo": {**_PREFERENCE, "stage": "simpo", "simpo": {"beta": 2.0, "gamma": 1.0}},
+    "rm": {**_PREFERENCE, "stage": "rm"},
 }
 
 # The levers of issue 9, switched off: padded batches, the library's full-vocabulary loss, and
@@ -93,21 +111,6 @@ def measured_peak_flops(dtype: str = "bf16", seconds: float = 2.0) -> float:
         best = max(best, 2 * size**3 / (time.perf_counter() - start))
     _PEAK_CACHE[dtype] = best
     return best
-
-
-class _CountingCollator:
-    """Wraps the run's collator to count real and computed (real + padding) tokens per batch."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.real = 0
-        self.computed = 0
-
-    def __call__(self, features: list[dict[str, Any]]) -> Any:
-        batch = self.inner(features)
-        self.real += sum(len(f["input_ids"]) for f in features)
-        self.computed += int(batch["input_ids"].numel())
-        return batch
 
 
 def _linear_leaves(module: Any) -> list[Any]:
@@ -186,30 +189,30 @@ def run_bench_repeated(workload: str, overrides: list[str], repeat: int, *, data
 
 
 def run_bench(workload: str, overrides: list[str], *, dataset_dir: str | None = None, output: str | None = None) -> dict[str, Any]:
-    """Run ``workload`` with ``overrides`` and return (and optionally save) its measurements."""
+    """Run ``workload`` with ``overrides`` through its stage, as ``factory finetune`` would, and return (and optionally save) its measurements."""
+    from factory.bench_profile import StepProfile
+
     _check_workload(workload)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="factory-bench-") as tmp:
-        base = dict(WORKLOADS[workload], output_dir=str(Path(tmp) / "run"))
-        if "baseline=true" in overrides:
-            overrides = [o for o in overrides if o != "baseline=true"]
-            base.update(BASELINE)
-        base.setdefault("dataset_dir", dataset_dir or default_dataset_dir())
-        cfg = load_config(base, overrides)
+        cfg = workload_config(workload, overrides, dataset_dir=dataset_dir, output_dir=str(Path(tmp) / "run"))
         manager = cfg.manager()
         from factory.api import check_training_selection
-        from factory.train.run import default_trainer, run_training
+        from factory.train.run import observe_trainers
 
         check_training_selection(cfg, manager)
+        profile = StepProfile()
         seen: dict[str, Any] = {}
 
-        def build(setup: Any) -> Any:
+        def observe(setup: Any, trainer: Any) -> None:
             from transformers import TrainerCallback
 
-            counter = _CountingCollator(setup.collator)
-            setup.collator = counter
-            lengths = [len(ids) for ids in setup.train_dataset["input_ids"]]
-            seen["flops_per_token"] = _flops_per_token(setup.model, sum(lengths) / max(len(lengths), 1))
+            profile.attach(trainer)
+            seen["trainer"] = trainer
+            seen["train_rows"] = len(setup.train_dataset)
+            if cfg.stage in ("sft", "pt"):  # the FLOP count below is a causal LM's; preference stages run more passes
+                lengths = [len(ids) for ids in setup.train_dataset["input_ids"]]
+                seen["flops_per_token"] = _flops_per_token(setup.model, sum(lengths) / max(len(lengths), 1))
 
             class Clock(TrainerCallback):
                 """Training time from the first step to the end of the last (evaluation and saving excluded)."""
@@ -221,39 +224,92 @@ def run_bench(workload: str, overrides: list[str], *, dataset_dir: str | None = 
                     now = time.perf_counter()
                     seen.setdefault("first_step", now - t0)
                     seen["train_seconds"] = now - seen["train_start"]
-                    # The collator also serves evaluation, which runs after a step's end: count training only.
-                    seen["tokens"] = (counter.real, counter.computed)
 
-            setup.callbacks.append(Clock())
-            return default_trainer(setup)
+            trainer.add_callback(Clock())
 
-        run = run_training(cfg, manager, manager.load("stages", cfg.stage).data_kind, build_trainer=build)
-    real, computed = seen["tokens"]
-    train_seconds = seen["train_seconds"]
-    train_losses = [e["loss"] for e in run.metrics["log_history"] if "loss" in e]
-    peak = measured_peak_flops("bf16" if cfg.precision in ("bf16", "auto") else "fp32")
+        with observe_trainers(observe):
+            metrics = manager.load("stages", cfg.stage).run(cfg, manager)
+    wall = time.perf_counter() - t0
+    trainer = seen["trainer"]
+    real, computed = profile.real_tokens, profile.computed_tokens
+    # A stage that computes its reference log-probabilities once before the first step (the trl plugin's
+    # dpo and kto) reports that pass in its own profile; it is training work, which another tool does
+    # inside its steps, so it counts in the training time.
+    stage_profile = metrics.get("profile") if isinstance(metrics.get("profile"), dict) else None
+    before_steps = float((stage_profile or {}).get("seconds", {}).get("reference", 0.0))
+    train_seconds = seen["train_seconds"] + before_steps
+    history = metrics.get("log_history", [])
+    train_losses = [e["loss"] for e in history if "loss" in e]
     tokens_per_second = real / train_seconds
-    samples = run.metrics["data"]["train"]["kept"] * cfg.num_epochs
+    kept = (metrics.get("data") or {}).get("train", {}).get("kept") if isinstance(metrics.get("data"), dict) else None
+    samples = int((kept or seen["train_rows"]) * cfg.num_epochs)
     result = {
         "workload": workload,
+        "stage": cfg.stage,
         "overrides": overrides,
         "levers": {k: getattr(cfg, k) for k in LEVERS},
         "samples": samples,
         "train_seconds": round(train_seconds, 2),
+        "reference_seconds": round(before_steps, 2),
         "samples_per_second": round(samples / train_seconds, 3),
+        # The library's own figure, timed as every Trainer times it (what LLaMA-Factory's all_results.json holds).
+        "train_runtime": metrics.get("train_runtime"),
         "train_tokens": real,
         "tokens_per_second": round(tokens_per_second, 1),
         "padding_share": round(1 - real / max(computed, 1), 4),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3),
         "time_to_first_step": round(seen["first_step"], 2),
-        "steps": run.trainer.state.global_step,
+        "wall_seconds": round(wall, 2),
+        "steps": trainer.state.global_step,
         "final_train_loss": train_losses[-1] if train_losses else None,
-        "eval_loss": run.metrics.get("eval_loss"),
-        "mfu": round(tokens_per_second * seen["flops_per_token"] / peak, 4),
-        "peak_flops": round(peak / 1e9, 1),
-        "peak_flops_how": "best FLOP/s of a 2048x2048 matmul in the run's precision on all torch threads (GFLOP/s)",
-        "flops_per_token": seen["flops_per_token"],
+        "train_loss": metrics.get("train_loss"),
+        "eval_loss": metrics.get("eval_loss"),
+        **reward_accuracy(history, metrics),
+        "profile": profile.report(train_seconds, before_steps),
+        **({"stage_profile": stage_profile} if stage_profile else {}),
         "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
     }
+    if "flops_per_token" in seen:
+        peak = measured_peak_flops("bf16" if cfg.precision in ("bf16", "auto") else "fp32")
+        result.update({
+            "mfu": round(tokens_per_second * seen["flops_per_token"] / peak, 4),
+            "peak_flops": round(peak / 1e9, 1),
+            "peak_flops_how": "best FLOP/s of a 2048x2048 matmul in the run's precision on all torch threads (GFLOP/s)",
+            "flops_per_token": seen["flops_per_token"],
+        })
     _save(result, output)
     return result
+
+
+# What a preference stage logs as the share of pairs it ranks right (TRL's DPO/CPO/ORPO, our rm).
+ACCURACY_KEYS = ("rewards/accuracies", "accuracy")
+
+
+def reward_accuracy(history: list[dict[str, Any]], metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The reward accuracy of a run's training: its mean over the epoch and the last logged value.
+
+    With batches of two pairs one step's accuracy is 0, 0.5 or 1, so the mean over the epoch is the figure
+    to compare: the stage's own (``train_rewards/accuracies``, ``train_accuracy``) where it reports one, else
+    the mean of the logged steps. Stages that log none (sft, kto) give nothing.
+    """
+    for key in ACCURACY_KEYS:
+        values = [e[key] for e in history if key in e and not any(k.startswith("eval_") for k in e)]
+        epoch = (metrics or {}).get(f"train_{key}")
+        if values or epoch is not None:
+            mean = epoch if epoch is not None else sum(values) / len(values)
+            return {"reward_accuracy": round(mean, 4), "final_reward_accuracy": values[-1] if values else None}
+    return {}
+
+
+def workload_config(workload: str, overrides: list[str], *, dataset_dir: str | None = None,
+                    output_dir: str | None = None) -> Any:
+    """The RunConfig of ``workload`` with ``overrides`` (``baseline=true`` turns every lever off)."""
+    _check_workload(workload)
+    base = dict(WORKLOADS[workload])
+    if output_dir:
+        base["output_dir"] = output_dir
+    if "baseline=true" in overrides:
+        overrides = [o for o in overrides if o != "baseline=true"]
+        base.update(BASELINE)
+    base.setdefault("dataset_dir", dataset_dir or default_dataset_dir())
+    return load_config(base, overrides)

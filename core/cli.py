@@ -45,16 +45,29 @@ def cmd_finetune(ns: argparse.Namespace) -> int:
 
 def cmd_export(ns: argparse.Namespace) -> int:
     from factory.config import load_config
-    from factory.errors import ConfigError
     from factory.model.export import export_model
 
     config, overrides = _split_config(ns.args)
-    targets = [o for o in overrides if o.startswith("output=")]
-    if not targets:
-        raise ConfigError("factory export needs output=DIR, the folder to write the merged model to")
-    cfg = load_config(config, [o for o in overrides if not o.startswith("output=")])
-    out = export_model(cfg, cfg.manager(), targets[-1].partition("=")[2])
-    print(f"factory: merged model written to {out}")
+    # The command's own words for two export keys; a LLaMA-Factory merge YAML's export_dir/export_size are those keys.
+    words = {"output": "export_dir", "max_shard_size": "export_max_shard_size"}
+    overrides = [words[key] + override[len(key):] if (key := override.partition("=")[0]) in words else override
+                 for override in overrides]
+    cfg = load_config(config, overrides)
+    out = export_model(cfg, cfg.manager())
+    print(f"factory: merged model written to {out}"
+          + (f" (Ollama: ollama create NAME -f {out}/Modelfile)" if cfg.export_ollama else "")
+          + (f", uploaded to {cfg.export_hub_repo}" if cfg.export_hub_repo else ""))
+    return 0
+
+
+def cmd_convert(ns: argparse.Namespace) -> int:
+    from factory.convert import convert
+
+    text, command = convert(ns.config, ns.output)
+    if ns.output is None:
+        print(text, end="")
+    else:
+        print(f"factory: wrote {ns.output}; run it with factory {command} {ns.output}")
     return 0
 
 
@@ -158,6 +171,17 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     if ns.list:
         for name, settings in WORKLOADS.items():
             print(f"{name}: " + " ".join(f"{k}={v}" for k, v in settings.items()))
+        return 0
+    from factory.bench_llamafactory import run_against_llamafactory, side_by_side, split_against
+    from factory.errors import ConfigError
+
+    against, lf_env, overrides = split_against(ns.overrides)
+    if against:
+        if ns.repeat != 1:
+            raise ConfigError("--repeat does not apply with against=llamafactory (one run of each, side by side); drop it")
+        result = run_against_llamafactory(ns.workload, overrides, lf_env=lf_env, dataset_dir=ns.dataset_dir, output=ns.output)
+        print(json.dumps(result, indent=2))
+        print(side_by_side(result))
         return 0
     if ns.repeat == 1:
         result = run_bench(ns.workload, ns.overrides, dataset_dir=ns.dataset_dir, output=ns.output)
@@ -421,8 +445,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("export", help="merge an adapter into its base model and save a plain HF folder")
-    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] model=... adapter=DIR output=DIR")
+    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] model=... adapter=DIR output=DIR [max_shard_size=2GB export.ollama=true export.hub_repo=OWNER/NAME]")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("convert", help="write a config (a LLaMA-Factory YAML too) in factory's grouped form")
+    p.add_argument("config", metavar="CONFIG.yaml")
+    p.add_argument("-o", "--output", metavar="FACTORY.yaml", help="file to write (default: print it)")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("chat", help="chat with a model (and adapter) in the terminal")
     p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] model=... [adapter=DIR] [key=value ...]")
@@ -473,7 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="run a named training workload and measure speed, memory and loss")
     p.add_argument("workload", nargs="?", default="lora", help="workload name (see --list); default: lora")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides; baseline=true turns every speed lever off")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides; baseline=true turns every speed lever off; against=llamafactory lf_env=DIR "
+                        "runs the same job through LLaMA-Factory first and prints both side by side")
     p.add_argument("--dataset-dir", help="folder with alpaca_en_demo (default: ../shared/data/llamafactory-demo)")
     p.add_argument("--output", help="also write the JSON result to this file")
     p.add_argument("--repeat", type=int, default=1, metavar="N",

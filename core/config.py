@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from factory import lf_compat
 from factory.errors import ConfigError, did_you_mean
 from factory.hookspecs import LABELS
 from factory.plugins import PluginManager, get_manager
@@ -70,7 +72,8 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # model
-    model: str = Field("smollm2-135m-instruct", description="folder, GGUF file, cached hub id or alias")
+    model: str = Field("smollm2-135m-instruct", description="folder, GGUF file, hub id (owner/name, downloaded) or alias")
+    revision: str | None = Field(None, description="branch, tag or commit of a hub model to download and load (default: main)")
     adapter: str | None = Field(None, description="a trained adapter folder to load on top (chat, export, eval), or to train further (a training run with a method that trains adapters)")
     loader: str = Field("auto", description="model loader; auto asks each registered loader")
     trust_remote_code: bool = False
@@ -132,8 +135,8 @@ class RunConfig(BaseModel):
     eval_steps: int | None = Field(None, gt=0, le=MAX_COUNT)
     seed: int = Field(42, ge=0, le=MAX_SEED)
     nproc: int = Field(1, gt=0, le=1024, description="processes for data-parallel training (torchrun)")
-    deepspeed: str | None = Field(None, description="a DeepSpeed JSON config passed to the Trainer")
-    fsdp: str | None = Field(None, description="FSDP options passed to the Trainer")
+    deepspeed: str | None = Field(None, description="DeepSpeed: zero2 or zero3 (factory's presets) or a DeepSpeed JSON config file")
+    fsdp: str | None = Field(None, description="FSDP (run as FSDP2, CUDA GPUs only): the Trainer's FSDP options, e.g. 'full_shard auto_wrap'")
     report_to: list[str] = Field(default_factory=list)
     frozen_weights: Literal["compute", "fp32"] = Field(
         "compute", description="keep frozen weights in the compute precision (bf16) or in fp32 under autocast"
@@ -165,6 +168,16 @@ class RunConfig(BaseModel):
     )
     openapi: bool = Field(False, description="serve /openapi.json and /docs (behind the API key)")
     served_model_name: str | None = Field(None, description="model id the server reports and accepts (default: model)")
+
+    # export (factory export)
+    export_dir: str | None = Field(None, description="folder factory export writes (output=DIR on the command line does the same)")
+    export_max_shard_size: int | None = Field(
+        None, gt=0, description="largest safetensors file of an export, in bytes or with a unit (500MB, 2GB, 1GiB); "
+        "bigger models are split into shards with an index; default: transformers' (50GB)"
+    )
+    export_ollama: bool = Field(False, description="also write an Ollama Modelfile: FROM ., the chat template as TEMPLATE, stop tokens, the default SYSTEM")
+    export_hub_repo: str | None = Field(None, description="hub repository (owner/name) to upload the exported folder to (HF_ENDPOINT, HF_TOKEN)")
+    export_hub_private: bool = Field(True, description="create export_hub_repo as a private repository when it does not exist yet")
 
     # evaluation
     task: str | None = Field(None, description="evaluator: mmlu, cmmlu, ceval (multiple choice) or bleu-rouge (predict)")
@@ -238,6 +251,18 @@ class RunConfig(BaseModel):
             raise ValueError("must be a positive number of optimizer steps, or -1 to train for num_epochs")
         return value
 
+    @field_validator("export_max_shard_size", mode="before")
+    @classmethod
+    def _shard_size_in_bytes(cls, value: Any) -> Any:
+        return parse_size(value) if isinstance(value, str) else value
+
+    @field_validator("export_hub_repo")
+    @classmethod
+    def _hub_repo_id(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$", value):
+            raise ValueError("must be a hub repository id, owner/name")
+        return value
+
     @field_validator("subjects", mode="before")
     @classmethod
     def _split_subjects(cls, value: Any) -> Any:
@@ -269,12 +294,7 @@ class RunConfig(BaseModel):
 
     def to_grouped(self) -> dict[str, Any]:
         """The same config in sections (model, data, train, output, serve, eval, then plugin sections)."""
-        flat = self.to_dict()
-        grouped: dict[str, Any] = {}
-        for group, fields in GROUPS.items():
-            grouped[group] = {_GROUP_ALIASES.get((group, key), key): flat.pop(key) for key in fields}
-        grouped.update(flat)  # jobs, plugins and the plugin sections keep their own names
-        return grouped
+        return group_keys(self.to_dict())
 
     def section(self, group: str) -> dict[str, Any]:
         """The core keys of one group (``cfg.section("train")["learning_rate"]``)."""
@@ -291,7 +311,7 @@ CORE_KEYS = frozenset(RunConfig.model_fields)
 # The sections a config may also be written in; flat keys keep working. Every core key but the
 # nested jobs and plugins belongs to exactly one group (a test checks).
 GROUPS: dict[str, tuple[str, ...]] = {
-    "model": ("model", "adapter", "loader", "trust_remote_code", "precision", "attn_implementation",
+    "model": ("model", "revision", "adapter", "loader", "trust_remote_code", "precision", "attn_implementation",
               "gradient_checkpointing", "patches", "quantization", "frozen_weights"),
     "data": ("template", "reasoning", "enable_thinking", "dataset", "dataset_dir", "eval_dataset", "cutoff_len",
              "max_samples", "val_size", "streaming", "packing", "padding_free", "mix_strategy", "interleave_probs",
@@ -304,11 +324,40 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "output": ("output_dir", "overwrite_output_dir", "resume"),
     "serve": ("max_new_tokens", "temperature", "top_p", "system", "engine", "max_batch_size", "host", "port",
               "api_key", "api_keys", "max_request_bytes", "openapi", "served_model_name"),
+    "export": ("export_dir", "export_max_shard_size", "export_ollama", "export_hub_repo", "export_hub_private"),
     "eval": ("task", "task_dir", "subjects", "eval_split", "n_shot", "eval_prompt", "results_db", "results_db_timeout"),
 }
 # (group, key inside the group) <-> flat key, where the flat name would repeat the group's.
-_GROUP_ALIASES: dict[tuple[str, str], str] = {("model", "model"): "path"}
+_GROUP_ALIASES: dict[tuple[str, str], str] = {
+    ("model", "model"): "path",
+    **{("export", key): key.removeprefix("export_") for key in GROUPS["export"]},
+}
 _FROM_GROUP = {(group, alias): key for (group, key), alias in _GROUP_ALIASES.items()}
+
+
+def group_keys(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat core keys moved into their groups (only the groups they fill); other keys keep their names."""
+    rest = dict(flat)
+    grouped: dict[str, Any] = {}
+    for group, fields in GROUPS.items():
+        inner = {_GROUP_ALIASES.get((group, key), key): rest.pop(key) for key in fields if key in rest}
+        if inner:
+            grouped[group] = inner
+    grouped.update(rest)  # jobs, plugins and the plugin sections keep their own names
+    return grouped
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """``"500MB"``, ``"2GB"``, ``"1GiB"`` or ``"1048576"`` as bytes (units are bytes whatever their case)."""
+    match = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$", text)
+    unit = match.group(2).upper() if match else ""
+    if match is None or unit not in _SIZE_UNITS:
+        raise ValueError("must be a size such as 500MB, 2GB or 1GiB (or a number of bytes)")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 
 def _ungroup(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -439,7 +488,8 @@ def load_config(
     """Build a validated :class:`RunConfig` from a YAML file or dict, CLI overrides and kwargs.
 
     Later sources win: file, then ``key=value`` overrides, then keyword arguments. Plugin
-    sections are validated by their plugins' options models.
+    sections are validated by their plugins' options models. A LLaMA-Factory config (file or
+    dict) is translated first (:mod:`factory.lf_compat`).
     """
     overrides = override_list(overrides)
     if source is None:
@@ -452,6 +502,8 @@ def load_config(
         raise ConfigError(
             f"the config must be a YAML file path, a dict of keys or a RunConfig, not the {type(source).__name__} {source!r}"
         )
+    if lf_compat.is_llamafactory(data):
+        data = lf_compat.translate(data)  # a LLaMA-Factory YAML, unchanged; overrides stay factory keys
     _merge(data, parse_overrides(overrides))
     _merge(data, kwargs)
 

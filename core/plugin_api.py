@@ -59,8 +59,8 @@ _LAZY: dict[str, str] = {
     "Template": "factory.data.template",
     "TemplateLibrary": "factory.data.template",
     "Segment": "factory.data.template",
-    "BadRow": "factory.data.aligners",
-    "SkipRow": "factory.data.aligners",
+    "BadRow": "factory.data.formats",
+    "SkipRow": "factory.data.formats",
     "empty_record": "factory.data.record",
     "PROMPT_ROLES": "factory.data.record",
     "ConversationKind": "factory.data.tokenize",
@@ -73,6 +73,8 @@ _LAZY: dict[str, str] = {
     "default_param_groups": "factory.train.optim",
     "projected_groups": "factory.train.optim",
     "split_groups": "factory.train.optim",
+    "LayerwiseOptimizer": "factory.train.layerwise",
+    "check_layerwise": "factory.train.layerwise",
     "decoder_layers": "factory.train.methods",
     "TrainerSetup": "factory.train.run",
     "run_training": "factory.train.run",
@@ -90,7 +92,33 @@ _LAZY: dict[str, str] = {
     "prompt_ids": "factory.infer.base",
     "split_stop_words": "factory.infer.base",
     "stop_tokens": "factory.infer.engine",
+    "load_engine": "factory.infer.base",
+    # front ends beside the CLI (the web UI): the config's schema, the job queue, the run history,
+    # data preview and export, each the same function the CLI calls
+    "load_config": "factory.config",
+    "parse_overrides": "factory.config",
+    "config_schema": "factory.config",
+    "CONFIG_GROUPS": "factory.config",
+    "JobQueue": "factory.store.jobs",
+    "check_runnable": "factory.service.jobs",
+    "queue_config": "factory.service.jobs",
+    "outputs_folder": "factory.service.jobs",
+    "job_kind": "factory.service.jobs",
+    "run_history": "factory.store.history",
+    "run_details": "factory.store.history",
+    "load_tokenizer": "factory.preview",
+    "detect_kind": "factory.preview",
+    "load_records": "factory.data.worker",
+    "tokenize_dataset": "factory.data.processing",
+    "dataset_specs": "factory.data.resolve",
+    "BUILTIN_DATASETS": "factory.data.resolve",
+    "model_type_of": "factory.data.template_auto",
+    "detect_template": "factory.data.template_auto",
+    "export_model": "factory.model.export",
 }
+# exported under another name than the module's own (a clearer one for plugin authors)
+_RENAMED: dict[str, str] = {"CONFIG_GROUPS": "GROUPS", "run_history": "history", "dataset_specs": "read_specs",
+           "BUILTIN_DATASETS": "BUILTIN_DIR"}
 
 __all__ = [
     "ConfigError",
@@ -114,7 +142,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"factory.plugin_api has no '{name}'; the plugin API lists its names in __all__")
     if module == "factory":
         return importlib.import_module(f"factory.{name}")
-    return getattr(importlib.import_module(module), name)
+    return getattr(importlib.import_module(module), _RENAMED.get(name, name))
 
 
 def __dir__() -> list[str]:

@@ -1,4 +1,4 @@
-"""``factory plugins list|show``: the built-in command that inspects installed plugins.
+"""``factory plugins list|show|new``: the built-in command that inspects installed plugins and starts new ones.
 
 It is registered through the same ``register_commands`` hook as any plugin's command
 (:mod:`factory.builtin.commands`), so the commands hook has the core as its first user.
@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from factory.contracts import CONTRACTS
 from factory.errors import PluginError, did_you_mean
 from factory.plugins import get_manager
 
 
 class PluginsCommand:
-    help = "list and inspect installed plugins"
+    help = "list and inspect installed plugins, or scaffold a new one"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         sub = parser.add_subparsers(dest="action", metavar="SUBCOMMAND", required=True)
@@ -23,9 +24,23 @@ class PluginsCommand:
         q = sub.add_parser("show", help="one plugin's implementations, requirements and options")
         q.add_argument("name")
         q.add_argument("--json", action="store_true")
+        q = sub.add_parser("new", help="write a plugin distribution (pyproject, package, README, test) to start from")
+        q.add_argument("name", help="what users will write in configs, e.g. acme (distribution factory-plugin-acme)")
+        q.add_argument("--kind", required=True, help="the kind it registers: " + ", ".join(CONTRACTS))
+        q.add_argument("--dir", default=".", help="folder to create factory-plugin-NAME in (default: here)")
 
     def run(self, args: argparse.Namespace) -> int:
+        if args.action == "new":
+            return new_plugin(args.name, args.kind, args.dir)
         return list_plugins(args.json) if args.action == "list" else show_plugin(args.name, args.json)
+
+
+def new_plugin(name: str, kind: str, directory: str) -> int:
+    from factory.scaffold import scaffold
+
+    root = scaffold(name, kind, directory)
+    print(f"factory: wrote {root}; pip install -e {root} and it shows in factory plugins list")
+    return 0
 
 
 def list_plugins(as_json: bool) -> int:

@@ -116,8 +116,8 @@ def _quiet_progress() -> Iterator[None]:
 
 def preview(cfg: RunConfig, *, n: int = 3, console: Console | None = None) -> DataStats:
     """Print ``n`` tokenized examples of the config's data set and its length summary; returns the statistics."""
-    from factory.data.loading import load_records
     from factory.data.template import get_template
+    from factory.data.worker import load_records
 
     if n < 0:
         raise ConfigError(f"-n {n} is negative; give the number of examples to show (e.g. -n 3)")

@@ -27,6 +27,7 @@ NOISY_LOGGERS: dict[str, int] = {
     "accelerate": logging.ERROR,
     "peft": logging.ERROR,
     "trl": logging.ERROR,
+    "huggingface_hub": logging.ERROR,  # "trying to resume download" after a dropped connection it then resumes
     "httpx": logging.WARNING,  # one INFO line per request of the service clients
 }
 # Loggers that ignore their level: logbar (GPT-QModel's banner, GIL advice and environment notes)
@@ -65,4 +66,5 @@ def quiet_libraries() -> None:
     for category in _WARNING_CATEGORIES:
         warnings.filterwarnings("ignore", category=category)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # huggingface_hub sets its level as it is imported, from this
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the fork warning of tokenizers

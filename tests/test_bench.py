@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -117,3 +118,180 @@ def test_kernel_cache_limit_is_set_before_the_model_loads_and_leaves_user_values
                      cutoff_len=64, batch_size=4, max_steps=1, method="lora", precision="fp32", sample_prompt=None,
                      output_dir=str(tmp_path / "out"))
     assert seen == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64", "LRU_CACHE_CAPACITY": "7"}
+
+
+# -- the profile ---------------------------------------------------------------------------------
+
+
+def test_profile_splits_the_training_time_into_its_parts(tiny_causal_lm, demo_dir, tmp_path):
+    profile = _bench(tiny_causal_lm, demo_dir, tmp_path)["profile"]
+    seconds = profile["seconds"]
+    assert set(seconds) == {"data", "forward", "backward", "grad_clip", "optimizer", "other"}
+    assert all(seconds[part] > 0 for part in ("data", "forward", "backward", "optimizer"))
+    assert abs(sum(profile["share"].values()) - 1) < 0.01  # the parts and "other" make up the training time
+    assert profile["dominant"] == max(seconds, key=seconds.__getitem__)
+
+
+def test_preference_workload_reports_reward_accuracy_and_its_logprob_passes(tiny_causal_lm, demo_dir, tmp_path):
+    overrides = [f"model={tiny_causal_lm}", "max_samples=6", "cutoff_len=96"]
+    result = run_bench("dpo", overrides, dataset_dir=str(demo_dir), output=str(tmp_path / "dpo.json"))
+    assert result["stage"] == "dpo" and result["samples"] == 6 and result["steps"] == 3  # batch 2
+    assert 0 <= result["reward_accuracy"] <= 1 and result["final_reward_accuracy"] in (0, 0.5, 1)
+    assert result["train_tokens"] > 0 and "mfu" not in result  # the causal-LM FLOP count does not apply
+    profile = result["profile"]
+    assert profile["seconds"]["forward"] > 0 and profile["forward_parts"]["policy_logprobs"]["seconds"] > 0
+    # The reference pass the stage runs once before its first step counts as training time.
+    assert result["reference_seconds"] > 0
+    assert profile["seconds"]["reference_before_steps"] == pytest.approx(result["reference_seconds"], abs=0.01)
+    assert result["stage_profile"]["seconds"]["reference"] == pytest.approx(result["reference_seconds"], abs=0.01)
+
+
+# -- against LLaMA-Factory -------------------------------------------------------------------------
+
+# A stand-in for LLaMA-Factory's CLI: keeps the YAML it was given, holds ~300 MB for a moment, and
+# writes the result files LLaMA-Factory's Trainer writes (all_results.json, trainer_state.json).
+_FAKE_LF = """#!{python}
+import json, pathlib, sys, time, yaml
+job = yaml.safe_load(open(sys.argv[2]))
+assert sys.argv[1] == "train", sys.argv
+pathlib.Path("{seen}").write_text(json.dumps(job))
+if job.get("fail"):
+    print("ValueError: Some keys are not used by the HfArgumentParser: ['fail']"); sys.exit(1)
+held = b"x" * (300 * 2**20)
+out = pathlib.Path(job["output_dir"]); out.mkdir(parents=True)
+(out / "all_results.json").write_text(json.dumps({{"epoch": 1.0, "total_flos": 1.0, "train_loss": 0.69,
+    "train_runtime": 40.0, "train_samples_per_second": 1.0, "train_steps_per_second": 0.5}}))
+(out / "trainer_state.json").write_text(json.dumps({{"log_history": [
+    {{"loss": 0.693, "rewards/accuracies": 0.0, "step": 1}}, {{"loss": 0.687, "rewards/accuracies": 1.0, "step": 2}},
+    {{"train_runtime": 40.0, "train_loss": 0.69, "step": 2}}]}}))
+"""
+
+
+@pytest.fixture
+def fake_lf(tmp_path):
+    env = tmp_path / "lf-venv"
+    (env / "bin").mkdir(parents=True)
+    cli = env / "bin" / "llamafactory-cli"
+    cli.write_text(_FAKE_LF.format(python=sys.executable, seen=tmp_path / "seen.json"))
+    cli.chmod(0o755)
+    return env
+
+
+def test_llamafactory_results_are_parsed_and_compared(fake_lf, tmp_path, tiny_causal_lm, demo_dir):
+    from factory.bench import workload_config
+    from factory.bench_llamafactory import compare, llamafactory_yaml, run_llamafactory
+
+    cfg = workload_config("dpo", [f"model={tiny_causal_lm}"], dataset_dir=str(demo_dir))
+    job = llamafactory_yaml(cfg, str(tmp_path / "work" / "output"))
+    theirs = run_llamafactory(job, fake_lf, tmp_path / "work")
+    assert json.loads((tmp_path / "seen.json").read_text()) == job  # the YAML the CLI read is ours
+    assert theirs["samples_per_second"] == 1.0 and theirs["train_runtime"] == 40.0 and theirs["train_loss"] == 0.69
+    assert theirs["final_train_loss"] == 0.687 and theirs["reward_accuracy"] == 0.5
+    assert 0.3 < theirs["peak_rss_gb"] < 2  # the child's own high-water mark, with its 300 MB
+    ours = {"samples_per_second": 3.3, "peak_rss_gb": 0.9, "wall_seconds": 20.0}
+    theirs["wall_seconds"] = 50.0
+    assert compare(theirs, ours) == {"speedup": 3.3, "peak_rss_ratio": round(0.9 / theirs["peak_rss_gb"], 3),
+                                     "wall_speedup": 2.5}
+
+    with pytest.raises(FactoryError, match=r"LLaMA-Factory's run failed with exit code 1 \(ValueError: Some keys"):
+        run_llamafactory({**job, "fail": True}, fake_lf, tmp_path / "failed")
+
+
+def test_one_command_runs_both_and_prints_the_table(fake_lf, tmp_path, tiny_causal_lm, demo_dir, capsys):
+    from factory.cli import main
+
+    args = ["bench", "lora", f"model={tiny_causal_lm}", "max_samples=12", "val_size=4", "cutoff_len=64",
+            "against=llamafactory", f"lf_env={fake_lf}", "--dataset-dir", str(demo_dir), "--output", str(tmp_path / "both.json")]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "both.json").read_text())
+    ours, theirs = result["factory"], result["llamafactory"]
+    assert theirs["samples_per_second"] == 1.0 and theirs["peak_rss_gb"] > 0.3
+    assert ours["samples"] == 8 and ours["steps"] == 2 and "profile" in ours  # a real run of ours
+    assert result["ratio"]["speedup"] == round(ours["samples_per_second"] / 1.0, 3)
+    job = json.loads((tmp_path / "seen.json").read_text())
+    assert job["stage"] == "sft" and job["finetuning_type"] == "lora" and job["lora_target"] == "all"
+    assert job["val_size"] == 4 and job["eval_strategy"] == "no" and job["max_samples"] == 12
+    table = capsys.readouterr().out
+    assert "samples/s" in table and "peak RSS (GB)" in table and "speed-up" in table
+
+
+def test_against_needs_the_environment(monkeypatch):
+    from factory.bench_llamafactory import LF_ENV_VARIABLE, resolve_lf_env
+
+    monkeypatch.delenv(LF_ENV_VARIABLE, raising=False)
+    with pytest.raises(ConfigError, match="pass lf_env=DIR or set FACTORY_LF_ENV"):
+        resolve_lf_env(None)
+
+
+# -- the YAML we give LLaMA-Factory ------------------------------------------------------------------
+
+# Keys of LLaMA-Factory 0.9.5's argument dataclasses (ModelArguments, DataArguments, FinetuningArguments and
+# its Seq2SeqTrainingArguments) that the generated YAMLs use, as its examples/ write them (hiyouga/LLaMA-Factory,
+# examples/train_lora/qwen3_lora_{dpo,kto,reward}.yaml at dc85995a, train_qlora/qwen3_lora_sft_otfq.yaml at
+# 95ac3f23, train_full/qwen3_full_sft.yaml at 2083b8cd) and src/llamafactory/hparams/*.py define them.
+LF_KEYS = {
+    # model
+    "model_name_or_path", "quantization_bit", "quantization_method",
+    # method
+    "stage", "do_train", "finetuning_type", "lora_rank", "lora_alpha", "lora_dropout", "lora_target",
+    "freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules",
+    "pref_beta", "pref_loss", "pref_ftx", "simpo_gamma", "kto_chosen_weight", "kto_rejected_weight",
+    # data
+    "dataset", "dataset_dir", "template", "cutoff_len", "max_samples", "val_size",
+    # output and training (the Trainer's arguments)
+    "output_dir", "overwrite_output_dir", "logging_steps", "save_strategy", "plot_loss", "report_to",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "num_train_epochs", "max_steps",
+    "lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay", "max_grad_norm", "seed", "bf16", "fp16",
+    "use_cpu", "gradient_checkpointing", "eval_strategy",
+}
+LF_WORKLOADS = ("lora", "qlora", "full", "freeze", "dpo", "kto", "orpo", "simpo", "rm")
+
+# Parses each YAML with LLaMA-Factory's own argument parser (unknown keys and bad combinations raise).
+_LF_PARSE = """
+import json, sys
+from llamafactory.hparams import get_train_args
+for job in json.load(sys.stdin):
+    model_args, data_args, training_args, finetuning_args, _ = get_train_args(job)
+    assert finetuning_args.stage == job["stage"] and training_args.per_device_train_batch_size == job["per_device_train_batch_size"]
+print("ok")
+"""
+
+
+def _lf_env():
+    from factory.bench_llamafactory import LF_ENV_VARIABLE
+
+    candidate = Path(os.environ.get(LF_ENV_VARIABLE) or Path(__file__).resolve().parents[1].parent / "lf-venv")
+    return candidate if (candidate / "bin" / "llamafactory-cli").is_file() else None
+
+
+def _workload_yamls(tmp_path, model):
+    from factory.bench import workload_config
+    from factory.bench_llamafactory import llamafactory_yaml
+
+    return {name: llamafactory_yaml(workload_config(name, [f"model={model}"]), str(tmp_path / name))
+            for name in LF_WORKLOADS}
+
+
+def test_generated_yaml_is_llamafactory_yaml(tmp_path, tiny_causal_lm):
+    jobs = _workload_yamls(tmp_path, tiny_causal_lm)
+    for name, job in jobs.items():
+        assert set(job) <= LF_KEYS, (name, set(job) - LF_KEYS)
+    assert jobs["dpo"]["stage"] == "dpo" and jobs["dpo"]["pref_loss"] == "sigmoid" and jobs["dpo"]["pref_beta"] == 0.1
+    assert jobs["orpo"]["stage"] == "dpo" and jobs["orpo"]["pref_loss"] == "orpo"
+    assert (jobs["simpo"]["pref_loss"], jobs["simpo"]["pref_beta"], jobs["simpo"]["simpo_gamma"]) == ("simpo", 2.0, 1.0)
+    assert jobs["kto"]["stage"] == "kto" and jobs["kto"]["dataset"] == "kto_en_demo"
+    assert jobs["rm"]["stage"] == "rm" and jobs["dpo"]["max_samples"] == 40 and jobs["dpo"]["per_device_train_batch_size"] == 2
+    assert jobs["qlora"]["quantization_bit"] == 4 and jobs["full"]["finetuning_type"] == "full"
+    assert jobs["lora"]["lora_alpha"] == 16 and jobs["lora"]["lora_target"] == "all" and jobs["lora"]["bf16"] is True
+    assert jobs["lora"]["model_name_or_path"] == str(Path(tiny_causal_lm).resolve())
+
+
+def test_generated_yaml_parses_in_llamafactory(tmp_path, tiny_causal_lm):
+    """Where LLaMA-Factory's environment is built (../lf-venv or $FACTORY_LF_ENV), its own parser reads every YAML."""
+    env = _lf_env()
+    if env is None:
+        pytest.skip("no LLaMA-Factory environment (bash ../shared/baselines/llamafactory-venv.sh ../lf-venv builds one)")
+    jobs = list(_workload_yamls(tmp_path, tiny_causal_lm).values())
+    done = subprocess.run([str(env / "bin" / "python"), "-c", _LF_PARSE], input=json.dumps(jobs), capture_output=True,
+                          text=True, env={**os.environ, "DISABLE_VERSION_CHECK": "1", "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]

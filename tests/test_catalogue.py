@@ -44,6 +44,7 @@ class Case:
     status: int  # exit code or HTTP status
     says: tuple[str, ...]  # fragments of the one sentence; the first names the bad value
     files: dict[str, Any] = field(default_factory=dict)  # files the case needs, under {tmp}
+    env: dict[str, str] = field(default_factory=dict)  # environment variables the case sets
 
 
 TINY = "model={tiny}"
@@ -68,6 +69,8 @@ CASES: dict[str, Case] = {
     "deepspeed file": Case("cli", ["finetune", "deepspeed={tmp}/ds.json", *RUN], 2, ("deepspeed config '{tmp}/ds.json' does not exist",)),
     "deepspeed json": Case("cli", ["finetune", "deepspeed={tmp}/bad_ds.json", *RUN], 2, ("deepspeed config '{tmp}/bad_ds.json' is not valid JSON",),
                            {"bad_ds.json": "{zero_optimization:"}),
+    "deepspeed preset": Case("cli", ["finetune", "deepspeed=zero4", *RUN], 2, ("deepspeed config 'zero4' does not exist", "a preset (zero2, zero3)")),
+    "fsdp on cpu": Case("cli", ["finetune", "fsdp=full_shard", *RUN], 2, ("fsdp='full_shard' needs CUDA GPUs", "deepspeed=zero3")),
     "override form": Case("cli", ["finetune", "{tmp}/ok.yaml", "batch_size"], 2, ("override 'batch_size'", "key=value"), {"ok.yaml": "batch_size: 2\n"}),
     "plugin option range": Case("cli", ["finetune", "lora.rank=0", *RUN], 2, ("'lora.rank'",)),
     "plugin option typo": Case("cli", ["finetune", "lora.rnak=8", *RUN], 2, ("'lora.rnak'", "did you mean 'lora.rank'")),
@@ -94,10 +97,21 @@ CASES: dict[str, Case] = {
     "loader": Case("cli", ["finetune", "loader=ggufx", *RUN], 2, ("loader 'ggufx'", "did you mean 'gguf'")),
     "disabled plugin": Case("cli", ["finetune", "plugins.disable=[peft]", *RUN], 2, ("method 'lora' comes from factory-plugin-peft", "disabled")),
     "plugin show": Case("cli", ["plugins", "show", "nosuchplugin"], 2, ("no plugin named 'nosuchplugin'",)),
+    "bench against": Case("cli", ["bench", "lora", "against=axolotl"], 2, ("against=axolotl", "against=llamafactory")),
+    "bench lf_env": Case("cli", ["bench", "lora", "against=llamafactory", "lf_env={tmp}/nolf"], 2,
+                         ("lf_env '{tmp}/nolf' has no bin/llamafactory-cli", "llamafactory-venv.sh")),
+    "bench lf method": Case("cli", ["bench", "galore", "against=llamafactory", "lf_env={tmp}/lf"], 2,
+                            ("optimizer=galore", "optimizer=adamw"), {"lf/bin/llamafactory-cli": "#!/bin/sh\n"}),
     # -- models and adapters ---------------------------------------------------------------------
     "missing model": Case("cli", ["finetune", "model={tmp}/nomodel", *RUN], 2, ("model '{tmp}/nomodel' is neither",)),
     "absolute non-path": Case("cli", ["finetune", "model=/nonexistent", *RUN], 2, ("model '/nonexistent' is neither",)),
-    "uncached hub id": Case("cli", ["finetune", "model=someone/some-model", *RUN], 2, ("model 'someone/some-model' is not in the local Hugging Face cache",)),
+    "offline hub id": Case("cli", ["finetune", "model=someone/some-model", *RUN], 2,
+                           ("model 'someone/some-model' is not in the local Hugging Face cache", "HF_HUB_OFFLINE is set"),
+                           env={"HF_HUB_OFFLINE": "1", "HF_HOME": "{tmp}-hf"}),
+    "unreachable hub": Case("cli", ["finetune", "model=someone/some-model", *RUN], 2,
+                            ("model 'someone/some-model' is not in the local Hugging Face cache", "http://127.0.0.1:9 cannot be reached"),
+                            env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": "{tmp}-hf"}),
+    "revision of a folder": Case("cli", ["finetune", TINY, "revision=v1", *RUN], 2, ("revision 'v1' pins a hub model", "drop revision=")),
     "bad model config": Case("cli", ["finetune", "model={tmp}/badmodel", *RUN], 2, ("model config '{tmp}/badmodel/config.json' is not valid JSON",),
                              {"badmodel/config.json": "{not json"}),
     "missing adapter": Case("cli", ["chat", TINY, "adapter={tmp}/noadapter", "--prompt", "hi"], 2, ("'{tmp}/noadapter'",)),
@@ -163,6 +177,27 @@ CASES: dict[str, Case] = {
     "job model": Case("job", {"task": "cmmlu", "model": "/models/other"}, 400, ("job model '/models/other'",)),
     "job seed": Case("job", {"task": "cmmlu", "seed": 2**70}, 400, ("'seed'",)),
     "job body": Case("job", [1, 2], 400, ("the job body must be a JSON object",)),
+    # -- LLaMA-Factory YAMLs (factory.lf_compat) ------------------------------------------------
+    "lf unknown key": Case("cli", ["finetune", "lf.yaml"], 2, ("LLaMA-Factory key 'lora_rnak'", "docs/migrating.md"),
+                           files={"lf.yaml": "model_name_or_path: x\nlora_rnak: 8\n"}),
+    "lf refused key": Case("cli", ["finetune", "lf.yaml"], 2, ("LLaMA-Factory key 'use_llama_pro: true'", "method: llama-pro"),
+                           files={"lf.yaml": "model_name_or_path: x\nfinetuning_type: freeze\nuse_llama_pro: true\n"}),
+    "lf refused value": Case("cli", ["finetune", "lf.yaml"], 2, ("LLaMA-Factory key 'quantization_bit: 3'", "use one of 4, 8"),
+                             files={"lf.yaml": "model_name_or_path: x\nquantization_bit: 3\n"}),
+    "lf two keys": Case("cli", ["finetune", "lf.yaml"], 2, ("'pissa_init' and 'loraplus_lr_ratio'", "keep one"),
+                        files={"lf.yaml": "model_name_or_path: x\npissa_init: true\nloraplus_lr_ratio: 16\n"}),
+    "lf remote data": Case("cli", ["finetune", "lf.yaml"], 2, ("'dataset_dir: REMOTE:a/b'", "local path"),
+                           files={"lf.yaml": "model_name_or_path: x\ndataset_dir: REMOTE:a/b\n"}),
+    "lf checkpoint": Case("cli", ["finetune", "lf.yaml"], 2, ("'resume_from_checkpoint: out/checkpoint-5'", "resume: true"),
+                          files={"lf.yaml": "model_name_or_path: x\nresume_from_checkpoint: out/checkpoint-5\n"}),
+    "lf convert refused": Case("cli", ["convert", "lf.yaml", "-o", "{tmp}/out.yaml"], 2, ("LLaMA-Factory key 'fp8: true'",),
+                               files={"lf.yaml": "model_name_or_path: x\nfp8: true\n"}),
+    "lf push to hub": Case("cli", ["finetune", "lf.yaml"], 2, ("LLaMA-Factory key 'push_to_hub: true'", "export_hub_repo"),
+                           files={"lf.yaml": "model_name_or_path: x\npush_to_hub: true\n"}),
+    "lf predict in finetune": Case("cli", ["finetune", "lf.yaml"], 2, ("LLaMA-Factory key 'do_predict: true'", "run factory predict lf.yaml"),
+                                   files={"lf.yaml": "model_name_or_path: x\ndo_predict: true\neval_dataset: identity\n"}),
+    "lf kto ref_model": Case("cli", ["finetune", "lf.yaml"], 2, ("LLaMA-Factory key 'ref_model: m'", "stages kto and ppo", "stage dpo"),
+                             files={"lf.yaml": "model_name_or_path: x\nstage: kto\nref_model: m\n"}),
 }
 
 
@@ -202,8 +237,10 @@ def _assert_one_sentence(message: str, says: tuple[str, ...]) -> None:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input(name, place, tmp_path, capsys):
+def test_bad_input(name, place, tmp_path, capsys, monkeypatch):
     case = CASES[name]
+    for key, value in case.env.items():
+        monkeypatch.setenv(key, _fill(value, place))
     _write(case.files, tmp_path)
     client = _client(tmp_path) if case.surface in ("server", "job") else None  # a server opens its database as it starts
     before = _snapshot(tmp_path)

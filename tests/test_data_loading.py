@@ -1,4 +1,4 @@
-"""Loading, the data set registry, the aligners and merging (factory.data.loading & co).
+"""The data worker's first steps: resolve, load, align, merge, split (factory.data.worker & co).
 
 Aligned records are checked against independent reads of the raw files with ``json.load``;
 bad-input fixtures are written to ``tmp_path`` (the shared data is read-only).
@@ -17,10 +17,11 @@ import datasets
 import pytest
 
 from factory.config import load_config
-from factory.data import registry
-from factory.data.loading import load_data, load_records
+from factory.data import resolve as registry
+from factory.data.align import detect_format
 from factory.data.merge import merge
 from factory.data.record import RECORD_FEATURES, empty_record
+from factory.data.worker import load_data, load_records
 from factory.errors import ConfigError, DataError
 from factory.hookspecs import hookimpl
 
@@ -219,7 +220,7 @@ def test_a_file_path_aligns_like_its_described_name(file, formatting, demo_dir, 
     assert by_path["chosen"] == by_name["chosen"] and by_path["tools"] == by_name["tools"]
     if file.endswith(".json"):
         first = json.loads((demo_dir / file).read_text(encoding="utf-8"))[0]
-        spec = registry.detect_format(registry.DatasetSpec(name=file), list(first), first, manager)
+        spec = detect_format(registry.DatasetSpec(name=file), list(first), first, manager)
         assert spec.formatting == formatting
 
 

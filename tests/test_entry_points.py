@@ -113,7 +113,7 @@ def test_a_plugin_data_format_is_recognised_from_the_columns(site, tmp_path):
     rows = tmp_path / "qa.json"
     rows.write_text(json.dumps([{"q": "What is 2+2?", "a": "4"}, {"q": "Capital of France?", "a": "Paris"}]))
     probe = (
-        "import sys, json\nfrom factory.config import load_config\nfrom factory.data.loading import load_records\n"
+        "import sys, json\nfrom factory.config import load_config\nfrom factory.data.worker import load_records\n"
         "cfg = load_config(None, [])\nrecords = load_records(sys.argv[1], cfg, cfg.manager())\n"
         "print(json.dumps(records[0]['messages']))\n"
     )

@@ -228,8 +228,8 @@ def test_parallel_results_of_openai_data_render_as_the_official_template():
     Qwen2.5's template writes both results in one user turn, Mistral's one [TOOL_RESULTS] block each."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    from factory.data.aligners import OPENAI
-    from factory.data.registry import DatasetSpec
+    from factory.data.formats import OPENAI
+    from factory.data.resolve import DatasetSpec
 
     calls = [{"id": "call00001", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
              {"id": "call00002", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Rome"}}}]

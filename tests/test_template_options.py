@@ -12,8 +12,8 @@ import yaml
 
 from factory.cli import main
 from factory.config import load_config
-from factory.data.aligners import OPENAI
-from factory.data.registry import DatasetSpec
+from factory.data.formats import OPENAI
+from factory.data.resolve import DatasetSpec
 from factory.data.template import PACKAGED, JinjaTemplate, get_template, template_for_model_type
 from factory.data.template_check import REASONING_CHAT, render_official
 from factory.data.template_tools import stable_call_id, tool_calls

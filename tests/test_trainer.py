@@ -67,3 +67,31 @@ def test_a_replaced_model_is_walked_afresh(trainer, tiny_causal_lm):
     trainer.model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, num_hidden_layers=1)  # as model_init does
     second = trainer.floating_point_ops({"input_ids": torch.zeros(1, 4, dtype=torch.long)})
     assert second == Trainer.floating_point_ops(trainer, {"input_ids": torch.zeros(1, 4, dtype=torch.long)}) < first
+
+
+def test_a_trained_fp32_head_computes_in_bf16_under_mixed_precision_like_the_library(tiny_causal_lm, tmp_path, monkeypatch):
+    """Full fine-tuning: fp32 weights, bf16 autocast. The chunked loss's head matmuls run in bf16, as the library's
+    head does inside the autocast forward, and give the library's loss and head gradient."""
+    from factory.train import loss as loss_module
+
+    seen = []
+    real = loss_module._compute_dtype
+    monkeypatch.setattr(loss_module, "_compute_dtype", lambda hidden, weight: seen.append(real(hidden, weight)) or seen[-1])
+    torch.manual_seed(0)
+    ids = torch.randint(3, 200, (2, 24))
+    labels = ids.clone()
+    labels[:, :8] = -100
+    results = []
+    for chunked in (True, False):
+        model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32)
+        args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], bf16=True)
+        trainer = FactoryTrainer(model=model, args=args, chunked_loss=chunked)
+        model.train()
+        loss = trainer.compute_loss(trainer.model, {"input_ids": ids, "labels": labels})
+        loss.backward()
+        results.append((loss.detach().float(), model.lm_head.weight.grad.clone()))
+    assert seen == [torch.bfloat16]  # the chunked path ran, in bf16
+    (ours, ours_grad), (ref, ref_grad) = results
+    assert torch.allclose(ours, ref, rtol=1e-3), (ours, ref)
+    assert torch.allclose(ours_grad, ref_grad, atol=1e-3, rtol=5e-2)
+    assert ours_grad.abs().sum() > 0

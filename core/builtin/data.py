@@ -9,20 +9,20 @@ from factory.hookspecs import hookimpl
 def register_aligners(register):
     register(
         "alpaca",
-        "factory.data.aligners:ALPACA",
+        "factory.data.formats:ALPACA",
         description="instruction/input/output (+ system, history); chosen/rejected with ranking; KTO label",
     )
     register(
         "sharegpt",
-        "factory.data.aligners:SHAREGPT",
+        "factory.data.formats:SHAREGPT",
         description="turns with role tags, function_call/observation turns, tools; preference pairs; KTO label",
     )
     register(
         "openai",
-        "factory.data.aligners:OPENAI",
+        "factory.data.formats:OPENAI",
         description="OpenAI chat messages (tool role, assistant tool_calls); preference pairs; KTO label",
     )
-    register("text", "factory.data.aligners:TEXT", description="plain text for pre-training")
+    register("text", "factory.data.formats:TEXT", description="plain text for pre-training")
 
 
 @hookimpl

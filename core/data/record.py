@@ -70,3 +70,11 @@ def fill_placeholders(record: dict[str, Any], values: Mapping[str, str]) -> dict
         if record[key] is not None:
             record[key] = {**record[key], "content": fill(record[key]["content"])}
     return record
+
+
+def first_turn(row: Mapping[str, Any] | None, column: str) -> Mapping[str, Any] | None:
+    """The first turn of a list-of-turns column, when it is a mapping."""
+    turns = (row or {}).get(column)
+    if isinstance(turns, list) and turns and isinstance(turns[0], Mapping):
+        return turns[0]
+    return None

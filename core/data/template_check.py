@@ -232,8 +232,8 @@ def check(template: Template, jinja: str, conversations: Sequence[Conversation],
 
 def read_conversations(path: str | Path) -> list[Conversation]:
     """Conversations of a JSON or JSONL file in OpenAI's chat form ({"messages": [...], "tools": [...]})."""
-    from factory.data.aligners import OPENAI, BadRow, SkipRow
-    from factory.data.registry import DatasetSpec
+    from factory.data.formats import OPENAI, BadRow, SkipRow
+    from factory.data.resolve import DatasetSpec
 
     file = Path(path)
     try:

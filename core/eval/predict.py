@@ -64,7 +64,7 @@ class PredictEvaluator:
     def evaluate(
         self, cfg: RunConfig, manager: PluginManager, *, loaded: Any = None, engine: Any = None, progress: ProgressOption = True
     ) -> EvalResult:
-        from factory.data.loading import load_records
+        from factory.data.worker import load_records
         from factory.extras import require
         from factory.infer.base import GenerationRequest, load_engine
 

@@ -1,8 +1,7 @@
-"""Built-in model loaders: Hugging Face folders and cached hub ids, GGUF files, packaged aliases."""
+"""Built-in model loaders: Hugging Face folders and hub ids, GGUF files, packaged aliases."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ def _from_pretrained(source: str, cfg: RunConfig, model_kwargs: dict[str, Any], 
 
 
 class HuggingFaceLoader:
-    """A local Hugging Face model folder, or a hub id already in the local cache (never downloads)."""
+    """A local Hugging Face model folder, or a hub id (downloaded into the Hugging Face cache, see factory.model.hub)."""
 
     priority = 10  # after aliases and GGUF files: an alias name could be spelled like a hub id
 
@@ -42,15 +41,9 @@ class HuggingFaceLoader:
     def load(self, source: str, cfg: RunConfig, model_kwargs: dict[str, Any]) -> tuple[Any, Any]:
         if Path(source).is_dir():
             return _from_pretrained(source, cfg, model_kwargs)
-        from huggingface_hub import try_to_load_from_cache
+        from factory.model.hub import fetch_model
 
-        if not isinstance(try_to_load_from_cache(source, "config.json"), str):
-            raise ConfigError(
-                f"model '{source}' is not in the local Hugging Face cache and this machine is offline; "
-                "download it where there is network and point model= at the folder"
-            )
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        return _from_pretrained(source, cfg, model_kwargs, local_files_only=True)
+        return _from_pretrained(str(fetch_model(source, cfg.revision)), cfg, model_kwargs)
 
 
 class GGUFLoader:

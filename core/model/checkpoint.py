@@ -2,7 +2,7 @@
 
 Plugins decide things before the loader runs (is this checkpoint already quantized? which
 model type will a kernel patch meet?), so they read the file where the loader will find it:
-an alias's converted folder, a local folder, or a hub id already in the local cache.
+an alias's converted folder, a local folder, or a hub id's snapshot (downloaded now if missing).
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ def checkpoint_config(cfg: RunConfig) -> dict[str, Any]:
     elif Path(source).is_dir():
         config_file = Path(source) / "config.json"
     elif is_hub_id(source):
-        from huggingface_hub import try_to_load_from_cache
+        from factory.model.hub import fetch_model
 
-        config_file = try_to_load_from_cache(source, "config.json")
+        config_file = fetch_model(source, cfg.revision) / "config.json"
     else:
         return {}
     if not isinstance(config_file, (str, Path)) or not Path(config_file).is_file():

@@ -13,6 +13,7 @@ from typing import Any
 from factory.config import RunConfig
 from factory.errors import ConfigError
 from factory.model.attention import register_varlen_sdpa
+from factory.model.checkpoint import is_hub_id
 from factory.model.facts import ModelFacts
 from factory.model.fused import fuse_modules
 from factory.model.precision import resolve_precision, torch_dtype
@@ -33,6 +34,11 @@ class LoadedModel:
 
 def pick_loader(cfg: RunConfig, manager: PluginManager) -> Any:
     """The loader the config names, or under ``auto`` the first one (by ``priority``, then name) that understands the model source."""
+    if cfg.revision is not None and not is_hub_id(cfg.model):
+        raise ConfigError(
+            f"revision '{cfg.revision}' pins a hub model, but model '{cfg.model}' is not a hub id (owner/name); "
+            "drop revision= or name the hub repository in model="
+        )
     if cfg.loader != "auto":
         return manager.load("loaders", cfg.loader)
     loaders = [(impl.name, impl.load()) for impl in manager.implementations("loaders") if impl.unavailable_reason() is None]
@@ -40,8 +46,8 @@ def pick_loader(cfg: RunConfig, manager: PluginManager) -> Any:
         if loader.can_load(cfg.model):
             return loader
     raise ConfigError(
-        f"model '{cfg.model}' is neither a model folder, a .gguf file, an alias nor a cached hub id; "
-        "point model= at a local Hugging Face folder (this machine has no hub access)"
+        f"model '{cfg.model}' is neither a model folder, a .gguf file, an alias nor a hub id (owner/name); "
+        "point model= at a local Hugging Face folder or name a hub repository"
     )
 
 

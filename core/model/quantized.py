@@ -76,7 +76,7 @@ def calibration_texts(cfg: RunConfig, dataset: str | None, samples: int) -> list
     A record gives its ``text`` (pre-training data) or its system prompt and message contents,
     one per line: calibration only needs text shaped like the data the model will see.
     """
-    from factory.data.loading import load_records
+    from factory.data.worker import load_records
 
     name = dataset or cfg.datasets[0]
     records = load_records(name, cfg.model_copy(update={"max_samples": samples, "streaming": False}), cfg.manager())

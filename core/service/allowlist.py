@@ -141,7 +141,7 @@ class Allowlist:
         return dict(body)
 
     def _check_dataset(self, value: Any, key: str) -> None:
-        from factory.data.registry import BUILTIN_DIR, read_specs
+        from factory.data.resolve import BUILTIN_DIR, read_specs
 
         if not isinstance(value, str):
             raise JobRefused(f"job {key} {value!r} must be a data set name or a file path", key)

@@ -1,4 +1,6 @@
-"""The data set registry: descriptors that name data sets, and what a data set value points at.
+"""The data worker's first step, resolve: from a data set value to the :class:`DatasetSpec` it names.
+
+The descriptors that name data sets, and what a data set value points at.
 
 A descriptor maps a name to a file (or hub id), its format, and how its columns and role tags
 map to factory's roles. Descriptors are looked up in ``dataset_dir`` (``datasets.yaml``,
@@ -14,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -266,52 +268,6 @@ def _path_candidates(value: str, folder: Path | None) -> list[Path]:
     if folder is not None and not path.is_absolute():
         candidates.append((folder if folder.is_dir() else folder.parent) / path)
     return candidates
-
-
-# -- telling the format from the columns -----------------------------------------------------
-
-
-def detect_format(
-    spec: DatasetSpec, column_names: list[str], first_row: Mapping[str, Any] | None, manager: Any
-) -> DatasetSpec:
-    """Fill in the format of a data set given by path or hub id: every registered aligner is asked.
-
-    Aligners with a ``detect`` method are asked in order of their ``priority`` (highest first,
-    then by name); the first that recognises the columns names the format, so a third-party
-    aligner can claim a format of its own.
-    """
-    aligners = []
-    for impl in manager.implementations("aligners"):
-        if impl.unavailable_reason() is None:
-            aligner = impl.load()
-            if callable(getattr(aligner, "detect", None)):
-                aligners.append((-getattr(aligner, "priority", 0), impl.name, aligner))
-    for _, name, aligner in sorted(aligners, key=lambda entry: entry[:2]):
-        columns = aligner.detect(column_names, first_row)
-        if columns is not None:
-            ranking = "chosen" in columns and "rejected" in columns
-            return replace(spec, formatting=name, ranking=ranking, columns=dict(columns))
-    turns = next((c for c in ("messages", "conversations") if c in column_names), None)
-    turn = first_turn(first_row, turns) if turns else None
-    if turn is not None:
-        raise DataError(
-            f"cannot tell the format of {spec.where}: the turns of column '{turns}' have keys "
-            f"{', '.join(sorted(turn))}, which no installed data format reads (openai: role/content, sharegpt: "
-            "from/value); describe the data set with its tags in a datasets.yaml in dataset_dir"
-        )
-    raise DataError(
-        f"cannot tell the format of {spec.where} from its columns ({', '.join(column_names) or 'none'}); "
-        "expected instruction/output (alpaca), conversations (sharegpt), messages (openai) or text, "
-        "or describe it in a datasets.yaml in dataset_dir"
-    )
-
-
-def first_turn(row: Mapping[str, Any] | None, column: str) -> Mapping[str, Any] | None:
-    """The first turn of a list-of-turns column, when it is a mapping."""
-    turns = (row or {}).get(column)
-    if isinstance(turns, list) and turns and isinstance(turns[0], Mapping):
-        return turns[0]
-    return None
 
 
 def check_media(spec: DatasetSpec) -> None:

@@ -17,8 +17,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from factory.data.record import PROMPT_ROLES, RESPONSE_ROLES, empty_record
-from factory.data.registry import DatasetSpec, first_turn
+from factory.data.record import PROMPT_ROLES, RESPONSE_ROLES, empty_record, first_turn
+from factory.data.resolve import DatasetSpec
 
 
 class BadRow(Exception):
