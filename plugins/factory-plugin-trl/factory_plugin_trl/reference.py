@@ -83,6 +83,12 @@ def model_identity(model: Any) -> str:
     return digest.hexdigest()[:16]
 
 
+# The code that computes the values is part of the cache key: editing it invalidates older caches.
+CODE_VERSION = hashlib.sha256(b"".join(
+    (Path(__file__).parent / name).read_bytes() for name in ("reference.py", "sequences.py", "collators.py")
+)).hexdigest()[:12]
+
+
 def _cache_file(dataset: Any, key: str) -> Path | None:
     files = getattr(dataset, "cache_files", None) or []
     if not files:
@@ -140,7 +146,7 @@ def attach(
     """``dataset`` with the reference columns added: read from the cache when this data and model were seen, else ``run()``."""
     if dataset is None:
         return None
-    key = hashlib.sha256(json.dumps([getattr(dataset, "_fingerprint", None), identity], sort_keys=True,
+    key = hashlib.sha256(json.dumps([getattr(dataset, "_fingerprint", None), identity, CODE_VERSION], sort_keys=True,
                                     default=str).encode()).hexdigest()[:20]
     cache = _cache_file(dataset, key)
     if cache is not None and cache.is_file():
