@@ -85,6 +85,50 @@ class Impl:
     def columns(self, spec) -> set:
         return {"question", "answer"}
 ''',
+    "data_kinds": '''
+class Collator:
+    """Right-padded batches of ``input_ids`` and ``labels``."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, features: list) -> dict:
+        import torch
+
+        from factory.plugin_api import pad
+
+        length = max(len(f["input_ids"]) for f in features)
+        return {
+            "input_ids": torch.from_numpy(pad([f["input_ids"] for f in features], self.pad_id, length)),
+            "labels": torch.from_numpy(pad([f["labels"] for f in features], -100, length)),
+            "attention_mask": torch.from_numpy(pad([[1] * len(f["input_ids"]) for f in features], 0, length)),
+        }
+
+
+class Impl:
+    """Each plain text as one row trained on every token, cut at ``cutoff_len`` (no chunking, no packing)."""
+
+    columns = {"input_ids": "ids", "labels": "ids"}
+    packable = False
+    chunks = False
+
+    def tokenize(self, batch: dict, *, tokenizer, template, options) -> dict:
+        out = {"input_ids": [], "labels": [], "_status": [], "_length": []}
+        for text in batch["text"]:
+            ids = tokenizer(text or "", add_special_tokens=False)["input_ids"]
+            out["_length"].append(len(ids))
+            status = "dropped:empty text" if not ids else "truncated" if len(ids) > options.cutoff_len else "ok"
+            ids = ids[: options.cutoff_len]
+            out["input_ids"].append(ids)
+            out["labels"].append(list(ids))
+            out["_status"].append(status)
+        return out
+
+    def collator(self, tokenizer, *, packing: bool, flatten: bool, restarts: bool):
+        from factory.plugin_api import pad_token_id
+
+        return Collator(pad_token_id(tokenizer))
+''',
     "templates": '''
 class Impl:
     """``User: ...`` / ``Assistant: ...`` turns; the assistant's text is what trains."""

@@ -11,7 +11,7 @@ import torch
 
 from factory.data.collator import FlatteningCollator, PackedCollator, PaddingCollator
 from factory.data.kinds import PRETRAIN, SUPERVISED
-from factory.data.packing import best_fit_decreasing, chunk_texts, pack_examples
+from factory.data.pack import best_fit_decreasing, chunk_texts, pack_examples
 from factory.data.tokenize import IGNORE_INDEX
 
 

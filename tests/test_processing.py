@@ -13,10 +13,11 @@ from datasets import Dataset, IterableDataset, load_from_disk
 
 from factory.config import load_config
 from factory.data.collator import FlatteningCollator, PackedCollator, PaddingCollator
-from factory.data.processing import build_datasets, packing_enabled, tokenize_dataset
+from factory.data.processing import packing_enabled, tokenize_dataset
 from factory.data.record import RECORD_FEATURES, empty_record
 from factory.data.template import get_template
 from factory.data.tokenize import IGNORE_INDEX, _encode, budget
+from factory.data.worker import build_datasets
 from factory.errors import ConfigError, DataError
 
 SYSTEM = "You answer briefly."

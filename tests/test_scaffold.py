@@ -18,7 +18,7 @@ from factory.scaffold import scaffold
 
 @pytest.mark.parametrize("kind", list(CONTRACTS))
 def test_every_kind_scaffolds_an_implementation_of_its_contract(kind, tmp_path, monkeypatch, plugin_manager):
-    name = f"acme-{kind}"
+    name = f"acme-{kind.replace('_', '-')}"
     root = scaffold(name, kind, tmp_path)
     package = "factory_plugin_" + name.replace("-", "_")
     assert {p.name for p in root.iterdir()} == {"pyproject.toml", "README.md", package, "tests"}

@@ -1,6 +1,7 @@
-"""From standard records to training rows: tokenize per data kind, pack, and count what happened.
+"""The data worker's last steps over a data set: render and tokenize per data kind, pack, and count what happened.
 
-``build_datasets`` is the one call a training stage makes. Each step is a ``datasets.map`` (with
+Rows are rendered through the chat template and tokenized by the data kind's tokenize function
+(:mod:`factory.data.tokenize`), then packed or chunked (:mod:`factory.data.pack`). Each step is a ``datasets.map`` (with
 ``preprocessing_num_workers`` processes) whose result ``datasets`` caches next to the data under
 a fingerprint of its inputs, so a second identical run reads the cache and tokenizes nothing.
 Every row that cannot be used is counted with its reason in :class:`DataStats` and logged, so
@@ -27,12 +28,11 @@ import numpy as np
 from datasets import Dataset, IterableDataset
 
 from factory.config import RunConfig
-from factory.data import packing as packing_steps
+from factory.data import pack as packing_steps
 from factory.data import tokenize as tokenize_steps
 from factory.data.kinds import data_kind as lookup_kind
 from factory.data.record import RECORD_KEYS
 from factory.data.tokenize import DROPPED, TRUNCATED, TokenizeOptions, output_features
-from factory.data.worker import load_data
 from factory.errors import ConfigError, DataError
 from factory.plugins import PluginManager
 
@@ -53,7 +53,7 @@ def _kind_version(kind_type: type) -> str:
     return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:12] if source else ""
 
 
-__all__ = ["BatchLayout", "DataStats", "batch_layout", "TokenizedData", "build_datasets", "packing_enabled", "tokenize_dataset"]
+__all__ = ["BatchLayout", "DataStats", "batch_layout", "TokenizedData", "packing_enabled", "tokenize_dataset"]
 
 
 @dataclass
@@ -205,28 +205,3 @@ def tokenize_dataset(
         stats.packed = packing
         stats.sequences = len(rows)
     return TokenizedData(rows, stats)
-
-
-def build_datasets(
-    cfg: RunConfig, manager: PluginManager, tokenizer: Any, template: Any, data_kind: str, layout: BatchLayout | None = None
-) -> tuple[AnyDataset, AnyDataset | None, Any, dict[str, Any]]:
-    """The one call a stage makes: load and merge the data, tokenize (and pack) it, and its collator.
-
-    Returns ``(train, eval or None, collator, stats)``. ``stats`` is JSON-ready: ``train`` and
-    ``eval`` hold :meth:`DataStats.to_dict` (``None`` when streaming or absent) and
-    ``aligning_dropped`` the rows aligning dropped, per data set and reason. ``layout`` is the run's
-    batch layout (:class:`BatchLayout`: the config's, overruled by the patches' facts).
-    """
-    layout = layout or batch_layout(cfg)
-    bundle = load_data(cfg, manager)
-    kind = lookup_kind(manager, data_kind, cfg.stage)
-    train = tokenize_dataset(bundle.train, tokenizer, template, cfg, data_kind, layout.packing, manager)
-    evaluation = None if bundle.eval is None else tokenize_dataset(bundle.eval, tokenizer, template, cfg, data_kind, layout.packing, manager)
-    packing = packing_enabled(cfg, kind, layout.packing, data_kind)
-    collator = kind.collator(tokenizer, packing=packing, flatten=layout.padding_free and layout.restarts, restarts=layout.restarts)
-    stats: dict[str, Any] = {"aligning_dropped": bundle.dropped}
-    for split, part in (("train", train), ("eval", evaluation)):
-        stats[split] = part.stats.to_dict() if part is not None and part.stats is not None else None
-        if part is not None and part.stats is not None:
-            logger.info("%s data: %s", split, part.stats.summary())
-    return train.dataset, None if evaluation is None else evaluation.dataset, collator, stats

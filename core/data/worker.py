@@ -2,24 +2,32 @@
 
 Each step is its own module (:mod:`~factory.data.resolve`, :mod:`~factory.data.load`,
 :mod:`~factory.data.align`, :mod:`~factory.data.merge`, :mod:`~factory.data.split`, then
-:mod:`~factory.data.processing` for rendering, tokenizing and packing) and hands its result to
-the next; this module only calls them in order.
+:mod:`~factory.data.processing` for rendering and tokenizing per data kind (:mod:`~factory.data.kinds`,
+:mod:`~factory.data.tokenize`) and packing (:mod:`~factory.data.pack`)) and hands its result to
+the next; this module only calls them in order. :func:`build_datasets` is the one call a
+training stage makes.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from datasets import Dataset, IterableDataset
 
 from factory.config import RunConfig
 from factory.data.align import align
+from factory.data.kinds import data_kind as lookup_kind
 from factory.data.load import load
 from factory.data.merge import merge
+from factory.data.processing import BatchLayout, batch_layout, packing_enabled, tokenize_dataset
 from factory.data.resolve import check_media, resolve
 from factory.data.split import split
 from factory.errors import ConfigError
 from factory.plugins import PluginManager
+
+logger = logging.getLogger(__name__)
 
 AnyDataset = Dataset | IterableDataset
 
@@ -64,3 +72,28 @@ def load_data(cfg: RunConfig, manager: PluginManager, *, eval_split: bool = True
     elif eval_split and cfg.val_size:
         train, evaluation = split(train, cfg.val_size, cfg.seed)
     return DataBundle(train, evaluation, dropped)
+
+
+def build_datasets(
+    cfg: RunConfig, manager: PluginManager, tokenizer: Any, template: Any, data_kind: str, layout: BatchLayout | None = None
+) -> tuple[AnyDataset, AnyDataset | None, Any, dict[str, Any]]:
+    """The one call a stage makes: load and merge the data, tokenize (and pack) it, and its collator.
+
+    Returns ``(train, eval or None, collator, stats)``. ``stats`` is JSON-ready: ``train`` and
+    ``eval`` hold :meth:`DataStats.to_dict` (``None`` when streaming or absent) and
+    ``aligning_dropped`` the rows aligning dropped, per data set and reason. ``layout`` is the run's
+    batch layout (:class:`BatchLayout`: the config's, overruled by the patches' facts).
+    """
+    layout = layout or batch_layout(cfg)
+    bundle = load_data(cfg, manager)
+    kind = lookup_kind(manager, data_kind, cfg.stage)
+    train = tokenize_dataset(bundle.train, tokenizer, template, cfg, data_kind, layout.packing, manager)
+    evaluation = None if bundle.eval is None else tokenize_dataset(bundle.eval, tokenizer, template, cfg, data_kind, layout.packing, manager)
+    packing = packing_enabled(cfg, kind, layout.packing, data_kind)
+    collator = kind.collator(tokenizer, packing=packing, flatten=layout.padding_free and layout.restarts, restarts=layout.restarts)
+    stats: dict[str, Any] = {"aligning_dropped": bundle.dropped}
+    for name, part in (("train", train), ("eval", evaluation)):
+        stats[name] = part.stats.to_dict() if part is not None and part.stats is not None else None
+        if part is not None and part.stats is not None:
+            logger.info("%s data: %s", name, part.stats.summary())
+    return train.dataset, None if evaluation is None else evaluation.dataset, collator, stats

@@ -346,8 +346,8 @@ def test_saved_reward_model_scores_like_the_trainer(rm_run, tiny_causal_lm):
     from factory_plugin_trl.value_head import load_reward_model
     from transformers import AutoTokenizer
 
-    from factory.data.processing import build_datasets
     from factory.data.template import get_template
+    from factory.data.worker import build_datasets
 
     out, metrics = rm_run
     cfg = factory.load_config(stage_args(tiny_causal_lm, "rm", out, max_samples=12, val_size=4))

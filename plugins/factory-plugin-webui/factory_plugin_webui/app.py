@@ -33,6 +33,8 @@ mark.trained { background: #bbf7d0; }
 span.prompt { color: #6b7280; }
 .error { color: #b91c1c; }
 """
+# Field kinds whose value is typed in, so can be wrong: each gets an error line beneath it.
+TYPED = ("text", "number", "yaml")
 CHAT_KEYS = ("model", "adapter", "template", "system", "max_new_tokens", "temperature", "top_p")
 EVAL_KEYS = ("model", "adapter", "template", "task", "task_dir", "subjects", "eval_split", "n_shot", "eval_prompt",
              "dataset", "dataset_dir", "max_samples", "max_new_tokens")
@@ -48,8 +50,9 @@ class Form:
 
     def __init__(self, page: Page, name: str) -> None:
         self.page, self.name = page, name
-        self.specs: list[FieldSpec] = []  # in the order rendered, as are inputs and errors
+        self.specs: list[FieldSpec] = []  # in the order rendered, as are inputs
         self.inputs: list[Any] = []
+        self.checked: list[FieldSpec] = []  # the fields with an error line, in the order of errors
         self.errors: list[Any] = []
 
     def render(self, specs: list[FieldSpec], values: dict[str, Any], columns: int = 3) -> None:
@@ -74,9 +77,12 @@ class Form:
         else:
             box = gr.Textbox(value=value, max_lines=1, **common)
         self.inputs.append(box)
-        self.page.labelled.append((box, "field", spec.key))
-        self.errors.append(gr.Markdown("", visible=False, elem_id=f"{self.name}-error-{elem(spec.key)}",
-                                       elem_classes=["field-error"]))
+        if spec.key in labels.FIELDS_ZH:  # the others keep their key as the label in both languages
+            self.page.labelled.append((box, "field", spec.key))
+        if spec.kind in TYPED:  # a value typed in can be wrong; a choice from a list cannot
+            self.checked.append(spec)
+            self.errors.append(gr.Markdown("", visible=False, elem_id=f"{self.name}-error-{elem(spec.key)}",
+                                           elem_classes=["field-error"]))
 
     def input(self, key: str) -> Any:
         return self.inputs[[s.key for s in self.specs].index(key)]
@@ -87,13 +93,13 @@ class Form:
     def error_updates(self, message: str | None, key: str | None) -> list[Any]:
         """Show ``message`` under the field it names (nothing elsewhere); hide every other error line."""
         out = []
-        for spec in self.specs:
+        for spec in self.checked:
             named = message is not None and key is not None and (key == spec.key or key.startswith(spec.key + "."))
             out.append(gr.update(value=f"⚠ {message}" if named else "", visible=named))
         return out
 
     def placed(self, key: str | None) -> bool:
-        return key is not None and any(key == s.key or key.startswith(s.key + ".") for s in self.specs)
+        return key is not None and any(key == s.key or key.startswith(s.key + ".") for s in self.checked)
 
 
 class Page:
@@ -128,17 +134,16 @@ class Page:
         with gr.Blocks(title="factory", analytics_enabled=False) as demo:
             with gr.Row():
                 self._t(gr.Markdown(f"## {labels.text('title', 'en')}"), "title")
+                # labelled in both languages, and never an output of its own change (that would fire it again)
                 lang = gr.Radio(choices=[(v, k) for k, v in labels.LANGUAGES.items()], value="en",
-                                label="Language", elem_id="language")
-                self.labelled.append((lang, "text", "language"))
-            timer = gr.Timer(REFRESH_SECONDS)
+                                label="Language / 语言", elem_id="language")
             with gr.Tabs():
                 with self._t(gr.Tab("Train", id="train", elem_id="tab-train"), "tab.train"):
-                    self._train(demo, timer)
+                    self._train(demo)
                 with self._t(gr.Tab("Chat", id="chat", elem_id="tab-chat"), "tab.chat"):
                     self._chat()
                 with self._t(gr.Tab("Evaluate", id="evaluate", elem_id="tab-evaluate"), "tab.evaluate"):
-                    self._evaluate(demo, timer)
+                    self._evaluate(demo)
                 with self._t(gr.Tab("Export", id="export", elem_id="tab-export"), "tab.export"):
                     self._export()
                 with self._t(gr.Tab("Runs", id="runs", elem_id="tab-runs"), "tab.runs"):
@@ -161,7 +166,7 @@ class Page:
 
     # -- Train -----------------------------------------------------------------------------------
 
-    def _train(self, demo: gr.Blocks, timer: gr.Timer) -> None:
+    def _train(self, demo: gr.Blocks) -> None:
         specs = self._specs()
         form = Form(self, "train")
         core = [s for s in specs if not s.plugin]
@@ -228,22 +233,16 @@ class Page:
                 return refuse(str(exc), error_key(str(exc)))
             return [f"queued finetune job {job.id}", *form.error_updates(None, None)]
 
-        def stop() -> str:
-            job = self.desk.active("finetune")
-            if job is None:
-                return "no finetune job is running"
-            self.desk.cancel(job.id)
-            return f"asked finetune job {job.id} to stop"
-
         def refresh(seen: str | None = None) -> list[Any]:
             job = self.desk.latest(("finetune",))
             run = self.desk.training(job)
             text, log_text = progress_text(job, run), self.desk.log_text(job.id) if job else ""
             curve = [p for p in run.get("loss_curve") or [] if "loss" in p]
             now = f"{text}|{len(curve)}|{len(log_text)}"
+            ticking = gr.Timer(active=_watching(job))
             if now == seen:  # nothing new: the browser redraws nothing (a plot redraw costs its CPU)
-                return [gr.skip(), gr.skip(), gr.skip(), seen]
-            return [text, _frame(curve, ("step", "loss")), log_text, now]
+                return [gr.skip(), gr.skip(), gr.skip(), seen, ticking]
+            return [text, _frame(curve, ("step", "loss")), log_text, now, ticking]
 
         def show_preview(*values: Any) -> Any:
             data, result = checked(values)
@@ -276,9 +275,10 @@ class Page:
         preview_btn.click(show_preview, inputs, preview)
         command_btn.click(show_command, inputs, [status, *errors, yaml_box, command])
         shown = gr.State(None)  # what this browser shows, so a refresh with nothing new sends nothing
-        watched = [progress, loss_plot, log, shown]
+        timer = gr.Timer(REFRESH_SECONDS, active=False)  # ticks while a finetune job is queued or running
+        watched = [progress, loss_plot, log, shown, timer]
         start_btn.click(start, inputs, [status, *errors]).then(refresh, None, watched)
-        stop_btn.click(stop, None, status)
+        stop_btn.click(lambda: self.desk.stop("finetune"), None, status)
         save_btn.click(save, [settings_path, *inputs], [status, *errors, settings_file])
         load_btn.click(load, settings_path, [status, *inputs])
         settings_file.upload(load, settings_file, [status, *inputs])
@@ -287,7 +287,7 @@ class Page:
         dataset_dir = form.input("dataset_dir")
         dataset_dir.change(lambda folder: gr.update(choices=dataset_names(folder or None)), dataset_dir,
                            form.input("dataset"))
-        timer.tick(refresh, shown, watched)
+        timer.tick(refresh, shown, watched, show_progress="hidden")
         demo.load(refresh, None, watched)
 
     # -- Chat ------------------------------------------------------------------------------------
@@ -342,7 +342,7 @@ class Page:
 
     # -- Evaluate --------------------------------------------------------------------------------
 
-    def _evaluate(self, demo: gr.Blocks, timer: gr.Timer) -> None:
+    def _evaluate(self, demo: gr.Blocks) -> None:
         specs = self._specs(groups=("model", "data", "serve", "eval"), keys=EVAL_KEYS, plugin_sections=False)
         form = Form(self, "eval")
         form.render(specs, self.values, columns=4)
@@ -376,13 +376,14 @@ class Page:
             text = progress_text(job)
             names = [r["run"] for r in runs]
             now = f"{text}|{','.join(names)}"
+            ticking = gr.Timer(active=_watching(job))
             if now == seen:
-                return [gr.skip()] * 4 + [seen]
+                return [gr.skip()] * 4 + [seen, ticking]
             rows = [{"run": r["run"], "task": r["task"], "model": r["model"], "adapter": r.get("adapter") or "",
                      "metric": r["metric"], "score": round(r["score"], 4), "n": r["n"]} for r in runs]
             a, b = _pair(names, a, b)
             return [text, _frame(rows, ("run", "task", "model", "adapter", "metric", "score", "n")),
-                    gr.update(choices=names, value=a), gr.update(choices=names, value=b), now]
+                    gr.update(choices=names, value=a), gr.update(choices=names, value=b), now, ticking]
 
         def compare(a: str | None, b: str | None) -> Any:
             rows = []
@@ -395,9 +396,10 @@ class Page:
             return _frame(rows, ("subject", "score", "run"))
 
         shown = gr.State(None)
-        watched = [progress, table, first, second, shown]
+        timer = gr.Timer(REFRESH_SECONDS, active=False)  # ticks while an eval or predict job is queued or running
+        watched = [progress, table, first, second, shown, timer]
         start_btn.click(start, form.inputs, [status, *form.errors]).then(refresh, None, watched)
-        timer.tick(refresh, [shown, first, second], watched)
+        timer.tick(refresh, [shown, first, second], watched, show_progress="hidden")
         demo.load(refresh, None, watched)
         first.change(compare, [first, second], chart)
         second.change(compare, [first, second], chart)
@@ -464,6 +466,11 @@ class Page:
         demo.load(refresh, None, [table, first, second])
         first.change(curve, first, first_plot)
         second.change(curve, second, second_plot)
+
+
+def _watching(job: Any) -> bool:
+    """Whether the page keeps refreshing: while the job it shows is queued or running (a tick costs the browser)."""
+    return job is not None and job.status in ("queued", "running")
 
 
 def _pair(names: list[str], a: str | None, b: str | None) -> tuple[str | None, str | None]:

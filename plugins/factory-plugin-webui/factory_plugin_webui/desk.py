@@ -96,8 +96,15 @@ class Desk:
             self._worker = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                             start_new_session=True)
 
-    def cancel(self, job_id: int) -> Any:
-        return self.queue.cancel(job_id)
+    def stop(self, kind: str) -> str:
+        """Cancel the queued or running job of ``kind`` (a running one stops at its next step); what happened."""
+        job = self.active(kind)
+        if job is None:
+            return f"no {kind} job is queued or running"
+        job = self.queue.cancel(job.id)
+        if job.status == "cancelled":
+            return f"cancelled {kind} job {job.id} before it started"
+        return f"asked {kind} job {job.id} to stop; it stops at its next step"
 
     # -- reading ---------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -97,6 +98,12 @@ def test_settings_saved_from_the_page_are_read_by_factory_finetune(page, workspa
     cfg = load_config(str(path))  # what `factory finetune FILE` reads
     assert (cfg.warmup_steps, cfg.learning_rate, cfg.max_steps, cfg.callbacks) == (1, 0.0002, 4, ["probe"])
     assert cfg.model == str(resolve_alias("smollm2-135m-instruct")) and cfg.datasets == ["alpaca_en_demo"]
+    # Show command: the same settings as YAML and as a factory finetune line
+    page.click("train-command")
+    line = page.wait(lambda: page.value("train-command-line"), 30, "the command line")
+    assert line.startswith("factory finetune ") and "warmup_steps=1" in line
+    assert load_config(None, shlex.split(line)[2:]).to_dict() == cfg.to_dict()
+    assert "warmup_steps: 1" in page.text("train-yaml")
 
 
 def test_labels_switch_between_english_and_chinese(page):

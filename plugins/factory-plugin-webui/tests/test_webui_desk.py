@@ -44,3 +44,16 @@ def test_latest_prefers_the_running_job_and_the_page_reads_progress_from_the_dat
     run = {"progress": {"step": 4, "total": 8, "eta_s": 9.0, "tokens_per_s": 600.0}, "loss_curve": [{"step": 4, "loss": 2.25}]}
     assert progress_text(job, run) == f"job {old.id} · finetune · running · 4/8 steps · ETA 9 s · 600 tokens/s · loss 2.2500"
     assert progress_text(None) == "no job yet"
+
+
+def test_stop_cancels_a_queued_run_at_once_and_asks_a_running_one(base):
+    queue = JobQueue(base.results_db)
+    desk = Desk(base)
+    assert desk.stop("finetune") == "no finetune job is queued or running"
+    queued = queue.submit("finetune", {"max_steps": 1})
+    assert desk.stop("finetune") == f"cancelled finetune job {queued.id} before it started"
+    assert queue.get(queued.id).status == "cancelled"
+    running = queue.submit("finetune", {"max_steps": 1})
+    queue.claim("w1", ["finetune"])
+    assert desk.stop("finetune") == f"asked finetune job {running.id} to stop; it stops at its next step"
+    assert queue.get(running.id).cancel_requested
