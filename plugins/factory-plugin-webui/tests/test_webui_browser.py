@@ -213,12 +213,13 @@ def test_export_merges_the_adapter_in_shards(page, server, workspace):
     target = workspace / "merged"
     page.tab("Export")
     page.type("export-adapter", queue.get(job.id).config["output_dir"])
-    page.type("export-folder", str(target))
-    page.type("export-shard", "abc")
+    page.type("export-export-dir", str(target))
+    page.type("export-export-max-shard-size", "abc")
     page.click("export-start")
-    page.wait(lambda: "shard size 'abc' is not a size" in page.text("export-status"), 30, "the refusal")
+    error = page.wait(lambda: page.text("export-error-export-max-shard-size"), 30, "the refusal")
+    assert "export_max_shard_size" in error and "'abc'" in error
     assert not target.exists()
-    page.type("export-shard", "200MB")
+    page.type("export-export-max-shard-size", "200MB")
     page.click("export-start")
     page.wait(lambda: "wrote" in page.text("export-status"), 300, "the export", every=1.0)
     shards = sorted(target.glob("*.safetensors"))
