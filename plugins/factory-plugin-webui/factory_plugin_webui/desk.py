@@ -154,6 +154,8 @@ def progress_text(job: Any, run: dict[str, Any] | None = None) -> str:
     curve = [point["loss"] for point in (run or {}).get("loss_curve") or [] if "loss" in point]
     if curve:
         progress["loss"] = curve[-1]
+    if job.status == "succeeded" and total:
+        done = total  # the last heartbeat may predate the last step
     if done is not None:
         parts.append(f"{done}/{total if total is not None else '?'} {progress.get('unit', '')}".strip())
     if eta is not None and job.status == "running":

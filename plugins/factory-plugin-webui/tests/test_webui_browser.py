@@ -55,8 +55,7 @@ def page(server):
     page = Page(driver, server[0])
     page.open()
     yield page
-    if os.environ.get(SCREENSHOTS_ENV):  # scripts/screenshots.py: the docs' pictures, after the runs above
-        page.open()
+    if os.environ.get(SCREENSHOTS_ENV):  # scripts/screenshots.py: the docs' pictures, of the page the tests used
         screenshots(page, Path(os.environ[SCREENSHOTS_ENV]))
     driver.quit()
 
