@@ -56,8 +56,11 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Regenerate the generated parts of docs/ (the plugin contracts table) and check every doc test."""
+    """Regenerate the generated parts of docs/ (the plugin contracts table, the LLaMA-Factory key table) and check every doc test."""
     install_all(session)
     session.run("python", "-c", "import factory.contracts as c; print('docs/plugins.md', 'updated' if "
                 f"c.write_guide({str(ROOT / 'docs' / 'plugins.md')!r}) else 'up to date')")
-    session.run("pytest", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_docs.py"), str(ROOT / "tests" / "test_contracts.py"))
+    session.run("python", "-c", "import factory.lf_compat as m; print('docs/migrating.md', 'updated' if "
+                f"m.write_migrating_guide({str(ROOT / 'docs' / 'migrating.md')!r}) else 'up to date')")
+    session.run("pytest", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_docs.py"), str(ROOT / "tests" / "test_contracts.py"),
+                f"{ROOT / 'tests' / 'test_lf_compat.py'}::test_the_migration_guide_table_is_generated")

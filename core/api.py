@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from factory.config import RunConfig, load_config, override_list
+from factory.config import RunConfig, load_config, override_list, read_config_file
 from factory.plugins import PluginManager, get_manager
 
 
@@ -63,6 +63,11 @@ def finetune(
         from factory.defaults import DEFAULT_JOB
 
         config = DEFAULT_JOB
+    if isinstance(config, (str, os.PathLike, Mapping)):
+        from factory.lf_compat import check_trains
+
+        check_trains(config if isinstance(config, Mapping) else read_config_file(config),
+                     "THIS.yaml" if isinstance(config, Mapping) else str(config))
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides, **kwargs)
     manager = cfg.manager()
     from factory.train.launch import CHECKED_ENV

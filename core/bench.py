@@ -232,7 +232,12 @@ def run_bench(workload: str, overrides: list[str], *, dataset_dir: str | None = 
     wall = time.perf_counter() - t0
     trainer = seen["trainer"]
     real, computed = profile.real_tokens, profile.computed_tokens
-    train_seconds = seen["train_seconds"]
+    # A stage that computes its reference log-probabilities once before the first step (the trl plugin's
+    # dpo and kto) reports that pass in its own profile; it is training work, which another tool does
+    # inside its steps, so it counts in the training time.
+    stage_profile = metrics.get("profile") if isinstance(metrics.get("profile"), dict) else None
+    before_steps = float((stage_profile or {}).get("seconds", {}).get("reference", 0.0))
+    train_seconds = seen["train_seconds"] + before_steps
     history = metrics.get("log_history", [])
     train_losses = [e["loss"] for e in history if "loss" in e]
     tokens_per_second = real / train_seconds
@@ -245,6 +250,7 @@ def run_bench(workload: str, overrides: list[str], *, dataset_dir: str | None = 
         "levers": {k: getattr(cfg, k) for k in LEVERS},
         "samples": samples,
         "train_seconds": round(train_seconds, 2),
+        "reference_seconds": round(before_steps, 2),
         "samples_per_second": round(samples / train_seconds, 3),
         # The library's own figure, timed as every Trainer times it (what LLaMA-Factory's all_results.json holds).
         "train_runtime": metrics.get("train_runtime"),
@@ -258,8 +264,9 @@ def run_bench(workload: str, overrides: list[str], *, dataset_dir: str | None = 
         "final_train_loss": train_losses[-1] if train_losses else None,
         "train_loss": metrics.get("train_loss"),
         "eval_loss": metrics.get("eval_loss"),
-        **reward_accuracy(history),
-        "profile": profile.report(train_seconds),
+        **reward_accuracy(history, metrics),
+        "profile": profile.report(train_seconds, before_steps),
+        **({"stage_profile": stage_profile} if stage_profile else {}),
         "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
     }
     if "flops_per_token" in seen:
@@ -278,16 +285,19 @@ def run_bench(workload: str, overrides: list[str], *, dataset_dir: str | None = 
 ACCURACY_KEYS = ("rewards/accuracies", "accuracy")
 
 
-def reward_accuracy(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """The reward accuracy a run logged during training: its mean over the logged steps and the last value.
+def reward_accuracy(history: list[dict[str, Any]], metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The reward accuracy of a run's training: its mean over the epoch and the last logged value.
 
     With batches of two pairs one step's accuracy is 0, 0.5 or 1, so the mean over the epoch is the figure
-    to compare; stages that log none (sft, kto) give nothing.
+    to compare: the stage's own (``train_rewards/accuracies``, ``train_accuracy``) where it reports one, else
+    the mean of the logged steps. Stages that log none (sft, kto) give nothing.
     """
     for key in ACCURACY_KEYS:
         values = [e[key] for e in history if key in e and not any(k.startswith("eval_") for k in e)]
-        if values:
-            return {"reward_accuracy": round(sum(values) / len(values), 4), "final_reward_accuracy": values[-1]}
+        epoch = (metrics or {}).get(f"train_{key}")
+        if values or epoch is not None:
+            mean = epoch if epoch is not None else sum(values) / len(values)
+            return {"reward_accuracy": round(mean, 4), "final_reward_accuracy": values[-1] if values else None}
     return {}
 
 

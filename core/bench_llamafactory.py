@@ -263,8 +263,9 @@ def run_against_llamafactory(workload: str, overrides: list[str], *, lf_env: str
 
     env = resolve_lf_env(lf_env)
     cfg = workload_config(workload, overrides, dataset_dir=dataset_dir)
+    job = llamafactory_yaml(cfg, "")  # what has no counterpart is refused before anything is written
     workdir = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="factory-bench-lf-"))
-    job = llamafactory_yaml(cfg, str(workdir / "output"))
+    job["output_dir"] = str(workdir / "output")
     theirs = run_llamafactory(job, env, workdir)  # on failure its log stays, and the error names it
     if not keep:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -27,6 +27,7 @@ FORWARD_PARTS = {
     "reference_log_probs": "reference_logprobs",
     "forward_and_logprobs": "policy_logprobs",
     "compute_reference_log_probs": "reference_logprobs",
+    "logps": "policy_logprobs",
 }
 
 
@@ -99,9 +100,14 @@ class StepProfile:
         self.seconds = dict(self._running)
         self.real_tokens, self.computed_tokens = self._real, self._computed
 
-    def report(self, train_seconds: float) -> dict[str, Any]:
-        """Seconds and share of ``train_seconds`` per part, the largest part named as ``dominant``."""
+    def report(self, train_seconds: float, reference: float = 0.0) -> dict[str, Any]:
+        """Seconds and share of ``train_seconds`` per part, the largest part named as ``dominant``.
+
+        ``reference``: seconds of a reference pass the stage ran before its first step (part of ``train_seconds``).
+        """
         parts = {part: self.seconds.get(part, 0.0) for part in PARTS}
+        if reference:
+            parts["reference_before_steps"] = reference
         parts["other"] = max(train_seconds - sum(parts.values()), 0.0)
         inner = {part: self.seconds[part] for part in sorted(set(FORWARD_PARTS.values())) if part in self.seconds}
         share = lambda seconds: round(seconds / train_seconds, 4) if train_seconds else 0.0  # noqa: E731

@@ -45,21 +45,14 @@ def cmd_finetune(ns: argparse.Namespace) -> int:
 
 def cmd_export(ns: argparse.Namespace) -> int:
     from factory.config import load_config
-    from factory.convert import command_args
     from factory.model.export import export_model
 
     config, overrides = _split_config(ns.args)
-    # The command's own words, and a LLaMA-Factory merge YAML's export_dir/export_size, become export keys.
+    # The command's own words for two export keys; a LLaMA-Factory merge YAML's export_dir/export_size are those keys.
     words = {"output": "export_dir", "max_shard_size": "export_max_shard_size"}
-    given = dict(command_args(config))
-    rest = []
-    for override in overrides:
-        key, _, value = override.partition("=")
-        if key in words:
-            given[key] = value
-        else:
-            rest.append(override)
-    cfg = load_config(config, [*(f"{words[key]}={value}" for key, value in given.items() if key in words), *rest])
+    overrides = [words[key] + override[len(key):] if (key := override.partition("=")[0]) in words else override
+                 for override in overrides]
+    cfg = load_config(config, overrides)
     out = export_model(cfg, cfg.manager())
     print(f"factory: merged model written to {out}"
           + (f" (Ollama: ollama create NAME -f {out}/Modelfile)" if cfg.export_ollama else "")
@@ -70,11 +63,11 @@ def cmd_export(ns: argparse.Namespace) -> int:
 def cmd_convert(ns: argparse.Namespace) -> int:
     from factory.convert import convert
 
-    text = convert(ns.config, ns.output)
+    text, command = convert(ns.config, ns.output)
     if ns.output is None:
         print(text, end="")
     else:
-        print(f"factory: wrote {ns.output}; run it with factory finetune {ns.output}")
+        print(f"factory: wrote {ns.output}; run it with factory {command} {ns.output}")
     return 0
 
 

@@ -135,8 +135,8 @@ class RunConfig(BaseModel):
     eval_steps: int | None = Field(None, gt=0, le=MAX_COUNT)
     seed: int = Field(42, ge=0, le=MAX_SEED)
     nproc: int = Field(1, gt=0, le=1024, description="processes for data-parallel training (torchrun)")
-    deepspeed: str | None = Field(None, description="a DeepSpeed JSON config passed to the Trainer")
-    fsdp: str | None = Field(None, description="FSDP options passed to the Trainer")
+    deepspeed: str | None = Field(None, description="DeepSpeed: zero2 or zero3 (factory's presets) or a DeepSpeed JSON config file")
+    fsdp: str | None = Field(None, description="FSDP (run as FSDP2, CUDA GPUs only): the Trainer's FSDP options, e.g. 'full_shard auto_wrap'")
     report_to: list[str] = Field(default_factory=list)
     frozen_weights: Literal["compute", "fp32"] = Field(
         "compute", description="keep frozen weights in the compute precision (bf16) or in fp32 under autocast"

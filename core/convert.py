@@ -24,22 +24,21 @@ def native(source: str | os.PathLike[str]) -> dict[str, Any]:
     return group_keys(flat)
 
 
-def command_args(source: str | os.PathLike[str] | None) -> dict[str, Any]:
-    """What a LLaMA-Factory config tells a command (``export_dir`` -> ``output``); empty for factory's own configs."""
-    if source is None:
-        return {}
-    data = read_config_file(source)
-    return lf_compat.command_args(data) if lf_compat.is_llamafactory(data) else {}
+def command(config: dict[str, Any]) -> str:
+    """The factory command that runs a converted config: export for a merge YAML, predict for a predict YAML."""
+    if "export" in config:
+        return "export"
+    return "predict" if config.get("eval", {}).get("task") == "bleu-rouge" else "finetune"
 
 
-def convert(source: str | os.PathLike[str], output: str | os.PathLike[str] | None = None) -> str:
-    """The grouped YAML of ``source``; written to ``output`` when given."""
-    args = command_args(source)
+def convert(source: str | os.PathLike[str], output: str | os.PathLike[str] | None = None) -> tuple[str, str]:
+    """The grouped YAML of ``source`` (written to ``output`` when given) and the command that runs it."""
+    config = native(source)
+    run = command(config)
     header = f"# factory config converted from {source} by factory convert\n"
-    if args:
-        words = " ".join(f"{key}={value}" for key, value in args.items())
-        header += f"# factory export {output or 'THIS.yaml'} {words}\n"
-    text = header + yaml.safe_dump(native(source), sort_keys=False, allow_unicode=True)
+    if run != "finetune":
+        header += f"# run it with factory {run} {output or 'THIS.yaml'}\n"
+    text = header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
     if output is not None:
         Path(output).write_text(text, encoding="utf-8")
-    return text
+    return text, run

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from factory.errors import ConfigError
@@ -66,8 +67,10 @@ class Rule:
     :class:`Several`). ``also`` is set too when the value is truthy (``neftune_noise_alpha`` adds
     the callback). ``refines`` are the values of ``to`` this key may replace (``pissa_init``
     turns method ``lora`` into ``pissa``). ``in_stage`` sends the value to another key in those
-    factory stages; ``other`` lets values ``values`` does not list through to ``to``. ``default`` is LLaMA-Factory's default where it differs from factory's,
-    applied when the key is absent and ``needs`` (the key that turns the feature on) is set.
+    factory stages, or refuses a value that does something (not 0 or false) there with a
+    :class:`Refuse`; ``other`` lets values ``values`` does not list through to ``to``.
+    ``default`` is LLaMA-Factory's default where it differs from factory's, applied when the key
+    is absent and ``needs`` (the key that turns the feature on) is set.
     """
 
     to: str | None = None
@@ -75,7 +78,7 @@ class Rule:
     values: Mapping[Any, Any] | None = None
     also: Mapping[str, Any] = field(default_factory=dict)
     refines: tuple[Any, ...] = ()
-    in_stage: Mapping[str, str | None] = field(default_factory=dict)
+    in_stage: Mapping[str, str | Refuse | None] = field(default_factory=dict)
     default: Any = NO_VALUE
     needs: str | None = None
     other: bool = False
@@ -84,6 +87,17 @@ class Rule:
     ignore: str | None = None
 
 
+def _shown(text: str) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
+    """Give a value transform the words docs/migrating.md's table shows for it (:func:`markdown`)."""
+
+    def mark(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        convert.shown = text  # type: ignore[attr-defined]
+        return convert
+
+    return mark
+
+
+@_shown("comma list → list")
 def _split(value: Any) -> Any:
     """LLaMA-Factory's comma lists (``dataset: identity,alpaca_en_demo``) as lists; one name stays a string."""
     if isinstance(value, str) and "," in value:
@@ -91,61 +105,113 @@ def _split(value: Any) -> Any:
     return value
 
 
+@_shown("comma list → list, `all` stays")
 def _names(value: Any) -> Any:
     """A module list (``lora_target: q_proj,v_proj``); ``all`` stays ``all``."""
     value = _split(value)
     return value if value == "all" or isinstance(value, list) else [value]
 
 
+@_shown("comma list → list")
+def _modules(value: Any) -> Any:
+    """freeze_trainable_modules: ``all`` too is a list, of the one name."""
+    return _names(value) if value != "all" else ["all"]
+
+
+@_shown("comma list → numbers")
 def _floats(value: Any) -> Any:
     return [float(part) for part in value.split(",")] if isinstance(value, str) else value
 
 
+@_shown("negated")
+def _negated(value: Any) -> Any:
+    return not value
+
+
+@_shown("-1 (exact SVD) becomes 0")
+def _pissa_iter(value: Any) -> Any:
+    return 0 if value == -1 else value
+
+
+@_shown("`N` → `NGB`: gigabytes per safetensors shard")
+def _gigabytes(value: Any) -> Any:
+    return f"{value}GB"
+
+
+_SEVERAL_ADAPTERS = ("stacks several adapters, but factory loads one; merge the earlier ones into the model first "
+                     "with factory export and give the last as adapter")
+
+
+@_shown(f'one adapter; a comma list is refused ("{_SEVERAL_ADAPTERS}")')
 def _one_adapter(value: Any) -> Any:
-    if isinstance(value, str) and "," in value:
-        raise ConfigError(
-            f"LLaMA-Factory key 'adapter_name_or_path: {value}' stacks several adapters, but factory loads one; "
-            "merge the earlier ones into the model first with factory export and give the last as adapter"
-        )
-    return value
+    return Refuse(_SEVERAL_ADAPTERS) if isinstance(value, str) and "," in value else value
 
 
+@_shown("`none` → `[]`; a name or list → that list")
 def _report_to(value: Any) -> Any:
     items = [value] if isinstance(value, str) else list(value)
     return [item for item in items if item != "none"]
 
 
+@_shown("a value below 1 (older examples write 0.1) → `warmup_ratio`, as transformers reads it")
 def _warmup_steps(value: Any) -> Any:
     """transformers reads a warmup_steps below 1 as a ratio (older LLaMA-Factory examples write 0.1)."""
     return Several({"warmup_ratio": value}) if isinstance(value, float) and 0 < value < 1 else value
 
 
+_REMOTE = "reads data sets from a hub repository, which factory does not; download the folder and give its local path"
+
+
+@_shown(f'a `REMOTE:` hub folder is refused ("{_REMOTE}")')
 def _dataset_dir(value: Any) -> Any:
-    if isinstance(value, str) and value.startswith("REMOTE:"):
-        raise ConfigError(
-            f"LLaMA-Factory key 'dataset_dir: {value}' reads data sets from a hub repository, which factory does not; "
-            "download the folder and give its local path"
-        )
+    return Refuse(_REMOTE) if isinstance(value, str) and value.startswith("REMOTE:") else value
+
+
+_CHECKPOINT = ("names a checkpoint, but factory resumes from the newest complete checkpoint of output_dir; "
+               "set output_dir to that run's folder and resume: true")
+
+
+@_shown(f'`true` → `resume: true`; a checkpoint path is refused ("{_CHECKPOINT}")')
+def _resume(value: Any) -> Any:
+    return True if value is True else Refuse(_CHECKPOINT)
+
+
+# LLaMA-Factory's stock DeepSpeed files (examples/deepspeed/), by what factory makes of them when
+# the file is not there: the ZeRO-2/3 ones are factory's presets (the same settings: every run value
+# "auto", no offload); stage 0 is plain data parallelism; the others have no preset.
+_STOCK_DEEPSPEED: dict[str, Any] = {
+    "ds_z0_config.json": Ignore("ZeRO stage 0 is plain data parallelism, which factory runs with nproc: N"),
+    "ds_z2_config.json": "zero2",
+    "ds_z3_config.json": "zero3",
+}
+
+
+@_shown("LLaMA-Factory's stock `examples/deepspeed/ds_z2_config.json` / `ds_z3_config.json` → factory's presets "
+        "`zero2` / `zero3` (`ds_z0_config.json`: no effect) unless that file exists here; any other file is used as it is")
+def _deepspeed(value: Any) -> Any:
+    """Without LLaMA-Factory's checkout its stock files do not exist, and factory's presets hold the same settings."""
+    path = Path(str(value)).expanduser()
+    if path.name in _STOCK_DEEPSPEED and not path.is_file():
+        return _STOCK_DEEPSPEED[path.name]
     return value
 
 
-def _resume(value: Any) -> Any:
-    if value is True:
-        return True
-    raise ConfigError(
-        f"LLaMA-Factory key 'resume_from_checkpoint: {value}' names a checkpoint, but factory resumes from the newest "
-        "complete checkpoint of output_dir; set output_dir to that run's folder and resume: true"
-    )
-
-
 _ONLY_PREFERENCE = "only preference stages (dpo, kto, orpo, simpo) read it, as in LLaMA-Factory"
+_NO_FTX = ("has no counterpart in this stage, whose factory options have no added SFT loss; drop it, "
+           "or use stage dpo (dpo.ftx) or simpo (simpo.ftx)")
+_OWN_REFERENCE = Refuse("has no counterpart in stages kto and ppo, whose reference is the model before training; "
+                        "drop it, or use stage dpo")
+_NO_CLIPPING = ("each weight steps during backward, so there is no whole gradient to clip: in LLaMA-Factory "
+                "max_grad_norm does nothing then, in factory it must be 0")
 _NO_WORKERS = "factory builds batches in the training process, so there are no loader workers to start"
 
 # The table. Order matters where one key refines another's value (stage before pref_loss,
-# finetuning_type before pissa_init, use_galore before galore_layerwise): rules apply top-down.
+# finetuning_type before pissa_init, use_galore before galore_layerwise, use_apollo before
+# apollo_layerwise): rules apply top-down.
 TABLE: dict[str, Rule] = {
     # -- model ---------------------------------------------------------------------------------
     "model_name_or_path": Rule(to="model"),
+    "model_revision": Rule(to="revision", other=True, values={"main": Ignore("the default branch, factory's default too")}),
     "adapter_name_or_path": Rule(to="adapter", convert=_one_adapter),
     "trust_remote_code": Rule(to="trust_remote_code"),
     "template": Rule(to="template", other=True, values={"fewshot": Several({"eval_prompt": "raw"})}),
@@ -177,7 +243,7 @@ TABLE: dict[str, Rule] = {
         False: Ignore("the default"),
         True: Refuse("has no counterpart in factory; use patches: [liger] for fused kernels"),
     }),
-    "disable_gradient_checkpointing": Rule(to="gradient_checkpointing", convert=lambda v: not v, default=False,
+    "disable_gradient_checkpointing": Rule(to="gradient_checkpointing", convert=_negated, default=False,
                                            note="LLaMA-Factory checkpoints gradients unless told not to"),
     "gradient_checkpointing": Rule(to="gradient_checkpointing"),
     "infer_backend": Rule(to="engine", values={"huggingface": "transformers", "hf": "transformers", "vllm": "vllm"}),
@@ -204,11 +270,9 @@ TABLE: dict[str, Rule] = {
         False: Refuse("has no counterpart in factory finetune; use factory eval or factory predict to evaluate"),
     }),
     "do_eval": Rule(ignore="factory evaluates on the validation split whenever val_size or eval_dataset is set"),
-    "do_predict": Rule(values={
-        False: Ignore("the default"),
-        True: Refuse("has no counterpart in factory finetune; run factory predict with model=, adapter= and dataset= "
-                     "to generate and score BLEU/ROUGE"),
-    }),
+    "do_predict": Rule(values={False: Ignore("the default"), True: Several({"task": "bleu-rouge"})},
+                       note="run the file with factory predict, which generates for eval_dataset and scores BLEU-4 "
+                            "and ROUGE; factory finetune refuses it"),
     "predict_with_generate": Rule(ignore="factory predict always generates"),
     "finetuning_type": Rule(to="method", values={"lora": "lora", "full": "full", "freeze": "freeze", "oft": "oft"},
                             default="lora"),
@@ -220,8 +284,7 @@ TABLE: dict[str, Rule] = {
     "use_dora": Rule(to="lora.use_dora"),
     "use_rslora": Rule(to="lora.use_rslora"),
     "pissa_init": Rule(to="method", refines=("lora",), values={True: "pissa", False: Ignore("the default")}),
-    "pissa_iter": Rule(to="lora.pissa_niter", convert=lambda v: 0 if v == -1 else v, default=16, needs="pissa_init",
-                       note="-1 (exact SVD) becomes 0"),
+    "pissa_iter": Rule(to="lora.pissa_niter", convert=_pissa_iter, default=16, needs="pissa_init"),
     "pissa_convert": Rule(ignore="factory always saves a PiSSA adapter converted to plain LoRA matrices"),
     "loraplus_lr_ratio": Rule(to="lora.loraplus_lr_ratio", also={"method": "loraplus"}, refines=("lora",)),
     "loraplus_lr_embedding": Rule(to="lora.loraplus_lr_embedding"),
@@ -234,7 +297,7 @@ TABLE: dict[str, Rule] = {
     "oft_target": Rule(to="oft.target", convert=_names),
     "module_dropout": Rule(to="oft.dropout"),
     "freeze_trainable_layers": Rule(to="freeze.layers"),
-    "freeze_trainable_modules": Rule(to="freeze.modules", convert=lambda v: _names(v) if v != "all" else ["all"]),
+    "freeze_trainable_modules": Rule(to="freeze.modules", convert=_modules),
     "freeze_extra_modules": Rule(to="freeze.extra", convert=_names),
     "use_llama_pro": Rule(values={
         False: Ignore("the default"),
@@ -249,14 +312,17 @@ TABLE: dict[str, Rule] = {
                             True: Refuse("has no counterpart; use patches: [liger] for a fused linear cross-entropy")}),
     "pref_beta": Rule(in_stage={"dpo": "dpo.beta", "kto": "kto.beta", "orpo": "orpo.beta", "simpo": "simpo.beta"},
                       note=_ONLY_PREFERENCE),
-    "pref_ftx": Rule(in_stage={"dpo": "dpo.ftx", "simpo": "simpo.ftx"}, note=_ONLY_PREFERENCE),
+    "pref_ftx": Rule(in_stage={"dpo": "dpo.ftx", "simpo": "simpo.ftx", "kto": Refuse(_NO_FTX), "orpo": Refuse(_NO_FTX)},
+                     note=_ONLY_PREFERENCE),
     "simpo_gamma": Rule(in_stage={"simpo": "simpo.gamma"}, default=0.5, needs="pref_loss", note=_ONLY_PREFERENCE),
-    "dpo_label_smoothing": Rule(values={0: Ignore("no smoothing, factory's dpo default")},
-                                note="other values are refused: factory's dpo stage has no label smoothing yet"),
+    "dpo_label_smoothing": Rule(in_stage={"dpo": "dpo.label_smoothing"}, note="only stage dpo reads it, as in LLaMA-Factory"),
     "kto_chosen_weight": Rule(to="kto.desirable_weight"),
     "kto_rejected_weight": Rule(to="kto.undesirable_weight"),
-    "ref_model": Rule(refuse="has no counterpart yet; factory's preference stages use the base model (adapter disabled) "
-                             "or a frozen copy of it as reference, so drop it"),
+    "ref_model": Rule(in_stage={"dpo": "dpo.ref_model", "kto": _OWN_REFERENCE, "ppo": _OWN_REFERENCE},
+                      note="orpo and simpo use no reference model, as in LLaMA-Factory"),
+    "ref_model_adapters": Rule(refuse="has no counterpart, because factory loads ref_model without adapters; merge the "
+                                      "adapter into it with factory export and give the merged folder as ref_model"),
+    "ref_model_quantization_bit": Rule(refuse="has no counterpart, because factory loads ref_model unquantized; drop it"),
     "reward_model": Rule(to="ppo.reward_model"),
     "reward_model_type": Rule(values={
         "lora": Ignore("factory reads the kind of the rm run's output folder itself"),
@@ -269,7 +335,7 @@ TABLE: dict[str, Rule] = {
         "adamw_torch": "adamw", "adamw_hf": "adamw", "adamw_torch_fused": Several({"adamw.fused": True}),
     }),
     "use_galore": Rule(to="optimizer", refines=("adamw",), values={True: "galore", False: Ignore("the default")}),
-    "galore_layerwise": Rule(to="optimizer", refines=("galore",),
+    "galore_layerwise": Rule(to="optimizer", refines=("galore",), also={"max_grad_norm": 0}, note=_NO_CLIPPING,
                              values={True: "galore-layerwise", False: Ignore("the default")}),
     "galore_target": Rule(to="galore.target", convert=_names),
     "galore_rank": Rule(to="galore.rank"),
@@ -277,11 +343,8 @@ TABLE: dict[str, Rule] = {
     "galore_scale": Rule(to="galore.scale", default=2.0, needs="use_galore"),
     "galore_proj_type": Rule(to="galore.proj_type"),
     "use_apollo": Rule(to="optimizer", refines=("adamw",), values={True: "apollo", False: Ignore("the default")}),
-    "apollo_layerwise": Rule(values={
-        False: Ignore("the default"),
-        True: Refuse("has no counterpart yet; drop it (factory's apollo optimizer steps all layers together) "
-                     "and keep gradient_accumulation_steps as you like"),
-    }),
+    "apollo_layerwise": Rule(to="optimizer", refines=("apollo",), also={"max_grad_norm": 0}, note=_NO_CLIPPING,
+                             values={True: "apollo-layerwise", False: Ignore("the default")}),
     "apollo_target": Rule(to="apollo.target", convert=_names),
     "apollo_rank": Rule(to="apollo.rank"),
     "apollo_update_interval": Rule(to="apollo.update_proj_gap"),
@@ -357,7 +420,7 @@ TABLE: dict[str, Rule] = {
     "plot_loss": Rule(ignore="factory writes the loss plot whenever the plots extra (matplotlib) is installed"),
     "report_to": Rule(to="report_to", convert=_report_to),
     "ddp_timeout": Rule(ignore="factory keeps torch's default process-group timeout"),
-    "deepspeed": Rule(to="deepspeed"),
+    "deepspeed": Rule(to="deepspeed", convert=_deepspeed),
     "fsdp": Rule(to="fsdp"),
     "ray_num_workers": Rule(refuse="has no counterpart, because factory does not run on Ray; use nproc: N (torchrun) instead"),
     "fp8": Rule(values={False: Ignore("the default"),
@@ -381,9 +444,15 @@ TABLE: dict[str, Rule] = {
     "lang": Rule(ignore="factory writes each benchmark's prompt in its own language"),
     "save_dir": Rule(ignore="factory records eval results in results_db (factory eval history)"),
     "batch_size": Rule(to="eval_batch_size", note="LLaMA-Factory's eval batch size"),
-    # -- export (factory export: command arguments, not config keys) -----------------------------
-    "export_dir": Rule(to="@output"),
-    "export_size": Rule(to="@max_shard_size", convert=lambda v: f"{v}GB", note="gigabytes per safetensors shard"),
+    "push_to_hub": Rule(values={
+        False: Ignore("the default"),
+        True: Refuse("has no counterpart in factory finetune, which uploads nothing; upload the result with factory "
+                     "export and export_hub_repo: OWNER/NAME"),
+    }),
+    "hub_model_id": Rule(ignore="transformers reads it only with push_to_hub, which factory refuses"),
+    # -- export (factory export) -----------------------------------------------------------------
+    "export_dir": Rule(to="export_dir"),
+    "export_size": Rule(to="export_max_shard_size", convert=_gigabytes),
     "export_device": Rule(values={
         "cpu": Ignore("factory merges on the CPU"),
         "auto": Ignore("factory merges on the CPU"),
@@ -395,8 +464,8 @@ TABLE: dict[str, Rule] = {
     "export_quantization_bit": Rule(to="gptq.bits", also={"quantization": "gptq"}),
     "export_quantization_dataset": Rule(to="gptq.calibration_dataset"),
     "export_quantization_nsamples": Rule(to="gptq.calibration_samples"),
-    "export_hub_model_id": Rule(refuse="has no counterpart in factory export yet; upload the exported folder with "
-                                       "huggingface-cli upload REPO DIR"),
+    "export_hub_model_id": Rule(to="export_hub_repo",
+                                note="factory creates the repository private unless export_hub_private: false"),
 }
 
 
@@ -405,14 +474,19 @@ def is_llamafactory(data: Mapping[str, Any]) -> bool:
     return any(key in data for key in MARKERS)
 
 
+def check_trains(data: Mapping[str, Any], source: str) -> None:
+    """factory finetune's check: a LLaMA-Factory predict file (``do_predict: true``) is factory predict's to run."""
+    if is_llamafactory(data) and data.get("do_predict") is True:
+        then = "train with factory finetune without do_predict, then " if data.get("do_train") is True else ""
+        raise ConfigError(
+            f"LLaMA-Factory key 'do_predict: true' asks for generated predictions, which factory finetune does not make; "
+            f"{then}run factory predict {source}"
+        )
+
+
 def translate(data: Mapping[str, Any]) -> dict[str, Any]:
     """The factory config (flat keys, plugin sections nested) of a LLaMA-Factory config."""
     return _Translation(data).config
-
-
-def command_args(data: Mapping[str, Any]) -> dict[str, Any]:
-    """What a LLaMA-Factory config says to a command rather than to the run (``export_dir`` -> ``output``)."""
-    return _Translation(data).args
 
 
 class _Translation:
@@ -428,7 +502,6 @@ class _Translation:
             if key not in self.given and rule.default is not NO_VALUE and (rule.needs is None or self.given.get(rule.needs)):
                 self.given[key] = rule.default
         self.config: dict[str, Any] = {}
-        self.args: dict[str, Any] = {}
         self.owner: dict[str, str] = {}
         for key, rule in TABLE.items():
             if key in self.given:
@@ -441,6 +514,10 @@ class _Translation:
         if rule.ignore is not None:
             return
         target = rule.in_stage.get(self.config.get("stage", "sft"), rule.to) if rule.in_stage else rule.to
+        if isinstance(target, Refuse):
+            if value:
+                raise ConfigError(f"LLaMA-Factory key '{shown}' {target.sentence}")
+            return
         if rule.values is not None and _hashable(value) and value in rule.values:
             value = rule.values[value]
         elif rule.values is not None and not (rule.other and target is not None):
@@ -465,9 +542,6 @@ class _Translation:
                 self._put(name, item, key, rule.refines)
 
     def _put(self, target: str, value: Any, source: str, refines: tuple[Any, ...] = ()) -> None:
-        if target.startswith("@"):
-            self.args[target[1:]] = value
-            return
         *sections, name = target.split(".")
         node = self.config
         for section in sections:
@@ -502,3 +576,68 @@ def _hashable(value: Any) -> bool:
     except TypeError:
         return False
     return True
+
+
+# -- docs/migrating.md's table, generated from TABLE ------------------------------------------------
+
+GENERATED_START = "<!-- generated from core/lf_compat.py by factory.lf_compat.markdown(); tests/test_lf_compat.py keeps it in sync -->\n"
+GENERATED_END = "<!-- end of generated table -->"
+
+
+def _shown_value(value: Any) -> str:
+    """What one entry of ``values`` does, in the table's words."""
+    if isinstance(value, Refuse):
+        return f'refused: "{value.sentence}"'
+    if isinstance(value, Ignore):
+        return f"accepted, no effect: {value.why}"
+    if isinstance(value, Several):
+        return ", ".join(f"`{name}: {_yaml(item)}`" for name, item in value.keys.items())
+    return f"`{_yaml(value)}`"
+
+
+def _row(key: str, rule: Rule) -> str:
+    if rule.refuse is not None:
+        return f'| `{key}` | refused | "{rule.refuse}" |'
+    if rule.ignore is not None:
+        return f"| `{key}` | accepted, no effect | {rule.ignore} |"
+    targets = [f"`{rule.to}`"] if rule.to else []
+    notes = []
+    refused: dict[str, list[str]] = {}
+    for stage, target in rule.in_stage.items():
+        if isinstance(target, Refuse):
+            refused.setdefault(target.sentence, []).append(stage)
+        elif target is not None:
+            targets.append(f"`{target}` (stage {stage})")
+    notes += [f'refused in stage {", ".join(stages)} unless 0, false or empty ("{sentence}")' for sentence, stages in refused.items()]
+    if rule.values is not None:
+        notes += [f"`{_yaml(value)}` → {_shown_value(result)}" for value, result in rule.values.items()]
+        if rule.other:
+            notes.append("other values pass through")
+    if rule.convert is not None:
+        notes.append(getattr(rule.convert, "shown", "converted"))
+    if rule.default is not NO_VALUE:
+        notes.append(f"LLaMA-Factory's default `{_yaml(rule.default)}` applies when absent"
+                     + (f" (with `{rule.needs}`)" if rule.needs else ""))
+    notes += [f"also sets `{name}: {_yaml(item)}`" for name, item in rule.also.items()]
+    notes += [f"replaces `{_yaml(old)}` set by an earlier key" for old in rule.refines]
+    if rule.note:
+        notes.append(rule.note)
+    return f"| `{key}` | {', '.join(targets) or 'see notes'} | {'; '.join(notes)} |"
+
+
+def markdown() -> str:
+    """The key table of docs/migrating.md: each LLaMA-Factory key, the factory key it sets, and how."""
+    lines = ["| LLaMA-Factory key | factory | notes |", "| --- | --- | --- |"]
+    lines += [_row(key, rule) for key, rule in TABLE.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_migrating_guide(path: str) -> bool:
+    """Regenerate the key table in the migration guide at ``path``; returns whether it changed (``nox -s docs``)."""
+    guide = Path(path)
+    text = guide.read_text(encoding="utf-8")
+    start = text.index(GENERATED_START) + len(GENERATED_START)
+    end = text.index(GENERATED_END)
+    updated = text[:start] + markdown() + text[end:]
+    guide.write_text(updated, encoding="utf-8")
+    return updated != text

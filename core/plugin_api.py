@@ -73,6 +73,8 @@ _LAZY: dict[str, str] = {
     "default_param_groups": "factory.train.optim",
     "projected_groups": "factory.train.optim",
     "split_groups": "factory.train.optim",
+    "LayerwiseOptimizer": "factory.train.layerwise",
+    "check_layerwise": "factory.train.layerwise",
     "decoder_layers": "factory.train.methods",
     "TrainerSetup": "factory.train.run",
     "run_training": "factory.train.run",

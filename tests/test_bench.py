@@ -138,7 +138,12 @@ def test_preference_workload_reports_reward_accuracy_and_its_logprob_passes(tiny
     assert result["stage"] == "dpo" and result["samples"] == 6 and result["steps"] == 3  # batch 2
     assert 0 <= result["reward_accuracy"] <= 1 and result["final_reward_accuracy"] in (0, 0.5, 1)
     assert result["train_tokens"] > 0 and "mfu" not in result  # the causal-LM FLOP count does not apply
-    assert result["profile"]["seconds"]["forward"] > 0
+    profile = result["profile"]
+    assert profile["seconds"]["forward"] > 0 and profile["forward_parts"]["policy_logprobs"]["seconds"] > 0
+    # The reference pass the stage runs once before its first step counts as training time.
+    assert result["reference_seconds"] > 0
+    assert profile["seconds"]["reference_before_steps"] == pytest.approx(result["reference_seconds"], abs=0.01)
+    assert result["stage_profile"]["seconds"]["reference"] == pytest.approx(result["reference_seconds"], abs=0.01)
 
 
 # -- against LLaMA-Factory -------------------------------------------------------------------------

@@ -69,6 +69,8 @@ CASES: dict[str, Case] = {
     "deepspeed file": Case("cli", ["finetune", "deepspeed={tmp}/ds.json", *RUN], 2, ("deepspeed config '{tmp}/ds.json' does not exist",)),
     "deepspeed json": Case("cli", ["finetune", "deepspeed={tmp}/bad_ds.json", *RUN], 2, ("deepspeed config '{tmp}/bad_ds.json' is not valid JSON",),
                            {"bad_ds.json": "{zero_optimization:"}),
+    "deepspeed preset": Case("cli", ["finetune", "deepspeed=zero4", *RUN], 2, ("deepspeed config 'zero4' does not exist", "a preset (zero2, zero3)")),
+    "fsdp on cpu": Case("cli", ["finetune", "fsdp=full_shard", *RUN], 2, ("fsdp='full_shard' needs CUDA GPUs", "deepspeed=zero3")),
     "override form": Case("cli", ["finetune", "{tmp}/ok.yaml", "batch_size"], 2, ("override 'batch_size'", "key=value"), {"ok.yaml": "batch_size: 2\n"}),
     "plugin option range": Case("cli", ["finetune", "lora.rank=0", *RUN], 2, ("'lora.rank'",)),
     "plugin option typo": Case("cli", ["finetune", "lora.rnak=8", *RUN], 2, ("'lora.rnak'", "did you mean 'lora.rank'")),
@@ -190,8 +192,12 @@ CASES: dict[str, Case] = {
                           files={"lf.yaml": "model_name_or_path: x\nresume_from_checkpoint: out/checkpoint-5\n"}),
     "lf convert refused": Case("cli", ["convert", "lf.yaml", "-o", "{tmp}/out.yaml"], 2, ("LLaMA-Factory key 'fp8: true'",),
                                files={"lf.yaml": "model_name_or_path: x\nfp8: true\n"}),
-    "lf export hub": Case("cli", ["export", "lf.yaml"], 2, ("LLaMA-Factory key 'export_hub_model_id'", "huggingface-cli upload"),
-                          files={"lf.yaml": "model_name_or_path: x\nexport_dir: out\nexport_hub_model_id: me/m\n"}),
+    "lf push to hub": Case("cli", ["finetune", "lf.yaml"], 2, ("LLaMA-Factory key 'push_to_hub: true'", "export_hub_repo"),
+                           files={"lf.yaml": "model_name_or_path: x\npush_to_hub: true\n"}),
+    "lf predict in finetune": Case("cli", ["finetune", "lf.yaml"], 2, ("LLaMA-Factory key 'do_predict: true'", "run factory predict lf.yaml"),
+                                   files={"lf.yaml": "model_name_or_path: x\ndo_predict: true\neval_dataset: identity\n"}),
+    "lf kto ref_model": Case("cli", ["finetune", "lf.yaml"], 2, ("LLaMA-Factory key 'ref_model: m'", "stages kto and ppo", "stage dpo"),
+                             files={"lf.yaml": "model_name_or_path: x\nstage: kto\nref_model: m\n"}),
 }
 
 

@@ -15,6 +15,8 @@ from factory import lf_compat
 from factory.cli import main
 from factory.config import load_config
 from factory.errors import ConfigError
+from factory.train.distributed import deepspeed_config
+from factory.train.layerwise import check_layerwise
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "llamafactory"
@@ -34,7 +36,7 @@ OUTCOME: dict[str, str | None] = {
     "train_lora/qwen3_lora_sft_ray.yaml": "'ray_num_workers'",
     "train_lora/qwen3vl_lora_sft.yaml": "'image_max_pixels'",
     "train_lora/llama3_lora_ppo.yaml": None,
-    "train_lora/llama3_lora_predict.yaml": "'do_predict: true'",
+    "train_lora/llama3_lora_predict.yaml": None,
     "train_lora/llama3_lora_eval.yaml": None,
     "train_qlora/qwen3_lora_sft_otfq.yaml": None,
     "train_qlora/qwen3_lora_sft_bnb_npu.yaml": None,
@@ -48,11 +50,11 @@ OUTCOME: dict[str, str | None] = {
     "extras/loraplus/llama3_lora_sft.yaml": None,
     "extras/pissa/llama3_lora_sft.yaml": None,
     "extras/mod/llama3_full_sft.yaml": "'mixture_of_depths'",
-    "extras/apollo/llama3_full_sft.yaml": "'apollo_layerwise: true'",
+    "extras/apollo/llama3_full_sft.yaml": None,
     "extras/adam_mini/qwen2_full_sft.yaml": None,
     "extras/muon/qwen2_full_sft.yaml": None,
     "extras/fsdp_qlora/llama3_lora_sft.yaml": None,
-    "extras/nlg_eval/llama3_lora_predict.yaml": "'do_predict: true'",
+    "extras/nlg_eval/llama3_lora_predict.yaml": None,
     "extras/oft/llama3_oft_sft.yaml": None,
     "extras/dft/qwen2_full_sft.yaml": "'use_dft_loss: true'",
     "extras/cce/qwen2_full_sft.yaml": "'use_cce: true'",
@@ -130,10 +132,30 @@ def test_methods_and_optimizers_of_the_extras(at_repo):
     assert (loraplus.method, loraplus.options("lora").loraplus_lr_ratio) == ("loraplus", 16.0)
     oft = load_config(FIXTURES / "extras/oft/llama3_oft_sft.yaml")
     assert (oft.method, oft.options("oft").block_size, oft.options("oft").target) == ("oft", 32, "all")
+    apollo = load_config(FIXTURES / "extras/apollo/llama3_full_sft.yaml")
+    assert (apollo.optimizer, apollo.options("apollo").scale, apollo.gradient_accumulation_steps) == ("apollo-layerwise", 32.0, 1)
+    assert apollo.max_grad_norm == galore.max_grad_norm == 0  # what layer-wise steps allow (check_layerwise)
+    check_layerwise(apollo, "apollo-layerwise", "apollo")
+    check_layerwise(galore, "galore-layerwise", "galore")
     assert load_config(FIXTURES / "extras/adam_mini/qwen2_full_sft.yaml").optimizer == "adam-mini"
     assert load_config(FIXTURES / "extras/muon/qwen2_full_sft.yaml").optimizer == "muon"
     ds3 = load_config(FIXTURES / "train_full/qwen3_full_sft.yaml")
-    assert (ds3.method, ds3.deepspeed, ds3.dataset) == ("full", "examples/deepspeed/ds_z3_config.json", ["identity", "alpaca_en_demo"])
+    assert (ds3.method, ds3.deepspeed, ds3.dataset) == ("full", "zero3", ["identity", "alpaca_en_demo"])
+    assert load_config(FIXTURES / "train_lora/qwen3_lora_sft_ds3.yaml").deepspeed == "zero3"
+    assert deepspeed_config(ds3.deepspeed)["zero_optimization"]["stage"] == 3  # what the Trainer is given
+
+
+def test_deepspeed_files(tmp_path, monkeypatch):
+    """LLaMA-Factory's stock paths are the presets unless the file is there; other files pass through."""
+    monkeypatch.chdir(tmp_path)
+    base = {"model_name_or_path": "smollm2-135m-instruct"}
+    assert load_config({**base, "deepspeed": "examples/deepspeed/ds_z2_config.json"}).deepspeed == "zero2"
+    assert load_config({**base, "deepspeed": "examples/deepspeed/ds_z0_config.json"}).deepspeed is None
+    assert load_config({**base, "deepspeed": "my_offload.json"}).deepspeed == "my_offload.json"
+    own = tmp_path / "examples" / "deepspeed" / "ds_z3_config.json"
+    own.parent.mkdir(parents=True)
+    own.write_text('{"zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}}}', encoding="utf-8")
+    assert load_config({**base, "deepspeed": "examples/deepspeed/ds_z3_config.json"}).deepspeed == "examples/deepspeed/ds_z3_config.json"
 
 
 def test_stages_and_their_options(at_repo):
@@ -154,6 +176,28 @@ def test_stages_and_their_options(at_repo):
     evaluation = load_config(FIXTURES / "train_lora/llama3_lora_eval.yaml")
     assert (evaluation.task, evaluation.eval_split, evaluation.n_shot, evaluation.eval_prompt) == ("mmlu", "test", 5, "raw")
     assert evaluation.adapter == "saves/llama3-8b/lora/sft" and evaluation.eval_batch_size == 4
+    predict = load_config(FIXTURES / "train_lora/llama3_lora_predict.yaml")
+    assert (predict.task, predict.eval_dataset, predict.eval_batch_size) == ("bleu-rouge", ["identity", "alpaca_en_demo"], 1)
+
+
+def test_preference_keys_reach_the_dpo_options(at_repo):
+    dpo = {**_raw("train_lora/qwen3_lora_dpo.yaml"), "ref_model": "smollm2-135m-instruct", "dpo_label_smoothing": 0.1,
+           "pref_ftx": 0.5}
+    opts = load_config(dpo).options("dpo")
+    assert (opts.ref_model, opts.label_smoothing, opts.ftx) == ("smollm2-135m-instruct", 0.1, 0.5)
+    simpo = load_config({**dpo, "pref_loss": "simpo"})  # reference-free: ref_model and label smoothing are not read
+    assert (simpo.stage, simpo.options("simpo").ftx) == ("simpo", 0.5)
+    kto = {**_raw("train_lora/qwen3_lora_kto.yaml"), "pref_ftx": 0.0}
+    assert load_config(kto).stage == "kto"  # a 0 coefficient does nothing there either
+
+
+def test_hub_and_export_keys(at_repo):
+    hub = load_config({"model_name_or_path": "Qwen/Qwen2.5-0.5B-Instruct", "model_revision": "v1.0", "hub_model_id": "me/x"})
+    assert (hub.model, hub.revision) == ("Qwen/Qwen2.5-0.5B-Instruct", "v1.0")
+    assert load_config({"model_name_or_path": "smollm2-135m-instruct", "model_revision": "main"}).revision is None
+    merge = load_config({**_raw("merge_lora/qwen3_lora_sft.yaml"), "export_hub_model_id": "me/merged"})
+    assert (merge.export_dir, merge.export_max_shard_size, merge.export_hub_repo, merge.export_hub_private) == (
+        "saves/qwen3_sft_merged", 5 * 10**9, "me/merged", True)
 
 
 def test_inference_and_merge_yamls(at_repo):
@@ -161,7 +205,6 @@ def test_inference_and_merge_yamls(at_repo):
     assert (chat.engine, chat.adapter, chat.template, chat.method) == ("transformers", "saves/qwen3-4b/lora/sft", "qwen3_nothink", "lora")
     vllm = load_config(FIXTURES / "inference/llama3_vllm.yaml")
     assert (vllm.engine, vllm.options("vllm").enforce_eager) == ("vllm", True)
-    assert lf_compat.command_args(_raw("merge_lora/qwen3_lora_sft.yaml")) == {"output": "saves/qwen3_sft_merged", "max_shard_size": "5GB"}
     gptq = load_config(FIXTURES / "merge_lora/qwen3_gptq.yaml")
     assert (gptq.quantization, gptq.options("gptq").bits, gptq.options("gptq").calibration_dataset) == ("gptq", 4, "data/c4_demo.jsonl")
 
@@ -177,6 +220,13 @@ def test_inference_and_merge_yamls(at_repo):
     ({"resume_from_checkpoint": "out/checkpoint-5"}, "'resume_from_checkpoint: out/checkpoint-5'"),
     ({"infer_backend": "sglang"}, "LLaMA-Factory key 'infer_backend: sglang'"),
     ({"top_k": 50}, "LLaMA-Factory key 'top_k: 50'"),
+    ({"stage": "kto", "ref_model": "m"}, "LLaMA-Factory key 'ref_model: m' has no counterpart in stages kto and ppo"),
+    ({"stage": "ppo", "ref_model": "m"}, "LLaMA-Factory key 'ref_model: m' has no counterpart in stages kto and ppo"),
+    ({"ref_model_adapters": "a"}, "LLaMA-Factory key 'ref_model_adapters' has no counterpart"),
+    ({"stage": "kto", "pref_ftx": 0.5}, "LLaMA-Factory key 'pref_ftx: 0.5' has no counterpart in this stage"),
+    ({"stage": "dpo", "pref_loss": "orpo", "pref_ftx": 1}, "LLaMA-Factory key 'pref_ftx: 1' has no counterpart in this stage"),
+    ({"use_galore": True, "galore_layerwise": True, "max_grad_norm": 1.0}, "LLaMA-Factory keys 'galore_layerwise' and 'max_grad_norm' both set factory's max_grad_norm"),
+    ({"push_to_hub": True}, "LLaMA-Factory key 'push_to_hub: true' has no counterpart in factory finetune"),
 ])
 def test_refusals_name_the_key(given, says):
     with pytest.raises(ConfigError) as err:
@@ -205,19 +255,25 @@ def test_convert_round_trip(name, at_repo, tmp_path):
 def test_convert_prints_the_grouped_form(at_repo, capsys):
     assert main(["convert", str(FIXTURES / "merge_lora/qwen3_lora_sft.yaml")]) == 0
     text = capsys.readouterr().out
-    assert "# factory export THIS.yaml output=saves/qwen3_sft_merged max_shard_size=5GB" in text
-    assert yaml.safe_load(text)["model"] == {"path": "smollm2-135m-instruct", "adapter": "saves/qwen3-4b/lora/sft",
-                                              "trust_remote_code": True, "gradient_checkpointing": True}
+    assert "# run it with factory export THIS.yaml\n" in text
+    native = yaml.safe_load(text)
+    assert native["model"] == {"path": "smollm2-135m-instruct", "adapter": "saves/qwen3-4b/lora/sft",
+                               "trust_remote_code": True, "gradient_checkpointing": True}
+    assert native["export"] == {"dir": "saves/qwen3_sft_merged", "max_shard_size": "5GB"}
+    assert main(["convert", str(FIXTURES / "train_lora/llama3_lora_predict.yaml")]) == 0
+    assert "# run it with factory predict THIS.yaml\n" in capsys.readouterr().out
 
 
-def test_every_table_key_is_in_the_migration_guide():
+def test_the_migration_guide_table_is_generated():
+    """docs/migrating.md holds exactly the table markdown() makes now (nox -s docs rewrites it)."""
     guide = (REPO / "docs" / "migrating.md").read_text(encoding="utf-8")
-    missing = [key for key in lf_compat.TABLE if f"`{key}`" not in guide]
-    assert missing == []
-    for rule in lf_compat.TABLE.values():
-        for sentence in [rule.refuse, *(v.sentence for v in (rule.values or {}).values() if isinstance(v, lf_compat.Refuse))]:
-            if sentence:
-                assert sentence in guide
+    start = guide.index(lf_compat.GENERATED_START) + len(lf_compat.GENERATED_START)
+    assert guide[start:guide.index(lf_compat.GENERATED_END)] == lf_compat.markdown()
+    for key, rule in lf_compat.TABLE.items():  # every key a row, every refusal sentence spelled out
+        assert f"\n| `{key}` |" in guide
+        for sentence in [rule.refuse, *(v.sentence for v in [*(rule.values or {}).values(), *rule.in_stage.values()]
+                                          if isinstance(v, lf_compat.Refuse))]:
+            assert sentence is None or sentence in guide
 
 
 @pytest.fixture(scope="module")
@@ -266,3 +322,60 @@ def test_example_trains_smollm2(name, smollm2_path, at_repo, tmp_path):
     """The example itself, on SmolLM2 (its alias is the adapted model path), one optimizer step."""
     assert main(["finetune", str(FIXTURES / name), *FAST, f"output_dir={tmp_path / 'out'}"]) == 0
     assert (tmp_path / "out" / "adapter_config.json").is_file()
+
+
+def test_predict_takes_the_predict_yaml(tiny_causal_lm, tiny_adapter, demo_dir, tmp_path):
+    """do_predict: the eval_dataset's answers are the labels, and each prediction is PEFT's own greedy continuation."""
+    import json
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "predict"
+    assert main(["predict", str(FIXTURES / "train_lora/llama3_lora_predict.yaml"), f"model={tiny_causal_lm}",
+                 f"adapter={tiny_adapter}", "template=chatml", f"dataset_dir={demo_dir}", "max_samples=2",
+                 "max_new_tokens=4", f"output_dir={out}", f"results_db={tmp_path / 'results.db'}"]) == 0
+    rows = [json.loads(line) for line in (out / "generated_predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    answers = [record["output"] for name in ("identity", "alpaca_en_demo")
+               for record in json.loads((demo_dir / f"{name}.json").read_text(encoding="utf-8"))[:2]]
+    assert [row["label"] for row in rows] == answers
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_lm)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_causal_lm), tiny_adapter).eval()
+    for row in rows:
+        ids = tokenizer(row["prompt"], return_tensors="pt", add_special_tokens=False).input_ids
+        with torch.inference_mode():
+            greedy = model.generate(ids, max_new_tokens=4, do_sample=False)
+        assert row["predict"] == tokenizer.decode(greedy[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def test_finetune_refuses_the_predict_yaml_naming_factory_predict(at_repo, capsys):
+    config = FIXTURES / "extras/nlg_eval/llama3_lora_predict.yaml"
+    assert main(["finetune", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"'do_predict: true' asks for generated predictions, which factory finetune does not make; run factory predict {config}" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.e2e
+def test_dpo_example_with_a_reference_model_and_label_smoothing(smollm2_path, at_repo, tmp_path):
+    """ref_model and dpo_label_smoothing, LLaMA-Factory's keys, reach factory's dpo stage, which trains a step with them."""
+    lf = {**_raw("train_lora/qwen3_lora_dpo.yaml"), "ref_model": "smollm2-135m-instruct", "dpo_label_smoothing": 0.1}
+    (tmp_path / "dpo.yaml").write_text(yaml.safe_dump(lf), encoding="utf-8")
+    assert main(["finetune", str(tmp_path / "dpo.yaml"), *FAST, f"output_dir={tmp_path / 'out'}"]) == 0
+    assert (tmp_path / "out" / "adapter_config.json").is_file()
+
+
+def test_apollo_layerwise_example_trains_the_tiny_model(tiny_causal_lm, demo_dir, tmp_path):
+    """LLaMA-Factory's layer-wise APOLLO example through factory finetune: the attention and MLP weights move."""
+    import torch
+    from safetensors.torch import load_file
+
+    lf = {**_raw("extras/apollo/llama3_full_sft.yaml"), "model_name_or_path": str(tiny_causal_lm), "dataset_dir": str(demo_dir),
+          "template": "chatml", "output_dir": str(tmp_path / "out"), "apollo_rank": 4}
+    (tmp_path / "apollo.yaml").write_text(yaml.safe_dump(lf), encoding="utf-8")
+    # one step: the example's warm-up would make its learning rate 0
+    assert main(["finetune", str(tmp_path / "apollo.yaml"), *FAST, "warmup_ratio=0", "learning_rate=1e-3"]) == 0
+    before, after = load_file(tiny_causal_lm / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    moved = [name for name in before if name in after and not torch.equal(before[name], after[name])]
+    assert any("q_proj" in name for name in moved) and any("mlp" in name for name in moved), moved

@@ -8,10 +8,6 @@ lists never drift from the installed version.
 
 from __future__ import annotations
 
-import importlib.util
-import json
-from pathlib import Path
-
 from factory.config import RunConfig
 from factory.errors import ConfigError, did_you_mean, one_of
 
@@ -21,9 +17,10 @@ _PIP_NAMES = {"azure_ml": "azureml-core", "comet_ml": "comet-ml", "flyte": "flyt
 
 def check_training(cfg: RunConfig) -> None:
     """Refuse a training config that the Trainer would refuse later, in one sentence."""
+    from factory.train.distributed import check_distributed
+
     _check_scheduler(cfg.lr_scheduler)
-    if cfg.deepspeed:
-        _check_deepspeed(cfg.deepspeed)
+    check_distributed(cfg)
     _check_report_to(cfg.report_to)
 
 
@@ -33,18 +30,6 @@ def _check_scheduler(name: str) -> None:
     valid = [kind.value for kind in SchedulerType]
     if name not in valid:
         raise ConfigError(f"lr_scheduler '{name}' is not a scheduler transformers knows{did_you_mean(name, valid)} (available: {one_of(valid)})")
-
-
-def _check_deepspeed(config: str) -> None:
-    path = Path(config).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"deepspeed config '{config}' does not exist; give the path of a DeepSpeed JSON file")
-    try:
-        json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"deepspeed config '{config}' is not valid JSON ({exc}); fix the file") from None
-    if importlib.util.find_spec("deepspeed") is None:
-        raise ConfigError(f"deepspeed={config} needs the package 'deepspeed', which is not installed; pip install deepspeed")
 
 
 def _check_report_to(backends: list[str]) -> None:

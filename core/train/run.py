@@ -24,6 +24,7 @@ from factory.model.loader import LoadedModel, load_model, supports_packed_positi
 from factory.model.precision import resolve_precision
 from factory.plugins import PluginManager
 from factory.train import checkpoints, outputs
+from factory.train.distributed import gathered_weights
 from factory.train.optim import default_param_groups
 from factory.train.record import TrainingRecord
 
@@ -70,6 +71,7 @@ def training_arguments(cfg: RunConfig, out: Path, *, has_eval: bool, args_cls: A
     from transformers import TrainingArguments
 
     from factory import hardware
+    from factory.train.distributed import trainer_settings
 
     precision = resolve_precision(cfg.precision)
     on_cpu = not hardware.cuda_devices()
@@ -99,8 +101,7 @@ def training_arguments(cfg: RunConfig, out: Path, *, has_eval: bool, args_cls: A
         fp16=precision == "fp16",
         use_cpu=on_cpu,
         ddp_backend="gloo" if on_cpu and is_distributed_worker() else None,
-        deepspeed=cfg.deepspeed,
-        fsdp=cfg.fsdp or "",
+        **trainer_settings(cfg),
         report_to=cfg.report_to or "none",
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
@@ -335,17 +336,24 @@ def _train(
     metrics["total_parameters"] = total
     metrics["log_history"] = trainer.state.log_history
 
-    if trainer.is_world_process_zero():
-        model = trainer.model if not hasattr(trainer.model, "module") else trainer.model.module
-
-        def write(folder: Path) -> None:
-            adapter.save(model, str(folder))
-            tokenizer.save_pretrained(str(folder))
-            outputs.write_config(folder, cfg)
-            outputs.write_metrics(folder, metrics)
-            outputs.plot_loss(folder, trainer.state.log_history)
-            outputs.write_record(folder, cfg, manager, started, {"resumed_from": resume_from, "world_size": trainer.args.world_size})
-
-        _save_final(out, write)
+    with gathered_weights(trainer):  # ZeRO-3: every rank takes part in gathering what rank 0 saves
+        if trainer.is_world_process_zero():
+            _save_run(trainer, adapter, tokenizer, cfg, manager, out, metrics, started, resume_from)
     metrics["output_dir"] = str(out)
     return TrainingRun(metrics, out, trainer.model, tokenizer, template, trainer)
+
+
+def _save_run(trainer: Any, adapter: Any, tokenizer: Any, cfg: RunConfig, manager: PluginManager, out: Path,
+              metrics: dict[str, Any], started: float, resume_from: str | None) -> None:
+    """Rank 0 writes the final outputs: the method's weights, tokenizer, config, metrics, plot and run record."""
+    model = trainer.model if not hasattr(trainer.model, "module") else trainer.model.module
+
+    def write(folder: Path) -> None:
+        adapter.save(model, str(folder))
+        tokenizer.save_pretrained(str(folder))
+        outputs.write_config(folder, cfg)
+        outputs.write_metrics(folder, metrics)
+        outputs.plot_loss(folder, trainer.state.log_history)
+        outputs.write_record(folder, cfg, manager, started, {"resumed_from": resume_from, "world_size": trainer.args.world_size})
+
+    _save_final(out, write)

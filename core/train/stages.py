@@ -18,11 +18,15 @@ class TrainerStage:
 
     def run(self, cfg: RunConfig, manager: PluginManager) -> dict[str, Any]:
         from factory.train import outputs
+        from factory.train.distributed import weights_sharded
         from factory.train.run import run_training
 
         run = run_training(cfg, manager, self.data_kind)
         if run.trainer.is_world_process_zero():
-            if self.show_sample and cfg.sample_prompt:
+            if self.show_sample and cfg.sample_prompt and weights_sharded(run.trainer):
+                # One rank cannot generate with ZeRO-3's partitioned weights (the others have finished).
+                print(f"factory: no sample answer under ZeRO-3; chat with the outputs in {run.output_dir} instead")
+            elif self.show_sample and cfg.sample_prompt:
                 from factory.infer.generate import chat_reply
 
                 answer = chat_reply(run.model, run.tokenizer, run.template, [{"role": "user", "content": cfg.sample_prompt}],
