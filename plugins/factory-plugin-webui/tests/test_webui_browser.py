@@ -44,7 +44,8 @@ def server(workspace):
             "max_samples=8", "batch_size=2", "max_steps=4", "logging_steps=1", "cutoff_len=256", "sample_prompt=null",
             "callbacks=[probe]", "max_new_tokens=24", f"task_dir={CMMLU}", f"results_db={db}",
             f"jobs.output_dir={workspace / 'jobs'}"]
-    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), "FACTORY_RESULTS_DB": str(db)}
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), "FACTORY_RESULTS_DB": str(db),
+           "FACTORY_WEBUI_WORKER_IDLE": "30"}  # the detached worker does not outlive the tests by long
     with webui_server(args, env=env, log=workspace / "webui.log") as url:
         yield url, JobQueue(str(db))
 
