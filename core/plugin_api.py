@@ -108,6 +108,7 @@ _LAZY: dict[str, str] = {
     "run_details": "factory.store.history",
     "load_tokenizer": "factory.preview",
     "detect_kind": "factory.preview",
+    "row_pieces": "factory.preview",
     "load_records": "factory.data.worker",
     "tokenize_dataset": "factory.data.processing",
     "dataset_specs": "factory.data.resolve",

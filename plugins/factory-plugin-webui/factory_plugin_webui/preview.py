@@ -22,6 +22,7 @@ from factory.plugin_api import (
     load_records,
     load_tokenizer,
     model_type_of,
+    row_pieces,
     tokenize_dataset,
 )
 
@@ -87,11 +88,7 @@ def preview_html(cfg: Any, n: int = 3) -> str:
     parts = [f"<p>{html.escape(cfg.datasets[0])} · {kind} data · {len(rows)} rows · "
              '<mark class="trained">trained text</mark> is highlighted</p>']
     for index in range(min(n, len(rows))):
-        row = rows[index]
-        if hasattr(data_kind, "pieces"):  # the kind's own view of a row (a prompt and its completions, ...)
-            pieces = data_kind.pieces(row)
-        else:
-            pieces = [("", row["input_ids"], row.get("labels", [IGNORE_INDEX] * len(row["input_ids"])))]
+        pieces = row_pieces(rows[index], data_kind)  # the data kind's own view of a row
         total = sum(len(ids) for _, ids, _ in pieces)
         body = "".join((f"<b>{title}</b><br>" if title else "") + _spans(tokenizer, ids, labels) for title, ids, labels in pieces)
         parts.append(f'<div class="row"><b>example {index + 1} · {total} tokens</b><pre>{body}</pre></div>')
