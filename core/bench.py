@@ -183,7 +183,7 @@ def run_bench_repeated(workload: str, overrides: list[str], repeat: int, *, data
                 raise FactoryError(f"factory bench: run {index + 1} of {repeat} failed with exit code {done.returncode}; its error is printed above")
             runs.append(json.loads(out.read_text()))
     median = sorted(runs, key=lambda run: run["samples_per_second"])[(repeat - 1) // 2]
-    result = {**median, "repeats": {key: [run[key] for run in runs] for key in REPEATED}}
+    result = {**median, "repeats": {key: [run.get(key) for run in runs] for key in REPEATED}}  # mfu: sft/pt only
     _save(result, output)
     return result
 
