@@ -201,10 +201,13 @@ _NO_FTX = ("has no counterpart in this stage, whose factory options have no adde
            "or use stage dpo (dpo.ftx) or simpo (simpo.ftx)")
 _OWN_REFERENCE = Refuse("has no counterpart in stages kto and ppo, whose reference is the model before training; "
                         "drop it, or use stage dpo")
+_NO_CLIPPING = ("each weight steps during backward, so there is no whole gradient to clip: in LLaMA-Factory "
+                "max_grad_norm does nothing then, in factory it must be 0")
 _NO_WORKERS = "factory builds batches in the training process, so there are no loader workers to start"
 
 # The table. Order matters where one key refines another's value (stage before pref_loss,
-# finetuning_type before pissa_init, use_galore before galore_layerwise): rules apply top-down.
+# finetuning_type before pissa_init, use_galore before galore_layerwise, use_apollo before
+# apollo_layerwise): rules apply top-down.
 TABLE: dict[str, Rule] = {
     # -- model ---------------------------------------------------------------------------------
     "model_name_or_path": Rule(to="model"),
@@ -332,7 +335,7 @@ TABLE: dict[str, Rule] = {
         "adamw_torch": "adamw", "adamw_hf": "adamw", "adamw_torch_fused": Several({"adamw.fused": True}),
     }),
     "use_galore": Rule(to="optimizer", refines=("adamw",), values={True: "galore", False: Ignore("the default")}),
-    "galore_layerwise": Rule(to="optimizer", refines=("galore",),
+    "galore_layerwise": Rule(to="optimizer", refines=("galore",), also={"max_grad_norm": 0}, note=_NO_CLIPPING,
                              values={True: "galore-layerwise", False: Ignore("the default")}),
     "galore_target": Rule(to="galore.target", convert=_names),
     "galore_rank": Rule(to="galore.rank"),
@@ -340,11 +343,8 @@ TABLE: dict[str, Rule] = {
     "galore_scale": Rule(to="galore.scale", default=2.0, needs="use_galore"),
     "galore_proj_type": Rule(to="galore.proj_type"),
     "use_apollo": Rule(to="optimizer", refines=("adamw",), values={True: "apollo", False: Ignore("the default")}),
-    "apollo_layerwise": Rule(values={
-        False: Ignore("the default"),
-        True: Refuse("has no counterpart yet; drop it (factory's apollo optimizer steps all layers together) "
-                     "and keep gradient_accumulation_steps as you like"),
-    }),
+    "apollo_layerwise": Rule(to="optimizer", refines=("apollo",), also={"max_grad_norm": 0}, note=_NO_CLIPPING,
+                             values={True: "apollo-layerwise", False: Ignore("the default")}),
     "apollo_target": Rule(to="apollo.target", convert=_names),
     "apollo_rank": Rule(to="apollo.rank"),
     "apollo_update_interval": Rule(to="apollo.update_proj_gap"),

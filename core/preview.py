@@ -63,7 +63,7 @@ def detect_kind(records: Any, manager: Any) -> str:
     return name if score > 0 else "supervised"
 
 
-def _pieces(row: dict, kind: Any) -> list[tuple[str, list[int], list[int]]]:
+def row_pieces(row: dict, kind: Any) -> list[tuple[str, list[int], list[int]]]:
     """(title, ids, labels) of the parts of one tokenized row (the kind's own view, else its ids and labels)."""
     if hasattr(kind, "pieces"):
         return kind.pieces(row)
@@ -142,7 +142,7 @@ def preview(cfg: RunConfig, *, n: int = 3, console: Console | None = None) -> Da
     rows = tokenized.dataset
     for index in range(min(n, len(rows))):
         row = rows[index]
-        pieces = _pieces(row, manager.load("data_kinds", kind))
+        pieces = row_pieces(row, manager.load("data_kinds", kind))
         total = sum(len(ids) for _, ids, _ in pieces)
         trained = sum(int((np.asarray(labels) != IGNORE_INDEX).sum()) for _, _, labels in pieces)
         console.rule(f"example {index + 1} · {total} tokens, {trained} trained", style="cyan")

@@ -16,6 +16,7 @@ from factory.cli import main
 from factory.config import load_config
 from factory.errors import ConfigError
 from factory.train.distributed import deepspeed_config
+from factory.train.layerwise import check_layerwise
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "llamafactory"
@@ -49,7 +50,7 @@ OUTCOME: dict[str, str | None] = {
     "extras/loraplus/llama3_lora_sft.yaml": None,
     "extras/pissa/llama3_lora_sft.yaml": None,
     "extras/mod/llama3_full_sft.yaml": "'mixture_of_depths'",
-    "extras/apollo/llama3_full_sft.yaml": "'apollo_layerwise: true'",
+    "extras/apollo/llama3_full_sft.yaml": None,
     "extras/adam_mini/qwen2_full_sft.yaml": None,
     "extras/muon/qwen2_full_sft.yaml": None,
     "extras/fsdp_qlora/llama3_lora_sft.yaml": None,
@@ -131,6 +132,11 @@ def test_methods_and_optimizers_of_the_extras(at_repo):
     assert (loraplus.method, loraplus.options("lora").loraplus_lr_ratio) == ("loraplus", 16.0)
     oft = load_config(FIXTURES / "extras/oft/llama3_oft_sft.yaml")
     assert (oft.method, oft.options("oft").block_size, oft.options("oft").target) == ("oft", 32, "all")
+    apollo = load_config(FIXTURES / "extras/apollo/llama3_full_sft.yaml")
+    assert (apollo.optimizer, apollo.options("apollo").scale, apollo.gradient_accumulation_steps) == ("apollo-layerwise", 32.0, 1)
+    assert apollo.max_grad_norm == galore.max_grad_norm == 0  # what layer-wise steps allow (check_layerwise)
+    check_layerwise(apollo, "apollo-layerwise", "apollo")
+    check_layerwise(galore, "galore-layerwise", "galore")
     assert load_config(FIXTURES / "extras/adam_mini/qwen2_full_sft.yaml").optimizer == "adam-mini"
     assert load_config(FIXTURES / "extras/muon/qwen2_full_sft.yaml").optimizer == "muon"
     ds3 = load_config(FIXTURES / "train_full/qwen3_full_sft.yaml")
@@ -219,6 +225,7 @@ def test_inference_and_merge_yamls(at_repo):
     ({"ref_model_adapters": "a"}, "LLaMA-Factory key 'ref_model_adapters' has no counterpart"),
     ({"stage": "kto", "pref_ftx": 0.5}, "LLaMA-Factory key 'pref_ftx: 0.5' has no counterpart in this stage"),
     ({"stage": "dpo", "pref_loss": "orpo", "pref_ftx": 1}, "LLaMA-Factory key 'pref_ftx: 1' has no counterpart in this stage"),
+    ({"use_galore": True, "galore_layerwise": True, "max_grad_norm": 1.0}, "LLaMA-Factory keys 'galore_layerwise' and 'max_grad_norm' both set factory's max_grad_norm"),
     ({"push_to_hub": True}, "LLaMA-Factory key 'push_to_hub: true' has no counterpart in factory finetune"),
 ])
 def test_refusals_name_the_key(given, says):
@@ -357,3 +364,18 @@ def test_dpo_example_with_a_reference_model_and_label_smoothing(smollm2_path, at
     (tmp_path / "dpo.yaml").write_text(yaml.safe_dump(lf), encoding="utf-8")
     assert main(["finetune", str(tmp_path / "dpo.yaml"), *FAST, f"output_dir={tmp_path / 'out'}"]) == 0
     assert (tmp_path / "out" / "adapter_config.json").is_file()
+
+
+def test_apollo_layerwise_example_trains_the_tiny_model(tiny_causal_lm, demo_dir, tmp_path):
+    """LLaMA-Factory's layer-wise APOLLO example through factory finetune: the attention and MLP weights move."""
+    import torch
+    from safetensors.torch import load_file
+
+    lf = {**_raw("extras/apollo/llama3_full_sft.yaml"), "model_name_or_path": str(tiny_causal_lm), "dataset_dir": str(demo_dir),
+          "template": "chatml", "output_dir": str(tmp_path / "out"), "apollo_rank": 4}
+    (tmp_path / "apollo.yaml").write_text(yaml.safe_dump(lf), encoding="utf-8")
+    # one step: the example's warm-up would make its learning rate 0
+    assert main(["finetune", str(tmp_path / "apollo.yaml"), *FAST, "warmup_ratio=0", "learning_rate=1e-3"]) == 0
+    before, after = load_file(tiny_causal_lm / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    moved = [name for name in before if name in after and not torch.equal(before[name], after[name])]
+    assert any("q_proj" in name for name in moved) and any("mlp" in name for name in moved), moved

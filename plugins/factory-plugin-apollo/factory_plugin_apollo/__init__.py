@@ -1,7 +1,7 @@
 """factory-plugin-apollo: APOLLO and APOLLO-Mini, through apollo-torch.
 
-Registers the optimizers ``apollo`` and ``apollo-mini`` (rank 1, one scaling factor per tensor),
-both reading the config section ``apollo``. Imports neither torch nor apollo_torch at registration.
+Registers the optimizers ``apollo``, ``apollo-mini`` (rank 1, one scaling factor per tensor) and
+``apollo-layerwise`` (each weight stepped during backward), all reading the config section ``apollo``. Imports neither torch nor apollo_torch at registration.
 """
 
 from __future__ import annotations
@@ -29,4 +29,12 @@ def register_optimizers(register):
         options=ApolloOptions,
         section="apollo",
         description="APOLLO with a rank-1 projection and one scaling factor per tensor (APOLLO-Mini)",
+    )
+    register(
+        "apollo-layerwise",
+        "factory_plugin_apollo.optim:APOLLO_LAYERWISE",
+        requires=NEEDS,
+        options=ApolloOptions,
+        section="apollo",
+        description="APOLLO with each weight stepped as soon as backward reaches it, so one gradient lives at a time",
     )

@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 from apollo_torch import APOLLOAdamW
-from factory_plugin_apollo.optim import APOLLO, APOLLO_MINI
+from factory_plugin_apollo.optim import APOLLO, APOLLO_LAYERWISE, APOLLO_MINI
 from transformers import AutoModelForCausalLM
 
 import factory
@@ -59,7 +59,7 @@ def direct(model, settings: dict) -> APOLLOAdamW:
 def test_contract():
     rows = check_plugin_contract("factory-plugin-apollo")
     assert [row["status"] for row in rows] == ["ok"]
-    assert rows[0]["provides"] == {"optimizers": ["apollo", "apollo-mini"]}
+    assert rows[0]["provides"] == {"optimizers": ["apollo", "apollo-layerwise", "apollo-mini"]}
     assert factory.get_manager().load("optimizers", "apollo-mini") is APOLLO_MINI
 
 
@@ -109,6 +109,58 @@ def test_state_survives_the_trainers_safe_reload(tiny_causal_lm, batch):
     step(second, resumed, batch)
     for (n, a), b in zip(first.named_parameters(), second.parameters()):
         assert torch.equal(a, b), n
+
+
+def test_layerwise_takes_apollo_torchs_steps_and_keeps_no_gradient(tiny_causal_lm, batch):
+    """Each weight stepped inside backward by its own APOLLOAdamW (seeded as in one optimizer, the scheduled
+    learning rate copied in) ends where apollo-torch's APOLLOAdamW over all of them does."""
+    settings = {"rank": 4, "proj": "random", "scale_type": "channel", "scale": 32.0, "update_proj_gap": 2, "proj_type": "std"}
+    ours_model, theirs_model = (AutoModelForCausalLM.from_pretrained(tiny_causal_lm) for _ in range(2))
+    ours = APOLLO_LAYERWISE.create(ours_model, config("apollo.rank=4", "apollo.update_proj_gap=2", "max_grad_norm=0"),
+                                   groups_of(ours_model))
+    theirs = direct(theirs_model, settings)
+    ours_lr, theirs_lr = (torch.optim.lr_scheduler.LambdaLR(o, lambda i: 1 - i / 10) for o in (ours, theirs))
+    start = {n: p.detach().clone() for n, p in ours_model.named_parameters()}
+    for _ in range(4):  # update_proj_gap=2: a new projection is drawn on the way
+        ours_model(batch, labels=batch).loss.backward()
+        assert all(p.grad is None for p in ours_model.parameters())  # dropped right after each weight's step
+        ours.step()
+        ours.zero_grad()
+        ours_lr.step()
+        step(theirs_model, theirs, batch)
+        theirs_lr.step()
+    for (n, a), b in zip(ours_model.named_parameters(), theirs_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7, msg=n)
+        assert not torch.equal(a, start[n]), f"{n} did not train"
+
+
+def test_layerwise_state_survives_the_trainers_safe_reload(tiny_causal_lm, batch):
+    cfg = config("optimizer=apollo-layerwise", "apollo.rank=4", "max_grad_norm=0")
+    first = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
+    optimizer = APOLLO_LAYERWISE.create(first, cfg, groups_of(first))
+    for _ in range(2):
+        step(first, optimizer, batch)
+    buffer = io.BytesIO()
+    torch.save({"model": first.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    second = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
+    second.load_state_dict(saved["model"])
+    resumed = APOLLO_LAYERWISE.create(second, cfg, groups_of(second))
+    resumed.load_state_dict(saved["optimizer"])
+    step(first, optimizer, batch)
+    step(second, resumed, batch)
+    for (n, a), b in zip(first.named_parameters(), second.parameters()):
+        assert torch.equal(a, b), n
+
+
+def test_layerwise_refuses_accumulation_before_loading(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        factory.finetune(None, ["method=full", "optimizer=apollo-layerwise", "max_grad_norm=0", "gradient_accumulation_steps=2",
+                                f"output_dir={tmp_path / 'out'}"])
+    message = str(err.value)
+    assert message.startswith("optimizer apollo-layerwise steps each weight as soon as backward reaches it")
+    assert "use optimizer=apollo" in message and "\n" not in message and not (tmp_path / "out").exists()
 
 
 def test_target_must_select_trained_weights(tiny_causal_lm):

@@ -12,8 +12,7 @@ from typing import Any
 import torch
 from galore_torch.galore_projector import GaLoreProjector
 
-from factory.plugin_api import ConfigError, RunConfig, projected_groups
-from factory_plugin_galore.layerwise import LayerwiseOptimizer
+from factory.plugin_api import LayerwiseOptimizer, RunConfig, check_layerwise, projected_groups
 
 
 def galore_groups(model: Any, cfg: RunConfig, param_groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -32,19 +31,8 @@ class GaloreAdamW:
 
     def check_trainable(self, cfg: RunConfig) -> None:
         """Layer-wise steps happen inside backward: nothing can accumulate, clip or all-reduce gradients first."""
-        if not self.layerwise:
-            return
-        name = "optimizer galore-layerwise steps each weight as soon as backward reaches it"
-        if cfg.gradient_accumulation_steps != 1:
-            raise ConfigError(f"{name}, so gradients cannot accumulate over "
-                              f"gradient_accumulation_steps={cfg.gradient_accumulation_steps}; set it to 1 "
-                              "(raise batch_size instead) or use optimizer=galore")
-        if cfg.max_grad_norm > 0:
-            raise ConfigError(f"{name}, before the whole gradient's norm is known, so max_grad_norm={cfg.max_grad_norm} "
-                              "cannot clip it; set max_grad_norm=0 or use optimizer=galore")
-        if cfg.nproc > 1 or cfg.deepspeed or cfg.fsdp:
-            raise ConfigError(f"{name}, before processes could average their gradients, so it trains in one process "
-                              "only; drop nproc, deepspeed and fsdp or use optimizer=galore")
+        if self.layerwise:
+            check_layerwise(cfg, "galore-layerwise", "galore")
 
     def create(self, model: Any, cfg: RunConfig, param_groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
         groups = galore_groups(model, cfg, param_groups)

@@ -18,6 +18,8 @@ from factory_plugin_trl import reference
 from factory_plugin_trl.preference import DPO, KTO, ORPO, PreferenceTrainer, Reward, SimPO
 from factory_plugin_trl.value_head import DedupedCheckpoints, ValueHeadModel
 
+REFERENCE_BATCH = 8  # rows per batch of the reference pass, at least
+
 
 def trainer(setup: TrainerSetup, objective: Any, *, model: Any = None, trainer_cls: type = PreferenceTrainer,
             train_dataset: Any = None, eval_dataset: Any = None, **extra: Any) -> PreferenceTrainer:
@@ -65,7 +67,8 @@ def with_reference(setup: TrainerSetup, columns: tuple[str, ...], datasets: tupl
         "model": str(cfg.model), "adapter": cfg.adapter, "method": cfg.method, "quantization": cfg.quantization,
         "precision": str(dtype), "seed": cfg.seed, "ref_model": ref_model,
     }
-    batch_size = cfg.eval_batch_size or cfg.batch_size
+    # No gradients and no optimizer state: bigger batches than training's keep the matrix units busy.
+    batch_size = max(cfg.eval_batch_size or cfg.batch_size, REFERENCE_BATCH)
 
     def scored(dataset: Any) -> Any:
         if separate is not None:

@@ -6,22 +6,18 @@ the chunked LM head, and hands them to the stage's :class:`Objective`, whose los
 (:mod:`factory_plugin_trl.losses`). Reference log-probabilities arrive with the rows
 (:mod:`factory_plugin_trl.reference`). Metrics carry TRL's names (``rewards/chosen``...), are
 averaged over the steps between two logs, and the run's final metrics add the epoch's mean reward
-accuracy (``train_rewards/accuracies``, or ``train_accuracy`` for rm) and a ``profile``: seconds
-spent per phase of training (data, forward, logprob, backward, optimizer, reference) and the one
-that dominates, so a slow stage shows where its time goes.
+accuracy (``train_rewards/accuracies``, or ``train_accuracy`` for rm) and, for dpo and kto, the
+seconds the reference pass took (``reference_seconds``).
 """
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
 
 from factory.plugin_api import FactoryTrainer
 from factory_plugin_trl.losses import (
@@ -64,7 +60,7 @@ class DPO:
     accuracy_key = "rewards/accuracies"
 
     def __call__(self, trainer: PreferenceTrainer, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, Metrics]:
-        logps = trainer.logps(model, batch)
+        logps = trainer.forward_and_logprobs(model, batch)
         half = len(logps.sums) // 2
         chosen, rejected = logps.sums[:half], logps.sums[half:]
         ref_chosen, ref_rejected = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
@@ -87,7 +83,7 @@ class SimPO:
     accuracy_key = "rewards/accuracies"
 
     def __call__(self, trainer: PreferenceTrainer, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, Metrics]:
-        logps = trainer.logps(model, batch)
+        logps = trainer.forward_and_logprobs(model, batch)
         half = len(logps.sums) // 2
         chosen, rejected = logps.means[:half], logps.means[half:]
         nll = _chosen_nll(logps, half)
@@ -102,7 +98,7 @@ class ORPO:
     accuracy_key = "rewards/accuracies"
 
     def __call__(self, trainer: PreferenceTrainer, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, Metrics]:
-        logps = trainer.logps(model, batch)
+        logps = trainer.forward_and_logprobs(model, batch)
         half = len(logps.sums) // 2
         chosen, rejected = logps.means[:half], logps.means[half:]
         log_odds = orpo_log_odds(chosen, rejected)
@@ -123,8 +119,8 @@ class KTO:
 
     def __call__(self, trainer: PreferenceTrainer, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, Metrics]:
         with torch.no_grad():  # the KL estimate is a reference point, not trained through (as TRL)
-            policy_kl = trainer.logps(model, batch, prefix="KL_").sums
-        logps = trainer.logps(model, batch).sums
+            policy_kl = trainer.forward_and_logprobs(model, batch, prefix="KL_").sums
+        logps = trainer.forward_and_logprobs(model, batch).sums
         desirable = batch["label"].to(torch.bool)
         ratios = logps - batch["ref_logps"]
         kl = kto_kl(policy_kl, batch["ref_KL_logps"])
@@ -146,7 +142,7 @@ class Reward:
     accuracy_key = "accuracy"
 
     def __call__(self, trainer: PreferenceTrainer, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, Metrics]:
-        with trainer.forward_context(model), trainer.timed("forward", model):
+        with trainer.forward_context(model):
             scores = model.sequence_scores(batch, count_sequences(batch))
         half = len(scores) // 2
         chosen, rejected = scores[:half], scores[half:]
@@ -158,51 +154,18 @@ class Reward:
         }
 
 
-class TimedCollator:
-    """The data collator, its time added to the profile's ``data`` phase."""
-
-    def __init__(self, inner: Any, timings: dict[str, float]) -> None:
-        self.inner, self.timings = inner, timings
-
-    def __call__(self, features: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return self.inner(features)
-        finally:
-            self.timings["data"] = self.timings.get("data", 0.0) + time.perf_counter() - started
-
-
-class OptimizerTimer(TrainerCallback):
-    """Times each optimizer step (from just before it to just after) into the profile's ``optimizer`` phase."""
-
-    def __init__(self, timings: dict[str, float]) -> None:
-        self.timings, self.started = timings, 0.0
-
-    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.started = time.perf_counter()
-
-    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.timings["optimizer"] = self.timings.get("optimizer", 0.0) + time.perf_counter() - self.started
-
-
-def profile(timings: dict[str, float]) -> dict[str, Any]:
-    """Seconds per phase (rounded) and the phase that took the most."""
-    seconds = {phase: round(value, 3) for phase, value in timings.items()}
-    return {"seconds": seconds, "dominant": max(seconds, key=seconds.get) if seconds else None}
-
-
 class PreferenceTrainer(FactoryTrainer):
     """factory's Trainer (chunked head, per-model walks once) with a stage ``objective`` as its loss.
 
-    ``reference_seconds``: the time the reference pass took before training (part of the profile).
+    ``reference_seconds``: how long the reference pass took before training, reported with the
+    final metrics (``factory bench``'s profile times the training steps from outside: the policy's
+    forward and log-probabilities are :meth:`forward_and_logprobs`).
     """
 
-    def __init__(self, *args: Any, objective: Any, eval_before: bool = False, reference_seconds: float = 0.0,
+    def __init__(self, *args: Any, objective: Any, eval_before: bool = False, reference_seconds: float | None = None,
                  **kwargs: Any) -> None:
-        self.timings: dict[str, float] = {"reference": reference_seconds} if reference_seconds else {}
-        kwargs["data_collator"] = TimedCollator(kwargs["data_collator"], self.timings)
-        kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), OptimizerTimer(self.timings)]
         super().__init__(*args, **kwargs)
+        self.reference_seconds = reference_seconds
         self.objective = objective
         self.eval_before = eval_before
         self.model_accepts_loss_kwargs = False  # the objective averages over pairs; accumulation divides
@@ -217,29 +180,10 @@ class PreferenceTrainer(FactoryTrainer):
         stack.enter_context(self._adapter_inputs_uncast(model))
         return stack
 
-    @contextmanager
-    def timed(self, phase: str, model: Any) -> Iterator[None]:
-        """Add the block's time to ``phase`` of the profile (training steps only)."""
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            if model.training:
-                self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - started
-
-    def logps(self, model: Any, batch: dict[str, Any], prefix: str = "") -> SequenceLogps:
-        timings = self.timings if model.training else None  # the profile is of training steps
+    def forward_and_logprobs(self, model: Any, batch: dict[str, Any], prefix: str = "") -> SequenceLogps:
+        """The decoder over the batch and each sequence's log-probability (``prefix``: KTO's ``KL_`` rows)."""
         return sequence_logps(model, batch, workspace=self.logits_workspace, prefix=prefix,
-                              autocast=lambda: self.forward_context(model), timings=timings)
-
-    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
-        """One step; what is not forward or log-probabilities (nor the loss below them) is the backward pass."""
-        before = self.timings.get("forward", 0.0) + self.timings.get("logprob", 0.0)
-        started = time.perf_counter()
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        inside = self.timings.get("forward", 0.0) + self.timings.get("logprob", 0.0) - before
-        self.timings["backward"] = self.timings.get("backward", 0.0) + time.perf_counter() - started - inside
-        return loss
+                              autocast=lambda: self.forward_context(model))
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
         mode = "train" if model.training else "eval"
@@ -281,7 +225,8 @@ class PreferenceTrainer(FactoryTrainer):
         if key and self._epoch_accuracy:
             # The mean over every training batch of the run: how often the reward ranked chosen first while training.
             output.metrics[f"train_{key}"] = sum(self._epoch_accuracy) / len(self._epoch_accuracy)
-        output.metrics["profile"] = profile(self.timings)
+        if self.reference_seconds is not None:
+            output.metrics["reference_seconds"] = round(self.reference_seconds, 3)
         if before is not None:
             # train() starts a fresh log, so the score before training goes back in as step 0.
             self.state.log_history.insert(0, {**before, "step": 0})

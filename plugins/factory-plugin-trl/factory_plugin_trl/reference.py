@@ -90,6 +90,26 @@ def _cache_file(dataset: Any, key: str) -> Path | None:
     return Path(files[0]["filename"]).parent / f"factory-reference-{key}.npz"
 
 
+@contextlib.contextmanager
+def as_training_computes(model: Any) -> Iterator[None]:
+    """Gradient mode on, as in a training step, but nothing to differentiate: every parameter frozen for the block.
+
+    Kernels choose their path by gradient mode (the core's CPU attention for short examples takes its
+    training kernel only when gradients are on); the reference must round as the policy's first step
+    does, or in bf16 the two differ by a few tenths of a nat per answer before any training. With no
+    parameter requiring a gradient, no graph is kept.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for parameter in trainable:
+        parameter.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for parameter in trainable:
+            parameter.requires_grad_(True)
+
+
 def compute(
     model: Any, dataset: Any, collator: Callable[[list], dict], columns: tuple[str, ...], *,
     batch_size: int, autocast: Callable[[], AbstractContextManager], device: torch.device,
@@ -98,17 +118,18 @@ def compute(
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collator, shuffle=False)
     workspace = LogitsWorkspace()
     values: dict[str, list[np.ndarray]] = {name: [] for name in columns}
-    with torch.no_grad():
+    with as_training_computes(model):
         for batch in loader:
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            sums = sequence_logps(model, batch, workspace=workspace, autocast=autocast).sums.cpu().numpy()
+            sums = sequence_logps(model, batch, workspace=workspace, autocast=autocast).sums.detach().cpu().numpy()
             if columns == PAIR_COLUMNS:
                 half = len(sums) // 2
                 values[columns[0]].append(sums[:half])
                 values[columns[1]].append(sums[half:])
             else:
                 values[columns[0]].append(sums)
-                kl = sequence_logps(model, batch, workspace=workspace, autocast=autocast, prefix="KL_").sums
+                with torch.no_grad():  # as KTO's policy pass over the mismatched pairs, which trains nothing
+                    kl = sequence_logps(model, batch, workspace=workspace, autocast=autocast, prefix="KL_").sums
                 values[columns[1]].append(kl.cpu().numpy())
     return {name: np.concatenate(parts) if parts else np.zeros(0, np.float32) for name, parts in values.items()}
 

@@ -9,7 +9,6 @@ exist for the batch in any precision.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -48,14 +47,9 @@ def count_sequences(batch: dict[str, Any], prefix: str = "") -> int:
 
 def sequence_logps(
     model: Any, batch: dict[str, Any], *, workspace: LogitsWorkspace | None = None,
-    autocast: Callable[[], AbstractContextManager] = nullcontext, prefix: str = "", timings: dict[str, float] | None = None,
+    autocast: Callable[[], AbstractContextManager] = nullcontext, prefix: str = "",
 ) -> SequenceLogps:
-    """The summed log-probabilities of every sequence in ``batch`` under ``model`` (gradients flow when enabled).
-
-    ``timings`` (phase -> seconds) accumulates the time of the decoder (``forward``) and of the LM head
-    and the sums (``logprob``), for the run's profile.
-    """
-    started = time.perf_counter()
+    """The summed log-probabilities of every sequence in ``batch`` under ``model`` (gradients flow when enabled)."""
     labels, sequence_ids = batch[prefix + "labels"], batch[prefix + "sequence_ids"]
     count = count_sequences(batch, prefix)
     targets = labels[:, 1:]
@@ -67,7 +61,6 @@ def sequence_logps(
             hidden = decoder(**model_inputs(batch, prefix), use_cache=False).last_hidden_state
         else:  # a model that transforms its logits (soft-capping, scaling): its own head, kept rows only
             logits = model(**model_inputs(batch, prefix), use_cache=False).logits
-    decoded = time.perf_counter()
     if parts is not None:
         token_logps = chunked_token_logprobs(hidden[:, :-1][keep], head, targets[keep], workspace=workspace)
     else:
@@ -76,7 +69,4 @@ def sequence_logps(
     owners = sequence_ids[:, 1:][keep]
     sums = torch.zeros(count, dtype=torch.float32, device=token_logps.device).index_add(0, owners, token_logps)
     tokens = torch.bincount(owners, minlength=count)
-    if timings is not None:
-        timings["forward"] = timings.get("forward", 0.0) + decoded - started
-        timings["logprob"] = timings.get("logprob", 0.0) + time.perf_counter() - decoded
     return SequenceLogps(sums, tokens, token_logps, owners)

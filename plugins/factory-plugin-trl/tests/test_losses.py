@@ -53,9 +53,8 @@ def models(tmp_path_factory):
 def factory_trainer() -> types.SimpleNamespace:
     """What an objective asks of its trainer: sequence log-probabilities (here without autocast)."""
     return types.SimpleNamespace(
-        logps=lambda model, batch, prefix="": sequence_logps(model, batch, prefix=prefix),
+        forward_and_logprobs=lambda model, batch, prefix="": sequence_logps(model, batch, prefix=prefix),
         forward_context=lambda model: nullcontext(),
-        timed=lambda phase, model: nullcontext(),
     )
 
 

@@ -164,6 +164,7 @@ def test_dpo_starts_from_a_reference_equal_to_the_policy(tiny_causal_lm, tmp_pat
     margins = logged(metrics, "rewards/margins")
     assert any(m != 0 for m in margins[1:]), margins  # the policy moved away from the reference
     assert {"eval_rewards/margins", "eval_rewards/accuracies", "eval_loss", "train_rewards/accuracies"} <= set(metrics)
+    assert metrics["reference_seconds"] > 0 and 0 <= metrics["train_rewards/accuracies"] <= 1
     out = tmp_path / "out"
     assert (out / "training_rewards.png").is_file() and (out / "metrics.json").is_file()
     if method == "lora":  # only the trained adapter is saved, no reference copy next to it

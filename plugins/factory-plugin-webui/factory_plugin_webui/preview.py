@@ -22,6 +22,7 @@ from factory.plugin_api import (
     load_records,
     load_tokenizer,
     model_type_of,
+    row_pieces,
     tokenize_dataset,
 )
 
@@ -79,21 +80,15 @@ def preview_html(cfg: Any, n: int = 3) -> str:
         tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
         template = get_template(cfg.template, tokenizer, manager)
         records = load_records(cfg.datasets[0], cfg, manager)
-        kind = detect_kind(records)
-        rows = tokenize_dataset(records, tokenizer, template, cfg, kind).dataset
+        kind = detect_kind(records, manager)
+        rows = tokenize_dataset(records, tokenizer, template, cfg, kind, manager=manager).dataset
+        data_kind = manager.load("data_kinds", kind)
     except FactoryError as exc:
         return f'<p class="error">{html.escape(str(exc))}</p>'
     parts = [f"<p>{html.escape(cfg.datasets[0])} · {kind} data · {len(rows)} rows · "
              '<mark class="trained">trained text</mark> is highlighted</p>']
     for index in range(min(n, len(rows))):
-        row = rows[index]
-        if "input_ids" in row:
-            pieces = [("", row["input_ids"], row["labels"])]
-        else:  # pairwise / kto rows: a prompt and completions
-            prompt = row["prompt_input_ids"]
-            pieces = [("prompt", prompt, [IGNORE_INDEX] * len(prompt))]
-            pieces += [(name, row[f"{name}_input_ids"], row[f"{name}_labels"])
-                       for name in ("chosen", "rejected", "completion") if f"{name}_input_ids" in row]
+        pieces = row_pieces(rows[index], data_kind)  # the data kind's own view of a row
         total = sum(len(ids) for _, ids, _ in pieces)
         body = "".join((f"<b>{title}</b><br>" if title else "") + _spans(tokenizer, ids, labels) for title, ids, labels in pieces)
         parts.append(f'<div class="row"><b>example {index + 1} · {total} tokens</b><pre>{body}</pre></div>')

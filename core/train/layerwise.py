@@ -1,5 +1,8 @@
 """Layer-wise stepping: one optimizer per parameter, stepped from that parameter's gradient hook.
 
+Shared by the optimizer plugins that offer a layer-wise variant (galore-layerwise, apollo-layerwise)
+through :mod:`factory.plugin_api`.
+
 As soon as backward has accumulated a parameter's gradient, its own optimizer takes the step and
 the gradient is dropped, so at most one weight's gradient lives at a time instead of the whole
 model's (GaLore's paper trains a 7B model on 24 GB this way). transformers has the same idea behind
@@ -17,6 +20,25 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from factory.config import RunConfig
+from factory.errors import ConfigError
+
+
+def check_layerwise(cfg: RunConfig, optimizer: str, instead: str) -> None:
+    """Refuse what layer-wise steps cannot honour: they happen inside backward, so nothing can
+    accumulate, clip or all-reduce the gradients first (``instead``: the optimizer to suggest)."""
+    name = f"optimizer {optimizer} steps each weight as soon as backward reaches it"
+    if cfg.gradient_accumulation_steps != 1:
+        raise ConfigError(f"{name}, so gradients cannot accumulate over "
+                          f"gradient_accumulation_steps={cfg.gradient_accumulation_steps}; set it to 1 "
+                          f"(raise batch_size instead) or use optimizer={instead}")
+    if cfg.max_grad_norm > 0:
+        raise ConfigError(f"{name}, before the whole gradient's norm is known, so max_grad_norm={cfg.max_grad_norm} "
+                          f"cannot clip it; set max_grad_norm=0 or use optimizer={instead}")
+    if cfg.nproc > 1 or cfg.deepspeed or cfg.fsdp:
+        raise ConfigError(f"{name}, before processes could average their gradients, so it trains in one process "
+                          f"only; drop nproc, deepspeed and fsdp or use optimizer={instead}")
 
 
 class LayerwiseOptimizer(torch.optim.Optimizer):
