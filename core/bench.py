@@ -183,7 +183,7 @@ def run_bench_repeated(workload: str, overrides: list[str], repeat: int, *, data
                 raise FactoryError(f"factory bench: run {index + 1} of {repeat} failed with exit code {done.returncode}; its error is printed above")
             runs.append(json.loads(out.read_text()))
     median = sorted(runs, key=lambda run: run["samples_per_second"])[(repeat - 1) // 2]
-    result = {**median, "repeats": {key: [run[key] for run in runs] for key in REPEATED}}
+    result = {**median, "repeats": {key: [run.get(key) for run in runs] for key in REPEATED}}  # mfu: sft/pt only
     _save(result, output)
     return result
 
@@ -233,10 +233,9 @@ def run_bench(workload: str, overrides: list[str], *, dataset_dir: str | None = 
     trainer = seen["trainer"]
     real, computed = profile.real_tokens, profile.computed_tokens
     # A stage that computes its reference log-probabilities once before the first step (the trl plugin's
-    # dpo and kto) reports that pass in its own profile; it is training work, which another tool does
-    # inside its steps, so it counts in the training time.
-    stage_profile = metrics.get("profile") if isinstance(metrics.get("profile"), dict) else None
-    before_steps = float((stage_profile or {}).get("seconds", {}).get("reference", 0.0))
+    # dpo and kto) reports how long that pass took (``reference_seconds``); it is training work, which
+    # another tool does inside its steps, so it counts in the training time.
+    before_steps = float(metrics.get("reference_seconds") or 0.0)
     train_seconds = seen["train_seconds"] + before_steps
     history = metrics.get("log_history", [])
     train_losses = [e["loss"] for e in history if "loss" in e]
@@ -266,7 +265,6 @@ def run_bench(workload: str, overrides: list[str], *, dataset_dir: str | None = 
         "eval_loss": metrics.get("eval_loss"),
         **reward_accuracy(history, metrics),
         "profile": profile.report(train_seconds, before_steps),
-        **({"stage_profile": stage_profile} if stage_profile else {}),
         "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
     }
     if "flops_per_token" in seen:

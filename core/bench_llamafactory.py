@@ -270,6 +270,7 @@ def run_against_llamafactory(workload: str, overrides: list[str], *, lf_env: str
     if not keep:
         shutil.rmtree(workdir, ignore_errors=True)
         theirs.pop("log", None)
+    _save({"workload": workload, "overrides": overrides, "llamafactory": theirs}, output)  # kept should ours fail
     ours = run_bench_repeated(workload, overrides, 1, dataset_dir=dataset_dir)
     result = {"workload": workload, "overrides": overrides, "llamafactory": theirs, "factory": ours,
               "ratio": compare(theirs, ours)}

@@ -8,7 +8,6 @@ database (:mod:`.desk`), so what the page shows survives the browser and the pag
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from factory_plugin_webui.preview import dataset_names, model_choices, model_sum
 from factory_plugin_webui.settings import command_line, to_yaml  # noqa: E402
 
 REFRESH_SECONDS = 2.0
-SHARD_SIZE = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B|B)$", re.IGNORECASE)  # what transformers' max_shard_size reads
 CSS = """
 .field-error p { color: #b91c1c; font-weight: 600; margin: 0; }
 mark.trained { background: #bbf7d0; }
@@ -38,7 +36,8 @@ TYPED = ("text", "number", "yaml")
 CHAT_KEYS = ("model", "adapter", "template", "system", "max_new_tokens", "temperature", "top_p")
 EVAL_KEYS = ("model", "adapter", "template", "task", "task_dir", "subjects", "eval_split", "n_shot", "eval_prompt",
              "dataset", "dataset_dir", "max_samples", "max_new_tokens")
-EXPORT_KEYS = ("model", "adapter", "template", "precision", "overwrite_output_dir")
+EXPORT_KEYS = ("model", "adapter", "template", "precision", "overwrite_output_dir", "export_dir", "export_max_shard_size",
+               "export_ollama", "export_hub_repo", "export_hub_private")
 
 
 def elem(key: str) -> str:
@@ -407,33 +406,24 @@ class Page:
     # -- Export ----------------------------------------------------------------------------------
 
     def _export(self) -> None:
-        specs = self._specs(groups=("model", "output"), keys=EXPORT_KEYS, plugin_sections=False)
+        specs = self._specs(groups=("model", "output", "export"), keys=EXPORT_KEYS, plugin_sections=False)
         form = Form(self, "export")
         form.render(specs, self.values, columns=3)
-        with gr.Row():
-            folder = self._t(gr.Textbox("", label="Export folder", elem_id="export-folder", max_lines=1), "export.folder")
-            shard = self._t(gr.Textbox("5GB", label="Largest shard (e.g. 2GB)", elem_id="export-shard", max_lines=1),
-                            "export.shard")
         start_btn = self._t(gr.Button("Export", variant="primary", elem_id="export-start"), "export.start")
         status = gr.Markdown("", elem_id="export-status")
 
-        def export(target: str, shard_size: str, *values: Any) -> list[Any]:
+        def export(*values: Any) -> list[Any]:
             result = check(form.config(values))
             if result.error:
-                return ["", *form.error_updates(result.error, result.key)]
-            if not target.strip():
-                return ["⚠ give the export folder, e.g. outputs/merged", *form.error_updates(None, None)]
-            if shard_size.strip() and not SHARD_SIZE.match(shard_size.strip()):
-                return [f"⚠ shard size '{shard_size.strip()}' is not a size; give a number and a unit, e.g. 2GB or 500MB",
-                        *form.error_updates(None, None)]
+                shown = form.placed(result.key)
+                return ["" if shown else f"⚠ {result.error}", *form.error_updates(result.error, result.key)]
             try:
-                cfg = load_config({**result.config.to_dict(), "export_max_shard_size": shard_size.strip() or None})
-                out = export_model(cfg, cfg.manager(), target.strip())
+                out = export_model(result.config, result.config.manager())
             except FactoryError as exc:
                 return [f"⚠ {exc}", *form.error_updates(None, None)]
             return [f"wrote {out}", *form.error_updates(None, None)]
 
-        start_btn.click(export, [folder, shard, *form.inputs], [status, *form.errors])
+        start_btn.click(export, form.inputs, [status, *form.errors])
 
     # -- Runs ------------------------------------------------------------------------------------
 

@@ -149,9 +149,10 @@ class Page:
 
 
 TABS = ("Train", "Chat", "Evaluate", "Export", "Runs")
+MAX_HEIGHT = 2200
 
 
-def screenshots(page: Page, folder: Path) -> list[Path]:
+def screenshots(page: Page, folder: Path, width: int = 1400) -> list[Path]:
     """One PNG per tab (palette-reduced to stay small), named after the tab."""
     from PIL import Image
 
@@ -161,8 +162,13 @@ def screenshots(page: Page, folder: Path) -> list[Path]:
         page.tab(label)
         page.driver.execute_script("window.scrollTo(0, 0);")
         time.sleep(1.5)
+        # the whole tab, up to a limit (the Train tab's plugin sections would make a very tall picture)
+        height = page.driver.execute_script("return document.documentElement.scrollHeight")
+        page.driver.set_window_size(width, min(int(height) + 40, MAX_HEIGHT))
+        time.sleep(1.5)
         path = folder / f"{label.lower()}.png"
         page.driver.save_screenshot(str(path))
+        page.driver.set_window_size(width, 1000)
         Image.open(path).convert("RGB").quantize(colors=64).save(path, optimize=True)
         written.append(path)
     page.tab("Train")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import subprocess
 import sys
 import threading
@@ -33,7 +34,8 @@ from factory.plugin_api import (
 )
 
 ACTIVE = ("queued", "running")
-WORKER_IDLE_SECONDS = 600  # the page's worker stops after this long without a job
+# The page's worker stops after this long without a job (FACTORY_WEBUI_WORKER_IDLE: tests end theirs sooner).
+WORKER_IDLE_SECONDS = float(os.environ.get("FACTORY_WEBUI_WORKER_IDLE", "600"))
 HEARTBEAT_SECONDS = 1.0  # the page's worker reports progress this often (the page refreshes every 2 s)
 
 
@@ -87,7 +89,7 @@ class Desk:
         if self._worker is not None and self._worker.poll() is None:
             return
         args = [sys.executable, "-m", "factory.cli", "worker", "kinds=finetune,eval,predict",
-                "--exit-idle", str(WORKER_IDLE_SECONDS), f"jobs.poll_seconds={min(self.base.jobs.poll_seconds, 1.0)}",
+                "--exit-idle", f"{WORKER_IDLE_SECONDS:g}", f"jobs.poll_seconds={min(self.base.jobs.poll_seconds, 1.0)}",
                 f"jobs.heartbeat_seconds={min(self.base.jobs.heartbeat_seconds, HEARTBEAT_SECONDS)}"]
         if self.base.results_db:
             args.append(f"results_db={self.base.results_db}")
@@ -154,6 +156,8 @@ def progress_text(job: Any, run: dict[str, Any] | None = None) -> str:
     curve = [point["loss"] for point in (run or {}).get("loss_curve") or [] if "loss" in point]
     if curve:
         progress["loss"] = curve[-1]
+    if job.status == "succeeded" and total:
+        done = total  # the last heartbeat may predate the last step
     if done is not None:
         parts.append(f"{done}/{total if total is not None else '?'} {progress.get('unit', '')}".strip())
     if eta is not None and job.status == "running":

@@ -48,9 +48,6 @@ TEXT: dict[str, tuple[str, str]] = {
     "eval.compare": ("Compare two runs", "比较两次运行"),
     "eval.first": ("First run", "第一次运行"),
     "eval.second": ("Second run", "第二次运行"),
-    "export.folder": ("Export folder", "导出目录"),
-    "export.dtype": ("dtype", "数据类型"),
-    "export.shard": ("Largest shard (e.g. 2GB)", "最大分片（如 2GB）"),
     "export.start": ("Export", "导出"),
     "runs.refresh": ("Refresh", "刷新"),
     "runs.first": ("First run", "第一次运行"),
@@ -69,7 +66,7 @@ FIELDS_ZH: dict[str, str] = {
     "warmup_ratio": "预热比例", "num_epochs": "训练轮数", "max_steps": "最大步数", "logging_steps": "日志间隔",
     "save_steps": "保存间隔", "seed": "随机种子", "output_dir": "输出目录", "task": "评估任务",
     "task_dir": "评测数据目录", "subjects": "科目", "n_shot": "示例数", "system": "系统提示词",
-    "temperature": "温度", "top_p": "Top-p 采样", "max_new_tokens": "最大生成长度",
+    "temperature": "温度", "export_dir": "导出目录", "export_max_shard_size": "最大分片大小", "top_p": "Top-p 采样", "max_new_tokens": "最大生成长度",
 }
 
 

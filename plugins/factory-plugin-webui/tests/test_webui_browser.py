@@ -44,7 +44,8 @@ def server(workspace):
             "max_samples=8", "batch_size=2", "max_steps=4", "logging_steps=1", "cutoff_len=256", "sample_prompt=null",
             "callbacks=[probe]", "max_new_tokens=24", f"task_dir={CMMLU}", f"results_db={db}",
             f"jobs.output_dir={workspace / 'jobs'}"]
-    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), "FACTORY_RESULTS_DB": str(db)}
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), "FACTORY_RESULTS_DB": str(db),
+           "FACTORY_WEBUI_WORKER_IDLE": "30"}  # the detached worker does not outlive the tests by long
     with webui_server(args, env=env, log=workspace / "webui.log") as url:
         yield url, JobQueue(str(db))
 
@@ -55,8 +56,7 @@ def page(server):
     page = Page(driver, server[0])
     page.open()
     yield page
-    if os.environ.get(SCREENSHOTS_ENV):  # scripts/screenshots.py: the docs' pictures, after the runs above
-        page.open()
+    if os.environ.get(SCREENSHOTS_ENV):  # scripts/screenshots.py: the docs' pictures, of the page the tests used
         screenshots(page, Path(os.environ[SCREENSHOTS_ENV]))
     driver.quit()
 
@@ -213,12 +213,13 @@ def test_export_merges_the_adapter_in_shards(page, server, workspace):
     target = workspace / "merged"
     page.tab("Export")
     page.type("export-adapter", queue.get(job.id).config["output_dir"])
-    page.type("export-folder", str(target))
-    page.type("export-shard", "abc")
+    page.type("export-export-dir", str(target))
+    page.type("export-export-max-shard-size", "abc")
     page.click("export-start")
-    page.wait(lambda: "shard size 'abc' is not a size" in page.text("export-status"), 30, "the refusal")
+    error = page.wait(lambda: page.text("export-error-export-max-shard-size"), 30, "the refusal")
+    assert "export_max_shard_size" in error and "'abc'" in error
     assert not target.exists()
-    page.type("export-shard", "200MB")
+    page.type("export-export-max-shard-size", "200MB")
     page.click("export-start")
     page.wait(lambda: "wrote" in page.text("export-status"), 300, "the export", every=1.0)
     shards = sorted(target.glob("*.safetensors"))
