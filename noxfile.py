@@ -41,8 +41,7 @@ def bench(session: nox.Session) -> None:
     out = ROOT / "bench-results"
     runs = [session.posargs] if session.posargs else [["lora", "--repeat", "3"], ["lora", "baseline=true"]]
     for args in runs:
-        name = "-".join(a.replace("=", "_") for a in args
-                        if not a.startswith(("--", "lf_env=")) and not a.isdigit())
+        name = "-".join(a.replace("=", "_") for a in args if not a.startswith(("--", "lf_env=")) and not a.isdigit())
         session.run("factory", "bench", *args, "--output", str(out / f"{name}.json"))
     if not session.posargs:  # the job service: queue overhead per job, listing 1,000 jobs (SQLite, PostgreSQL)
         session.run("python", "-m", "factory.service.bench", "--output", str(out / "service.json"))
@@ -50,17 +49,33 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
+    """ruff's lint rules and its formatter (``ruff format .`` fixes what the check finds)."""
     session.install("ruff")
     session.run("ruff", "check", str(ROOT))
+    session.run("ruff", "format", "--check", str(ROOT))
 
 
 @nox.session
 def docs(session: nox.Session) -> None:
     """Regenerate the generated parts of docs/ (the plugin contracts table, the LLaMA-Factory key table) and check every doc test."""
     install_all(session)
-    session.run("python", "-c", "import factory.contracts as c; print('docs/plugins.md', 'updated' if "
-                f"c.write_guide({str(ROOT / 'docs' / 'plugins.md')!r}) else 'up to date')")
-    session.run("python", "-c", "import factory.lf_compat as m; print('docs/migrating.md', 'updated' if "
-                f"m.write_migrating_guide({str(ROOT / 'docs' / 'migrating.md')!r}) else 'up to date')")
-    session.run("pytest", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_docs.py"), str(ROOT / "tests" / "test_contracts.py"),
-                f"{ROOT / 'tests' / 'test_lf_compat.py'}::test_the_migration_guide_table_is_generated")
+    session.run(
+        "python",
+        "-c",
+        "import factory.contracts as c; print('docs/plugins.md', 'updated' if "
+        f"c.write_guide({str(ROOT / 'docs' / 'plugins.md')!r}) else 'up to date')",
+    )
+    session.run(
+        "python",
+        "-c",
+        "import factory.lf_compat as m; print('docs/migrating.md', 'updated' if "
+        f"m.write_migrating_guide({str(ROOT / 'docs' / 'migrating.md')!r}) else 'up to date')",
+    )
+    session.run(
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        str(ROOT / "tests" / "test_docs.py"),
+        str(ROOT / "tests" / "test_contracts.py"),
+        f"{ROOT / 'tests' / 'test_lf_compat.py'}::test_the_migration_guide_table_is_generated",
+    )

@@ -31,7 +31,9 @@ def check_training_selection(cfg: RunConfig, manager: PluginManager) -> None:
     if cfg.template != "auto":
         manager.require("templates", cfg.template)
     stage = manager.load("stages", cfg.stage)
-    packing_enabled(cfg, data_kind(manager, stage.data_kind, cfg.stage), None, stage.data_kind)  # kind known, packing fits
+    packing_enabled(
+        cfg, data_kind(manager, stage.data_kind, cfg.stage), None, stage.data_kind
+    )  # kind known, packing fits
     pick_loader(cfg, manager)
     if quantizer is None:
         check_quantized_checkpoint(cfg, manager)
@@ -66,8 +68,10 @@ def finetune(
     if isinstance(config, (str, os.PathLike, Mapping)):
         from factory.lf_compat import check_trains
 
-        check_trains(config if isinstance(config, Mapping) else read_config_file(config),
-                     "THIS.yaml" if isinstance(config, Mapping) else str(config))
+        check_trains(
+            config if isinstance(config, Mapping) else read_config_file(config),
+            "THIS.yaml" if isinstance(config, Mapping) else str(config),
+        )
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides, **kwargs)
     manager = cfg.manager()
     from factory.train.launch import CHECKED_ENV

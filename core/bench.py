@@ -70,12 +70,26 @@ WORKLOADS: dict[str, dict[str, Any]] = {
 
 # The levers of issue 9, switched off: padded batches, the library's full-vocabulary loss, and
 # frozen weights in fp32 under bf16 autocast (what LLaMA-Factory does).
-BASELINE = {"padding_free": False, "chunked_loss": False, "fused_ops": False, "frozen_weights": "fp32",
-            "kernel_cache_limit": False}
+BASELINE = {
+    "padding_free": False,
+    "chunked_loss": False,
+    "fused_ops": False,
+    "frozen_weights": "fp32",
+    "kernel_cache_limit": False,
+}
 
 
-LEVERS = ("padding_free", "packing", "chunked_loss", "fused_ops", "frozen_weights", "kernel_cache_limit",
-          "trim_memory", "torch_compile", "precision")
+LEVERS = (
+    "padding_free",
+    "packing",
+    "chunked_loss",
+    "fused_ops",
+    "frozen_weights",
+    "kernel_cache_limit",
+    "trim_memory",
+    "torch_compile",
+    "precision",
+)
 
 
 def default_dataset_dir() -> str | None:
@@ -115,8 +129,11 @@ def measured_peak_flops(dtype: str = "bf16", seconds: float = 2.0) -> float:
 
 def _linear_leaves(module: Any) -> list[Any]:
     """Matmul layers without sub-layers (a LoRA wrapper's base and adapters count, the wrapper not)."""
-    return [m for m in module.modules() if hasattr(m, "in_features") and hasattr(m, "out_features")
-            and not any(True for _ in m.children())]
+    return [
+        m
+        for m in module.modules()
+        if hasattr(m, "in_features") and hasattr(m, "out_features") and not any(True for _ in m.children())
+    ]
 
 
 def _flops_per_token(model: Any, mean_length: float) -> float:
@@ -154,15 +171,18 @@ def _save(result: dict[str, Any], output: str | None) -> None:
 
 def _check_workload(workload: str) -> None:
     if workload not in WORKLOADS:
-        raise ConfigError(f"unknown workload '{workload}'{did_you_mean(workload, WORKLOADS)} (workloads: {one_of(WORKLOADS)})")
+        raise ConfigError(
+            f"unknown workload '{workload}'{did_you_mean(workload, WORKLOADS)} (workloads: {one_of(WORKLOADS)})"
+        )
 
 
 # Figures of every run that ``--repeat`` lists beside the median run's.
 REPEATED = ("samples_per_second", "tokens_per_second", "peak_rss_gb", "mfu", "final_train_loss", "eval_loss")
 
 
-def run_bench_repeated(workload: str, overrides: list[str], repeat: int, *, dataset_dir: str | None = None,
-                       output: str | None = None) -> dict[str, Any]:
+def run_bench_repeated(
+    workload: str, overrides: list[str], repeat: int, *, dataset_dir: str | None = None, output: str | None = None
+) -> dict[str, Any]:
     """Run ``workload`` ``repeat`` times, each in a fresh process, and return the median run plus every run's figures.
 
     A shared VM's speed drifts by up to ~10% between runs of the same job, so one run is a sample,
@@ -180,7 +200,9 @@ def run_bench_repeated(workload: str, overrides: list[str], repeat: int, *, data
                 command += ["--dataset-dir", dataset_dir]
             done = subprocess.run(command, stdout=subprocess.DEVNULL)
             if done.returncode != 0:
-                raise FactoryError(f"factory bench: run {index + 1} of {repeat} failed with exit code {done.returncode}; its error is printed above")
+                raise FactoryError(
+                    f"factory bench: run {index + 1} of {repeat} failed with exit code {done.returncode}; its error is printed above"
+                )
             runs.append(json.loads(out.read_text()))
     median = sorted(runs, key=lambda run: run["samples_per_second"])[(repeat - 1) // 2]
     result = {**median, "repeats": {key: [run.get(key) for run in runs] for key in REPEATED}}  # mfu: sft/pt only
@@ -188,7 +210,9 @@ def run_bench_repeated(workload: str, overrides: list[str], repeat: int, *, data
     return result
 
 
-def run_bench(workload: str, overrides: list[str], *, dataset_dir: str | None = None, output: str | None = None) -> dict[str, Any]:
+def run_bench(
+    workload: str, overrides: list[str], *, dataset_dir: str | None = None, output: str | None = None
+) -> dict[str, Any]:
     """Run ``workload`` with ``overrides`` through its stage, as ``factory finetune`` would, and return (and optionally save) its measurements."""
     from factory.bench_profile import StepProfile
 
@@ -269,12 +293,14 @@ def run_bench(workload: str, overrides: list[str], *, dataset_dir: str | None = 
     }
     if "flops_per_token" in seen:
         peak = measured_peak_flops("bf16" if cfg.precision in ("bf16", "auto") else "fp32")
-        result.update({
-            "mfu": round(tokens_per_second * seen["flops_per_token"] / peak, 4),
-            "peak_flops": round(peak / 1e9, 1),
-            "peak_flops_how": "best FLOP/s of a 2048x2048 matmul in the run's precision on all torch threads (GFLOP/s)",
-            "flops_per_token": seen["flops_per_token"],
-        })
+        result.update(
+            {
+                "mfu": round(tokens_per_second * seen["flops_per_token"] / peak, 4),
+                "peak_flops": round(peak / 1e9, 1),
+                "peak_flops_how": "best FLOP/s of a 2048x2048 matmul in the run's precision on all torch threads (GFLOP/s)",
+                "flops_per_token": seen["flops_per_token"],
+            }
+        )
     _save(result, output)
     return result
 
@@ -299,8 +325,9 @@ def reward_accuracy(history: list[dict[str, Any]], metrics: dict[str, Any] | Non
     return {}
 
 
-def workload_config(workload: str, overrides: list[str], *, dataset_dir: str | None = None,
-                    output_dir: str | None = None) -> Any:
+def workload_config(
+    workload: str, overrides: list[str], *, dataset_dir: str | None = None, output_dir: str | None = None
+) -> Any:
     """The RunConfig of ``workload`` with ``overrides`` (``baseline=true`` turns every lever off)."""
     _check_workload(workload)
     base = dict(WORKLOADS[workload])

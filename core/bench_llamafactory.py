@@ -30,8 +30,13 @@ VENV_RECIPE = "bash ../shared/baselines/llamafactory-venv.sh DIR"
 
 # Our stage -> LLaMA-Factory's stage and its preference loss (LF runs ORPO and SimPO inside its DPO stage).
 _STAGES: dict[str, tuple[str, str | None]] = {
-    "sft": ("sft", None), "pt": ("pt", None), "rm": ("rm", None), "kto": ("kto", None),
-    "dpo": ("dpo", "sigmoid"), "orpo": ("dpo", "orpo"), "simpo": ("dpo", "simpo"),
+    "sft": ("sft", None),
+    "pt": ("pt", None),
+    "rm": ("rm", None),
+    "kto": ("kto", None),
+    "dpo": ("dpo", "sigmoid"),
+    "orpo": ("dpo", "orpo"),
+    "simpo": ("dpo", "simpo"),
 }
 _QUANTIZATION = {"bnb-4bit": 4, "bnb-8bit": 8}
 
@@ -47,7 +52,9 @@ def _model_folder(cfg: RunConfig) -> str:
     if cfg.model in ALIASES:
         return str(resolve_alias(cfg.model))
     if not (Path(cfg.model) / "config.json").is_file():
-        raise _unsupported(f"model '{cfg.model}'", "give model= a local Hugging Face folder (with config.json) or an alias")
+        raise _unsupported(
+            f"model '{cfg.model}'", "give model= a local Hugging Face folder (with config.json) or an alias"
+        )
     return str(Path(cfg.model).resolve())
 
 
@@ -57,14 +64,22 @@ def _method_keys(cfg: RunConfig) -> dict[str, Any]:
         if opts.use_dora or opts.use_rslora or opts.modules_to_save:
             raise _unsupported("lora.use_dora, lora.use_rslora or lora.modules_to_save", "compare plain LoRA")
         target = opts.target if isinstance(opts.target, str) else ",".join(opts.target)
-        return {"finetuning_type": "lora", "lora_rank": opts.rank, "lora_alpha": opts.scaling_alpha,
-                "lora_dropout": opts.dropout, "lora_target": target}
+        return {
+            "finetuning_type": "lora",
+            "lora_rank": opts.rank,
+            "lora_alpha": opts.scaling_alpha,
+            "lora_dropout": opts.dropout,
+            "lora_target": target,
+        }
     if cfg.method == "full":
         return {"finetuning_type": "full"}
     if cfg.method == "freeze":
         opts = cfg.options("freeze")
-        keys: dict[str, Any] = {"finetuning_type": "freeze", "freeze_trainable_layers": opts.layers,
-                                "freeze_trainable_modules": ",".join(opts.modules)}
+        keys: dict[str, Any] = {
+            "finetuning_type": "freeze",
+            "freeze_trainable_layers": opts.layers,
+            "freeze_trainable_modules": ",".join(opts.modules),
+        }
         if opts.extra:
             keys["freeze_extra_modules"] = ",".join(opts.extra)
         return keys
@@ -86,7 +101,9 @@ def _stage_keys(cfg: RunConfig) -> dict[str, Any]:
         keys.update(pref_beta=opts.beta, simpo_gamma=opts.gamma, pref_ftx=opts.ftx, pref_loss=pref_loss)
     elif cfg.stage == "kto":
         opts = cfg.options("kto")
-        keys.update(pref_beta=opts.beta, kto_chosen_weight=opts.desirable_weight, kto_rejected_weight=opts.undesirable_weight)
+        keys.update(
+            pref_beta=opts.beta, kto_chosen_weight=opts.desirable_weight, kto_rejected_weight=opts.undesirable_weight
+        )
     return keys
 
 
@@ -171,20 +188,35 @@ def run_llamafactory(job: dict[str, Any], lf_env: Path, workdir: Path) -> dict[s
     config = workdir / "llamafactory.yaml"
     config.write_text(yaml.safe_dump(job, sort_keys=False))
     log = workdir / "llamafactory.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "DISABLE_VERSION_CHECK": "1", "CUDA_VISIBLE_DEVICES": "", "WANDB_DISABLED": "true",
-           "VIRTUAL_ENV": str(lf_env), "PATH": f"{lf_env / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "DISABLE_VERSION_CHECK": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "WANDB_DISABLED": "true",
+        "VIRTUAL_ENV": str(lf_env),
+        "PATH": f"{lf_env / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     env.pop("PYTHONPATH", None)
     start = time.perf_counter()
     with log.open("wb") as sink:
-        child = subprocess.Popen([str(lf_env / "bin" / "llamafactory-cli"), "train", str(config)], cwd=workdir,
-                                 stdout=sink, stderr=subprocess.STDOUT, env=env)
+        child = subprocess.Popen(
+            [str(lf_env / "bin" / "llamafactory-cli"), "train", str(config)],
+            cwd=workdir,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         _, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
     if child.returncode != 0:
-        raise FactoryError(f"LLaMA-Factory's run failed with exit code {child.returncode} ({_log_tail(log)}); "
-                           f"its YAML is {config} and its log {log}")
+        raise FactoryError(
+            f"LLaMA-Factory's run failed with exit code {child.returncode} ({_log_tail(log)}); "
+            f"its YAML is {config} and its log {log}"
+        )
     out = Path(job["output_dir"])
     results_file, state_file = out / "all_results.json", out / "trainer_state.json"
     if not results_file.is_file():
@@ -225,13 +257,20 @@ def compare(result_lf: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
         "speedup": round(speed / speed_lf, 3) if speed and speed_lf else None,
         "peak_rss_ratio": round(rss / rss_lf, 3) if rss and rss_lf else None,
         "wall_speedup": round(result_lf["wall_seconds"] / ours["wall_seconds"], 3)
-        if result_lf.get("wall_seconds") and ours.get("wall_seconds") else None,
+        if result_lf.get("wall_seconds") and ours.get("wall_seconds")
+        else None,
     }
 
 
-_ROWS = (("samples/s", "samples_per_second"), ("train seconds", "train_runtime"), ("wall seconds", "wall_seconds"),
-         ("train loss (mean)", "train_loss"), ("final train loss", "final_train_loss"),
-         ("reward accuracy (mean)", "reward_accuracy"), ("peak RSS (GB)", "peak_rss_gb"))
+_ROWS = (
+    ("samples/s", "samples_per_second"),
+    ("train seconds", "train_runtime"),
+    ("wall seconds", "wall_seconds"),
+    ("train loss (mean)", "train_loss"),
+    ("final train loss", "final_train_loss"),
+    ("reward accuracy (mean)", "reward_accuracy"),
+    ("peak RSS (GB)", "peak_rss_gb"),
+)
 
 
 def side_by_side(result: dict[str, Any]) -> str:
@@ -241,20 +280,33 @@ def side_by_side(result: dict[str, Any]) -> str:
     def cell(value: Any) -> str:
         return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
-    rows = [(label, cell(lf.get(key)), cell(ours.get(key if key != "train_runtime" else "train_seconds")))
-            for label, key in _ROWS if lf.get(key) is not None or ours.get(key) is not None]
+    rows = [
+        (label, cell(lf.get(key)), cell(ours.get(key if key != "train_runtime" else "train_seconds")))
+        for label, key in _ROWS
+        if lf.get(key) is not None or ours.get(key) is not None
+    ]
     width = max(len(label) for label, _, _ in rows)
-    lines = [f"{result['workload']}: LLaMA-Factory {lf.get('version') or ''} vs factory".rstrip(),
-             f"{'':<{width}}  {'LLaMA-Factory':>14}  {'factory':>10}"]
+    lines = [
+        f"{result['workload']}: LLaMA-Factory {lf.get('version') or ''} vs factory".rstrip(),
+        f"{'':<{width}}  {'LLaMA-Factory':>14}  {'factory':>10}",
+    ]
     lines += [f"{label:<{width}}  {a:>14}  {b:>10}" for label, a, b in rows]
-    lines.append(f"speed-up {cell(ratio['speedup'])}x (samples/s), wall {cell(ratio['wall_speedup'])}x, "
-                 f"peak RSS {cell(ratio['peak_rss_ratio'])}x theirs")
+    lines.append(
+        f"speed-up {cell(ratio['speedup'])}x (samples/s), wall {cell(ratio['wall_speedup'])}x, "
+        f"peak RSS {cell(ratio['peak_rss_ratio'])}x theirs"
+    )
     return "\n".join(lines)
 
 
-def run_against_llamafactory(workload: str, overrides: list[str], *, lf_env: str | None = None,
-                             dataset_dir: str | None = None, output: str | None = None,
-                             keep: str | None = None) -> dict[str, Any]:
+def run_against_llamafactory(
+    workload: str,
+    overrides: list[str],
+    *,
+    lf_env: str | None = None,
+    dataset_dir: str | None = None,
+    output: str | None = None,
+    keep: str | None = None,
+) -> dict[str, Any]:
     """LLaMA-Factory on ``workload``'s job, then ours in a fresh process; both figures and the ratios.
 
     ``keep``: a folder to keep LLaMA-Factory's YAML, log and outputs in (default: a temporary folder).
@@ -272,8 +324,13 @@ def run_against_llamafactory(workload: str, overrides: list[str], *, lf_env: str
         theirs.pop("log", None)
     _save({"workload": workload, "overrides": overrides, "llamafactory": theirs}, output)  # kept should ours fail
     ours = run_bench_repeated(workload, overrides, 1, dataset_dir=dataset_dir)
-    result = {"workload": workload, "overrides": overrides, "llamafactory": theirs, "factory": ours,
-              "ratio": compare(theirs, ours)}
+    result = {
+        "workload": workload,
+        "overrides": overrides,
+        "llamafactory": theirs,
+        "factory": ours,
+        "ratio": compare(theirs, ours),
+    }
     _save(result, output)
     return result
 

@@ -53,6 +53,7 @@ class StepProfile:
                 self._depth[part] -= 1
                 if not self._depth[part]:  # a part that calls itself is counted once
                     self._running[part] += time.perf_counter() - start
+
         return timed
 
     def _collate(self, collator: Callable[[list[dict[str, Any]]], Any]) -> Callable[[list[dict[str, Any]]], Any]:
@@ -60,11 +61,19 @@ class StepProfile:
 
         def collate(features: list[dict[str, Any]]) -> Any:
             batch = timed(features)
-            self._real += sum(len(value) for feature in features for key, value in feature.items()
-                              if key.endswith("input_ids") and isinstance(value, (list, tuple)))
-            self._computed += sum(int(value.numel()) for key, value in batch.items()
-                                  if key.endswith("input_ids") and hasattr(value, "numel"))
+            self._real += sum(
+                len(value)
+                for feature in features
+                for key, value in feature.items()
+                if key.endswith("input_ids") and isinstance(value, (list, tuple))
+            )
+            self._computed += sum(
+                int(value.numel())
+                for key, value in batch.items()
+                if key.endswith("input_ids") and hasattr(value, "numel")
+            )
             return batch
+
         return collate
 
     def attach(self, trainer: Any) -> None:
@@ -113,9 +122,11 @@ class StepProfile:
         share = lambda seconds: round(seconds / train_seconds, 4) if train_seconds else 0.0  # noqa: E731
         return {
             "how": "wall time of timing hooks on the run's own trainer: collator (data), compute_loss (forward), "
-                   "accelerator.backward, gradient clipping, optimizer.step; shares of the training time",
+            "accelerator.backward, gradient clipping, optimizer.step; shares of the training time",
             "seconds": {part: round(seconds, 3) for part, seconds in parts.items()},
             "share": {part: share(seconds) for part, seconds in parts.items()},
-            "forward_parts": {part: {"seconds": round(seconds, 3), "share": share(seconds)} for part, seconds in inner.items()},
+            "forward_parts": {
+                part: {"seconds": round(seconds, 3), "share": share(seconds)} for part, seconds in inner.items()
+            },
             "dominant": max(parts, key=parts.__getitem__),
         }

@@ -32,8 +32,11 @@ _add("factory-plugin-s2attn", patches=["s2attn"], sections=["s2attn"])
 _add("factory-plugin-flash-attn", patches=["flash-attn", "flash-attn3"], sections=["flash_attn"])
 _add("factory-plugin-rope", patches=["rope-scaling"], sections=["rope_scaling"])
 _add("factory-plugin-liger", patches=["liger"], sections=["liger"])
-_add("factory-plugin-trl", stages=["rm", "dpo", "kto", "orpo", "simpo", "ppo"],
-     sections=["rm", "dpo", "kto", "orpo", "simpo", "ppo"])
+_add(
+    "factory-plugin-trl",
+    stages=["rm", "dpo", "kto", "orpo", "simpo", "ppo"],
+    sections=["rm", "dpo", "kto", "orpo", "simpo", "ppo"],
+)
 _add("factory-plugin-neftune", callbacks=["neftune"], sections=["neftune"])
 _add("factory-plugin-vllm", engines=["vllm"], sections=["vllm"])
 

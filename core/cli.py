@@ -50,13 +50,17 @@ def cmd_export(ns: argparse.Namespace) -> int:
     config, overrides = _split_config(ns.args)
     # The command's own words for two export keys; a LLaMA-Factory merge YAML's export_dir/export_size are those keys.
     words = {"output": "export_dir", "max_shard_size": "export_max_shard_size"}
-    overrides = [words[key] + override[len(key):] if (key := override.partition("=")[0]) in words else override
-                 for override in overrides]
+    overrides = [
+        words[key] + override[len(key) :] if (key := override.partition("=")[0]) in words else override
+        for override in overrides
+    ]
     cfg = load_config(config, overrides)
     out = export_model(cfg, cfg.manager())
-    print(f"factory: merged model written to {out}"
-          + (f" (Ollama: ollama create NAME -f {out}/Modelfile)" if cfg.export_ollama else "")
-          + (f", uploaded to {cfg.export_hub_repo}" if cfg.export_hub_repo else ""))
+    print(
+        f"factory: merged model written to {out}"
+        + (f" (Ollama: ollama create NAME -f {out}/Modelfile)" if cfg.export_ollama else "")
+        + (f", uploaded to {cfg.export_hub_repo}" if cfg.export_hub_repo else "")
+    )
     return 0
 
 
@@ -103,8 +107,16 @@ def cmd_templates_check(ns: argparse.Namespace) -> int:
     from factory.data.template_check import run_check
 
     thinking = {"true": True, "false": False}.get(ns.enable_thinking) if ns.enable_thinking else None
-    return run_check(ns.name, jinja=ns.jinja, model=ns.model, data=ns.data, bos_token=ns.bos_token,
-                     eos_token=ns.eos_token, date_string=ns.date_string, enable_thinking=thinking)
+    return run_check(
+        ns.name,
+        jinja=ns.jinja,
+        model=ns.model,
+        data=ns.data,
+        bos_token=ns.bos_token,
+        eos_token=ns.eos_token,
+        date_string=ns.date_string,
+        enable_thinking=thinking,
+    )
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
@@ -122,7 +134,9 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     ids: list[int] = []
     if action == "compare":
         if len(rest) < 2 or not all(item.isdigit() for item in rest[:2]):
-            raise ConfigError(f"factory eval compare needs two run ids (e.g. factory eval compare 3 5), got {' '.join(rest[:2]) or 'none'}")
+            raise ConfigError(
+                f"factory eval compare needs two run ids (e.g. factory eval compare 3 5), got {' '.join(rest[:2]) or 'none'}"
+            )
         ids, rest = [int(item) for item in rest[:2]], rest[2:]
     config, overrides = _split_config(rest)
     store = ResultsStore(load_config(config, overrides).results_db)
@@ -178,8 +192,12 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     against, lf_env, overrides = split_against(ns.overrides)
     if against:
         if ns.repeat != 1:
-            raise ConfigError("--repeat does not apply with against=llamafactory (one run of each, side by side); drop it")
-        result = run_against_llamafactory(ns.workload, overrides, lf_env=lf_env, dataset_dir=ns.dataset_dir, output=ns.output)
+            raise ConfigError(
+                "--repeat does not apply with against=llamafactory (one run of each, side by side); drop it"
+            )
+        result = run_against_llamafactory(
+            ns.workload, overrides, lf_env=lf_env, dataset_dir=ns.dataset_dir, output=ns.output
+        )
         print(json.dumps(result, indent=2))
         print(side_by_side(result))
         return 0
@@ -253,7 +271,9 @@ def cmd_jobs_submit(ns: argparse.Namespace) -> int:
     if ns.json:
         print(json.dumps(job, indent=2, default=str))
     else:
-        print(f"factory: queued job {job['id']} ({job['kind']}, priority {job['priority']}); see factory jobs show {job['id']}")
+        print(
+            f"factory: queued job {job['id']} ({job['kind']}, priority {job['priority']}); see factory jobs show {job['id']}"
+        )
     return 0
 
 
@@ -284,7 +304,9 @@ def _job(ns: argparse.Namespace, action: str = "") -> dict:
     if ns.server:
         from factory.service.client import ServiceClient
 
-        return ServiceClient(ns.server).call("POST" if action else "GET", f"/v1/jobs/{ns.id}" + (f"/{action}" if action else ""))
+        return ServiceClient(ns.server).call(
+            "POST" if action else "GET", f"/v1/jobs/{ns.id}" + (f"/{action}" if action else "")
+        )
     queue = _queue(ns.args)
     return (queue.cancel(ns.id) if action == "cancel" else queue.get(ns.id)).to_dict()
 
@@ -306,7 +328,11 @@ def cmd_jobs_cancel(ns: argparse.Namespace) -> int:
     if not getattr(ns, "server", None):  # with --server only the server needs its database
         _require("store", "factory jobs")
     job = _job(ns, "cancel")
-    what = "cancelled" if job["status"] == "cancelled" else f"asked to stop; worker {job['worker']} stops it at its next batch"
+    what = (
+        "cancelled"
+        if job["status"] == "cancelled"
+        else f"asked to stop; worker {job['worker']} stops it at its next batch"
+    )
     print(f"factory: job {job['id']} {what}")
     return 0
 
@@ -420,7 +446,9 @@ def cmd_runs_compare(ns: argparse.Namespace) -> int:
     run_a, run_b = runs.get(a), runs.get(b)
     rows = compare_training(run_a, run_b)
     if ns.json:
-        print(json.dumps({"a": run_a.to_dict(), "b": run_b.to_dict(), **rows}, indent=2, default=str, ensure_ascii=False))
+        print(
+            json.dumps({"a": run_a.to_dict(), "b": run_b.to_dict(), **rows}, indent=2, default=str, ensure_ascii=False)
+        )
     else:
         report.print_training_compare(run_a, run_b, rows)
     return 0
@@ -436,8 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Configs: a YAML file, then key=value overrides (dotted for plugin options, e.g. lora.rank=16).",
     )
     parser.add_argument("--version", action="version", version=f"factory {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="show every library's logs and warnings (default: factory's progress and results only)")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show every library's logs and warnings (default: factory's progress and results only)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("finetune", help="train a model (stage, method and data from the config)")
@@ -445,7 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("export", help="merge an adapter into its base model and save a plain HF folder")
-    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] model=... adapter=DIR output=DIR [max_shard_size=2GB export.ollama=true export.hub_repo=OWNER/NAME]")
+    p.add_argument(
+        "args",
+        nargs="*",
+        metavar="[CONFIG.yaml] model=... adapter=DIR output=DIR [max_shard_size=2GB export.ollama=true export.hub_repo=OWNER/NAME]",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("convert", help="write a config (a LLaMA-Factory YAML too) in factory's grouped form")
@@ -465,19 +501,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="inspect data sets as a stage will see them")
     dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     q = dsub.add_parser("preview", help="tokenized examples with the trained spans marked, and a length summary")
-    q.add_argument("args", nargs="*", metavar="[CONFIG.yaml | DATASET] [key=value ...]",
-                   help="a run's config and overrides (dataset=, dataset_dir=, template=, model=, cutoff_len=...)")
+    q.add_argument(
+        "args",
+        nargs="*",
+        metavar="[CONFIG.yaml | DATASET] [key=value ...]",
+        help="a run's config and overrides (dataset=, dataset_dir=, template=, model=, cutoff_len=...)",
+    )
     q.add_argument("-n", type=int, default=3, help="examples to show (default 3)")
     q.set_defaults(func=cmd_data_preview)
 
     p = sub.add_parser("templates", help="check a chat template against a model's official one")
     tsub = p.add_subparsers(dest="templates_command", metavar="SUBCOMMAND", required=True)
-    q = tsub.add_parser("check", help="render conversations with a factory template and the official Jinja template; "
-                        "print the first differing character of each (exit 1 if one differs)")
+    q = tsub.add_parser(
+        "check",
+        help="render conversations with a factory template and the official Jinja template; "
+        "print the first differing character of each (exit 1 if one differs)",
+    )
     q.add_argument("name", help="factory template name (or alias)")
     q.add_argument("--jinja", help="the official chat template as a Jinja file")
     q.add_argument("--model", help="a Hugging Face model folder: its chat_template (unless --jinja) and bos/eos tokens")
-    q.add_argument("--data", help="your own conversations: JSON or JSONL rows in OpenAI's form ({\"messages\": [...]})")
+    q.add_argument("--data", help='your own conversations: JSON or JSONL rows in OpenAI\'s form ({"messages": [...]})')
     q.add_argument("--bos-token", help="the model's bos token (default: the --model tokenizer's, else none)")
     q.add_argument("--eos-token", help="the model's eos token (default: the --model tokenizer's, else none)")
     q.add_argument("--date-string", help="the date both templates write into a dated system header")
@@ -502,18 +545,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="run a named training workload and measure speed, memory and loss")
     p.add_argument("workload", nargs="?", default="lora", help="workload name (see --list); default: lora")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides; baseline=true turns every speed lever off; against=llamafactory lf_env=DIR "
-                        "runs the same job through LLaMA-Factory first and prints both side by side")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides; baseline=true turns every speed lever off; against=llamafactory lf_env=DIR "
+        "runs the same job through LLaMA-Factory first and prints both side by side",
+    )
     p.add_argument("--dataset-dir", help="folder with alpaca_en_demo (default: ../shared/data/llamafactory-demo)")
     p.add_argument("--output", help="also write the JSON result to this file")
-    p.add_argument("--repeat", type=int, default=1, metavar="N",
-                   help="run N times, each in a fresh process; report the median run and every run's figures")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N times, each in a fresh process; report the median run and every run's figures",
+    )
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("worker", help="run queued jobs from the database (eval, predict, finetune)",
-                       description="factory worker [CONFIG.yaml] [kinds=eval,predict,finetune] [results_db=URL] [jobs.KEY=...]")
+    p = sub.add_parser(
+        "worker",
+        help="run queued jobs from the database (eval, predict, finetune)",
+        description="factory worker [CONFIG.yaml] [kinds=eval,predict,finetune] [results_db=URL] [jobs.KEY=...]",
+    )
     p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [kinds=...] [key=value ...]")
     p.add_argument("--name", help="this worker's name in the jobs table (default HOST:PID)")
     p.add_argument("--exit-idle", type=float, metavar="SECONDS", help="stop once the queue has been empty this long")
@@ -524,7 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("jobs", help="submit, list, show, cancel jobs and read their logs (database or --server)")
     jsub = p.add_subparsers(dest="jobs_command", metavar="SUBCOMMAND", required=True)
 
-    def job_command(name: str, help_text: str, func: Any, metavar: str = "[results_db=URL]", with_id: bool = True) -> argparse.ArgumentParser:
+    def job_command(
+        name: str, help_text: str, func: Any, metavar: str = "[results_db=URL]", with_id: bool = True
+    ) -> argparse.ArgumentParser:
         q = jsub.add_parser(name, help=help_text)
         if with_id:
             q.add_argument("id", type=int, help="the job's id")
@@ -534,10 +591,18 @@ def build_parser() -> argparse.ArgumentParser:
         q.set_defaults(func=func)
         return q
 
-    q = job_command("submit", "queue a job from a config file and/or key=value settings", cmd_jobs_submit,
-                    "[CONFIG.yaml] [key=value ...]", with_id=False)
-    q.add_argument("--kind", choices=("eval", "predict", "finetune"),
-                   help="default: predict for task=bleu-rouge, eval for another task, finetune without one")
+    q = job_command(
+        "submit",
+        "queue a job from a config file and/or key=value settings",
+        cmd_jobs_submit,
+        "[CONFIG.yaml] [key=value ...]",
+        with_id=False,
+    )
+    q.add_argument(
+        "--kind",
+        choices=("eval", "predict", "finetune"),
+        help="default: predict for task=bleu-rouge, eval for another task, finetune without one",
+    )
     q.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
     q = job_command("list", "jobs, newest first", cmd_jobs_list, with_id=False)
     q.add_argument("--status", help="only these statuses, comma-separated (queued,running,succeeded,failed,cancelled)")
@@ -581,8 +646,10 @@ def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:
 
     for impl in get_manager().implementations("commands"):
         if impl.name in sub.choices:
-            print(f"factory: ignoring the command '{impl.name}' of {impl.distribution}: it would shadow a built-in command",
-                  file=sys.stderr)
+            print(
+                f"factory: ignoring the command '{impl.name}' of {impl.distribution}: it would shadow a built-in command",
+                file=sys.stderr,
+            )
             continue
         p = sub.add_parser(impl.name, help=impl.description, add_help=False, prefix_chars="\0")
         p.add_argument("args", nargs=argparse.REMAINDER)
@@ -593,7 +660,9 @@ def _run_plugin_command(name: str, argv: list[str]) -> int:
     from factory.plugins import get_manager
 
     command = get_manager().load("commands", name)  # refuses, in one sentence, one that cannot run here
-    parser = argparse.ArgumentParser(prog=f"factory {name}", description=get_manager().get("commands", name).description)
+    parser = argparse.ArgumentParser(
+        prog=f"factory {name}", description=get_manager().get("commands", name).description
+    )
     command.add_arguments(parser)
     return command.run(parser.parse_args(argv))
 

@@ -56,12 +56,21 @@ class JobsConfig(BaseModel):
         description="folders a job may read benchmark folders, data files and adapters from (task_dir and dataset_dir always are)",
     )
     output_dir: str | None = Field(None, description="where job outputs go, one folder per job; default outputs/jobs")
-    keep_finished: int = Field(1000, ge=0, le=MAX_COUNT, description="finished jobs kept for listing; older ones are forgotten")
-    heartbeat_seconds: float = Field(10.0, gt=0, le=3600, description="how often a worker tells the database it is alive")
-    stale_after_seconds: float = Field(
-        60.0, gt=0, le=86400, description="a running job whose worker was silent this long is requeued once, then failed"
+    keep_finished: int = Field(
+        1000, ge=0, le=MAX_COUNT, description="finished jobs kept for listing; older ones are forgotten"
     )
-    poll_seconds: float = Field(5.0, gt=0, le=3600, description="longest wait between an idle worker's looks at the queue")
+    heartbeat_seconds: float = Field(
+        10.0, gt=0, le=3600, description="how often a worker tells the database it is alive"
+    )
+    stale_after_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="a running job whose worker was silent this long is requeued once, then failed",
+    )
+    poll_seconds: float = Field(
+        5.0, gt=0, le=3600, description="longest wait between an idle worker's looks at the queue"
+    )
 
 
 class RunConfig(BaseModel):
@@ -72,9 +81,16 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # model
-    model: str = Field("smollm2-135m-instruct", description="folder, GGUF file, hub id (owner/name, downloaded) or alias")
-    revision: str | None = Field(None, description="branch, tag or commit of a hub model to download and load (default: main)")
-    adapter: str | None = Field(None, description="a trained adapter folder to load on top (chat, export, eval), or to train further (a training run with a method that trains adapters)")
+    model: str = Field(
+        "smollm2-135m-instruct", description="folder, GGUF file, hub id (owner/name, downloaded) or alias"
+    )
+    revision: str | None = Field(
+        None, description="branch, tag or commit of a hub model to download and load (default: main)"
+    )
+    adapter: str | None = Field(
+        None,
+        description="a trained adapter folder to load on top (chat, export, eval), or to train further (a training run with a method that trains adapters)",
+    )
     loader: str = Field("auto", description="model loader; auto asks each registered loader")
     trust_remote_code: bool = False
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
@@ -86,12 +102,14 @@ class RunConfig(BaseModel):
     # data
     template: str = Field("auto", description="chat template; auto uses the tokenizer's own")
     reasoning: Literal["train", "keep", "drop"] = Field(
-        "train", description="reasoning (<think> spans, reasoning_content) of the final answer: train it, keep it "
-        "untrained, or drop it; earlier turns' reasoning is kept or dropped as the template's family does"
+        "train",
+        description="reasoning (<think> spans, reasoning_content) of the final answer: train it, keep it "
+        "untrained, or drop it; earlier turns' reasoning is kept or dropped as the template's family does",
     )
     enable_thinking: bool | None = Field(
-        None, description="for templates with a thinking switch (qwen3...): false opens answers with an empty "
-        "reasoning block; None: the template's default"
+        None,
+        description="for templates with a thinking switch (qwen3...): false opens answers with an empty "
+        "reasoning block; None: the template's default",
     )
     dataset: str | list[str] = Field("identity", description="data set name, path, or a list of them")
     dataset_dir: str | None = Field(None, description="folder searched for data set descriptors")
@@ -135,8 +153,12 @@ class RunConfig(BaseModel):
     eval_steps: int | None = Field(None, gt=0, le=MAX_COUNT)
     seed: int = Field(42, ge=0, le=MAX_SEED)
     nproc: int = Field(1, gt=0, le=1024, description="processes for data-parallel training (torchrun)")
-    deepspeed: str | None = Field(None, description="DeepSpeed: zero2 or zero3 (factory's presets) or a DeepSpeed JSON config file")
-    fsdp: str | None = Field(None, description="FSDP (run as FSDP2, CUDA GPUs only): the Trainer's FSDP options, e.g. 'full_shard auto_wrap'")
+    deepspeed: str | None = Field(
+        None, description="DeepSpeed: zero2 or zero3 (factory's presets) or a DeepSpeed JSON config file"
+    )
+    fsdp: str | None = Field(
+        None, description="FSDP (run as FSDP2, CUDA GPUs only): the Trainer's FSDP options, e.g. 'full_shard auto_wrap'"
+    )
     report_to: list[str] = Field(default_factory=list)
     frozen_weights: Literal["compute", "fp32"] = Field(
         "compute", description="keep frozen weights in the compute precision (bf16) or in fp32 under autocast"
@@ -156,10 +178,14 @@ class RunConfig(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     system: str | None = Field(None, description="system prompt for chat (default: the template's)")
     engine: str = Field("transformers", description="inference engine: transformers, or one a plugin adds (vllm)")
-    max_batch_size: int = Field(8, gt=0, le=4096, description="most requests the engine generates together in one batch")
+    max_batch_size: int = Field(
+        8, gt=0, le=4096, description="most requests the engine generates together in one batch"
+    )
     host: str = Field("127.0.0.1", description="address factory serve listens on")
     port: int = Field(8000, ge=0, le=65535, description="port factory serve listens on (0: any free port)")
-    api_key: str | None = Field(None, description="when set, factory serve requires 'Authorization: Bearer KEY' (full access)")
+    api_key: str | None = Field(
+        None, description="when set, factory serve requires 'Authorization: Bearer KEY' (full access)"
+    )
     api_keys: dict[str, Literal["read", "submit"]] = Field(
         default_factory=dict, description="more keys of factory serve with a scope: read (GET routes only) or submit"
     )
@@ -170,24 +196,48 @@ class RunConfig(BaseModel):
     served_model_name: str | None = Field(None, description="model id the server reports and accepts (default: model)")
 
     # export (factory export)
-    export_dir: str | None = Field(None, description="folder factory export writes (output=DIR on the command line does the same)")
-    export_max_shard_size: int | None = Field(
-        None, gt=0, description="largest safetensors file of an export, in bytes or with a unit (500MB, 2GB, 1GiB); "
-        "bigger models are split into shards with an index; default: transformers' (50GB)"
+    export_dir: str | None = Field(
+        None, description="folder factory export writes (output=DIR on the command line does the same)"
     )
-    export_ollama: bool = Field(False, description="also write an Ollama Modelfile: FROM ., the chat template as TEMPLATE, stop tokens, the default SYSTEM")
-    export_hub_repo: str | None = Field(None, description="hub repository (owner/name) to upload the exported folder to (HF_ENDPOINT, HF_TOKEN)")
-    export_hub_private: bool = Field(True, description="create export_hub_repo as a private repository when it does not exist yet")
+    export_max_shard_size: int | None = Field(
+        None,
+        gt=0,
+        description="largest safetensors file of an export, in bytes or with a unit (500MB, 2GB, 1GiB); "
+        "bigger models are split into shards with an index; default: transformers' (50GB)",
+    )
+    export_ollama: bool = Field(
+        False,
+        description="also write an Ollama Modelfile: FROM ., the chat template as TEMPLATE, stop tokens, the default SYSTEM",
+    )
+    export_hub_repo: str | None = Field(
+        None, description="hub repository (owner/name) to upload the exported folder to (HF_ENDPOINT, HF_TOKEN)"
+    )
+    export_hub_private: bool = Field(
+        True, description="create export_hub_repo as a private repository when it does not exist yet"
+    )
 
     # evaluation
-    task: str | None = Field(None, description="evaluator: mmlu, cmmlu, ceval (multiple choice) or bleu-rouge (predict)")
-    task_dir: str | None = Field(None, description="benchmark folder with dev/ and test/ (or val/), one CSV per subject")
+    task: str | None = Field(
+        None, description="evaluator: mmlu, cmmlu, ceval (multiple choice) or bleu-rouge (predict)"
+    )
+    task_dir: str | None = Field(
+        None, description="benchmark folder with dev/ and test/ (or val/), one CSV per subject"
+    )
     subjects: list[str] | None = Field(None, description="subjects to evaluate (CSV file names); default: all")
-    eval_split: str | None = Field(None, description="folder of task_dir to score; default: the task's (test, C-Eval val)")
+    eval_split: str | None = Field(
+        None, description="folder of task_dir to score; default: the task's (test, C-Eval val)"
+    )
     n_shot: int = Field(5, ge=0, le=1000, description="solved examples from dev/ before each question")
-    eval_prompt: Literal["chat", "raw"] = Field("chat", description="render questions with the chat template or as raw text")
-    results_db: str | None = Field(None, description="SQLite file or SQLAlchemy URL recording runs and jobs; default FACTORY_RESULTS_DB or the user data folder")
-    results_db_timeout: float = Field(10.0, gt=0, le=3600, description="seconds a write waits for a locked SQLite database before giving up")
+    eval_prompt: Literal["chat", "raw"] = Field(
+        "chat", description="render questions with the chat template or as raw text"
+    )
+    results_db: str | None = Field(
+        None,
+        description="SQLite file or SQLAlchemy URL recording runs and jobs; default FACTORY_RESULTS_DB or the user data folder",
+    )
+    results_db_timeout: float = Field(
+        10.0, gt=0, le=3600, description="seconds a write waits for a locked SQLite database before giving up"
+    )
 
     jobs: JobsConfig = Field(default_factory=JobsConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
@@ -232,7 +282,9 @@ class RunConfig(BaseModel):
             if raw is None:
                 raw = {}
             if not isinstance(raw, Mapping):
-                raise ConfigError(f"config key '{name}' must be a mapping of options (e.g. {name}.KEY=VALUE), not {raw!r}")
+                raise ConfigError(
+                    f"config key '{name}' must be a mapping of options (e.g. {name}.KEY=VALUE), not {raw!r}"
+                )
             validated[name] = _validate(options, raw, name)
         cfg._sections = validated
         return cfg
@@ -299,7 +351,9 @@ class RunConfig(BaseModel):
     def section(self, group: str) -> dict[str, Any]:
         """The core keys of one group (``cfg.section("train")["learning_rate"]``)."""
         if group not in GROUPS:
-            raise ConfigError(f"config group '{group}' does not exist{did_you_mean(group, GROUPS)} (groups: {', '.join(GROUPS)})")
+            raise ConfigError(
+                f"config group '{group}' does not exist{did_you_mean(group, GROUPS)} (groups: {', '.join(GROUPS)})"
+            )
         return {key: getattr(self, key) for key in GROUPS[group]}
 
     def manager(self) -> PluginManager:
@@ -311,19 +365,86 @@ CORE_KEYS = frozenset(RunConfig.model_fields)
 # The sections a config may also be written in; flat keys keep working. Every core key but the
 # nested jobs and plugins belongs to exactly one group (a test checks).
 GROUPS: dict[str, tuple[str, ...]] = {
-    "model": ("model", "revision", "adapter", "loader", "trust_remote_code", "precision", "attn_implementation",
-              "gradient_checkpointing", "patches", "quantization", "frozen_weights"),
-    "data": ("template", "reasoning", "enable_thinking", "dataset", "dataset_dir", "eval_dataset", "cutoff_len",
-             "max_samples", "val_size", "streaming", "packing", "padding_free", "mix_strategy", "interleave_probs",
-             "train_on", "placeholders", "preprocessing_num_workers"),
-    "train": ("stage", "method", "optimizer", "callbacks", "batch_size", "eval_batch_size",
-              "gradient_accumulation_steps", "learning_rate", "weight_decay", "max_grad_norm", "lr_scheduler",
-              "warmup_ratio", "warmup_steps", "num_epochs", "max_steps", "logging_steps", "save_steps",
-              "save_total_limit", "eval_steps", "seed", "nproc", "deepspeed", "fsdp", "report_to", "torch_compile",
-              "chunked_loss", "fused_ops", "kernel_cache_limit", "trim_memory", "sample_prompt"),
+    "model": (
+        "model",
+        "revision",
+        "adapter",
+        "loader",
+        "trust_remote_code",
+        "precision",
+        "attn_implementation",
+        "gradient_checkpointing",
+        "patches",
+        "quantization",
+        "frozen_weights",
+    ),
+    "data": (
+        "template",
+        "reasoning",
+        "enable_thinking",
+        "dataset",
+        "dataset_dir",
+        "eval_dataset",
+        "cutoff_len",
+        "max_samples",
+        "val_size",
+        "streaming",
+        "packing",
+        "padding_free",
+        "mix_strategy",
+        "interleave_probs",
+        "train_on",
+        "placeholders",
+        "preprocessing_num_workers",
+    ),
+    "train": (
+        "stage",
+        "method",
+        "optimizer",
+        "callbacks",
+        "batch_size",
+        "eval_batch_size",
+        "gradient_accumulation_steps",
+        "learning_rate",
+        "weight_decay",
+        "max_grad_norm",
+        "lr_scheduler",
+        "warmup_ratio",
+        "warmup_steps",
+        "num_epochs",
+        "max_steps",
+        "logging_steps",
+        "save_steps",
+        "save_total_limit",
+        "eval_steps",
+        "seed",
+        "nproc",
+        "deepspeed",
+        "fsdp",
+        "report_to",
+        "torch_compile",
+        "chunked_loss",
+        "fused_ops",
+        "kernel_cache_limit",
+        "trim_memory",
+        "sample_prompt",
+    ),
     "output": ("output_dir", "overwrite_output_dir", "resume"),
-    "serve": ("max_new_tokens", "temperature", "top_p", "system", "engine", "max_batch_size", "host", "port",
-              "api_key", "api_keys", "max_request_bytes", "openapi", "served_model_name"),
+    "serve": (
+        "max_new_tokens",
+        "temperature",
+        "top_p",
+        "system",
+        "engine",
+        "max_batch_size",
+        "host",
+        "port",
+        "api_key",
+        "api_keys",
+        "max_request_bytes",
+        "openapi",
+        "served_model_name",
+    ),
     "export": ("export_dir", "export_max_shard_size", "export_ollama", "export_hub_repo", "export_hub_private"),
     "eval": ("task", "task_dir", "subjects", "eval_split", "n_shot", "eval_prompt", "results_db", "results_db_timeout"),
 }
@@ -347,8 +468,18 @@ def group_keys(flat: Mapping[str, Any]) -> dict[str, Any]:
     return grouped
 
 
-_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 def parse_size(text: str) -> int:
@@ -379,7 +510,9 @@ def _ungroup(data: Mapping[str, Any]) -> dict[str, Any]:
             flat[key] = value
     clash = next((key for key in grouped if key in flat and flat[key] != grouped[key]), None)
     if clash is not None:
-        raise ConfigError(f"config key '{clash}' is given both flat and inside its group, with different values; keep one")
+        raise ConfigError(
+            f"config key '{clash}' is given both flat and inside its group, with different values; keep one"
+        )
     return {**flat, **grouped}
 
 
@@ -411,7 +544,9 @@ def override_list(overrides: Iterable[str]) -> list[str]:
         raise ConfigError(f"overrides must be a list of 'key=value' strings, not {overrides!r}") from None
     strange = next((item for item in items if not isinstance(item, str)), None)
     if strange is not None:
-        raise ConfigError(f"override {strange!r} is not a string; overrides are 'key=value' strings, e.g. 'batch_size=2'")
+        raise ConfigError(
+            f"override {strange!r} is not a string; overrides are 'key=value' strings, e.g. 'batch_size=2'"
+        )
     return items
 
 

@@ -73,7 +73,9 @@ class Adapter(Protocol):
     """Fine-tuning methods (``method: NAME``)."""
 
     trains_all_weights = Attribute(
-        "bool", "every weight trains (full tuning): the model loads in fp32 instead of the compute precision", default=False
+        "bool",
+        "every weight trains (full tuning): the model loads in fp32 instead of the compute precision",
+        default=False,
     )
 
     def apply(self, model: Any, cfg: Any) -> Any:
@@ -131,9 +133,13 @@ class Aligner(Protocol):
 class DataKind(Protocol):
     """Data kinds (a stage's ``data_kind``): standard records -> tokenized rows -> batches."""
 
-    columns = Attribute("dict[str, str]", "the columns of a tokenized row: name -> `ids` (int32 token lists), `bool` or `float`")
+    columns = Attribute(
+        "dict[str, str]", "the columns of a tokenized row: name -> `ids` (int32 token lists), `bool` or `float`"
+    )
     packable = Attribute("bool", "rows may be packed several to a `cutoff_len` row (`packing: true`)", default=False)
-    chunks = Attribute("bool", "texts are cut into `cutoff_len` chunks instead of truncated; packing on by default", default=False)
+    chunks = Attribute(
+        "bool", "texts are cut into `cutoff_len` chunks instead of truncated; packing on by default", default=False
+    )
 
     def tokenize(self, batch: dict, *, tokenizer: Any, template: Any, options: Any) -> dict:
         """Batched `datasets.map` function: records -> `columns` plus `_status` (`ok`, `truncated`, `dropped:<why>`) and `_length`."""
@@ -156,7 +162,12 @@ class ChatTemplate(Protocol):
     stop_words = Attribute("list[str]", "strings that end an answer at inference")
 
     def render(
-        self, messages: Sequence[Mapping], *, system: str = "", tools: Any = "", add_generation_prompt: bool = False,
+        self,
+        messages: Sequence[Mapping],
+        *,
+        system: str = "",
+        tools: Any = "",
+        add_generation_prompt: bool = False,
         tokenizer: Any = None,
     ) -> list:
         """The conversation as ``Segment(text, trainable)`` pieces; trained spans are marked, the text is the family's."""
@@ -175,7 +186,9 @@ class Patch(Protocol):
 class Stage(Protocol):
     """Training stages (``stage: NAME``)."""
 
-    data_kind = Attribute("str", "the registered data kind the stage trains on (pretrain, supervised, or a plugin's such as pairwise)")
+    data_kind = Attribute(
+        "str", "the registered data kind the stage trains on (pretrain, supervised, or a plugin's such as pairwise)"
+    )
 
     def run(self, cfg: Any, manager: Any) -> dict:
         """Train and return the final metrics."""

@@ -30,7 +30,10 @@ def cuda_devices() -> tuple[CudaDevice, ...]:
     try:
         out = subprocess.run(
             [exe, "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return ()

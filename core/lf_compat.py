@@ -138,8 +138,10 @@ def _gigabytes(value: Any) -> Any:
     return f"{value}GB"
 
 
-_SEVERAL_ADAPTERS = ("stacks several adapters, but factory loads one; merge the earlier ones into the model first "
-                     "with factory export and give the last as adapter")
+_SEVERAL_ADAPTERS = (
+    "stacks several adapters, but factory loads one; merge the earlier ones into the model first "
+    "with factory export and give the last as adapter"
+)
 
 
 @_shown(f'one adapter; a comma list is refused ("{_SEVERAL_ADAPTERS}")')
@@ -167,8 +169,10 @@ def _dataset_dir(value: Any) -> Any:
     return Refuse(_REMOTE) if isinstance(value, str) and value.startswith("REMOTE:") else value
 
 
-_CHECKPOINT = ("names a checkpoint, but factory resumes from the newest complete checkpoint of output_dir; "
-               "set output_dir to that run's folder and resume: true")
+_CHECKPOINT = (
+    "names a checkpoint, but factory resumes from the newest complete checkpoint of output_dir; "
+    "set output_dir to that run's folder and resume: true"
+)
 
 
 @_shown(f'`true` → `resume: true`; a checkpoint path is refused ("{_CHECKPOINT}")')
@@ -186,8 +190,10 @@ _STOCK_DEEPSPEED: dict[str, Any] = {
 }
 
 
-@_shown("LLaMA-Factory's stock `examples/deepspeed/ds_z2_config.json` / `ds_z3_config.json` → factory's presets "
-        "`zero2` / `zero3` (`ds_z0_config.json`: no effect) unless that file exists here; any other file is used as it is")
+@_shown(
+    "LLaMA-Factory's stock `examples/deepspeed/ds_z2_config.json` / `ds_z3_config.json` → factory's presets "
+    "`zero2` / `zero3` (`ds_z0_config.json`: no effect) unless that file exists here; any other file is used as it is"
+)
 def _deepspeed(value: Any) -> Any:
     """Without LLaMA-Factory's checkout its stock files do not exist, and factory's presets hold the same settings."""
     path = Path(str(value)).expanduser()
@@ -197,12 +203,17 @@ def _deepspeed(value: Any) -> Any:
 
 
 _ONLY_PREFERENCE = "only preference stages (dpo, kto, orpo, simpo) read it, as in LLaMA-Factory"
-_NO_FTX = ("has no counterpart in this stage, whose factory options have no added SFT loss; drop it, "
-           "or use stage dpo (dpo.ftx) or simpo (simpo.ftx)")
-_OWN_REFERENCE = Refuse("has no counterpart in stages kto and ppo, whose reference is the model before training; "
-                        "drop it, or use stage dpo")
-_NO_CLIPPING = ("each weight steps during backward, so there is no whole gradient to clip: in LLaMA-Factory "
-                "max_grad_norm does nothing then, in factory it must be 0")
+_NO_FTX = (
+    "has no counterpart in this stage, whose factory options have no added SFT loss; drop it, "
+    "or use stage dpo (dpo.ftx) or simpo (simpo.ftx)"
+)
+_OWN_REFERENCE = Refuse(
+    "has no counterpart in stages kto and ppo, whose reference is the model before training; drop it, or use stage dpo"
+)
+_NO_CLIPPING = (
+    "each weight steps during backward, so there is no whole gradient to clip: in LLaMA-Factory "
+    "max_grad_norm does nothing then, in factory it must be 0"
+)
 _NO_WORKERS = "factory builds batches in the training process, so there are no loader workers to start"
 
 # The table. Order matters where one key refines another's value (stage before pref_loss,
@@ -211,71 +222,101 @@ _NO_WORKERS = "factory builds batches in the training process, so there are no l
 TABLE: dict[str, Rule] = {
     # -- model ---------------------------------------------------------------------------------
     "model_name_or_path": Rule(to="model"),
-    "model_revision": Rule(to="revision", other=True, values={"main": Ignore("the default branch, factory's default too")}),
+    "model_revision": Rule(
+        to="revision", other=True, values={"main": Ignore("the default branch, factory's default too")}
+    ),
     "adapter_name_or_path": Rule(to="adapter", convert=_one_adapter),
     "trust_remote_code": Rule(to="trust_remote_code"),
     "template": Rule(to="template", other=True, values={"fewshot": Several({"eval_prompt": "raw"})}),
     "default_system": Rule(to="system"),
     "enable_thinking": Rule(to="enable_thinking"),
-    "use_fast_tokenizer": Rule(values={
-        True: Ignore("factory loads the fast tokenizer wherever the model has one"),
-        False: Refuse("has no counterpart, because factory always loads the fast tokenizer; drop it"),
-    }),
-    "quantization_bit": Rule(to="quantization", values={4: "bnb-4bit", 8: "bnb-8bit"},
-                            note="factory quantizes on the fly with bitsandbytes, or loads GPTQ/AWQ/AQLM models as they are"),
-    "quantization_method": Rule(values={
-        "bnb": Ignore("bitsandbytes is what quantization_bit maps to"),
-        "bitsandbytes": Ignore("bitsandbytes is what quantization_bit maps to"),
-    }),
+    "use_fast_tokenizer": Rule(
+        values={
+            True: Ignore("factory loads the fast tokenizer wherever the model has one"),
+            False: Refuse("has no counterpart, because factory always loads the fast tokenizer; drop it"),
+        }
+    ),
+    "quantization_bit": Rule(
+        to="quantization",
+        values={4: "bnb-4bit", 8: "bnb-8bit"},
+        note="factory quantizes on the fly with bitsandbytes, or loads GPTQ/AWQ/AQLM models as they are",
+    ),
+    "quantization_method": Rule(
+        values={
+            "bnb": Ignore("bitsandbytes is what quantization_bit maps to"),
+            "bitsandbytes": Ignore("bitsandbytes is what quantization_bit maps to"),
+        }
+    ),
     "quantization_type": Rule(to="bnb.quant_type"),
     "double_quantization": Rule(to="bnb.double_quant"),
     "rope_scaling": Rule(to="rope_scaling.type", also={"patches": ["rope-scaling"]}),
-    "flash_attn": Rule(values={
-        "auto": Ignore("factory picks the attention implementation (sdpa) itself"),
-        "sdpa": Several({"attn_implementation": "sdpa"}),
-        "disabled": Several({"attn_implementation": "eager"}),
-        "fa2": Several({"patches": ["flash-attn"]}),
-        "fa3": Several({"patches": ["flash-attn3"]}),
-    }),
+    "flash_attn": Rule(
+        values={
+            "auto": Ignore("factory picks the attention implementation (sdpa) itself"),
+            "sdpa": Several({"attn_implementation": "sdpa"}),
+            "disabled": Several({"attn_implementation": "eager"}),
+            "fa2": Several({"patches": ["flash-attn"]}),
+            "fa3": Several({"patches": ["flash-attn3"]}),
+        }
+    ),
     "shift_attn": Rule(values={True: Several({"patches": ["s2attn"]}), False: Ignore("the default")}),
     "enable_liger_kernel": Rule(values={True: Several({"patches": ["liger"]}), False: Ignore("the default")}),
-    "use_unsloth": Rule(values={
-        False: Ignore("the default"),
-        True: Refuse("has no counterpart in factory; use patches: [liger] for fused kernels"),
-    }),
-    "disable_gradient_checkpointing": Rule(to="gradient_checkpointing", convert=_negated, default=False,
-                                           note="LLaMA-Factory checkpoints gradients unless told not to"),
+    "use_unsloth": Rule(
+        values={
+            False: Ignore("the default"),
+            True: Refuse("has no counterpart in factory; use patches: [liger] for fused kernels"),
+        }
+    ),
+    "disable_gradient_checkpointing": Rule(
+        to="gradient_checkpointing",
+        convert=_negated,
+        default=False,
+        note="LLaMA-Factory checkpoints gradients unless told not to",
+    ),
     "gradient_checkpointing": Rule(to="gradient_checkpointing"),
     "infer_backend": Rule(to="engine", values={"huggingface": "transformers", "hf": "transformers", "vllm": "vllm"}),
     "vllm_enforce_eager": Rule(to="vllm.enforce_eager"),
     "vllm_maxlen": Rule(to="vllm.max_model_len"),
     "vllm_gpu_util": Rule(to="vllm.gpu_memory_utilization"),
     "vllm_max_lora_rank": Rule(to="vllm.max_lora_rank"),
-    "image_max_pixels": Rule(refuse="has no counterpart, because factory trains text-only models; drop the image and video keys"),
-    "video_max_pixels": Rule(refuse="has no counterpart, because factory trains text-only models; drop the image and video keys"),
+    "image_max_pixels": Rule(
+        refuse="has no counterpart, because factory trains text-only models; drop the image and video keys"
+    ),
+    "video_max_pixels": Rule(
+        refuse="has no counterpart, because factory trains text-only models; drop the image and video keys"
+    ),
     "freeze_vision_tower": Rule(refuse="has no counterpart, because factory trains text-only models; drop it"),
     "freeze_multi_modal_projector": Rule(refuse="has no counterpart, because factory trains text-only models; drop it"),
     "hf_hub_token": Rule(refuse="is not read from configs by factory; set the HF_TOKEN environment variable instead"),
     # -- stage and method ----------------------------------------------------------------------
     "stage": Rule(to="stage", values={s: s for s in ("pt", "sft", "rm", "ppo", "dpo", "kto")}),
-    "pref_loss": Rule(to="stage", refines=("dpo",), values={
-        "sigmoid": Ignore("plain DPO, factory's dpo.loss default"),
-        "hinge": Several({"dpo.loss": "hinge"}),
-        "ipo": Several({"dpo.loss": "ipo"}),
-        "orpo": "orpo",
-        "simpo": "simpo",
-    }),
-    "do_train": Rule(values={
-        True: Ignore("factory finetune always trains"),
-        False: Refuse("has no counterpart in factory finetune; use factory eval or factory predict to evaluate"),
-    }),
+    "pref_loss": Rule(
+        to="stage",
+        refines=("dpo",),
+        values={
+            "sigmoid": Ignore("plain DPO, factory's dpo.loss default"),
+            "hinge": Several({"dpo.loss": "hinge"}),
+            "ipo": Several({"dpo.loss": "ipo"}),
+            "orpo": "orpo",
+            "simpo": "simpo",
+        },
+    ),
+    "do_train": Rule(
+        values={
+            True: Ignore("factory finetune always trains"),
+            False: Refuse("has no counterpart in factory finetune; use factory eval or factory predict to evaluate"),
+        }
+    ),
     "do_eval": Rule(ignore="factory evaluates on the validation split whenever val_size or eval_dataset is set"),
-    "do_predict": Rule(values={False: Ignore("the default"), True: Several({"task": "bleu-rouge"})},
-                       note="run the file with factory predict, which generates for eval_dataset and scores BLEU-4 "
-                            "and ROUGE; factory finetune refuses it"),
+    "do_predict": Rule(
+        values={False: Ignore("the default"), True: Several({"task": "bleu-rouge"})},
+        note="run the file with factory predict, which generates for eval_dataset and scores BLEU-4 "
+        "and ROUGE; factory finetune refuses it",
+    ),
     "predict_with_generate": Rule(ignore="factory predict always generates"),
-    "finetuning_type": Rule(to="method", values={"lora": "lora", "full": "full", "freeze": "freeze", "oft": "oft"},
-                            default="lora"),
+    "finetuning_type": Rule(
+        to="method", values={"lora": "lora", "full": "full", "freeze": "freeze", "oft": "oft"}, default="lora"
+    ),
     "lora_rank": Rule(to="lora.rank"),
     "lora_alpha": Rule(to="lora.alpha", note="both default to 2 * rank"),
     "lora_dropout": Rule(to="lora.dropout"),
@@ -288,10 +329,14 @@ TABLE: dict[str, Rule] = {
     "pissa_convert": Rule(ignore="factory always saves a PiSSA adapter converted to plain LoRA matrices"),
     "loraplus_lr_ratio": Rule(to="lora.loraplus_lr_ratio", also={"method": "loraplus"}, refines=("lora",)),
     "loraplus_lr_embedding": Rule(to="lora.loraplus_lr_embedding"),
-    "create_new_adapter": Rule(values={
-        False: Ignore("the default"),
-        True: Refuse("has no counterpart; factory trains the adapter you give further, so leave out adapter to start a new one"),
-    }),
+    "create_new_adapter": Rule(
+        values={
+            False: Ignore("the default"),
+            True: Refuse(
+                "has no counterpart; factory trains the adapter you give further, so leave out adapter to start a new one"
+            ),
+        }
+    ),
     "oft_rank": Rule(to="oft.rank"),
     "oft_block_size": Rule(to="oft.block_size"),
     "oft_target": Rule(to="oft.target", convert=_names),
@@ -299,52 +344,94 @@ TABLE: dict[str, Rule] = {
     "freeze_trainable_layers": Rule(to="freeze.layers"),
     "freeze_trainable_modules": Rule(to="freeze.modules", convert=_modules),
     "freeze_extra_modules": Rule(to="freeze.extra", convert=_names),
-    "use_llama_pro": Rule(values={
-        False: Ignore("the default"),
-        True: Refuse("trains a model already expanded by LLaMA-Factory's scripts/llama_pro.py, but factory expands and "
-                     "trains in one run; give the original model with method: llama-pro and llama_pro.expand: N"),
-    }),
-    "mixture_of_depths": Rule(refuse="has no counterpart, because no factory plugin converts a model to mixture-of-depths; "
-                                     "drop it"),
-    "use_dft_loss": Rule(values={False: Ignore("the default"),
-                                 True: Refuse("has no counterpart, because factory has no DFT loss; drop it")}),
-    "use_cce": Rule(values={False: Ignore("the default"),
-                            True: Refuse("has no counterpart; use patches: [liger] for a fused linear cross-entropy")}),
-    "pref_beta": Rule(in_stage={"dpo": "dpo.beta", "kto": "kto.beta", "orpo": "orpo.beta", "simpo": "simpo.beta"},
-                      note=_ONLY_PREFERENCE),
-    "pref_ftx": Rule(in_stage={"dpo": "dpo.ftx", "simpo": "simpo.ftx", "kto": Refuse(_NO_FTX), "orpo": Refuse(_NO_FTX)},
-                     note=_ONLY_PREFERENCE),
+    "use_llama_pro": Rule(
+        values={
+            False: Ignore("the default"),
+            True: Refuse(
+                "trains a model already expanded by LLaMA-Factory's scripts/llama_pro.py, but factory expands and "
+                "trains in one run; give the original model with method: llama-pro and llama_pro.expand: N"
+            ),
+        }
+    ),
+    "mixture_of_depths": Rule(
+        refuse="has no counterpart, because no factory plugin converts a model to mixture-of-depths; drop it"
+    ),
+    "use_dft_loss": Rule(
+        values={
+            False: Ignore("the default"),
+            True: Refuse("has no counterpart, because factory has no DFT loss; drop it"),
+        }
+    ),
+    "use_cce": Rule(
+        values={
+            False: Ignore("the default"),
+            True: Refuse("has no counterpart; use patches: [liger] for a fused linear cross-entropy"),
+        }
+    ),
+    "pref_beta": Rule(
+        in_stage={"dpo": "dpo.beta", "kto": "kto.beta", "orpo": "orpo.beta", "simpo": "simpo.beta"},
+        note=_ONLY_PREFERENCE,
+    ),
+    "pref_ftx": Rule(
+        in_stage={"dpo": "dpo.ftx", "simpo": "simpo.ftx", "kto": Refuse(_NO_FTX), "orpo": Refuse(_NO_FTX)},
+        note=_ONLY_PREFERENCE,
+    ),
     "simpo_gamma": Rule(in_stage={"simpo": "simpo.gamma"}, default=0.5, needs="pref_loss", note=_ONLY_PREFERENCE),
-    "dpo_label_smoothing": Rule(in_stage={"dpo": "dpo.label_smoothing"}, note="only stage dpo reads it, as in LLaMA-Factory"),
+    "dpo_label_smoothing": Rule(
+        in_stage={"dpo": "dpo.label_smoothing"}, note="only stage dpo reads it, as in LLaMA-Factory"
+    ),
     "kto_chosen_weight": Rule(to="kto.desirable_weight"),
     "kto_rejected_weight": Rule(to="kto.undesirable_weight"),
-    "ref_model": Rule(in_stage={"dpo": "dpo.ref_model", "kto": _OWN_REFERENCE, "ppo": _OWN_REFERENCE},
-                      note="orpo and simpo use no reference model, as in LLaMA-Factory"),
-    "ref_model_adapters": Rule(refuse="has no counterpart, because factory loads ref_model without adapters; merge the "
-                                      "adapter into it with factory export and give the merged folder as ref_model"),
-    "ref_model_quantization_bit": Rule(refuse="has no counterpart, because factory loads ref_model unquantized; drop it"),
+    "ref_model": Rule(
+        in_stage={"dpo": "dpo.ref_model", "kto": _OWN_REFERENCE, "ppo": _OWN_REFERENCE},
+        note="orpo and simpo use no reference model, as in LLaMA-Factory",
+    ),
+    "ref_model_adapters": Rule(
+        refuse="has no counterpart, because factory loads ref_model without adapters; merge the "
+        "adapter into it with factory export and give the merged folder as ref_model"
+    ),
+    "ref_model_quantization_bit": Rule(
+        refuse="has no counterpart, because factory loads ref_model unquantized; drop it"
+    ),
     "reward_model": Rule(to="ppo.reward_model"),
-    "reward_model_type": Rule(values={
-        "lora": Ignore("factory reads the kind of the rm run's output folder itself"),
-        "full": Ignore("factory reads the kind of the rm run's output folder itself"),
-    }),
+    "reward_model_type": Rule(
+        values={
+            "lora": Ignore("factory reads the kind of the rm run's output folder itself"),
+            "full": Ignore("factory reads the kind of the rm run's output folder itself"),
+        }
+    ),
     "ppo_epochs": Rule(to="ppo.epochs"),
     "ppo_target": Rule(to="ppo.target_kl"),
     # -- optimizers ----------------------------------------------------------------------------
-    "optim": Rule(to="optimizer", values={
-        "adamw_torch": "adamw", "adamw_hf": "adamw", "adamw_torch_fused": Several({"adamw.fused": True}),
-    }),
+    "optim": Rule(
+        to="optimizer",
+        values={
+            "adamw_torch": "adamw",
+            "adamw_hf": "adamw",
+            "adamw_torch_fused": Several({"adamw.fused": True}),
+        },
+    ),
     "use_galore": Rule(to="optimizer", refines=("adamw",), values={True: "galore", False: Ignore("the default")}),
-    "galore_layerwise": Rule(to="optimizer", refines=("galore",), also={"max_grad_norm": 0}, note=_NO_CLIPPING,
-                             values={True: "galore-layerwise", False: Ignore("the default")}),
+    "galore_layerwise": Rule(
+        to="optimizer",
+        refines=("galore",),
+        also={"max_grad_norm": 0},
+        note=_NO_CLIPPING,
+        values={True: "galore-layerwise", False: Ignore("the default")},
+    ),
     "galore_target": Rule(to="galore.target", convert=_names),
     "galore_rank": Rule(to="galore.rank"),
     "galore_update_interval": Rule(to="galore.update_proj_gap"),
     "galore_scale": Rule(to="galore.scale", default=2.0, needs="use_galore"),
     "galore_proj_type": Rule(to="galore.proj_type"),
     "use_apollo": Rule(to="optimizer", refines=("adamw",), values={True: "apollo", False: Ignore("the default")}),
-    "apollo_layerwise": Rule(to="optimizer", refines=("apollo",), also={"max_grad_norm": 0}, note=_NO_CLIPPING,
-                             values={True: "apollo-layerwise", False: Ignore("the default")}),
+    "apollo_layerwise": Rule(
+        to="optimizer",
+        refines=("apollo",),
+        also={"max_grad_norm": 0},
+        note=_NO_CLIPPING,
+        values={True: "apollo-layerwise", False: Ignore("the default")},
+    ),
     "apollo_target": Rule(to="apollo.target", convert=_names),
     "apollo_rank": Rule(to="apollo.rank"),
     "apollo_update_interval": Rule(to="apollo.update_proj_gap"),
@@ -376,10 +463,12 @@ TABLE: dict[str, Rule] = {
     "mix_strategy": Rule(to="mix_strategy"),
     "interleave_probs": Rule(to="interleave_probs", convert=_floats),
     "mask_history": Rule(values={True: Several({"train_on": "last"}), False: Ignore("the default")}),
-    "train_on_prompt": Rule(values={
-        False: Ignore("the default"),
-        True: Refuse("has no counterpart, because factory trains on the answers only; drop it"),
-    }),
+    "train_on_prompt": Rule(
+        values={
+            False: Ignore("the default"),
+            True: Refuse("has no counterpart, because factory trains on the answers only; drop it"),
+        }
+    ),
     "tokenized_path": Rule(refuse="has no counterpart, because factory tokenizes in each run; drop it"),
     "overwrite_cache": Rule(ignore="factory keeps no tokenized-data cache between runs to overwrite"),
     "preprocessing_num_workers": Rule(to="preprocessing_num_workers"),
@@ -402,70 +491,99 @@ TABLE: dict[str, Rule] = {
     "seed": Rule(to="seed"),
     "bf16": Rule(values={True: Several({"precision": "bf16"}), False: Ignore("the default")}),
     "fp16": Rule(values={True: Several({"precision": "fp16"}), False: Ignore("the default")}),
-    "pure_bf16": Rule(values={True: Several({"precision": "bf16"}), False: Ignore("the default")},
-                      note="factory computes in bf16; full tuning keeps fp32 master weights"),
+    "pure_bf16": Rule(
+        values={True: Several({"precision": "bf16"}), False: Ignore("the default")},
+        note="factory computes in bf16; full tuning keeps fp32 master weights",
+    ),
     "logging_steps": Rule(to="logging_steps"),
     "save_steps": Rule(to="save_steps"),
     "save_total_limit": Rule(to="save_total_limit"),
-    "save_only_model": Rule(ignore="factory's checkpoints always hold what resume needs, and its final save only the model"),
+    "save_only_model": Rule(
+        ignore="factory's checkpoints always hold what resume needs, and its final save only the model"
+    ),
     "eval_steps": Rule(to="eval_steps"),
-    "eval_strategy": Rule(values={
-        "steps": Ignore("factory evaluates every eval_steps"),
-        "no": Ignore("factory evaluates only when eval_steps is set"),
-    }),
-    "evaluation_strategy": Rule(values={
-        "steps": Ignore("factory evaluates every eval_steps"),
-        "no": Ignore("factory evaluates only when eval_steps is set"),
-    }),
+    "eval_strategy": Rule(
+        values={
+            "steps": Ignore("factory evaluates every eval_steps"),
+            "no": Ignore("factory evaluates only when eval_steps is set"),
+        }
+    ),
+    "evaluation_strategy": Rule(
+        values={
+            "steps": Ignore("factory evaluates every eval_steps"),
+            "no": Ignore("factory evaluates only when eval_steps is set"),
+        }
+    ),
     "plot_loss": Rule(ignore="factory writes the loss plot whenever the plots extra (matplotlib) is installed"),
     "report_to": Rule(to="report_to", convert=_report_to),
     "ddp_timeout": Rule(ignore="factory keeps torch's default process-group timeout"),
     "deepspeed": Rule(to="deepspeed", convert=_deepspeed),
     "fsdp": Rule(to="fsdp"),
-    "ray_num_workers": Rule(refuse="has no counterpart, because factory does not run on Ray; use nproc: N (torchrun) instead"),
-    "fp8": Rule(values={False: Ignore("the default"),
-                        True: Refuse("has no counterpart, because factory has no FP8 training; use precision: bf16")}),
+    "ray_num_workers": Rule(
+        refuse="has no counterpart, because factory does not run on Ray; use nproc: N (torchrun) instead"
+    ),
+    "fp8": Rule(
+        values={
+            False: Ignore("the default"),
+            True: Refuse("has no counterpart, because factory has no FP8 training; use precision: bf16"),
+        }
+    ),
     "fp8_backend": Rule(refuse="has no counterpart, because factory has no FP8 training; drop it"),
     "print_param_status": Rule(ignore="factory prints the trainable parameter count of every run"),
     # -- generation (chat, ppo) ----------------------------------------------------------------
     "max_new_tokens": Rule(to="max_new_tokens", in_stage={"ppo": "ppo.max_new_tokens"}),
     "temperature": Rule(to="temperature", in_stage={"ppo": "ppo.temperature"}),
     "top_p": Rule(to="top_p", in_stage={"ppo": "ppo.top_p"}),
-    "top_k": Rule(in_stage={"ppo": "ppo.top_k"}, other=True, values={0: Ignore("no top-k filtering, factory's default")},
-                  note="other values are refused outside ppo: factory's chat samples with temperature and top_p"),
+    "top_k": Rule(
+        in_stage={"ppo": "ppo.top_k"},
+        other=True,
+        values={0: Ignore("no top-k filtering, factory's default")},
+        note="other values are refused outside ppo: factory's chat samples with temperature and top_p",
+    ),
     # -- evaluation ----------------------------------------------------------------------------
-    "task": Rule(values={
-        "mmlu_test": Several({"task": "mmlu", "eval_split": "test"}),
-        "cmmlu_test": Several({"task": "cmmlu", "eval_split": "test"}),
-        "ceval_validation": Several({"task": "ceval", "eval_split": "val"}),
-    }),
+    "task": Rule(
+        values={
+            "mmlu_test": Several({"task": "mmlu", "eval_split": "test"}),
+            "cmmlu_test": Several({"task": "cmmlu", "eval_split": "test"}),
+            "ceval_validation": Several({"task": "ceval", "eval_split": "val"}),
+        }
+    ),
     "task_dir": Rule(to="task_dir"),
     "n_shot": Rule(to="n_shot"),
     "lang": Rule(ignore="factory writes each benchmark's prompt in its own language"),
     "save_dir": Rule(ignore="factory records eval results in results_db (factory eval history)"),
     "batch_size": Rule(to="eval_batch_size", note="LLaMA-Factory's eval batch size"),
-    "push_to_hub": Rule(values={
-        False: Ignore("the default"),
-        True: Refuse("has no counterpart in factory finetune, which uploads nothing; upload the result with factory "
-                     "export and export_hub_repo: OWNER/NAME"),
-    }),
+    "push_to_hub": Rule(
+        values={
+            False: Ignore("the default"),
+            True: Refuse(
+                "has no counterpart in factory finetune, which uploads nothing; upload the result with factory "
+                "export and export_hub_repo: OWNER/NAME"
+            ),
+        }
+    ),
     "hub_model_id": Rule(ignore="transformers reads it only with push_to_hub, which factory refuses"),
     # -- export (factory export) -----------------------------------------------------------------
     "export_dir": Rule(to="export_dir"),
     "export_size": Rule(to="export_max_shard_size", convert=_gigabytes),
-    "export_device": Rule(values={
-        "cpu": Ignore("factory merges on the CPU"),
-        "auto": Ignore("factory merges on the CPU"),
-    }),
-    "export_legacy_format": Rule(values={
-        False: Ignore("factory writes safetensors"),
-        True: Refuse("has no counterpart, because factory writes safetensors only; set it to false"),
-    }),
+    "export_device": Rule(
+        values={
+            "cpu": Ignore("factory merges on the CPU"),
+            "auto": Ignore("factory merges on the CPU"),
+        }
+    ),
+    "export_legacy_format": Rule(
+        values={
+            False: Ignore("factory writes safetensors"),
+            True: Refuse("has no counterpart, because factory writes safetensors only; set it to false"),
+        }
+    ),
     "export_quantization_bit": Rule(to="gptq.bits", also={"quantization": "gptq"}),
     "export_quantization_dataset": Rule(to="gptq.calibration_dataset"),
     "export_quantization_nsamples": Rule(to="gptq.calibration_samples"),
-    "export_hub_model_id": Rule(to="export_hub_repo",
-                                note="factory creates the repository private unless export_hub_private: false"),
+    "export_hub_model_id": Rule(
+        to="export_hub_repo", note="factory creates the repository private unless export_hub_private: false"
+    ),
 }
 
 
@@ -499,7 +617,11 @@ class _Translation:
             )
         self.given = {key: value for key, value in data.items() if value is not None}  # null: LLaMA-Factory's default
         for key, rule in TABLE.items():
-            if key not in self.given and rule.default is not NO_VALUE and (rule.needs is None or self.given.get(rule.needs)):
+            if (
+                key not in self.given
+                and rule.default is not NO_VALUE
+                and (rule.needs is None or self.given.get(rule.needs))
+            ):
                 self.given[key] = rule.default
         self.config: dict[str, Any] = {}
         self.owner: dict[str, str] = {}
@@ -608,7 +730,10 @@ def _row(key: str, rule: Rule) -> str:
             refused.setdefault(target.sentence, []).append(stage)
         elif target is not None:
             targets.append(f"`{target}` (stage {stage})")
-    notes += [f'refused in stage {", ".join(stages)} unless 0, false or empty ("{sentence}")' for sentence, stages in refused.items()]
+    notes += [
+        f'refused in stage {", ".join(stages)} unless 0, false or empty ("{sentence}")'
+        for sentence, stages in refused.items()
+    ]
     if rule.values is not None:
         notes += [f"`{_yaml(value)}` → {_shown_value(result)}" for value, result in rule.values.items()]
         if rule.other:
@@ -616,8 +741,10 @@ def _row(key: str, rule: Rule) -> str:
     if rule.convert is not None:
         notes.append(getattr(rule.convert, "shown", "converted"))
     if rule.default is not NO_VALUE:
-        notes.append(f"LLaMA-Factory's default `{_yaml(rule.default)}` applies when absent"
-                     + (f" (with `{rule.needs}`)" if rule.needs else ""))
+        notes.append(
+            f"LLaMA-Factory's default `{_yaml(rule.default)}` applies when absent"
+            + (f" (with `{rule.needs}`)" if rule.needs else "")
+        )
     notes += [f"also sets `{name}: {_yaml(item)}`" for name, item in rule.also.items()]
     notes += [f"replaces `{_yaml(old)}` set by an earlier key" for old in rule.refines]
     if rule.note:

@@ -118,8 +118,12 @@ _LAZY: dict[str, str] = {
     "export_model": "factory.model.export",
 }
 # exported under another name than the module's own (a clearer one for plugin authors)
-_RENAMED: dict[str, str] = {"CONFIG_GROUPS": "GROUPS", "run_history": "history", "dataset_specs": "read_specs",
-           "BUILTIN_DATASETS": "BUILTIN_DIR"}
+_RENAMED: dict[str, str] = {
+    "CONFIG_GROUPS": "GROUPS",
+    "run_history": "history",
+    "dataset_specs": "read_specs",
+    "BUILTIN_DATASETS": "BUILTIN_DIR",
+}
 
 __all__ = [
     "ConfigError",

@@ -46,7 +46,15 @@ def new_plugin(name: str, kind: str, directory: str) -> int:
 def list_plugins(as_json: bool) -> int:
     rows = get_manager().listing()
     if as_json:
-        print(json.dumps([{k: row[k] for k in ("name", "distribution", "version", "provides", "status", "reason")} for row in rows], indent=2))
+        print(
+            json.dumps(
+                [
+                    {k: row[k] for k in ("name", "distribution", "version", "provides", "status", "reason")}
+                    for row in rows
+                ],
+                indent=2,
+            )
+        )
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -82,7 +90,9 @@ def show_plugin(name: str, as_json: bool) -> int:
         table.add_column(col, overflow="fold")
     for impl in row["implementations"]:
         available = "yes" if impl["available"] else f"no: {impl['reason']}"
-        table.add_row(impl["kind"], impl["name"], impl["requires"], available, impl["section"] or "-", impl["description"])
+        table.add_row(
+            impl["kind"], impl["name"], impl["requires"], available, impl["section"] or "-", impl["description"]
+        )
     console.print(table)
     return 0
 

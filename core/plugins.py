@@ -28,6 +28,7 @@ ENTRY_POINT_GROUP = "factory"
 DISABLE_ENV = "FACTORY_DISABLE_PLUGINS"
 PREFER_ENV = "FACTORY_PREFER"
 
+
 @dataclass
 class PluginRecord:
     """One plugin as the listing shows it."""
@@ -106,7 +107,9 @@ class PluginManager:
             version = dist.version if dist is not None else ""
             self._add(ep.name, dist_name, version, ep.load)
 
-    def register_plugin(self, plugin: object, name: str, distribution: str = "(local)", version: str = "") -> PluginRecord:
+    def register_plugin(
+        self, plugin: object, name: str, distribution: str = "(local)", version: str = ""
+    ) -> PluginRecord:
         """Register an already-imported plugin object (a module or any object with hooks)."""
         return self._add(name, distribution, version, lambda: plugin)
 
@@ -240,9 +243,7 @@ class PluginManager:
         impl = self.get(kind, name)
         reason = impl.unavailable_reason()
         if reason:
-            raise PluginError(
-                f"{LABELS[impl.kind]} '{name}' from {impl.distribution} cannot run here: it {reason}"
-            )
+            raise PluginError(f"{LABELS[impl.kind]} '{name}' from {impl.distribution} cannot run here: it {reason}")
         return impl
 
     def load(self, kind: str, name: str) -> Any:
@@ -287,7 +288,9 @@ class PluginManager:
             if blocked and blocked[0].error:
                 return f"{label} '{name}' comes from {dist}, which failed to load: {blocked[0].error}"
             if blocked and blocked[0].disabled_by:
-                return f"{label} '{name}' comes from {dist}, which is disabled by {blocked[0].disabled_by}; re-enable it"
+                return (
+                    f"{label} '{name}' comes from {dist}, which is disabled by {blocked[0].disabled_by}; re-enable it"
+                )
             return f"{label} '{name}' comes from {dist}, which is not installed; pip install {dist}"
         names = list(self._impls[kind])
         return f"unknown {label} '{name}'{did_you_mean(name, names)} (registered: {one_of(names)})"
@@ -358,7 +361,9 @@ class PluginManager:
             )
         return rows
 
-    def _status(self, record: PluginRecord, conflicts: dict[tuple[str, str], list[Implementation]]) -> tuple[str, str | None]:
+    def _status(
+        self, record: PluginRecord, conflicts: dict[tuple[str, str], list[Implementation]]
+    ) -> tuple[str, str | None]:
         if record.error:
             return f"failed to load: {record.error}", record.error
         if record.disabled_by:
@@ -383,8 +388,10 @@ class PluginManager:
                         if why:
                             reasons[name] = why
         if total and len(reasons) == total:
-            why = next(iter(set(reasons.values()))) if len(set(reasons.values())) == 1 else "; ".join(
-                f"{name} {why}" for name, why in reasons.items()
+            why = (
+                next(iter(set(reasons.values())))
+                if len(set(reasons.values())) == 1
+                else "; ".join(f"{name} {why}" for name, why in reasons.items())
             )
             return f"unavailable: {why}", why
         if reasons:

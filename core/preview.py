@@ -94,10 +94,10 @@ def _summary(console: Console, stats: DataStats) -> None:
     console.print(f"  rows         {stats.rows} ({stats.kept} kept, {stats.truncated} truncated, {dropped} dropped)")
     for reason, count in sorted(stats.dropped.items(), key=lambda kv: -kv[1]):
         console.print(f"  dropped      {count} because {escape(reason)}")
+    console.print(f"  tokens/row   min {stats.length_min} · median {stats.length_median:g} · max {stats.length_max}")
     console.print(
-        f"  tokens/row   min {stats.length_min} · median {stats.length_median:g} · max {stats.length_max}"
+        f"  over cutoff  {100 * stats.over_cutoff:.1f}% of rows are longer than cutoff_len {stats.cutoff_len}"
     )
-    console.print(f"  over cutoff  {100 * stats.over_cutoff:.1f}% of rows are longer than cutoff_len {stats.cutoff_len}")
 
 
 @contextlib.contextmanager

@@ -143,7 +143,5 @@ def check_contract(kind: str, name: str, obj: Any, distribution: str) -> None:
 
 def validate_name(kind: str, name: Any) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
-        raise PluginError(
-            f"{kind} name {name!r} is invalid; use lower-case letters, digits, '-', '_' or '.'"
-        )
+        raise PluginError(f"{kind} name {name!r} is invalid; use lower-case letters, digits, '-', '_' or '.'")
     return name

@@ -231,7 +231,9 @@ def scaffold(name: str, kind: str, directory: str | Path = ".") -> Path:
             "choose one like 'acme' or 'my-method'"
         )
     if kind not in CONTRACTS:
-        raise ConfigError(f"plugin kind '{kind}' does not exist{did_you_mean(kind, CONTRACTS)} (kinds: {one_of(CONTRACTS)})")
+        raise ConfigError(
+            f"plugin kind '{kind}' does not exist{did_you_mean(kind, CONTRACTS)} (kinds: {one_of(CONTRACTS)})"
+        )
     slug = name.replace("_", "-")
     package = "factory_plugin_" + name.replace("-", "_")
     dist = f"factory-plugin-{slug}"
@@ -303,7 +305,7 @@ _IMPL_HEAD = '''"""The {kind} implementation '{name}' (contract: {contract})."""
 
 '''
 
-_TEST = '''from factory.testing import check_plugin_contract
+_TEST = """from factory.testing import check_plugin_contract
 
 
 def test_contract():
@@ -316,4 +318,4 @@ def test_isolated(plugin_manager):
 
     plugin_manager.register_plugin({package}, "{name}")
     assert plugin_manager.load("{kind}", "{name}") is not None
-'''
+"""

@@ -60,7 +60,9 @@ def plugin_manager() -> PluginManager:
     return PluginManager(entry_points=False, use_env=False)
 
 
-def build_tiny_causal_lm(path: str | Path, *, vocab_size: int = 512, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
+def build_tiny_causal_lm(
+    path: str | Path, *, vocab_size: int = 512, layers: int = 2, hidden: int = 64, seed: int = 0
+) -> Path:
     """Write a tiny random Llama model and a matching BPE tokenizer (ChatML) to ``path``."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -177,12 +179,18 @@ def check_plugin_contract(distribution: str) -> list[dict[str, Any]]:
     """
     import importlib.metadata
 
-    eps = [ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.dist and ep.dist.name == distribution]
+    eps = [
+        ep
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        if ep.dist and ep.dist.name == distribution
+    ]
     assert eps, f"{distribution} declares no entry point in group '{ENTRY_POINT_GROUP}' (or is not installed)"
     backends = _backend_modules(distribution)
     proc = subprocess.run(
         [sys.executable, "-c", _CONTRACT_PROBE, distribution, json.dumps(backends)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 0, f"contract probe crashed for {distribution}:\n{proc.stderr}"
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -192,7 +200,9 @@ def check_plugin_contract(distribution: str) -> list[dict[str, Any]]:
             problems.append(f"plugin '{record['name']}' failed to load: {record['error']}")
     if report["heavy"]:
         problems.append(f"importing the plugin imported {', '.join(report['heavy'])}; defer them to the implementation")
-    problems += [f"options of {key} do not validate with defaults: {err}" for key, err in report["options"].items() if err]
+    problems += [
+        f"options of {key} do not validate with defaults: {err}" for key, err in report["options"].items() if err
+    ]
     problems += [f"name registered twice: {c}" for c in report["conflicts"]]
     problems += [err for err in report["contracts"].values() if err]
     if report["sections_error"]:

@@ -71,8 +71,9 @@ class LoopbackHub:
 
     # -- the repositories ----------------------------------------------------------------------
 
-    def commit(self, repo: str, files: dict[str, bytes] | str | Path, *, branch: str = "main",
-               deleted: tuple[str, ...] = ()) -> str:
+    def commit(
+        self, repo: str, files: dict[str, bytes] | str | Path, *, branch: str = "main", deleted: tuple[str, ...] = ()
+    ) -> str:
         """Add a commit on ``branch`` holding ``files`` (a folder, or path -> bytes) over the branch's tip; return its sha."""
         with self._lock:
             if isinstance(files, (str, Path)):
@@ -84,7 +85,9 @@ class LoopbackHub:
             for name in deleted:
                 tree.pop(name, None)
             tree.update(files)
-            sha = hashlib.sha1(json.dumps([parent, sorted((k, _blob_id(v)) for k, v in tree.items())]).encode()).hexdigest()
+            sha = hashlib.sha1(
+                json.dumps([parent, sorted((k, _blob_id(v)) for k, v in tree.items())]).encode()
+            ).hexdigest()
             target = self.root / repo / sha
             if not target.exists():
                 for name, data in tree.items():
@@ -165,7 +168,9 @@ def _handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
             hub.requests.append(Request(self.command, path, {k: v for k, v in self.headers.items()}))
             return path
 
-        def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, *, head: bool = False) -> None:
+        def _send(
+            self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, *, head: bool = False
+        ) -> None:
             self.send_response(status)
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
@@ -180,8 +185,12 @@ def _handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
 
         def _error(self, status: int, code: str, message: str, *, head: bool = False) -> None:
             body = json.dumps({"error": message}).encode()
-            self._send(status, body, {"Content-Type": "application/json", "X-Error-Code": code, "X-Error-Message": message},
-                       head=head)
+            self._send(
+                status,
+                body,
+                {"Content-Type": "application/json", "X-Error-Code": code, "X-Error-Message": message},
+                head=head,
+            )
 
         def _body(self) -> bytes:
             return self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -210,7 +219,9 @@ def _handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
                 return self._error(404, "RepoNotFound", f"Repository {repo} not found")
             if action == "preupload":
                 files = json.loads(body)["files"]
-                return self._json(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+                return self._json(
+                    200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+                )
             self._commit(repo, revision, body)
 
         def _api_get(self, rest: str) -> None:
@@ -225,10 +236,23 @@ def _handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
                 return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
             files = hub.files(repo, sha)
             if kind == "revision":
-                return self._json(200, {"id": repo, "modelId": repo, "sha": sha, "private": False,
-                                        "siblings": [{"rfilename": name} for name in files]})
-            self._json(200, [{"type": "file", "path": name, "size": len(data), "oid": _blob_id(data)}
-                             for name, data in files.items()])
+                return self._json(
+                    200,
+                    {
+                        "id": repo,
+                        "modelId": repo,
+                        "sha": sha,
+                        "private": False,
+                        "siblings": [{"rfilename": name} for name in files],
+                    },
+                )
+            self._json(
+                200,
+                [
+                    {"type": "file", "path": name, "size": len(data), "oid": _blob_id(data)}
+                    for name, data in files.items()
+                ],
+            )
 
         def _file(self, path: str, *, head: bool) -> None:
             match = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
@@ -243,8 +267,12 @@ def _handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
             data = hub.files(repo, sha).get(name)
             if data is None:
                 return self._error(404, "EntryNotFound", f"{name} does not exist at {revision}", head=head)
-            headers = {"X-Repo-Commit": sha, "ETag": f'"{_blob_id(data)}"', "Accept-Ranges": "bytes",
-                       "Content-Type": "application/octet-stream"}
+            headers = {
+                "X-Repo-Commit": sha,
+                "ETag": f'"{_blob_id(data)}"',
+                "Accept-Ranges": "bytes",
+                "Content-Type": "application/octet-stream",
+            }
             start = 0
             ranged = re.match(r"^bytes=(\d+)-$", self.headers.get("Range") or "")
             if ranged and not head:
@@ -260,7 +288,7 @@ def _handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
                 for key, value in headers.items():
                     self.send_header(key, value)
                 self.end_headers()
-                self.wfile.write(data[start:start + cut])
+                self.wfile.write(data[start : start + cut])
                 self.wfile.flush()
                 self.close_connection = True
                 self.connection.shutdown(2)
@@ -288,8 +316,14 @@ def _handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
                 elif item["key"] == "lfsFile":
                     return self._error(400, "BadRequest", "this hub takes every file inline (preupload says regular)")
             sha = hub.commit(repo, files, branch=revision, deleted=tuple(deleted))
-            self._json(200, {"commitUrl": f"{hub.url}/{repo}/commit/{sha}", "commitOid": sha,
-                             "commitMessage": "", "pullRequestUrl": None})
+            self._json(
+                200,
+                {
+                    "commitUrl": f"{hub.url}/{repo}/commit/{sha}",
+                    "commitOid": sha,
+                    "commitMessage": "",
+                    "pullRequestUrl": None,
+                },
+            )
 
     return Handler
-

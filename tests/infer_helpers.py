@@ -28,7 +28,7 @@ class ScriptedEngine(Engine):
         self.requests.append(request)
         text = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
         stream = TextStream(prompt_tokens=len(request.messages))
-        pieces = [text[i:i + 3] for i in range(0, len(text), 3)]
+        pieces = [text[i : i + 3] for i in range(0, len(text), 3)]
         for piece in pieces:
             stream.push(piece)
         stream.finish(GenerationResult(text, "stop", len(request.messages), len(pieces)))
@@ -69,6 +69,6 @@ def transformers_greedy(model_path: Path) -> Callable[[list[dict], int], str]:
     def answer(messages: list[dict], max_new_tokens: int) -> str:
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-        return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
 
     return answer

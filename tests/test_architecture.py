@@ -75,7 +75,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         state[node] = 2
@@ -103,7 +103,8 @@ def test_rooms_import_downwards_only(room):
     prefix = f"factory.{room}"
     wrong = sorted(
         f"{module} imports {target}"
-        for module, targets in graph.items() if module == prefix or module.startswith(prefix + ".")
+        for module, targets in graph.items()
+        if module == prefix or module.startswith(prefix + ".")
         for target in targets
         if any(target == f"factory.{other}" or target.startswith(f"factory.{other}.") for other in FORBIDDEN[room])
     )

@@ -17,7 +17,9 @@ def _rows():
 
 
 def test_flattened_batch_equals_each_example_alone(tiny_causal_lm, monkeypatch):
-    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32, attn_implementation=register_varlen_sdpa())
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_causal_lm, dtype=torch.float32, attn_implementation=register_varlen_sdpa()
+    )
     rows = _rows()
     batch = FlatteningCollator(pad_token_id=0)([{"input_ids": r, "labels": r} for r in rows])
     calls = []
@@ -31,9 +33,14 @@ def test_flattened_batch_equals_each_example_alone(tiny_causal_lm, monkeypatch):
 
     monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward", spy)
     with torch.no_grad():
-        flat = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                     cu_seq_lens_q=batch["cu_seq_lens_q"], cu_seq_lens_k=batch["cu_seq_lens_k"],
-                     max_length_q=batch["max_length_q"], max_length_k=batch["max_length_k"]).logits[0]
+        flat = model(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            cu_seq_lens_q=batch["cu_seq_lens_q"],
+            cu_seq_lens_k=batch["cu_seq_lens_k"],
+            max_length_q=batch["max_length_q"],
+            max_length_k=batch["max_length_k"],
+        ).logits[0]
         alone = torch.cat([model(input_ids=torch.tensor([r])).logits[0] for r in rows])
     layers = model.config.num_hidden_layers
     assert calls[: len(rows) * layers] == [len(r) for r in rows] * layers  # one call per example, not per row
@@ -41,13 +48,17 @@ def test_flattened_batch_equals_each_example_alone(tiny_causal_lm, monkeypatch):
 
 
 def test_without_example_bounds_it_is_plain_sdpa(tiny_causal_lm):
-    ours = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32, attn_implementation=register_varlen_sdpa())
+    ours = AutoModelForCausalLM.from_pretrained(
+        tiny_causal_lm, dtype=torch.float32, attn_implementation=register_varlen_sdpa()
+    )
     plain = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32, attn_implementation="sdpa")
     ids = torch.tensor([_rows()[1], _rows()[1][::-1]])
     mask = torch.ones_like(ids)
     mask[1, :5] = 0  # left padding
     with torch.no_grad():
-        assert torch.equal(ours(input_ids=ids, attention_mask=mask).logits, plain(input_ids=ids, attention_mask=mask).logits)
+        assert torch.equal(
+            ours(input_ids=ids, attention_mask=mask).logits, plain(input_ids=ids, attention_mask=mask).logits
+        )
 
 
 def test_a_sliding_window_shorter_than_an_example_keeps_the_mask():
@@ -105,15 +116,22 @@ def _grads(model, **inputs):
 def test_training_takes_grouped_attention_for_short_examples_only(tiny_causal_lm, monkeypatch):
     from transformers.integrations import sdpa_attention
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32, attn_implementation=register_varlen_sdpa())
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_causal_lm, dtype=torch.float32, attn_implementation=register_varlen_sdpa()
+    )
     rows = _rows()  # lengths 7, 19, 1, 12
     monkeypatch.setattr(attention, "SHORT_EXAMPLE", 12)
     monkeypatch.setattr(attention, "_CAUSAL", {})
     grouped, sdpa = [], []
     real_apply, real_sdpa = attention.GroupedCausalAttention.apply, sdpa_attention.sdpa_attention_forward
-    monkeypatch.setattr(attention.GroupedCausalAttention, "apply", lambda q, *a: grouped.append(q.shape[2]) or real_apply(q, *a))
-    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward",
-                        lambda m, q, *a, **kw: sdpa.append(q.shape[2]) or real_sdpa(m, q, *a, **kw))
+    monkeypatch.setattr(
+        attention.GroupedCausalAttention, "apply", lambda q, *a: grouped.append(q.shape[2]) or real_apply(q, *a)
+    )
+    monkeypatch.setattr(
+        sdpa_attention,
+        "sdpa_attention_forward",
+        lambda m, q, *a, **kw: sdpa.append(q.shape[2]) or real_sdpa(m, q, *a, **kw),
+    )
 
     batch = FlatteningCollator(pad_token_id=0)([{"input_ids": r, "labels": r} for r in rows])
     flat = _grads(model, **{k: v for k, v in batch.items() if k != "attention_mask"})
@@ -128,12 +146,16 @@ def test_training_takes_grouped_attention_for_short_examples_only(tiny_causal_lm
 
 
 def test_a_row_of_short_examples_takes_one_grouped_call_per_layer(tiny_causal_lm, monkeypatch):
-    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32, attn_implementation=register_varlen_sdpa())
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_causal_lm, dtype=torch.float32, attn_implementation=register_varlen_sdpa()
+    )
     rows = _rows()  # lengths 7, 19, 1, 12
     monkeypatch.setattr(attention, "ATTENTION_BLOCK", 6)  # several blocks in the longer examples
     calls = []
     real_apply = attention.GroupedCausalAttention.apply
-    monkeypatch.setattr(attention.GroupedCausalAttention, "apply", lambda q, *a: calls.append(a[-1]) or real_apply(q, *a))
+    monkeypatch.setattr(
+        attention.GroupedCausalAttention, "apply", lambda q, *a: calls.append(a[-1]) or real_apply(q, *a)
+    )
 
     batch = FlatteningCollator(pad_token_id=0)([{"input_ids": r, "labels": r} for r in rows])
     flat = _grads(model, **{k: v for k, v in batch.items() if k != "attention_mask"})

@@ -46,8 +46,13 @@ def installed(distribution: str) -> bool:
 
 @pytest.fixture(scope="module")
 def listing() -> dict[str, dict]:
-    proc = subprocess.run([sys.executable, "-m", "factory.cli", "plugins", "list", "--json"],
-                          capture_output=True, text=True, check=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "factory.cli", "plugins", "list", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     return {row["distribution"]: row for row in json.loads(proc.stdout)}
 
 

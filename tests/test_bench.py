@@ -28,7 +28,9 @@ def test_bench_reports_training_only_and_saves_json(tiny_causal_lm, demo_dir, tm
     assert result["samples"] == 16 and result["steps"] == 4  # 24 rows, 8 held out, batch 4
     assert result["padding_share"] == 0.0  # padding-free batches
     # Tokens are the training rows' only (the held-out rows go through the same collator afterwards).
-    assert 16 * 20 < result["train_tokens"] <= 16 * 128  # 16 training rows at cutoff 128; the 8 eval rows would exceed it
+    assert (
+        16 * 20 < result["train_tokens"] <= 16 * 128
+    )  # 16 training rows at cutoff 128; the 8 eval rows would exceed it
     assert result["tokens_per_second"] > 0 and result["train_seconds"] > 0
     assert result["peak_rss_gb"] > 0.1 and 0 < result["mfu"] < 1 and result["eval_loss"] > 0
     assert result["levers"]["padding_free"] is True and result["levers"]["fused_ops"] is True
@@ -62,9 +64,20 @@ def test_trim_memory_trims_after_every_step(tiny_causal_lm, demo_dir, tmp_path, 
     assert real is not None  # glibc on the machines we test on
     calls = []
     monkeypatch.setattr(memory, "_malloc_trim", lambda: lambda pad: calls.append(real(pad)))
-    factory.finetune(model=str(tiny_causal_lm), dataset="alpaca_en_demo", dataset_dir=str(demo_dir), max_samples=12,
-                     cutoff_len=64, batch_size=4, max_steps=3, method="lora", precision="fp32", sample_prompt=None,
-                     trim_memory=True, output_dir=str(tmp_path / "out"))
+    factory.finetune(
+        model=str(tiny_causal_lm),
+        dataset="alpaca_en_demo",
+        dataset_dir=str(demo_dir),
+        max_samples=12,
+        cutoff_len=64,
+        batch_size=4,
+        max_steps=3,
+        method="lora",
+        precision="fp32",
+        sample_prompt=None,
+        trim_memory=True,
+        output_dir=str(tmp_path / "out"),
+    )
     assert len(calls) == 3
 
 
@@ -97,13 +110,20 @@ def test_kernel_cache_limit_stops_memory_growing_with_each_new_shape(tmp_path):
     script = tmp_path / "growth.py"
     script.write_text(_SHAPE_GROWTH)
     env = {k: v for k, v in os.environ.items() if k not in memory.KERNEL_CACHE_LIMITS}
-    growth = {mode: float(subprocess.run([sys.executable, str(script), mode], env=env, capture_output=True,
-                                         text=True, check=True).stdout) for mode in ("bound", "default")}
+    growth = {
+        mode: float(
+            subprocess.run(
+                [sys.executable, str(script), mode], env=env, capture_output=True, text=True, check=True
+            ).stdout
+        )
+        for mode in ("bound", "default")
+    }
     assert growth["bound"] < growth["default"] / 2, growth
 
 
-def test_kernel_cache_limit_is_set_before_the_model_loads_and_leaves_user_values(tiny_causal_lm, demo_dir, tmp_path,
-                                                                                 monkeypatch):
+def test_kernel_cache_limit_is_set_before_the_model_loads_and_leaves_user_values(
+    tiny_causal_lm, demo_dir, tmp_path, monkeypatch
+):
     monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
     monkeypatch.setenv("LRU_CACHE_CAPACITY", "7")  # the user's own size wins
     seen = {}
@@ -114,9 +134,19 @@ def test_kernel_cache_limit_is_set_before_the_model_loads_and_leaves_user_values
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(run_module, "load_model", load_model)
-    factory.finetune(model=str(tiny_causal_lm), dataset="alpaca_en_demo", dataset_dir=str(demo_dir), max_samples=8,
-                     cutoff_len=64, batch_size=4, max_steps=1, method="lora", precision="fp32", sample_prompt=None,
-                     output_dir=str(tmp_path / "out"))
+    factory.finetune(
+        model=str(tiny_causal_lm),
+        dataset="alpaca_en_demo",
+        dataset_dir=str(demo_dir),
+        max_samples=8,
+        cutoff_len=64,
+        batch_size=4,
+        max_steps=1,
+        method="lora",
+        precision="fp32",
+        sample_prompt=None,
+        output_dir=str(tmp_path / "out"),
+    )
     assert seen == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64", "LRU_CACHE_CAPACITY": "7"}
 
 
@@ -189,8 +219,11 @@ def test_llamafactory_results_are_parsed_and_compared(fake_lf, tmp_path, tiny_ca
     assert 0.3 < theirs["peak_rss_gb"] < 2  # the child's own high-water mark, with its 300 MB
     ours = {"samples_per_second": 3.3, "peak_rss_gb": 0.9, "wall_seconds": 20.0}
     theirs["wall_seconds"] = 50.0
-    assert compare(theirs, ours) == {"speedup": 3.3, "peak_rss_ratio": round(0.9 / theirs["peak_rss_gb"], 3),
-                                     "wall_speedup": 2.5}
+    assert compare(theirs, ours) == {
+        "speedup": 3.3,
+        "peak_rss_ratio": round(0.9 / theirs["peak_rss_gb"], 3),
+        "wall_speedup": 2.5,
+    }
 
     with pytest.raises(FactoryError, match=r"LLaMA-Factory's run failed with exit code 1 \(ValueError: Some keys"):
         run_llamafactory({**job, "fail": True}, fake_lf, tmp_path / "failed")
@@ -199,8 +232,20 @@ def test_llamafactory_results_are_parsed_and_compared(fake_lf, tmp_path, tiny_ca
 def test_one_command_runs_both_and_prints_the_table(fake_lf, tmp_path, tiny_causal_lm, demo_dir, capsys):
     from factory.cli import main
 
-    args = ["bench", "lora", f"model={tiny_causal_lm}", "max_samples=12", "val_size=4", "cutoff_len=64",
-            "against=llamafactory", f"lf_env={fake_lf}", "--dataset-dir", str(demo_dir), "--output", str(tmp_path / "both.json")]
+    args = [
+        "bench",
+        "lora",
+        f"model={tiny_causal_lm}",
+        "max_samples=12",
+        "val_size=4",
+        "cutoff_len=64",
+        "against=llamafactory",
+        f"lf_env={fake_lf}",
+        "--dataset-dir",
+        str(demo_dir),
+        "--output",
+        str(tmp_path / "both.json"),
+    ]
     assert main(args) == 0
     result = json.loads((tmp_path / "both.json").read_text())
     ours, theirs = result["factory"], result["llamafactory"]
@@ -230,18 +275,56 @@ def test_against_needs_the_environment(monkeypatch):
 # 95ac3f23, train_full/qwen3_full_sft.yaml at 2083b8cd) and src/llamafactory/hparams/*.py define them.
 LF_KEYS = {
     # model
-    "model_name_or_path", "quantization_bit", "quantization_method",
+    "model_name_or_path",
+    "quantization_bit",
+    "quantization_method",
     # method
-    "stage", "do_train", "finetuning_type", "lora_rank", "lora_alpha", "lora_dropout", "lora_target",
-    "freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules",
-    "pref_beta", "pref_loss", "pref_ftx", "simpo_gamma", "kto_chosen_weight", "kto_rejected_weight",
+    "stage",
+    "do_train",
+    "finetuning_type",
+    "lora_rank",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target",
+    "freeze_trainable_layers",
+    "freeze_trainable_modules",
+    "freeze_extra_modules",
+    "pref_beta",
+    "pref_loss",
+    "pref_ftx",
+    "simpo_gamma",
+    "kto_chosen_weight",
+    "kto_rejected_weight",
     # data
-    "dataset", "dataset_dir", "template", "cutoff_len", "max_samples", "val_size",
+    "dataset",
+    "dataset_dir",
+    "template",
+    "cutoff_len",
+    "max_samples",
+    "val_size",
     # output and training (the Trainer's arguments)
-    "output_dir", "overwrite_output_dir", "logging_steps", "save_strategy", "plot_loss", "report_to",
-    "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "num_train_epochs", "max_steps",
-    "lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay", "max_grad_norm", "seed", "bf16", "fp16",
-    "use_cpu", "gradient_checkpointing", "eval_strategy",
+    "output_dir",
+    "overwrite_output_dir",
+    "logging_steps",
+    "save_strategy",
+    "plot_loss",
+    "report_to",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "lr_scheduler_type",
+    "warmup_ratio",
+    "warmup_steps",
+    "weight_decay",
+    "max_grad_norm",
+    "seed",
+    "bf16",
+    "fp16",
+    "use_cpu",
+    "gradient_checkpointing",
+    "eval_strategy",
 }
 LF_WORKLOADS = ("lora", "qlora", "full", "freeze", "dpo", "kto", "orpo", "simpo", "rm")
 
@@ -267,8 +350,10 @@ def _workload_yamls(tmp_path, model):
     from factory.bench import workload_config
     from factory.bench_llamafactory import llamafactory_yaml
 
-    return {name: llamafactory_yaml(workload_config(name, [f"model={model}"]), str(tmp_path / name))
-            for name in LF_WORKLOADS}
+    return {
+        name: llamafactory_yaml(workload_config(name, [f"model={model}"]), str(tmp_path / name))
+        for name in LF_WORKLOADS
+    }
 
 
 def test_generated_yaml_is_llamafactory_yaml(tmp_path, tiny_causal_lm):
@@ -279,7 +364,11 @@ def test_generated_yaml_is_llamafactory_yaml(tmp_path, tiny_causal_lm):
     assert jobs["orpo"]["stage"] == "dpo" and jobs["orpo"]["pref_loss"] == "orpo"
     assert (jobs["simpo"]["pref_loss"], jobs["simpo"]["pref_beta"], jobs["simpo"]["simpo_gamma"]) == ("simpo", 2.0, 1.0)
     assert jobs["kto"]["stage"] == "kto" and jobs["kto"]["dataset"] == "kto_en_demo"
-    assert jobs["rm"]["stage"] == "rm" and jobs["dpo"]["max_samples"] == 40 and jobs["dpo"]["per_device_train_batch_size"] == 2
+    assert (
+        jobs["rm"]["stage"] == "rm"
+        and jobs["dpo"]["max_samples"] == 40
+        and jobs["dpo"]["per_device_train_batch_size"] == 2
+    )
     assert jobs["qlora"]["quantization_bit"] == 4 and jobs["full"]["finetuning_type"] == "full"
     assert jobs["lora"]["lora_alpha"] == 16 and jobs["lora"]["lora_target"] == "all" and jobs["lora"]["bf16"] is True
     assert jobs["lora"]["model_name_or_path"] == str(Path(tiny_causal_lm).resolve())
@@ -289,15 +378,23 @@ def test_generated_yaml_parses_in_llamafactory(tmp_path, tiny_causal_lm):
     """Where LLaMA-Factory's environment is built (../lf-venv or $FACTORY_LF_ENV), its own parser reads every YAML."""
     env = _lf_env()
     if env is None:
-        pytest.skip("no LLaMA-Factory environment (bash ../shared/baselines/llamafactory-venv.sh ../lf-venv builds one)")
+        pytest.skip(
+            "no LLaMA-Factory environment (bash ../shared/baselines/llamafactory-venv.sh ../lf-venv builds one)"
+        )
     jobs = list(_workload_yamls(tmp_path, tiny_causal_lm).values())
-    done = subprocess.run([str(env / "bin" / "python"), "-c", _LF_PARSE], input=json.dumps(jobs), capture_output=True,
-                          text=True, env={**os.environ, "DISABLE_VERSION_CHECK": "1", "HF_HUB_OFFLINE": "1"})
+    done = subprocess.run(
+        [str(env / "bin" / "python"), "-c", _LF_PARSE],
+        input=json.dumps(jobs),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DISABLE_VERSION_CHECK": "1", "HF_HUB_OFFLINE": "1"},
+    )
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
 
 
 def test_a_fresh_process_run_of_a_preference_workload_has_no_mfu(tiny_causal_lm, demo_dir):
     """``--repeat`` and ``against=`` run ours through run_bench_repeated: a stage without an MFU figure must pass."""
-    result = run_bench_repeated("dpo", [f"model={tiny_causal_lm}", "max_samples=4", "cutoff_len=64"], 1,
-                                dataset_dir=str(demo_dir))
+    result = run_bench_repeated(
+        "dpo", [f"model={tiny_causal_lm}", "max_samples=4", "cutoff_len=64"], 1, dataset_dir=str(demo_dir)
+    )
     assert result["repeats"]["mfu"] == [None] and result["steps"] == 2 and "reward_accuracy" in result

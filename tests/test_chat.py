@@ -96,8 +96,20 @@ def test_interactive_session_with_smollm2(smollm2_path, oracle):
 @pytest.mark.e2e
 def test_prompt_answers_once_from_the_command_line(smollm2_path, oracle):
     proc = subprocess.run(
-        [sys.executable, "-m", "factory.cli", "chat", f"model={MODEL}", "max_new_tokens=12", "--prompt", "Who are you?"],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "factory.cli",
+            "chat",
+            f"model={MODEL}",
+            "max_new_tokens=12",
+            "--prompt",
+            "Who are you?",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == oracle([{"role": "user", "content": "Who are you?"}], 12) + "\n"
@@ -106,7 +118,10 @@ def test_prompt_answers_once_from_the_command_line(smollm2_path, oracle):
 def test_chat_with_a_bad_config_is_one_sentence(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "factory.cli", "chat", f"adapter={tmp_path / 'missing'}", "--prompt", "hi"],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: adapter") and "Traceback" not in proc.stderr

@@ -61,7 +61,10 @@ def test_plugins_show():
     assert {impl["name"] for impl in row["implementations"]} >= {"full", "freeze", "adamw"}
     proc = run("plugins", "show", "builtin-methds")
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: no plugin named 'builtin-methds'; did you mean 'builtin-methods'?; see factory plugins list"
+    assert (
+        proc.stderr.strip()
+        == "error: no plugin named 'builtin-methds'; did you mean 'builtin-methods'?; see factory plugins list"
+    )
 
 
 def test_finetune_with_unknown_key_is_one_sentence(tmp_path):
@@ -72,19 +75,43 @@ def test_finetune_with_unknown_key_is_one_sentence(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-NOISE = ("Failed to load", "register_constant()", "GPT-QModel", "Python GIL is enabled", "FutureWarning",
-         "gemm_4bit_forward", "INFO:")
+NOISE = (
+    "Failed to load",
+    "register_constant()",
+    "GPT-QModel",
+    "Python GIL is enabled",
+    "FutureWarning",
+    "gemm_4bit_forward",
+    "INFO:",
+)
 
 
 def test_a_run_is_quiet_by_default_and_verbose_on_request(tiny_causal_lm, demo_dir, tmp_path):
     """A LoRA run imports peft, which imports bitsandbytes, torchao and GPT-QModel: none of their chatter shows."""
-    args = ["finetune", f"model={tiny_causal_lm}", "dataset=alpaca_en_demo", f"dataset_dir={demo_dir}", "max_samples=8",
-            "max_steps=1", "cutoff_len=64", "sample_prompt=null", "precision=fp32"]
-    quiet = subprocess.run([sys.executable, "-m", "factory.cli", *args, f"output_dir={tmp_path / 'q'}"],
-                           capture_output=True, text=True, timeout=600)
+    args = [
+        "finetune",
+        f"model={tiny_causal_lm}",
+        "dataset=alpaca_en_demo",
+        f"dataset_dir={demo_dir}",
+        "max_samples=8",
+        "max_steps=1",
+        "cutoff_len=64",
+        "sample_prompt=null",
+        "precision=fp32",
+    ]
+    quiet = subprocess.run(
+        [sys.executable, "-m", "factory.cli", *args, f"output_dir={tmp_path / 'q'}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert quiet.returncode == 0, quiet.stderr[-2000:]
     assert [marker for marker in NOISE if marker in quiet.stderr + quiet.stdout] == []
     assert "factory: outputs written to" in quiet.stdout
-    loud = subprocess.run([sys.executable, "-m", "factory.cli", "-v", *args, f"output_dir={tmp_path / 'v'}"],
-                          capture_output=True, text=True, timeout=600)
+    loud = subprocess.run(
+        [sys.executable, "-m", "factory.cli", "-v", *args, f"output_dir={tmp_path / 'v'}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert loud.returncode == 0 and [marker for marker in NOISE if marker in loud.stderr + loud.stdout]

@@ -41,7 +41,10 @@ def test_resolved_config_round_trips(tmp_path):
         (["batch_size=0"], "config key 'batch_size': Input should be greater than 0 (got 0)"),
         (["learning_rate=-1"], "config key 'learning_rate': Input should be greater than 0 (got -1)"),
         (["precision=fp8"], "config key 'precision': Input should be 'auto', 'bf16', 'fp16' or 'fp32' (got 'fp8')"),
-        (["freeze.layers=0"], "config section 'freeze': freeze.layers is 0 and freeze.extra is empty, so nothing would train"),
+        (
+            ["freeze.layers=0"],
+            "config section 'freeze': freeze.layers is 0 and freeze.extra is empty, so nothing would train",
+        ),
         (["freeze=3"], "config key 'freeze' must be a mapping of options"),
         (["no_equals_sign"], "override 'no_equals_sign' is not of the form key=value"),
     ],
@@ -73,14 +76,33 @@ def test_non_mapping_yaml(tmp_path):
 
 def test_override_values_are_typed():
     assert parse_overrides(["a=16", "b=true", "c=[1,2]", "d.e=x", "f=1e-4", "g="]) == {
-        "a": 16, "b": True, "c": [1, 2], "d": {"e": "x"}, "f": "1e-4", "g": None,
+        "a": 16,
+        "b": True,
+        "c": [1, 2],
+        "d": {"e": "x"},
+        "f": "1e-4",
+        "g": None,
     }
 
 
 def test_every_required_top_level_key_exists():
-    required = {"model", "template", "dataset", "method", "stage", "quantization", "optimizer", "output_dir",
-                "cutoff_len", "batch_size", "gradient_accumulation_steps", "learning_rate", "num_epochs",
-                "max_steps", "seed"}
+    required = {
+        "model",
+        "template",
+        "dataset",
+        "method",
+        "stage",
+        "quantization",
+        "optimizer",
+        "output_dir",
+        "cutoff_len",
+        "batch_size",
+        "gradient_accumulation_steps",
+        "learning_rate",
+        "num_epochs",
+        "max_steps",
+        "seed",
+    }
     assert required <= set(RunConfig.model_fields)
 
 
@@ -107,8 +129,18 @@ def test_grouped_and_flat_configs_are_the_same_config(tmp_path):
         "train:\n  learning_rate: 2.0e-4\n  method: freeze\noutput:\n  output_dir: out\nfreeze:\n  layers: 3\n"
     )
     grouped = load_config(tmp_path / "grouped.yaml")
-    flat = load_config(None, ["model=smollm2-135m-instruct", "precision=bf16", "cutoff_len=512", "learning_rate=2e-4",
-                              "method=freeze", "output_dir=out", "freeze.layers=3"])
+    flat = load_config(
+        None,
+        [
+            "model=smollm2-135m-instruct",
+            "precision=bf16",
+            "cutoff_len=512",
+            "learning_rate=2e-4",
+            "method=freeze",
+            "output_dir=out",
+            "freeze.layers=3",
+        ],
+    )
     assert grouped.to_dict() == flat.to_dict()
     assert load_config(flat.to_grouped()).to_dict() == flat.to_dict()  # the grouped form reloads
     assert grouped.section("train")["learning_rate"] == 2e-4
@@ -126,8 +158,10 @@ def test_a_flat_model_and_dotted_group_keys_combine(tmp_path):
     [
         ({"train": {"lr": 1}}, "unknown config key 'train.lr' (the train group holds: stage,"),
         ({"model": {"model": "x"}}, "unknown config key 'model.model' (the model group holds: path,"),
-        ({"train": {"learning_rate": 1.0}, "learning_rate": 2.0},
-         "config key 'learning_rate' is given both flat and inside its group, with different values; keep one"),
+        (
+            {"train": {"learning_rate": 1.0}, "learning_rate": 2.0},
+            "config key 'learning_rate' is given both flat and inside its group, with different values; keep one",
+        ),
     ],
 )
 def test_bad_groups_are_one_sentence(data, message):

@@ -54,7 +54,9 @@ class ShortApply:
 
 def test_the_guide_carries_the_contracts_generated_from_the_code():
     text = GUIDE.read_text(encoding="utf-8")
-    generated = re.search(r"<!-- generated from core/contracts.py[^\n]*-->\n(.*?)<!-- end of generated contracts -->", text, re.S)
+    generated = re.search(
+        r"<!-- generated from core/contracts.py[^\n]*-->\n(.*?)<!-- end of generated contracts -->", text, re.S
+    )
     assert generated, "docs/plugins.md lost its generated contract table"
     assert generated.group(1) == contracts.markdown(), "regenerate the table with factory.contracts.markdown()"
 
@@ -69,10 +71,15 @@ def test_every_hook_is_documented_implemented_and_tested(kind):
     assert f"`register_{kind}`" in GUIDE.read_text(encoding="utf-8")
     names = factory.get_manager().names(kind)
     assert names, f"no installed plugin implements register_{kind}"
-    texts = [path.read_text(encoding="utf-8") for path in [*ROOT.glob("tests/*.py"), *ROOT.glob("plugins/*/tests/*.py")]
-             if path.name != "test_contracts.py"]
+    texts = [
+        path.read_text(encoding="utf-8")
+        for path in [*ROOT.glob("tests/*.py"), *ROOT.glob("plugins/*/tests/*.py")]
+        if path.name != "test_contracts.py"
+    ]
     spelled = [f"register_{kind}", *(f'"{name}"' for name in names), *(f"={name}" for name in names)]
-    assert any(word in text for text in texts for word in spelled), f"no test exercises register_{kind} or any of {names}"
+    assert any(word in text for text in texts for word in spelled), (
+        f"no test exercises register_{kind} or any of {names}"
+    )
 
 
 def test_every_registered_name_appears_in_the_listing():
@@ -91,7 +98,9 @@ def test_a_conforming_implementation_has_no_problems():
 
 def test_a_missing_member_is_named():
     assert contracts.problems("adapters", NoSave()) == ["has no method 'save'"]
-    assert contracts.problems("stages", SimpleNamespace(run=lambda cfg, manager: {})) == ["has no attribute 'data_kind'"]
+    assert contracts.problems("stages", SimpleNamespace(run=lambda cfg, manager: {})) == [
+        "has no attribute 'data_kind'"
+    ]
 
 
 def test_a_method_that_cannot_take_the_core_arguments_is_named():
@@ -100,10 +109,21 @@ def test_a_method_that_cannot_take_the_core_arguments_is_named():
 
 
 def test_optional_members_may_be_absent_but_not_broken():
-    assert contracts.problems("quantizers", SimpleNamespace(
-        before_load=lambda cfg, kw: None, after_load=lambda m, cfg: m, export=lambda m, t, d, cfg: None)) == []
-    broken = SimpleNamespace(before_load=lambda cfg, kw: None, after_load=lambda m, cfg: m,
-                             export=lambda m, t, d, cfg: None, check_trainable="yes")
+    assert (
+        contracts.problems(
+            "quantizers",
+            SimpleNamespace(
+                before_load=lambda cfg, kw: None, after_load=lambda m, cfg: m, export=lambda m, t, d, cfg: None
+            ),
+        )
+        == []
+    )
+    broken = SimpleNamespace(
+        before_load=lambda cfg, kw: None,
+        after_load=lambda m, cfg: m,
+        export=lambda m, t, d, cfg: None,
+        check_trainable="yes",
+    )
     assert contracts.problems("quantizers", broken) == ["'check_trainable' is a str, not a method"]
 
 
@@ -125,16 +145,24 @@ def test_an_engine_must_subclass_the_engine_base():
 def test_an_eager_implementation_breaking_its_contract_fails_its_plugin_only():
     manager = fresh()
     record = manager.register_plugin(plugin(register_adapters=lambda register: register("nosave", NoSave())), "bad")
-    assert record.error == ("method 'nosave' from (local) breaks its contract: it has no method 'save' "
-                            "(see the adapters contract in docs/plugins.md)")
-    assert "nosave" not in manager.names("adapters") and "lora" not in manager.names("adapters")  # peft is not in a fresh manager
+    assert record.error == (
+        "method 'nosave' from (local) breaks its contract: it has no method 'save' "
+        "(see the adapters contract in docs/plugins.md)"
+    )
+    assert "nosave" not in manager.names("adapters") and "lora" not in manager.names(
+        "adapters"
+    )  # peft is not in a fresh manager
     assert manager.get("adapters", "full").plugin == "builtin-methods"
 
 
 def test_a_lazy_implementation_is_checked_when_first_loaded():
     manager = fresh()
-    manager.register_plugin(plugin(register_adapters=lambda register: register("lazy", "test_contracts:NoSave")), "lazy")
-    with pytest.raises(PluginError, match="method 'lazy' from \\(local\\) breaks its contract: it has no method 'save'"):
+    manager.register_plugin(
+        plugin(register_adapters=lambda register: register("lazy", "test_contracts:NoSave")), "lazy"
+    )
+    with pytest.raises(
+        PluginError, match="method 'lazy' from \\(local\\) breaks its contract: it has no method 'save'"
+    ):
         manager.load("adapters", "lazy")
 
 
@@ -145,10 +173,15 @@ class RequiredOption(BaseModel):
 @pytest.mark.parametrize(
     ("hook", "error"),
     [
-        (lambda register: register("needy", GoodAdapter(), options=RequiredOption),
-         "method 'needy' of plugin 'p' has options that do not validate with no settings (token: Field required); "
-         "give every option a default"),
-        (lambda register: (_ for _ in ()).throw(RuntimeError("the hook fell over")), "RuntimeError: the hook fell over"),
+        (
+            lambda register: register("needy", GoodAdapter(), options=RequiredOption),
+            "method 'needy' of plugin 'p' has options that do not validate with no settings (token: Field required); "
+            "give every option a default",
+        ),
+        (
+            lambda register: (_ for _ in ()).throw(RuntimeError("the hook fell over")),
+            "RuntimeError: the hook fell over",
+        ),
         (lambda register: register(123, GoodAdapter()), "method name 123 is invalid"),
         (lambda register: register("x", GoodAdapter(), colour="red"), "TypeError: "),
         (lambda register: register("x", GoodAdapter(), options=dict), "gives options=<class 'dict'>"),
@@ -185,7 +218,9 @@ def test_loaders_are_asked_by_priority_under_auto(tmp_path):
             return True
 
     manager = fresh()
-    manager.register_plugin(plugin(register_loaders=lambda register: (register("acme", Claims()), register("zz", ClaimsLater()))), "l")
+    manager.register_plugin(
+        plugin(register_loaders=lambda register: (register("acme", Claims()), register("zz", ClaimsLater()))), "l"
+    )
     cfg = load_config(None, ["model=acme:thing"])
     assert isinstance(pick_loader(cfg, manager), Claims)
     cfg = load_config(None, [f"model={tmp_path}"])  # no built-in loader takes an empty folder; the last resort does
@@ -198,8 +233,11 @@ def test_patches_decide_by_facts_and_two_that_disagree_are_refused():
     first = ModelFacts().combine(ModelFacts(attn_implementation="flash_attention_2", padding_free=True), "flash-attn")
     assert (first.attn_implementation, first.padding_free) == ("flash_attention_2", True)
     assert first.combine(ModelFacts(padding_free=True), "another").padding_free is True  # agreeing is fine
-    with pytest.raises(PluginError, match="patches 'flash-attn' and 's2attn' disagree on attn_implementation "
-                                          "\\('flash_attention_2' against 's2attn'\\); use one of them"):
+    with pytest.raises(
+        PluginError,
+        match="patches 'flash-attn' and 's2attn' disagree on attn_implementation "
+        "\\('flash_attention_2' against 's2attn'\\); use one of them",
+    ):
         first.combine(ModelFacts(attn_implementation="s2attn", padding_free=False), "s2attn")
     with pytest.raises(PluginError, match="patch 'odd' returned 5 from before_load"):
         first.combine(5, "odd")
@@ -210,6 +248,11 @@ def test_two_patches_replacing_the_same_thing_are_refused():
 
     liger = ModelFacts().combine(ModelFacts(replaces=("rms_norm", "mlp", "loss")), "liger")
     assert liger.owners == {"rms_norm": "liger", "mlp": "liger", "loss": "liger"}
-    assert liger.combine(ModelFacts(replaces=("attention",)), "flash").replaces == ("rms_norm", "mlp", "loss", "attention")
+    assert liger.combine(ModelFacts(replaces=("attention",)), "flash").replaces == (
+        "rms_norm",
+        "mlp",
+        "loss",
+        "attention",
+    )
     with pytest.raises(PluginError, match="patches 'liger' and 'other' both replace loss; use one of them"):
         liger.combine(ModelFacts(replaces=("loss",)), "other")

@@ -131,7 +131,9 @@ def test_alpaca_demos_match_the_raw_json(demo_dir, manager):
         assert set(records["system"]) == {""} and set(records["text"]) == {None}
     # an input column is appended to the instruction on a new line
     with_input = next(i for i, row in enumerate(raw) if row["input"])
-    assert records[with_input]["messages"][0]["content"] == f"{raw[with_input]['instruction']}\n{raw[with_input]['input']}"
+    assert (
+        records[with_input]["messages"][0]["content"] == f"{raw[with_input]['instruction']}\n{raw[with_input]['input']}"
+    )
 
 
 def test_identity_placeholders_are_filled_from_the_config(demo_dir, manager):
@@ -176,7 +178,9 @@ def test_kto_demo_keeps_labels(demo_dir, manager):
     records = load_records("kto_en_demo", cfg_for(demo_dir), manager)
     assert records["label"] == [row["label"] for row in raw]
     assert Counter(records["label"])[True] == sum(row["label"] for row in raw)
-    assert records["messages"] == [[{"role": m["role"], "content": m["content"]} for m in row["messages"]] for row in raw]
+    assert records["messages"] == [
+        [{"role": m["role"], "content": m["content"]} for m in row["messages"]] for row in raw
+    ]
     # the same file given by path is told to be OpenAI messages + label, and aligns identically
     by_path = load_records(str(demo_dir / "kto_en_demo.json"), cfg_for(), manager)
     assert by_path["messages"] == records["messages"] and by_path["label"] == records["label"]
@@ -248,7 +252,7 @@ def test_every_file_type_and_folder_reads_the_same_rows(tmp_path, manager):
     folder = tmp_path / "shards"
     folder.mkdir()
     for k in range(3):
-        (folder / f"part{k}.jsonl").write_text("\n".join(json.dumps(r) for r in ROWS[k * 4:(k + 1) * 4]))
+        (folder / f"part{k}.jsonl").write_text("\n".join(json.dumps(r) for r in ROWS[k * 4 : (k + 1) * 4]))
     paths["folder"] = folder
     expected = [alpaca_messages(row) for row in ROWS]
     for kind, path in paths.items():
@@ -262,8 +266,18 @@ def test_every_file_type_and_folder_reads_the_same_rows(tmp_path, manager):
 
 
 def test_own_yaml_descriptor_maps_columns_and_tags(tmp_path, manager):
-    datasets.Dataset.from_list([{"q": "2+2?", "ctx": "math", "a": "4", "sys": "Be brief."}]).to_csv(str(tmp_path / "qa.csv"), index=False)
-    chats = [{"dialog": [{"speaker": "sys", "text": "Pirate mode."}, {"speaker": "me", "text": "hi"}, {"speaker": "bot", "text": "arr"}]}]
+    datasets.Dataset.from_list([{"q": "2+2?", "ctx": "math", "a": "4", "sys": "Be brief."}]).to_csv(
+        str(tmp_path / "qa.csv"), index=False
+    )
+    chats = [
+        {
+            "dialog": [
+                {"speaker": "sys", "text": "Pirate mode."},
+                {"speaker": "me", "text": "hi"},
+                {"speaker": "bot", "text": "arr"},
+            ]
+        }
+    ]
     (tmp_path / "chats.jsonl").write_text(json.dumps(chats[0]) + "\n")
     (tmp_path / "datasets.yaml").write_text(
         "qa:\n  file: qa.csv\n  format: alpaca\n  columns: {prompt: q, query: ctx, response: a, system: sys}\n"
@@ -284,8 +298,11 @@ def test_openai_messages_with_tool_calls(tmp_path, manager):
         "messages": [
             {"role": "system", "content": "You can call tools."},
             {"role": "user", "content": "Weather in Paris?"},
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}]},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}],
+            },
             {"role": "tool", "content": '{"temp": 21}'},
             {"role": "assistant", "content": "It is 21 degrees."},
         ],
@@ -299,8 +316,15 @@ def test_openai_messages_with_tool_calls(tmp_path, manager):
 
 
 def test_alpaca_history_system_ranking_and_kto(tmp_path, manager):
-    rows = [{"instruction": "and 3+3?", "input": "", "output": "6", "system": "math tutor",
-             "history": [["1+1?", "2"], ["2+2?", "4"]]}]
+    rows = [
+        {
+            "instruction": "and 3+3?",
+            "input": "",
+            "output": "6",
+            "system": "math tutor",
+            "history": [["1+1?", "2"], ["2+2?", "4"]],
+        }
+    ]
     record = load_records(str(write_json(tmp_path / "hist.json", rows)), cfg_for(), manager)[0]
     assert [m["content"] for m in record["messages"]] == ["1+1?", "2", "2+2?", "4", "and 3+3?", "6"]
     assert record["system"] == "math tutor"
@@ -308,7 +332,10 @@ def test_alpaca_history_system_ranking_and_kto(tmp_path, manager):
     pair = load_records(str(write_json(tmp_path / "pairs.json", pairs)), cfg_for(), manager)[0]
     assert pair["messages"] == [{"role": "user", "content": "Say hi"}]
     assert (pair["chosen"]["content"], pair["rejected"]["content"]) == ("Hi!", "No.")
-    kto = [{"instruction": "Say hi", "output": "Hi!", "label": True}, {"instruction": "Say hi", "output": "Go away", "label": False}]
+    kto = [
+        {"instruction": "Say hi", "output": "Hi!", "label": True},
+        {"instruction": "Say hi", "output": "Go away", "label": False},
+    ]
     labelled = load_records(str(write_json(tmp_path / "kto.json", kto)), cfg_for(), manager)
     assert labelled["label"] == [True, False] and labelled[1]["messages"][-1]["content"] == "Go away"
 
@@ -371,7 +398,9 @@ def test_hub_entry_of_dataset_info_says_offline(demo_dir, manager):
 
 
 def test_hub_id_in_the_datasets_cache_loads_offline(tmp_path, manager, monkeypatch, demo_dir):
-    datasets.load_dataset("json", data_files=str(demo_dir / "identity.json"), cache_dir=str(tmp_path / "build"), split="train")
+    datasets.load_dataset(
+        "json", data_files=str(demo_dir / "identity.json"), cache_dir=str(tmp_path / "build"), split="train"
+    )
     built = next((tmp_path / "build" / "json").glob("*/0.0.0/*/"))
     cached = tmp_path / "cache" / "acme___tiny_set" / "default" / "0.0.0" / built.name
     shutil.copytree(built, cached)
@@ -398,7 +427,9 @@ def test_hub_id_downloaded_as_snapshot_loads_offline(tmp_path, manager, monkeypa
 # -- streaming, sampling, splitting ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["alpaca_en_demo", "dpo_en_demo", "kto_en_demo", "glaive_toolcall_en_demo", "c4_demo", "wiki_demo"])
+@pytest.mark.parametrize(
+    "name", ["alpaca_en_demo", "dpo_en_demo", "kto_en_demo", "glaive_toolcall_en_demo", "c4_demo", "wiki_demo"]
+)
 def test_streaming_gives_the_same_first_records(name, demo_dir, manager):
     eager = load_records(name, cfg_for(demo_dir), manager)
     streamed = load_records(name, cfg_for(demo_dir, streaming=True), manager)
@@ -429,19 +460,25 @@ def test_val_size_fraction_and_count(demo_dir, manager):
     assert load_data(cfg_for(demo_dir, dataset="identity", val_size=16), manager, eval_split=False).eval is None
     streamed = load_data(cfg_for(demo_dir, dataset="identity", val_size=16, streaming=True), manager)
     assert len(list(streamed.eval)) == 16 and len(list(streamed.train)) == 75
-    assert "number of rows" in error_of(lambda: load_data(cfg_for(demo_dir, dataset="identity", val_size=0.5, streaming=True), manager))
+    assert "number of rows" in error_of(
+        lambda: load_data(cfg_for(demo_dir, dataset="identity", val_size=0.5, streaming=True), manager)
+    )
     assert "leaves none" in error_of(lambda: load_data(cfg_for(demo_dir, dataset="identity", val_size=91), manager))
 
 
 def test_eval_dataset(demo_dir, manager):
     bundle = load_data(cfg_for(demo_dir, dataset="identity", eval_dataset=["c4_demo", "wiki_demo"]), manager)
     assert len(bundle.train) == 91 and len(bundle.eval) == 330
-    assert "val_size" in error_of(lambda: load_data(cfg_for(demo_dir, dataset="identity", eval_dataset="c4_demo", val_size=0.1), manager))
+    assert "val_size" in error_of(
+        lambda: load_data(cfg_for(demo_dir, dataset="identity", eval_dataset="c4_demo", val_size=0.1), manager)
+    )
 
 
 def test_num_samples_in_a_descriptor(tmp_path, manager):
     write_json(tmp_path / "rows.json", ROWS)
-    (tmp_path / "datasets.yaml").write_text("few:\n  file: rows.json\n  num_samples: 5\nmany:\n  file: rows.json\n  num_samples: 30\n")
+    (tmp_path / "datasets.yaml").write_text(
+        "few:\n  file: rows.json\n  num_samples: 5\nmany:\n  file: rows.json\n  num_samples: 30\n"
+    )
     few = load_records("few", cfg_for(tmp_path), manager)
     many = load_records("many", cfg_for(tmp_path), manager)
     assert len(few) == 5 and len({m[0]["content"] for m in few["messages"]}) == 5
@@ -520,7 +557,9 @@ def test_missing_column_names_file_row_and_expected_columns(tmp_path, manager):
     message = error_of(lambda: load_records("misnamed", cfg_for(tmp_path), manager))
     assert str(path) in message and "row 1" in message and "'output'" in message
     assert "it has instruction, answer" in message and "expects the columns instruction, output" in message
-    (tmp_path / "datasets.yaml").write_text("misnamed:\n  file: misnamed.json\n  columns: {prompt: instruction, response: outptu}\n")
+    (tmp_path / "datasets.yaml").write_text(
+        "misnamed:\n  file: misnamed.json\n  columns: {prompt: instruction, response: outptu}\n"
+    )
     message = error_of(lambda: load_records("misnamed", cfg_for(tmp_path), manager))
     assert "no column 'outptu'" in message and "expects the columns instruction, outptu" in message
 
@@ -540,8 +579,13 @@ def test_bad_sharegpt_role_and_kto_label_name_the_row(tmp_path, manager):
     path = write_json(tmp_path / "roles.json", [{"conversations": turns}])
     message = error_of(lambda: load_records(str(path), cfg_for(), manager))
     assert "row 1" in message and "'bot'" in message and "human" in message
-    kto = write_json(tmp_path / "label.json", [{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "label": True},
-                                               {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "label": "maybe"}])
+    kto = write_json(
+        tmp_path / "label.json",
+        [
+            {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "label": True},
+            {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "label": "maybe"},
+        ],
+    )
     assert "row 2" in error_of(lambda: load_records(str(kto), cfg_for(), manager))
 
 
@@ -579,10 +623,15 @@ def test_empty_after_filtering_names_the_filter(tmp_path, manager):
     turns = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}, {"from": "human", "value": "bye?"}]
     path = write_json(tmp_path / "open.json", [{"conversations": turns}] * 3)
     message = error_of(lambda: load_records(str(path), cfg_for(), manager))
-    assert "empty after filtering: all 3 rows were dropped as conversations that do not end with an assistant turn" in message
+    assert (
+        "empty after filtering: all 3 rows were dropped as conversations that do not end with an assistant turn"
+        in message
+    )
     mixed = write_json(tmp_path / "mixed.json", [{"conversations": turns}, {"conversations": turns[:2]}])
     bundle = load_data(cfg_for(dataset=str(mixed)), manager)
-    assert len(bundle.train) == 1 and bundle.dropped[str(mixed)] == {"conversations that do not end with an assistant turn": 1}
+    assert len(bundle.train) == 1 and bundle.dropped[str(mixed)] == {
+        "conversations that do not end with an assistant turn": 1
+    }
     blank = tmp_path / "blank.txt"
     blank.write_text("\n  \n\n")
     assert "empty texts" in error_of(lambda: load_records(str(blank), cfg_for(), manager))
@@ -594,7 +643,9 @@ def test_missing_file_says_so(tmp_path, demo_dir, manager):
     # a described file that is not there (dataset_info.json lists files the demo folder lacks)
     message = error_of(lambda: load_records("dpo_zh_demo", cfg_for(demo_dir), manager))
     assert "dpo_zh_demo.json" in message and "does not exist" in message
-    assert "does not exist" in error_of(lambda: load_records("identity", cfg_for(dataset_dir=str(tmp_path / "nodir")), manager))
+    assert "does not exist" in error_of(
+        lambda: load_records("identity", cfg_for(dataset_dir=str(tmp_path / "nodir")), manager)
+    )
 
 
 def test_bad_descriptor_keys_are_named(tmp_path, manager):

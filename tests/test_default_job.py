@@ -15,7 +15,9 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess[str], Path]:
     workdir = tmp_path_factory.mktemp("default-job")
-    proc = subprocess.run([sys.executable, "-m", "factory.cli", "finetune"], cwd=workdir, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, "-m", "factory.cli", "finetune"], cwd=workdir, capture_output=True, text=True, timeout=1800
+    )
     runs = sorted((workdir / "outputs").glob("sft-lora-*"))
     return proc, runs[-1] if runs else workdir
 
@@ -36,9 +38,20 @@ def test_default_job_tunes_the_identity(default_run):
 def test_chat_with_the_tuned_adapter_answers_with_its_identity(default_run):
     _, out = default_run
     proc = subprocess.run(
-        [sys.executable, "-m", "factory.cli", "chat", "model=smollm2-135m-instruct", f"adapter={out}", "max_new_tokens=48",
-         "--prompt", "Who are you?"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "factory.cli",
+            "chat",
+            "model=smollm2-135m-instruct",
+            f"adapter={out}",
+            "max_new_tokens=48",
+            "--prompt",
+            "Who are you?",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Factory" in proc.stdout, proc.stdout
@@ -53,8 +66,20 @@ def test_export_merges_the_adapter_for_plain_transformers(default_run, tmp_path)
 
     _, out = default_run
     merged = tmp_path / "merged"
-    proc = subprocess.run([sys.executable, "-m", "factory.cli", "export", "model=smollm2-135m-instruct", f"adapter={out}",
-                           f"output={merged}"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "factory.cli",
+            "export",
+            "model=smollm2-135m-instruct",
+            f"adapter={out}",
+            f"output={merged}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     # Export merges in fp32; compare in fp32 (the cached base is bf16, which loads as bf16 by default).
     model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)

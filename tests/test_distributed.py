@@ -30,8 +30,16 @@ STEPS = 2
 
 
 def _run(tiny: Path, demo: Path) -> list[str]:
-    return [f"model={tiny}", "dataset=alpaca_en_demo", f"dataset_dir={demo}", "max_samples=32", "method=full",
-            "precision=fp32", "logging_steps=1", "learning_rate=1e-3"]
+    return [
+        f"model={tiny}",
+        "dataset=alpaca_en_demo",
+        f"dataset_dir={demo}",
+        "max_samples=32",
+        "method=full",
+        "precision=fp32",
+        "logging_steps=1",
+        "learning_rate=1e-3",
+    ]
 
 
 def _losses(metrics: dict) -> list[float]:
@@ -47,8 +55,16 @@ def _weights(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def single_process(tiny_causal_lm, demo_dir, tmp_path_factory) -> tuple[dict, dict]:
     out = tmp_path_factory.mktemp("single") / "run"
-    metrics = finetune(None, [*_run(tiny_causal_lm, demo_dir), "batch_size=4", f"max_steps={STEPS}",
-                              "sample_prompt=null", f"output_dir={out}"])
+    metrics = finetune(
+        None,
+        [
+            *_run(tiny_causal_lm, demo_dir),
+            "batch_size=4",
+            f"max_steps={STEPS}",
+            "sample_prompt=null",
+            f"output_dir={out}",
+        ],
+    )
     return metrics, _weights(out)
 
 
@@ -56,8 +72,9 @@ def single_process(tiny_causal_lm, demo_dir, tmp_path_factory) -> tuple[dict, di
 @pytest.mark.parametrize("preset", ["zero2", "zero3"])
 def test_deepspeed_in_two_processes_matches_one_and_resumes(preset, tiny_causal_lm, demo_dir, tmp_path, single_process):
     reference_metrics, reference = single_process
-    metrics = check_resume(tmp_path, [*_run(tiny_causal_lm, demo_dir), "nproc=2", "batch_size=2", f"deepspeed={preset}"],
-                           steps=STEPS)
+    metrics = check_resume(
+        tmp_path, [*_run(tiny_causal_lm, demo_dir), "nproc=2", "batch_size=2", f"deepspeed={preset}"], steps=STEPS
+    )
     straight = tmp_path / "straight"
     record = json.loads((straight / "factory_run.json").read_text())
     assert record["world_size"] == 2
@@ -80,13 +97,39 @@ def test_a_two_node_launch_with_torchrun_flags(tiny_causal_lm, demo_dir, tmp_pat
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     out = tmp_path / "run"
-    command = [*_run(tiny_causal_lm, demo_dir), "batch_size=2", f"max_steps={STEPS}", "sample_prompt=null",
-               f"output_dir={out}", "deepspeed=zero2"]
+    command = [
+        *_run(tiny_causal_lm, demo_dir),
+        "batch_size=2",
+        f"max_steps={STEPS}",
+        "sample_prompt=null",
+        f"output_dir={out}",
+        "deepspeed=zero2",
+    ]
     nodes = [
         subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank), "--nproc_per_node", "1",
-             "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "factory.cli", "finetune", *command],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ},
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--node_rank",
+                str(rank),
+                "--nproc_per_node",
+                "1",
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                str(port),
+                "-m",
+                "factory.cli",
+                "finetune",
+                *command,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ},
         )
         for rank in (0, 1)
     ]
@@ -125,8 +168,14 @@ def test_fsdp_is_wired_as_fsdp2_and_refused_on_cpu(tmp_path):
 @pytest.mark.parametrize(
     ("settings", "says"),
     [
-        ({"deepspeed": "zero4"}, "deepspeed config 'zero4' does not exist; give the path of a DeepSpeed JSON file, or a preset (zero2, zero3)"),
-        ({"deepspeed": "zero2", "fsdp": "full_shard"}, "deepspeed=zero2 and fsdp='full_shard' both shard the model; choose one"),
+        (
+            {"deepspeed": "zero4"},
+            "deepspeed config 'zero4' does not exist; give the path of a DeepSpeed JSON file, or a preset (zero2, zero3)",
+        ),
+        (
+            {"deepspeed": "zero2", "fsdp": "full_shard"},
+            "deepspeed=zero2 and fsdp='full_shard' both shard the model; choose one",
+        ),
     ],
 )
 def test_bad_distributed_settings_are_one_sentence(settings, says):

@@ -25,9 +25,23 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def run_args(model: Path, demo_dir: Path, out: Path, **extra) -> dict:
-    args = dict(model=str(model), dataset="alpaca_en_demo", dataset_dir=str(demo_dir), max_samples=16, cutoff_len=96,
-                batch_size=2, max_steps=6, save_steps=2, learning_rate=5e-3, logging_steps=1, output_dir=str(out),
-                precision="fp32", sample_prompt=None, seed=3, method="lora")
+    args = dict(
+        model=str(model),
+        dataset="alpaca_en_demo",
+        dataset_dir=str(demo_dir),
+        max_samples=16,
+        cutoff_len=96,
+        batch_size=2,
+        max_steps=6,
+        save_steps=2,
+        learning_rate=5e-3,
+        logging_steps=1,
+        output_dir=str(out),
+        precision="fp32",
+        sample_prompt=None,
+        seed=3,
+        method="lora",
+    )
     args.update(extra)
     return args
 
@@ -35,14 +49,20 @@ def run_args(model: Path, demo_dir: Path, out: Path, **extra) -> dict:
 def child(args: dict, fault: str) -> subprocess.CompletedProcess:
     """Run ``factory finetune`` with ``args`` in a fresh process after ``fault`` (Python) has set its trap."""
     overrides = [f"{key}={json.dumps(value)}" for key, value in args.items()]  # JSON values are YAML too
-    script = ("import factory, os, signal, sys\nfrom factory.cli import main\n" + textwrap.dedent(fault)
-              + f"\nsys.exit(main(['finetune', *{overrides!r}]))\n")
+    script = (
+        "import factory, os, signal, sys\nfrom factory.cli import main\n"
+        + textwrap.dedent(fault)
+        + f"\nsys.exit(main(['finetune', *{overrides!r}]))\n"
+    )
     return subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=600)
 
 
 def step_loss(metrics_or_out, step: int) -> float:
-    history = metrics_or_out["log_history"] if isinstance(metrics_or_out, dict) else json.loads(
-        (metrics_or_out / "metrics.json").read_text())["log_history"]
+    history = (
+        metrics_or_out["log_history"]
+        if isinstance(metrics_or_out, dict)
+        else json.loads((metrics_or_out / "metrics.json").read_text())["log_history"]
+    )
     return next(e["loss"] for e in history if "loss" in e and e["step"] == step)
 
 
@@ -68,12 +88,16 @@ transformers.Trainer._save_optimizer_and_scheduler = kill_mid_checkpoint
 """
 
 
-def test_kill_9_mid_checkpoint_then_resume_matches_the_uninterrupted_run(tiny_causal_lm, demo_dir, tmp_path, straight, capfd):
+def test_kill_9_mid_checkpoint_then_resume_matches_the_uninterrupted_run(
+    tiny_causal_lm, demo_dir, tmp_path, straight, capfd
+):
     out = tmp_path / "out"
     killed = child(run_args(tiny_causal_lm, demo_dir, out), KILL_WHILE_SAVING_STEP_4)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(("checkpoint", ".partial"))) == [
-        ".partial-checkpoint-4", "checkpoint-2"]  # the half-written one never took a checkpoint's name
+        ".partial-checkpoint-4",
+        "checkpoint-2",
+    ]  # the half-written one never took a checkpoint's name
     assert (out / "checkpoint-2" / MANIFEST).is_file()
 
     resumed = factory.finetune(**run_args(tiny_causal_lm, demo_dir, out, resume=True))
@@ -103,7 +127,10 @@ def test_a_corrupt_checkpoint_without_manifest_is_named(tiny_causal_lm, demo_dir
     factory.finetune(**run_args(tiny_causal_lm, demo_dir, out, max_steps=2))
     (out / "checkpoint-2" / MANIFEST).unlink()  # as an older version (or the plain Trainer) wrote it
     (out / "checkpoint-2" / "adapter_model.safetensors").write_bytes(b"\x00garbage")
-    with pytest.raises(ConfigError, match=r"resume=true but output_dir '.*' holds no complete checkpoint-\* folder \(skipped checkpoint-2\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"resume=true but output_dir '.*' holds no complete checkpoint-\* folder \(skipped checkpoint-2\)",
+    ):
         factory.finetune(**run_args(tiny_causal_lm, demo_dir, out, resume=True))
 
 
@@ -121,8 +148,10 @@ def test_ctrl_c_during_the_final_save_writes_nothing_half_way(tiny_causal_lm, de
     out = tmp_path / "out"
     proc = child(run_args(tiny_causal_lm, demo_dir, out), CTRL_C_DURING_FINAL_SAVE)
     assert proc.returncode != 0
-    assert (f"interrupted during the final save; nothing was written to '{out}'; the last complete checkpoint is "
-            f"'{out / 'checkpoint-6'}' (resume=true continues from it)") in proc.stderr
+    assert (
+        f"interrupted during the final save; nothing was written to '{out}'; the last complete checkpoint is "
+        f"'{out / 'checkpoint-6'}' (resume=true continues from it)"
+    ) in proc.stderr
     assert not (out / "adapter_config.json").exists() and not (out / "adapter_model.safetensors").exists()
     assert no_empty_files(out) == [] and not list(out.glob(".partial*"))
 
@@ -132,7 +161,9 @@ def _mount_tmpfs(folder: Path, size: str, *options: str) -> bool:
     if os.geteuid() != 0:
         return False
     opts = ",".join([f"size={size}", *options])
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(folder)], capture_output=True).returncode == 0
+    return (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(folder)], capture_output=True).returncode == 0
+    )
 
 
 @pytest.fixture
@@ -177,10 +208,14 @@ def test_a_full_disk_during_the_final_save_keeps_the_weights(tiny_causal_lm, dem
     from transformers import AutoModelForCausalLM
 
     out = (small_disk or tmp_path) / "out"
-    proc = child(run_args(tiny_causal_lm, demo_dir, out), FILL_THE_DISK_BEFORE_THE_FINAL_SAVE if small_disk else SIMULATED_ENOSPC)
+    proc = child(
+        run_args(tiny_causal_lm, demo_dir, out), FILL_THE_DISK_BEFORE_THE_FINAL_SAVE if small_disk else SIMULATED_ENOSPC
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     message = proc.stderr.strip().splitlines()[-1]
-    assert message.startswith(f"error: the final save to '{out}' failed (No space left on device); the trained weights were saved to '")
+    assert message.startswith(
+        f"error: the final save to '{out}' failed (No space left on device); the trained weights were saved to '"
+    )
     assert f"the last complete checkpoint is '{out / 'checkpoint-6'}'" in message
     rescue = Path(message.split("were saved to '")[1].split("'")[0])
     try:
@@ -207,7 +242,9 @@ def test_overwrite_refuses_a_folder_factory_did_not_write(tiny_causal_lm, demo_d
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    with pytest.raises(ConfigError, match=r"output_dir '.*mine' holds files factory did not write \(e.g. 'notes.txt'\)"):
+    with pytest.raises(
+        ConfigError, match=r"output_dir '.*mine' holds files factory did not write \(e.g. 'notes.txt'\)"
+    ):
         factory.finetune(**run_args(tiny_causal_lm, demo_dir, out, overwrite_output_dir=True))
     assert (out / "notes.txt").read_text() == "keep me"
 
@@ -220,7 +257,9 @@ def test_unwritable_output_folders_are_one_sentence(tiny_causal_lm, demo_dir, tm
     readonly = tmp_path / "ro"
     if _mount_tmpfs(readonly, "1M", "ro"):
         try:
-            with pytest.raises(ConfigError, match=r"output_dir '.*ro/run' cannot be written \('.*ro' is on a read-only file system\)"):
+            with pytest.raises(
+                ConfigError, match=r"output_dir '.*ro/run' cannot be written \('.*ro' is on a read-only file system\)"
+            ):
                 factory.finetune(**run_args(tiny_causal_lm, demo_dir, readonly / "run"))
         finally:
             subprocess.run(["umount", "-l", str(readonly)], check=False)

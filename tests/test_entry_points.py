@@ -18,16 +18,34 @@ def site(tmp_path_factory) -> Path:
     """A folder where the fixture plugins are pip-installed (kept off the test environment itself)."""
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), *(str(FIXTURES / name) for name in ("acme", "broken", "typo", "clash"))],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            *(str(FIXTURES / name) for name in ("acme", "broken", "typo", "clash")),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return target
 
 
 def factory_cli(site: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
-    environ = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "factory.cli", *args], capture_output=True, text=True, env=environ, check=False)
+    environ = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "factory.cli", *args], capture_output=True, text=True, env=environ, check=False
+    )
 
 
 def listing(site: Path, env: dict | None = None) -> dict[str, dict]:
@@ -40,8 +58,12 @@ def test_installed_plugin_is_discovered_with_distribution_and_version(site):
     rows = listing(site)
     acme = rows["acme"]
     assert (acme["distribution"], acme["version"]) == ("acme-factory-plugin", "1.2.3")
-    assert acme["provides"] == {"adapters": ["acme"], "aligners": ["acme-qa"], "commands": ["acme-hello"],
-                                "patches": ["acme-fast-kernels"]}
+    assert acme["provides"] == {
+        "adapters": ["acme"],
+        "aligners": ["acme-qa"],
+        "commands": ["acme-hello"],
+        "patches": ["acme-fast-kernels"],
+    }
 
 
 def test_broken_plugin_is_reported_and_others_survive(site):
@@ -59,7 +81,11 @@ def test_clash_is_reported_on_both_and_refused_at_use(site):
     assert rows["acme"]["status"] == "conflict: method 'acme' is also registered by clash-factory-plugin"
     proc = factory_cli(site, "finetune", "method=acme")
     assert proc.returncode == 2
-    assert "registered by both" in proc.stderr and "acme-factory-plugin" in proc.stderr and "clash-factory-plugin" in proc.stderr
+    assert (
+        "registered by both" in proc.stderr
+        and "acme-factory-plugin" in proc.stderr
+        and "clash-factory-plugin" in proc.stderr
+    )
 
 
 def test_disabling_a_plugin_by_environment(site):
@@ -118,7 +144,11 @@ def test_a_plugin_data_format_is_recognised_from_the_columns(site, tmp_path):
         "print(json.dumps(records[0]['messages']))\n"
     )
     environ = {**os.environ, "PYTHONPATH": str(site), "FACTORY_DISABLE_PLUGINS": "clash"}
-    proc = subprocess.run([sys.executable, "-c", probe, str(rows)], capture_output=True, text=True, env=environ, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, str(rows)], capture_output=True, text=True, env=environ, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [
-        {"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "4"},
+    ]

@@ -76,7 +76,10 @@ def test_prompt_wording_per_task():
         "2+2=?\nA. 2\nB. 3\nC. 4\nD. 5\n答案："
     )
     assert chat_messages(CEVAL, "logic", [SHOT], ASKED) == [
-        {"role": "user", "content": "以下是中国关于逻辑学考试的单项选择题，请选出其中的正确答案。\n\n1+1=?\nA. 1\nB. 2\nC. 3\nD. 4\n答案："},
+        {
+            "role": "user",
+            "content": "以下是中国关于逻辑学考试的单项选择题，请选出其中的正确答案。\n\n1+1=?\nA. 1\nB. 2\nC. 3\nD. 4\n答案：",
+        },
         {"role": "assistant", "content": "B"},
         {"role": "user", "content": "2+2=?\nA. 2\nB. 3\nC. 4\nD. 5\n答案："},
     ]
@@ -133,8 +136,14 @@ def test_unknown_subject_suggests_the_closest():
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        ([["", "Question", "A", "B", "C", "D", "Answer"], ["0", "q", "a", "b", "c"]], "row 1 of '.*' has 5 fields where 7 are expected"),
-        ([["", "Question", "A", "B", "C", "D", "Answer"], ["0", "q", "a", "b", "c", "d", "E"]], "row 1 of '.*' has the answer 'E'; answers must be one of A, B, C, D"),
+        (
+            [["", "Question", "A", "B", "C", "D", "Answer"], ["0", "q", "a", "b", "c"]],
+            "row 1 of '.*' has 5 fields where 7 are expected",
+        ),
+        (
+            [["", "Question", "A", "B", "C", "D", "Answer"], ["0", "q", "a", "b", "c", "d", "E"]],
+            "row 1 of '.*' has the answer 'E'; answers must be one of A, B, C, D",
+        ),
         ([["", "Question", "A", "B", "C", "D"], ["0", "q", "a", "b", "c", "d"]], "'.*' has no 'answer' column"),
         ([["q", "a", "b"]], "'.*' has no header and 3 columns"),
         ([], "'.*' is empty"),
@@ -148,19 +157,37 @@ def test_malformed_csv(tmp_path, rows, message):
 
 
 def test_too_few_shots(tmp_path):
-    write_csv(tmp_path / "test" / "physics.csv", [["Question", "A", "B", "C", "D", "Answer"], ["q", "a", "b", "c", "d", "A"]])
-    write_csv(tmp_path / "dev" / "physics.csv", [["Question", "A", "B", "C", "D", "Answer"], ["q", "a", "b", "c", "d", "A"]])
+    write_csv(
+        tmp_path / "test" / "physics.csv", [["Question", "A", "B", "C", "D", "Answer"], ["q", "a", "b", "c", "d", "A"]]
+    )
+    write_csv(
+        tmp_path / "dev" / "physics.csv", [["Question", "A", "B", "C", "D", "Answer"], ["q", "a", "b", "c", "d", "A"]]
+    )
     with pytest.raises(DataError, match=r"holds 1 examples but n_shot=5; set n_shot=1 or lower"):
         run_eval(task_dir=str(tmp_path))
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "factory.cli", "eval", "task=cmmlu", f"task_dir={CMMLU_DIR}", "subjects=anatomi", f"results_db={tmp_path / 'r.db'}"],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "factory.cli",
+            "eval",
+            "task=cmmlu",
+            f"task_dir={CMMLU_DIR}",
+            "subjects=anatomi",
+            f"results_db={tmp_path / 'r.db'}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 2
-    assert proc.stderr.startswith("error: subject 'anatomi' has no CSV file among the 67 in ") and proc.stderr.count("\n") == 1
+    assert (
+        proc.stderr.startswith("error: subject 'anatomi' has no CSV file among the 67 in ")
+        and proc.stderr.count("\n") == 1
+    )
     assert "did you mean 'anatomy'?" in proc.stderr
 
 
@@ -209,10 +236,18 @@ def test_accuracy_equals_plain_transformers(smollm2_path, tmp_path, prompt):
     n = 8
     result = evaluate(
         load_config(
-            model=str(smollm2_path), task="cmmlu", task_dir=str(CMMLU_DIR), subjects=[SUBJECT], n_shot=5,
-            eval_prompt=prompt, max_samples=n, precision="fp32", eval_batch_size=4,
+            model=str(smollm2_path),
+            task="cmmlu",
+            task_dir=str(CMMLU_DIR),
+            subjects=[SUBJECT],
+            n_shot=5,
+            eval_prompt=prompt,
+            max_samples=n,
+            precision="fp32",
+            eval_batch_size=4,
         ),
-        record=False, progress=False,
+        record=False,
+        progress=False,
     )
     answers, logits = oracle(smollm2_path, chat=prompt == "chat", n=n)
     golden = [item["answer"] for item in result.items]
@@ -230,15 +265,32 @@ def test_full_subject_accuracy_equals_plain_transformers(smollm2_path, tmp_path)
     import json
 
     proc = subprocess.run(
-        [sys.executable, "-m", "factory.cli", "eval", f"model={smollm2_path}", "task=cmmlu", f"task_dir={CMMLU_DIR}",
-         f"subjects={SUBJECT}", "n_shot=5", "eval_prompt=raw", "precision=fp32", f"results_db={tmp_path / 'r.db'}", "--json"],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "factory.cli",
+            "eval",
+            f"model={smollm2_path}",
+            "task=cmmlu",
+            f"task_dir={CMMLU_DIR}",
+            f"subjects={SUBJECT}",
+            "n_shot=5",
+            "eval_prompt=raw",
+            "precision=fp32",
+            f"results_db={tmp_path / 'r.db'}",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     scores = json.loads(proc.stdout)
     answers, _ = oracle(smollm2_path, chat=False, n=10_000)
     golden = [q.answer for q in read_questions(CMMLU_DIR / "test" / f"{SUBJECT}.csv")]
-    assert scores["subjects"][SUBJECT]["values"]["accuracy"] == sum(a == g for a, g in zip(answers, golden)) / len(golden)
+    assert scores["subjects"][SUBJECT]["values"]["accuracy"] == sum(a == g for a, g in zip(answers, golden)) / len(
+        golden
+    )
 
 
 def test_adapter_is_applied(tiny_causal_lm, tmp_path):
@@ -254,13 +306,23 @@ def test_adapter_is_applied(tiny_causal_lm, tmp_path):
     lora = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     lora.save_pretrained(tmp_path / "adapter")
 
-    settings = dict(model=str(tiny_causal_lm), task="cmmlu", task_dir=str(CMMLU_DIR), subjects=[SUBJECT], n_shot=1,
-                    eval_prompt="raw", max_samples=4, precision="fp32")
+    settings = dict(
+        model=str(tiny_causal_lm),
+        task="cmmlu",
+        task_dir=str(CMMLU_DIR),
+        subjects=[SUBJECT],
+        n_shot=1,
+        eval_prompt="raw",
+        max_samples=4,
+        precision="fp32",
+    )
     plain = evaluate(load_config(**settings), record=False, progress=False)
     adapted = evaluate(load_config(**settings, adapter=str(tmp_path / "adapter")), record=False, progress=False)
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_causal_lm)
-    model = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32), tmp_path / "adapter").eval()
+    model = peft.PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32), tmp_path / "adapter"
+    ).eval()
     shots = read_questions(CMMLU_DIR / "dev" / f"{SUBJECT}.csv")[:1]
     letters = [tokenizer.convert_tokens_to_ids(x) for x in LETTERS]
     for item, question in zip(adapted.items, read_questions(CMMLU_DIR / "test" / f"{SUBJECT}.csv")):

@@ -69,7 +69,9 @@ def go_template(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("gotmpl")
     (folder / "main.go").write_text(GO_PROGRAM)
     env = {**os.environ, "GO111MODULE": "off", "GOCACHE": str(folder / "cache"), "GOPATH": str(folder / "gopath")}
-    subprocess.run([go, "build", "-o", str(folder / "gotmpl"), str(folder / "main.go")], check=True, env=env, cwd=folder)
+    subprocess.run(
+        [go, "build", "-o", str(folder / "gotmpl"), str(folder / "main.go")], check=True, env=env, cwd=folder
+    )
     return folder / "gotmpl"
 
 
@@ -79,7 +81,9 @@ def _modelfile_template(text: str) -> str:
 
 def _go_render(binary: Path, template: str, system: str, messages: list[dict]) -> str:
     data = {"System": system, "Messages": [{"Role": m["role"], "Content": m["content"]} for m in messages]}
-    return subprocess.run([str(binary), template], input=json.dumps(data), capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        [str(binary), template], input=json.dumps(data), capture_output=True, text=True, check=True
+    ).stdout
 
 
 def _state(folder: Path) -> dict:
@@ -103,7 +107,9 @@ def test_shards_stay_under_the_limit_and_load_in_transformers(tiny_causal_lm, pl
 
 
 def test_the_export_group_and_the_shard_size_unit(tiny_causal_lm, plugin_manager, tmp_path):
-    cfg = load_config({"model": str(tiny_causal_lm), "export": {"dir": str(tmp_path / "grouped"), "max_shard_size": "1GiB"}})
+    cfg = load_config(
+        {"model": str(tiny_causal_lm), "export": {"dir": str(tmp_path / "grouped"), "max_shard_size": "1GiB"}}
+    )
     assert cfg.export_max_shard_size == 2**30 and cfg.to_grouped()["export"]["dir"] == str(tmp_path / "grouped")
     out = export_model(cfg, plugin_manager)
     assert (out / "model.safetensors").is_file()  # one file: the model is far under the limit
@@ -112,7 +118,9 @@ def test_the_export_group_and_the_shard_size_unit(tiny_causal_lm, plugin_manager
 
 
 @pytest.mark.parametrize("template", ["auto", "chatml", "qwen2_5", "llama3"])
-def test_the_modelfile_template_renders_what_the_chat_template_does(template, tiny_causal_lm, plugin_manager, tmp_path, go_template):
+def test_the_modelfile_template_renders_what_the_chat_template_does(
+    template, tiny_causal_lm, plugin_manager, tmp_path, go_template
+):
     from transformers import AutoTokenizer
 
     cfg = load_config(model=str(tiny_causal_lm), template=template, export_ollama=True)
@@ -151,10 +159,20 @@ def test_the_export_is_pushed_to_a_hub_repository(tiny_causal_lm, tmp_path, monk
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with LoopbackHub(tmp_path / "served") as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
-        code = main(["export", f"model={tiny_causal_lm}", f"output={tmp_path / 'out'}", "export.max_shard_size=150KB",
-                     "export.ollama=true", "export.hub_repo=acme/exported"])
+        code = main(
+            [
+                "export",
+                f"model={tiny_causal_lm}",
+                f"output={tmp_path / 'out'}",
+                "export.max_shard_size=150KB",
+                "export.ollama=true",
+                "export.hub_repo=acme/exported",
+            ]
+        )
         assert code == 0, capsys.readouterr().err
-        local = {str(p.relative_to(tmp_path / "out")): p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+        local = {
+            str(p.relative_to(tmp_path / "out")): p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()
+        }
         assert hub.files("acme/exported", hub.refs("acme/exported")["main"]) == local
         assert "Modelfile" in local and "model.safetensors.index.json" in local
         assert hub.requests[0].headers.get("authorization") == "Bearer hf_loopback"

@@ -88,10 +88,16 @@ def test_stacked_low_rank_layers_equal_each_layer_on_its_own(with_bias):
     a = [torch.randn(r, 8, generator=gen, requires_grad=True) for r in ranks]
     b = [torch.randn(w, r, generator=gen, requires_grad=True) for w, r in zip(widths, ranks)]
 
-    out = stacked_low_rank_linear(x, torch.cat(weights), torch.cat(biases) if with_bias else None,
-                                  list(zip(a, b, scalings)))
-    expected = torch.cat([torch.nn.functional.linear(x, w, bias) + s * (x @ a_i.t()) @ b_i.t()
-                          for w, bias, a_i, b_i, s in zip(weights, biases, a, b, scalings)], dim=-1)
+    out = stacked_low_rank_linear(
+        x, torch.cat(weights), torch.cat(biases) if with_bias else None, list(zip(a, b, scalings))
+    )
+    expected = torch.cat(
+        [
+            torch.nn.functional.linear(x, w, bias) + s * (x @ a_i.t()) @ b_i.t()
+            for w, bias, a_i, b_i, s in zip(weights, biases, a, b, scalings)
+        ],
+        dim=-1,
+    )
     torch.testing.assert_close(out, expected)
     upstream = torch.randn(out.shape, generator=gen)
     grads = torch.autograd.grad(out, [x, *a, *b], upstream)

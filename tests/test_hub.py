@@ -147,7 +147,10 @@ def test_an_unreachable_endpoint_is_one_sentence(monkeypatch, tmp_path):
     with pytest.raises(ConfigError) as err:
         fetch_model(REPO)
     message = str(err.value)
-    assert message.startswith(f"model '{REPO}' is not in the local Hugging Face cache") and "http://127.0.0.1:9 cannot be reached" in message
+    assert (
+        message.startswith(f"model '{REPO}' is not in the local Hugging Face cache")
+        and "http://127.0.0.1:9 cannot be reached" in message
+    )
     assert "\n" not in message
 
 
@@ -163,7 +166,10 @@ def test_the_cli_downloads_with_a_progress_bar(hub, tiny_causal_lm, tmp_path):
     env = {**os.environ, "TQDM_POSITION": "-1"}  # tqdm draws bars on a pipe too, as on a terminal
     proc = subprocess.run(
         [sys.executable, "-m", "factory.cli", "chat", f"model={REPO}", "max_new_tokens=2", "--prompt", "hi"],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert f"factory: downloading {REPO} from {hub.url}" in proc.stderr

@@ -30,8 +30,12 @@ def test_held_back_keeps_unfinished_characters_and_stop_prefixes():
 
 @pytest.mark.parametrize(
     ("settings", "param"),
-    [({"temperature": -0.1}, "temperature"), ({"top_p": 0}, "top_p"), ({"top_p": 1.5}, "top_p"),
-     ({"max_new_tokens": 0}, "max_tokens")],
+    [
+        ({"temperature": -0.1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"max_new_tokens": 0}, "max_tokens"),
+    ],
 )
 def test_request_validates_sampling(settings, param):
     with pytest.raises(RequestError) as info:
@@ -78,8 +82,10 @@ CALLS = [("get_weather", {"city": "Paris", "unit": "celsius"}), ("get_time", {"z
 def test_tool_calls_round_trip_through_each_template(name):
     """What a template renders as a function_call turn parses back to the same calls."""
     template = PACKAGED.get(name)
-    messages = [{"role": "user", "content": "Weather?"}, {"role": "function_call", "content": json.dumps(
-        [{"name": n, "arguments": a} for n, a in CALLS])}]
+    messages = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "function_call", "content": json.dumps([{"name": n, "arguments": a} for n, a in CALLS])},
+    ]
     answer = [segment.text for segment in template.render(messages, tokenizer=_Specials()) if segment.trainable][-1]
     for marker in [*template.stop_words, _Specials.eos_token]:  # generation stops before these
         answer = answer.split(marker)[0]
@@ -167,7 +173,7 @@ def test_stop_strings_end_the_answer_and_are_never_streamed(engine):
     deltas = list(stream)
     assert stream.result.text == full[: full.index("Paris")]
     assert stream.result.finish_reason == "stop"
-    assert "".join(deltas) == stream.result.text and "P" not in "".join(deltas)[len(full[: full.index("Paris")]):]
+    assert "".join(deltas) == stream.result.text and "P" not in "".join(deltas)[len(full[: full.index("Paris")]) :]
 
 
 def test_cancel_frees_the_slot(engine):

@@ -90,7 +90,9 @@ def test_heartbeat_reports_progress_and_cancel(url):
         "cancel requested; worker w stops at its next batch",
         "cancelled at 3/10",
     ]
-    with pytest.raises(ConfigError, match=f"job {job_id} has already cancelled; only queued and running jobs can be cancelled"):
+    with pytest.raises(
+        ConfigError, match=f"job {job_id} has already cancelled; only queued and running jobs can be cancelled"
+    ):
         queue.cancel(job_id)
 
 
@@ -145,8 +147,12 @@ def test_a_released_job_goes_back_without_using_an_attempt(url):
 
 
 def result() -> EvalResult:
-    return EvalResult(task="cmmlu", metric="accuracy", overall=Scores({"accuracy": 0.5}, 4),
-                      subjects={"anatomy": Scores({"accuracy": 0.5}, 4)})
+    return EvalResult(
+        task="cmmlu",
+        metric="accuracy",
+        overall=Scores({"accuracy": 0.5}, 4),
+        subjects={"anatomy": Scores({"accuracy": 0.5}, 4)},
+    )
 
 
 def test_a_result_and_its_job_are_written_together_or_not_at_all(url):
@@ -208,8 +214,10 @@ for i in range(int(sys.argv[3])):
 def test_two_processes_writing_one_sqlite_file_lose_no_rows(tmp_path):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     JobQueue(url)  # the tables exist before the race
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, url, f"p{n}", "100"], stdout=subprocess.PIPE, text=True)
-             for n in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, url, f"p{n}", "100"], stdout=subprocess.PIPE, text=True)
+        for n in range(2)
+    ]
     outputs = [proc.communicate(timeout=300)[0] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0]
     claimed = [int(line) for out in outputs for line in out.split()]

@@ -29,8 +29,19 @@ FAST = ["jobs.heartbeat_seconds=0.1", "jobs.stale_after_seconds=5", "jobs.poll_s
 
 
 def server_config(tmp_path: Path, model: Path, *overrides: str):
-    return load_config(None, [f"model={model}", f"results_db={tmp_path / 'results.db'}", f"jobs.output_dir={tmp_path / 'jobs'}",
-                              f"task_dir={CMMLU_DIR}", f"dataset_dir={DEMO_DIR}", "precision=fp32", *FAST, *overrides])
+    return load_config(
+        None,
+        [
+            f"model={model}",
+            f"results_db={tmp_path / 'results.db'}",
+            f"jobs.output_dir={tmp_path / 'jobs'}",
+            f"task_dir={CMMLU_DIR}",
+            f"dataset_dir={DEMO_DIR}",
+            "precision=fp32",
+            *FAST,
+            *overrides,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +55,7 @@ def tiny_engine(tiny_causal_lm, tmp_path_factory):
 def serve(tiny_engine, tiny_causal_lm):
     """Start apps (with their workers) on the module's engine; all stop when the test ends."""
     with ExitStack() as running:
+
         def start(tmp_path: Path, *overrides: str, worker: bool = True) -> TestClient:
             app = create_app(tiny_engine, server_config(tmp_path, tiny_causal_lm, *overrides), worker=worker)
             return running.enter_context(TestClient(app))
@@ -67,7 +79,9 @@ def test_a_multiple_choice_job_on_the_served_model_uses_the_server_s_copy(tmp_pa
     hook = tiny_engine.model.get_input_embeddings().register_forward_hook(lambda *args: calls.append(1))
     try:
         client = serve(tmp_path)
-        job = wait(client, client.post("/v1/evals", json={**MC, "subjects": ["anatomy"], "max_samples": 3}).json()["id"])
+        job = wait(
+            client, client.post("/v1/evals", json={**MC, "subjects": ["anatomy"], "max_samples": 3}).json()["id"]
+        )
     finally:
         hook.remove()
     assert job["status"] == "succeeded", job["error"]
@@ -118,7 +132,9 @@ def test_priorities_filters_logs_and_bad_queries(tmp_path, serve):
     assert client.get("/v1/finetunes").json()["data"] == []
     jsonl = client.get(f"/v1/evals/{high['id']}/logs?format=jsonl")
     lines = [json.loads(line) for line in jsonl.text.splitlines()]
-    assert [line["job_id"] for line in lines] == [high["id"]] * 2 and lines[1]["message"].startswith("claimed by worker probe")
+    assert [line["job_id"] for line in lines] == [high["id"]] * 2 and lines[1]["message"].startswith(
+        "claimed by worker probe"
+    )
 
     for path, param, says in [
         ("/v1/evals?status=done", "status", "status 'done' is not a job status"),
@@ -127,7 +143,11 @@ def test_priorities_filters_logs_and_bad_queries(tmp_path, serve):
         (f"/v1/evals/{high['id']}/logs?format=xml", "format", "format 'xml' is not json or jsonl"),
     ]:
         reply = client.get(path)
-        assert reply.status_code == 400 and reply.json()["error"]["param"] == param and says in reply.json()["error"]["message"]
+        assert (
+            reply.status_code == 400
+            and reply.json()["error"]["param"] == param
+            and says in reply.json()["error"]["message"]
+        )
     for path in ("/v1/evals/eval-nope", "/v1/finetunes/1", "/v1/runs/train-99", "/v1/runs/nope"):
         reply = client.get(path)
         assert reply.status_code == 404 and reply.json()["error"]["code"] == "not_found", path
@@ -138,7 +158,10 @@ def test_priorities_filters_logs_and_bad_queries(tmp_path, serve):
 
 def test_queued_jobs_survive_the_server_and_run_after_its_restart(tmp_path, serve):
     first = serve(tmp_path, worker=False)  # a server whose worker never gets to them
-    ids = [first.post("/v1/evals", json={**MC, "subjects": [subject], "max_samples": 2}).json()["id"] for subject in ("anatomy", "arts")]
+    ids = [
+        first.post("/v1/evals", json={**MC, "subjects": [subject], "max_samples": 2}).json()["id"]
+        for subject in ("anatomy", "arts")
+    ]
     first.app.app.state.queue.db.dispose()
     second = serve(tmp_path)  # a new process, as far as the database is concerned
     jobs = [wait(second, job_id) for job_id in ids]
@@ -169,7 +192,11 @@ def test_forbidden_finetune_keys_are_refused_naming_them(tmp_path, serve, key, v
     reply = client.post("/v1/finetunes", json={"dataset": "identity", "max_steps": 2, key: value})
     assert reply.status_code == 400, reply.text
     error = reply.json()["error"]
-    assert error["message"].startswith(f"job key '{key}' is not accepted") and says in error["message"] and error["param"] == key
+    assert (
+        error["message"].startswith(f"job key '{key}' is not accepted")
+        and says in error["message"]
+        and error["param"] == key
+    )
     assert client.get("/v1/jobs").json()["data"] == []
 
 
@@ -177,8 +204,12 @@ def test_finetune_paths_come_from_the_allowlist(tmp_path, serve):
     client = serve(tmp_path, worker=False)
     outside = tmp_path / "outside.json"
     outside.write_text(json.dumps([{"instruction": "q", "output": "a"}]))
-    for body in ({"dataset": str(outside)}, {"eval_dataset": str(outside)}, {"model": "/elsewhere/model"},
-                 {"adapter": str(tmp_path)}):
+    for body in (
+        {"dataset": str(outside)},
+        {"eval_dataset": str(outside)},
+        {"model": "/elsewhere/model"},
+        {"adapter": str(tmp_path)},
+    ):
         reply = client.post("/v1/finetunes", json={"max_steps": 2, **body})
         assert reply.status_code == 400, body
         assert reply.json()["error"]["param"] == next(iter(body))
@@ -195,8 +226,14 @@ def run_worker(tmp_path: Path, kinds: list[str], stop: threading.Event) -> threa
 
 def test_a_finetune_job_trains_records_its_run_and_can_be_cancelled(tmp_path, serve, tiny_causal_lm):
     client = serve(tmp_path, worker=False)
-    body = {"dataset": "identity", "max_steps": 3, "logging_steps": 1, "batch_size": 2, "lora": {"rank": 4},
-            "sample_prompt": None}
+    body = {
+        "dataset": "identity",
+        "max_steps": 3,
+        "logging_steps": 1,
+        "batch_size": 2,
+        "lora": {"rank": 4},
+        "sample_prompt": None,
+    }
     done = client.post("/v1/finetunes", json={**body, "priority": 1}).json()
     long = client.post("/v1/finetunes", json={**body, "max_steps": 500}).json()
     assert done["kind"] == "finetune" and done["model"] == str(tiny_causal_lm)
@@ -221,7 +258,10 @@ def test_a_finetune_job_trains_records_its_run_and_can_be_cancelled(tmp_path, se
     run = runs.get(job["run_id"])
     assert job["run"] == f"train-{run.id}" and run.job_id == job["id"] and run.status == "succeeded"
     assert [point["step"] for point in run.loss_curve if "loss" in point] == [1, 2, 3]
-    assert run.output_dir == str(tmp_path / "jobs" / f"job-{job['id']}") and (Path(run.output_dir) / "adapter_config.json").is_file()
+    assert (
+        run.output_dir == str(tmp_path / "jobs" / f"job-{job['id']}")
+        and (Path(run.output_dir) / "adapter_config.json").is_file()
+    )
     assert run.config["lora"]["rank"] == 4 and run.plugins["peft"]["distribution"] == "factory-plugin-peft"
     assert job["progress"]["total"] == 3 and job["result"]["train_loss"] > 0
 

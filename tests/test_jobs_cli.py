@@ -65,30 +65,46 @@ def test_logs_follow_a_job_until_it_ends(tmp_path):
     queue = JobQueue(str(db))
     job_id = queue.submit("eval", {"model": "m"}).id
     queue.claim("w", ["eval"])
-    follower = subprocess.Popen([sys.executable, "-m", "factory.cli", "jobs", "logs", str(job_id), f"results_db={db}", "--follow"],
-                                stdout=subprocess.PIPE, text=True)
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "factory.cli", "jobs", "logs", str(job_id), f"results_db={db}", "--follow"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     first = follower.stdout.readline()
     assert first.rstrip().endswith("info: submitted (eval, priority 0)")
     queue.log(job_id, "halfway")
     queue.finish(job_id, "w", "succeeded")
     assert follower.wait(timeout=60) == 0
     rest = follower.stdout.read()
-    assert [line.split(": ", 1)[1] for line in rest.splitlines()] == ["claimed by worker w (attempt 1 of 2)", "halfway", "succeeded"]
+    assert [line.split(": ", 1)[1] for line in rest.splitlines()] == [
+        "claimed by worker w (attempt 1 of 2)",
+        "halfway",
+        "succeeded",
+    ]
 
 
 @pytest.fixture
 def server(tmp_path):
     from infer_helpers import ScriptedEngine, serve_in_thread
 
-    cfg = load_config(None, [f"api_key={KEY}", f"results_db={tmp_path / 'served.db'}", f"jobs.output_dir={tmp_path / 'jobs'}",
-                             f"task_dir={CMMLU_DIR}"])
+    cfg = load_config(
+        None,
+        [
+            f"api_key={KEY}",
+            f"results_db={tmp_path / 'served.db'}",
+            f"jobs.output_dir={tmp_path / 'jobs'}",
+            f"task_dir={CMMLU_DIR}",
+        ],
+    )
     with serve_in_thread(create_app(ScriptedEngine(["ok"]), cfg, worker=False)) as url:
         yield url
 
 
 def test_jobs_on_a_server(tmp_path, capsys, monkeypatch, server):
     monkeypatch.setenv("FACTORY_API_KEY", KEY)
-    code, out, _ = run(capsys, "jobs", "submit", "task=cmmlu", "subjects=[anatomy]", "--priority", "2", "--server", server, "--json")
+    code, out, _ = run(
+        capsys, "jobs", "submit", "task=cmmlu", "subjects=[anatomy]", "--priority", "2", "--server", server, "--json"
+    )
     job = json.loads(out)
     assert code == 0 and (job["kind"], job["priority"]) == ("eval", 2)
     assert job["config"]["output_dir"] == str(tmp_path / "jobs" / f"job-{job['id']}")  # the server chose it
@@ -100,7 +116,9 @@ def test_jobs_on_a_server(tmp_path, capsys, monkeypatch, server):
     assert out.splitlines()[-1].endswith("info: cancelled before it started")
 
     code, _, err = run(capsys, "jobs", "submit", "task=cmmlu", "trust_remote_code=true", "--server", server)
-    assert code == 2 and err.startswith(f"error: the server {server} answered 400: job key 'trust_remote_code' is not accepted")
+    assert code == 2 and err.startswith(
+        f"error: the server {server} answered 400: job key 'trust_remote_code' is not accepted"
+    )
     monkeypatch.delenv("FACTORY_API_KEY")
     code, _, err = run(capsys, "jobs", "list", "--server", server)
     assert code == 2 and err.strip().endswith("; set FACTORY_API_KEY to the server's key") and "answered 401" in err
@@ -115,7 +133,9 @@ def test_a_worker_logs_json_lines_each_with_its_job_id(tmp_path):
 
     db = tmp_path / "jobs.db"
     queue = JobQueue(str(db))
-    failing = queue.submit("eval", load_config(None, ["task=cmmlu"]).to_dict()).id  # no task_dir: it fails in one sentence
+    failing = queue.submit(
+        "eval", load_config(None, ["task=cmmlu"]).to_dict()
+    ).id  # no task_dir: it fails in one sentence
     worker = Worker(load_config(None, [f"results_db={db}"]), ["eval"], name="w1")
     stream = io.StringIO()
     worker.local = JobLog("w1", json_lines=True, stream=stream)
@@ -123,7 +143,9 @@ def test_a_worker_logs_json_lines_each_with_its_job_id(tmp_path):
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     about_job = [line for line in lines if line["job_id"] is not None]
     assert [line["message"].split(" (")[0] for line in about_job][:1] == ["claimed"]
-    assert about_job[-1]["level"] == "error" and about_job[-1]["message"].startswith("failed: task=cmmlu needs task_dir=DIR")
+    assert about_job[-1]["level"] == "error" and about_job[-1]["message"].startswith(
+        "failed: task=cmmlu needs task_dir=DIR"
+    )
     assert {line["job_id"] for line in about_job} == {failing} and {line["worker"] for line in lines} == {"w1"}
     job = queue.get(failing)
     assert job.status == "failed" and job.error.startswith("task=cmmlu needs task_dir=DIR")

@@ -29,14 +29,17 @@ def runtime_imports(path: Path) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize(("room", "forbidden"), [
-    ("infer", ("factory.service",)),
-    ("eval", ("factory.service",)),
-    ("train", ("factory.service",)),
-    ("model", ("factory.service",)),
-    ("data", ("factory.service",)),
-    ("store", ("factory.service", "factory.eval", "factory.train", "factory.infer")),
-])
+@pytest.mark.parametrize(
+    ("room", "forbidden"),
+    [
+        ("infer", ("factory.service",)),
+        ("eval", ("factory.service",)),
+        ("train", ("factory.service",)),
+        ("model", ("factory.service",)),
+        ("data", ("factory.service",)),
+        ("store", ("factory.service", "factory.eval", "factory.train", "factory.infer")),
+    ],
+)
 def test_rooms_import_only_downwards(room, forbidden):
     wrong = {
         f"{path.relative_to(CORE)}: {module}"
@@ -49,5 +52,7 @@ def test_rooms_import_only_downwards(room, forbidden):
 
 def test_the_check_sees_imports_inside_functions(tmp_path):
     sample = tmp_path / "m.py"
-    sample.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import a\ndef f():\n    from factory.service import x\n")
+    sample.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import a\ndef f():\n    from factory.service import x\n"
+    )
     assert runtime_imports(sample) == {"typing", "factory.service"}

@@ -21,8 +21,16 @@ from factory.train.layerwise import check_layerwise
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "llamafactory"
 SOURCES = yaml.safe_load((FIXTURES / "SOURCES.yaml").read_text(encoding="utf-8"))
-FAST = ["max_steps=1", "max_samples=4", "gradient_accumulation_steps=1", "cutoff_len=256", "sample_prompt=null",
-        "precision=fp32", "gradient_checkpointing=false", "preprocessing_num_workers=null"]
+FAST = [
+    "max_steps=1",
+    "max_samples=4",
+    "gradient_accumulation_steps=1",
+    "cutoff_len=256",
+    "sample_prompt=null",
+    "precision=fp32",
+    "gradient_checkpointing=false",
+    "preprocessing_num_workers=null",
+]
 
 # Every fixture: None when it loads, else a fragment of its one-sentence refusal.
 OUTCOME: dict[str, str | None] = {
@@ -106,7 +114,12 @@ def test_lora_sft_maps_every_key(at_repo):
     cfg = load_config(FIXTURES / "train_lora/qwen3_lora_sft.yaml")
     assert (cfg.stage, cfg.method, cfg.template, cfg.dataset) == ("sft", "lora", "qwen3_nothink", "identity")
     assert (cfg.cutoff_len, cfg.max_samples, cfg.preprocessing_num_workers) == (2048, 1000, 16)
-    assert (cfg.output_dir, cfg.logging_steps, cfg.save_steps, cfg.overwrite_output_dir) == ("saves/qwen3-4b/lora/sft", 10, 500, True)
+    assert (cfg.output_dir, cfg.logging_steps, cfg.save_steps, cfg.overwrite_output_dir) == (
+        "saves/qwen3-4b/lora/sft",
+        10,
+        500,
+        True,
+    )
     assert (cfg.batch_size, cfg.gradient_accumulation_steps, cfg.learning_rate, cfg.num_epochs) == (1, 8, 1e-4, 3.0)
     assert (cfg.lr_scheduler, cfg.warmup_ratio, cfg.precision, cfg.report_to) == ("cosine", 0.1, "bf16", [])
     assert (cfg.options("lora").rank, cfg.options("lora").target, cfg.options("lora").scaling_alpha) == (8, "all", 16.0)
@@ -123,7 +136,11 @@ def test_methods_and_optimizers_of_the_extras(at_repo):
     badam = load_config(FIXTURES / "extras/badam/llama3_full_sft.yaml").options("badam")
     assert (badam.mode, badam.switch_mode, badam.switch_every, badam.verbose) == ("layer", "ascending", 50, 2)
     qlora = load_config(FIXTURES / "extras/fsdp_qlora/llama3_lora_sft.yaml")
-    assert (qlora.quantization, qlora.precision, qlora.options("lora").target) == ("bnb-4bit", "fp16", ["q_proj", "v_proj"])
+    assert (qlora.quantization, qlora.precision, qlora.options("lora").target) == (
+        "bnb-4bit",
+        "fp16",
+        ["q_proj", "v_proj"],
+    )
     npu = load_config(FIXTURES / "train_qlora/qwen3_lora_sft_bnb_npu.yaml")
     assert (npu.quantization, npu.options("bnb").double_quant) == ("bnb-4bit", False)
     pissa = load_config(FIXTURES / "extras/pissa/llama3_lora_sft.yaml")
@@ -133,7 +150,11 @@ def test_methods_and_optimizers_of_the_extras(at_repo):
     oft = load_config(FIXTURES / "extras/oft/llama3_oft_sft.yaml")
     assert (oft.method, oft.options("oft").block_size, oft.options("oft").target) == ("oft", 32, "all")
     apollo = load_config(FIXTURES / "extras/apollo/llama3_full_sft.yaml")
-    assert (apollo.optimizer, apollo.options("apollo").scale, apollo.gradient_accumulation_steps) == ("apollo-layerwise", 32.0, 1)
+    assert (apollo.optimizer, apollo.options("apollo").scale, apollo.gradient_accumulation_steps) == (
+        "apollo-layerwise",
+        32.0,
+        1,
+    )
     assert apollo.max_grad_norm == galore.max_grad_norm == 0  # what layer-wise steps allow (check_layerwise)
     check_layerwise(apollo, "apollo-layerwise", "apollo")
     check_layerwise(galore, "galore-layerwise", "galore")
@@ -155,34 +176,61 @@ def test_deepspeed_files(tmp_path, monkeypatch):
     own = tmp_path / "examples" / "deepspeed" / "ds_z3_config.json"
     own.parent.mkdir(parents=True)
     own.write_text('{"zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}}}', encoding="utf-8")
-    assert load_config({**base, "deepspeed": "examples/deepspeed/ds_z3_config.json"}).deepspeed == "examples/deepspeed/ds_z3_config.json"
+    assert (
+        load_config({**base, "deepspeed": "examples/deepspeed/ds_z3_config.json"}).deepspeed
+        == "examples/deepspeed/ds_z3_config.json"
+    )
 
 
 def test_stages_and_their_options(at_repo):
     dpo = load_config(FIXTURES / "train_lora/qwen3_lora_dpo.yaml")
-    assert (dpo.stage, dpo.options("dpo").beta, dpo.options("dpo").loss, dpo.learning_rate) == ("dpo", 0.1, "sigmoid", 5e-6)
+    assert (dpo.stage, dpo.options("dpo").beta, dpo.options("dpo").loss, dpo.learning_rate) == (
+        "dpo",
+        0.1,
+        "sigmoid",
+        5e-6,
+    )
     kto = load_config(FIXTURES / "train_lora/qwen3_lora_kto.yaml")
     assert (kto.stage, kto.options("kto").beta) == ("kto", 0.1)
     assert load_config(FIXTURES / "train_lora/qwen3_lora_reward.yaml").stage == "rm"
     assert load_config(FIXTURES / "train_lora/qwen3_lora_pretrain.yaml").stage == "pt"
     ppo = load_config(FIXTURES / "train_lora/llama3_lora_ppo.yaml")
     opts = ppo.options("ppo")
-    assert (ppo.stage, opts.reward_model, opts.max_new_tokens, opts.top_k, opts.top_p) == ("ppo", "saves/llama3-8b/lora/reward", 512, 0, 0.9)
+    assert (ppo.stage, opts.reward_model, opts.max_new_tokens, opts.top_k, opts.top_p) == (
+        "ppo",
+        "saves/llama3-8b/lora/reward",
+        512,
+        0,
+        0.9,
+    )
     assert ppo.max_new_tokens == 256  # the chat setting is untouched: these are the PPO rollout's
     simpo = load_config({**_raw("train_lora/qwen3_lora_dpo.yaml"), "pref_loss": "simpo", "pref_beta": 2.5})
     assert (simpo.stage, simpo.options("simpo").beta, simpo.options("simpo").gamma) == ("simpo", 2.5, 0.5)
     orpo = load_config({**_raw("train_lora/qwen3_lora_dpo.yaml"), "pref_loss": "orpo"})
     assert (orpo.stage, orpo.options("orpo").beta) == ("orpo", 0.1)
     evaluation = load_config(FIXTURES / "train_lora/llama3_lora_eval.yaml")
-    assert (evaluation.task, evaluation.eval_split, evaluation.n_shot, evaluation.eval_prompt) == ("mmlu", "test", 5, "raw")
+    assert (evaluation.task, evaluation.eval_split, evaluation.n_shot, evaluation.eval_prompt) == (
+        "mmlu",
+        "test",
+        5,
+        "raw",
+    )
     assert evaluation.adapter == "saves/llama3-8b/lora/sft" and evaluation.eval_batch_size == 4
     predict = load_config(FIXTURES / "train_lora/llama3_lora_predict.yaml")
-    assert (predict.task, predict.eval_dataset, predict.eval_batch_size) == ("bleu-rouge", ["identity", "alpaca_en_demo"], 1)
+    assert (predict.task, predict.eval_dataset, predict.eval_batch_size) == (
+        "bleu-rouge",
+        ["identity", "alpaca_en_demo"],
+        1,
+    )
 
 
 def test_preference_keys_reach_the_dpo_options(at_repo):
-    dpo = {**_raw("train_lora/qwen3_lora_dpo.yaml"), "ref_model": "smollm2-135m-instruct", "dpo_label_smoothing": 0.1,
-           "pref_ftx": 0.5}
+    dpo = {
+        **_raw("train_lora/qwen3_lora_dpo.yaml"),
+        "ref_model": "smollm2-135m-instruct",
+        "dpo_label_smoothing": 0.1,
+        "pref_ftx": 0.5,
+    }
     opts = load_config(dpo).options("dpo")
     assert (opts.ref_model, opts.label_smoothing, opts.ftx) == ("smollm2-135m-instruct", 0.1, 0.5)
     simpo = load_config({**dpo, "pref_loss": "simpo"})  # reference-free: ref_model and label smoothing are not read
@@ -192,42 +240,78 @@ def test_preference_keys_reach_the_dpo_options(at_repo):
 
 
 def test_hub_and_export_keys(at_repo):
-    hub = load_config({"model_name_or_path": "Qwen/Qwen2.5-0.5B-Instruct", "model_revision": "v1.0", "hub_model_id": "me/x"})
+    hub = load_config(
+        {"model_name_or_path": "Qwen/Qwen2.5-0.5B-Instruct", "model_revision": "v1.0", "hub_model_id": "me/x"}
+    )
     assert (hub.model, hub.revision) == ("Qwen/Qwen2.5-0.5B-Instruct", "v1.0")
     assert load_config({"model_name_or_path": "smollm2-135m-instruct", "model_revision": "main"}).revision is None
     merge = load_config({**_raw("merge_lora/qwen3_lora_sft.yaml"), "export_hub_model_id": "me/merged"})
     assert (merge.export_dir, merge.export_max_shard_size, merge.export_hub_repo, merge.export_hub_private) == (
-        "saves/qwen3_sft_merged", 5 * 10**9, "me/merged", True)
+        "saves/qwen3_sft_merged",
+        5 * 10**9,
+        "me/merged",
+        True,
+    )
 
 
 def test_inference_and_merge_yamls(at_repo):
     chat = load_config(FIXTURES / "inference/qwen3_lora_sft.yaml")
-    assert (chat.engine, chat.adapter, chat.template, chat.method) == ("transformers", "saves/qwen3-4b/lora/sft", "qwen3_nothink", "lora")
+    assert (chat.engine, chat.adapter, chat.template, chat.method) == (
+        "transformers",
+        "saves/qwen3-4b/lora/sft",
+        "qwen3_nothink",
+        "lora",
+    )
     vllm = load_config(FIXTURES / "inference/llama3_vllm.yaml")
     assert (vllm.engine, vllm.options("vllm").enforce_eager) == ("vllm", True)
     gptq = load_config(FIXTURES / "merge_lora/qwen3_gptq.yaml")
-    assert (gptq.quantization, gptq.options("gptq").bits, gptq.options("gptq").calibration_dataset) == ("gptq", 4, "data/c4_demo.jsonl")
+    assert (gptq.quantization, gptq.options("gptq").bits, gptq.options("gptq").calibration_dataset) == (
+        "gptq",
+        4,
+        "data/c4_demo.jsonl",
+    )
 
 
-@pytest.mark.parametrize(("given", "says"), [
-    ({"pissa_init": True, "loraplus_lr_ratio": 16.0}, "LLaMA-Factory keys 'pissa_init' and 'loraplus_lr_ratio' both set factory's method"),
-    ({"finetuning_type": "freeze", "pissa_init": True}, "LLaMA-Factory keys 'finetuning_type' and 'pissa_init' both set factory's method"),
-    ({"lora_rnak": 8}, "LLaMA-Factory key 'lora_rnak' has no counterpart in factory's converter"),
-    ({"quantization_bit": 3}, "LLaMA-Factory key 'quantization_bit: 3' has no counterpart in factory"),
-    ({"quantization_method": "hqq"}, "LLaMA-Factory key 'quantization_method: hqq'"),
-    ({"pref_loss": "kto_pair", "stage": "dpo"}, "LLaMA-Factory key 'pref_loss: kto_pair'"),
-    ({"adapter_name_or_path": "a,b"}, "LLaMA-Factory key 'adapter_name_or_path: a,b' stacks several adapters"),
-    ({"resume_from_checkpoint": "out/checkpoint-5"}, "'resume_from_checkpoint: out/checkpoint-5'"),
-    ({"infer_backend": "sglang"}, "LLaMA-Factory key 'infer_backend: sglang'"),
-    ({"top_k": 50}, "LLaMA-Factory key 'top_k: 50'"),
-    ({"stage": "kto", "ref_model": "m"}, "LLaMA-Factory key 'ref_model: m' has no counterpart in stages kto and ppo"),
-    ({"stage": "ppo", "ref_model": "m"}, "LLaMA-Factory key 'ref_model: m' has no counterpart in stages kto and ppo"),
-    ({"ref_model_adapters": "a"}, "LLaMA-Factory key 'ref_model_adapters' has no counterpart"),
-    ({"stage": "kto", "pref_ftx": 0.5}, "LLaMA-Factory key 'pref_ftx: 0.5' has no counterpart in this stage"),
-    ({"stage": "dpo", "pref_loss": "orpo", "pref_ftx": 1}, "LLaMA-Factory key 'pref_ftx: 1' has no counterpart in this stage"),
-    ({"use_galore": True, "galore_layerwise": True, "max_grad_norm": 1.0}, "LLaMA-Factory keys 'galore_layerwise' and 'max_grad_norm' both set factory's max_grad_norm"),
-    ({"push_to_hub": True}, "LLaMA-Factory key 'push_to_hub: true' has no counterpart in factory finetune"),
-])
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        (
+            {"pissa_init": True, "loraplus_lr_ratio": 16.0},
+            "LLaMA-Factory keys 'pissa_init' and 'loraplus_lr_ratio' both set factory's method",
+        ),
+        (
+            {"finetuning_type": "freeze", "pissa_init": True},
+            "LLaMA-Factory keys 'finetuning_type' and 'pissa_init' both set factory's method",
+        ),
+        ({"lora_rnak": 8}, "LLaMA-Factory key 'lora_rnak' has no counterpart in factory's converter"),
+        ({"quantization_bit": 3}, "LLaMA-Factory key 'quantization_bit: 3' has no counterpart in factory"),
+        ({"quantization_method": "hqq"}, "LLaMA-Factory key 'quantization_method: hqq'"),
+        ({"pref_loss": "kto_pair", "stage": "dpo"}, "LLaMA-Factory key 'pref_loss: kto_pair'"),
+        ({"adapter_name_or_path": "a,b"}, "LLaMA-Factory key 'adapter_name_or_path: a,b' stacks several adapters"),
+        ({"resume_from_checkpoint": "out/checkpoint-5"}, "'resume_from_checkpoint: out/checkpoint-5'"),
+        ({"infer_backend": "sglang"}, "LLaMA-Factory key 'infer_backend: sglang'"),
+        ({"top_k": 50}, "LLaMA-Factory key 'top_k: 50'"),
+        (
+            {"stage": "kto", "ref_model": "m"},
+            "LLaMA-Factory key 'ref_model: m' has no counterpart in stages kto and ppo",
+        ),
+        (
+            {"stage": "ppo", "ref_model": "m"},
+            "LLaMA-Factory key 'ref_model: m' has no counterpart in stages kto and ppo",
+        ),
+        ({"ref_model_adapters": "a"}, "LLaMA-Factory key 'ref_model_adapters' has no counterpart"),
+        ({"stage": "kto", "pref_ftx": 0.5}, "LLaMA-Factory key 'pref_ftx: 0.5' has no counterpart in this stage"),
+        (
+            {"stage": "dpo", "pref_loss": "orpo", "pref_ftx": 1},
+            "LLaMA-Factory key 'pref_ftx: 1' has no counterpart in this stage",
+        ),
+        (
+            {"use_galore": True, "galore_layerwise": True, "max_grad_norm": 1.0},
+            "LLaMA-Factory keys 'galore_layerwise' and 'max_grad_norm' both set factory's max_grad_norm",
+        ),
+        ({"push_to_hub": True}, "LLaMA-Factory key 'push_to_hub: true' has no counterpart in factory finetune"),
+    ],
+)
 def test_refusals_name_the_key(given, says):
     with pytest.raises(ConfigError) as err:
         load_config({"model_name_or_path": "smollm2-135m-instruct", **given})
@@ -257,8 +341,12 @@ def test_convert_prints_the_grouped_form(at_repo, capsys):
     text = capsys.readouterr().out
     assert "# run it with factory export THIS.yaml\n" in text
     native = yaml.safe_load(text)
-    assert native["model"] == {"path": "smollm2-135m-instruct", "adapter": "saves/qwen3-4b/lora/sft",
-                               "trust_remote_code": True, "gradient_checkpointing": True}
+    assert native["model"] == {
+        "path": "smollm2-135m-instruct",
+        "adapter": "saves/qwen3-4b/lora/sft",
+        "trust_remote_code": True,
+        "gradient_checkpointing": True,
+    }
     assert native["export"] == {"dir": "saves/qwen3_sft_merged", "max_shard_size": "5GB"}
     assert main(["convert", str(FIXTURES / "train_lora/llama3_lora_predict.yaml")]) == 0
     assert "# run it with factory predict THIS.yaml\n" in capsys.readouterr().out
@@ -268,11 +356,17 @@ def test_the_migration_guide_table_is_generated():
     """docs/migrating.md holds exactly the table markdown() makes now (nox -s docs rewrites it)."""
     guide = (REPO / "docs" / "migrating.md").read_text(encoding="utf-8")
     start = guide.index(lf_compat.GENERATED_START) + len(lf_compat.GENERATED_START)
-    assert guide[start:guide.index(lf_compat.GENERATED_END)] == lf_compat.markdown()
+    assert guide[start : guide.index(lf_compat.GENERATED_END)] == lf_compat.markdown()
     for key, rule in lf_compat.TABLE.items():  # every key a row, every refusal sentence spelled out
         assert f"\n| `{key}` |" in guide
-        for sentence in [rule.refuse, *(v.sentence for v in [*(rule.values or {}).values(), *rule.in_stage.values()]
-                                          if isinstance(v, lf_compat.Refuse))]:
+        for sentence in [
+            rule.refuse,
+            *(
+                v.sentence
+                for v in [*(rule.values or {}).values(), *rule.in_stage.values()]
+                if isinstance(v, lf_compat.Refuse)
+            ),
+        ]:
             assert sentence is None or sentence in guide
 
 
@@ -282,8 +376,13 @@ def tiny_adapter(tiny_causal_lm, tmp_path_factory, demo_dir):
     import factory
 
     out = tmp_path_factory.mktemp("lf-adapter") / "adapter"
-    lf = {**_raw("train_lora/qwen3_lora_sft.yaml"), "model_name_or_path": str(tiny_causal_lm), "dataset_dir": str(demo_dir),
-          "template": "chatml", "output_dir": str(out)}
+    lf = {
+        **_raw("train_lora/qwen3_lora_sft.yaml"),
+        "model_name_or_path": str(tiny_causal_lm),
+        "dataset_dir": str(demo_dir),
+        "template": "chatml",
+        "output_dir": str(out),
+    }
     factory.finetune(lf, FAST)
     return out
 
@@ -299,20 +398,47 @@ def test_export_takes_the_merge_yaml(tiny_causal_lm, tiny_adapter, tmp_path, mon
     assert main(["export", str(config), f"model={tiny_causal_lm}", f"adapter={tiny_adapter}", "template=chatml"]) == 0
     merged_dir = tmp_path / "saves" / "qwen3_sft_merged"
     merged = AutoModelForCausalLM.from_pretrained(merged_dir)
-    oracle = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_causal_lm), tiny_adapter).merge_and_unload()
+    oracle = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_causal_lm), tiny_adapter
+    ).merge_and_unload()
     ids = torch.tensor([[1, 5, 9, 42, 7]])
     torch.testing.assert_close(merged(ids).logits, oracle(ids).logits, rtol=1e-4, atol=1e-4)
     sharded = tmp_path / "sharded"
-    assert main(["export", str(config), f"model={tiny_causal_lm}", f"adapter={tiny_adapter}", "template=chatml",
-                 f"output={sharded}", "max_shard_size=100KB"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(config),
+                f"model={tiny_causal_lm}",
+                f"adapter={tiny_adapter}",
+                "template=chatml",
+                f"output={sharded}",
+                "max_shard_size=100KB",
+            ]
+        )
+        == 0
+    )
     assert len(list(sharded.glob("model-*.safetensors"))) > 1 and (sharded / "model.safetensors.index.json").is_file()
 
 
 def test_chat_takes_the_inference_yaml(tiny_causal_lm, tiny_adapter, capsys):
     """infer_backend, finetuning_type and trust_remote_code are read; the answer (of a random model) may be empty."""
     config = FIXTURES / "inference/qwen3_lora_sft.yaml"
-    assert main(["chat", str(config), f"model={tiny_causal_lm}", f"adapter={tiny_adapter}", "template=chatml",
-                 "max_new_tokens=4", "--prompt", "Who are you?"]) == 0
+    assert (
+        main(
+            [
+                "chat",
+                str(config),
+                f"model={tiny_causal_lm}",
+                f"adapter={tiny_adapter}",
+                "template=chatml",
+                "max_new_tokens=4",
+                "--prompt",
+                "Who are you?",
+            ]
+        )
+        == 0
+    )
     assert "error" not in capsys.readouterr().err
 
 
@@ -333,12 +459,29 @@ def test_predict_takes_the_predict_yaml(tiny_causal_lm, tiny_adapter, demo_dir, 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "predict"
-    assert main(["predict", str(FIXTURES / "train_lora/llama3_lora_predict.yaml"), f"model={tiny_causal_lm}",
-                 f"adapter={tiny_adapter}", "template=chatml", f"dataset_dir={demo_dir}", "max_samples=2",
-                 "max_new_tokens=4", f"output_dir={out}", f"results_db={tmp_path / 'results.db'}"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(FIXTURES / "train_lora/llama3_lora_predict.yaml"),
+                f"model={tiny_causal_lm}",
+                f"adapter={tiny_adapter}",
+                "template=chatml",
+                f"dataset_dir={demo_dir}",
+                "max_samples=2",
+                "max_new_tokens=4",
+                f"output_dir={out}",
+                f"results_db={tmp_path / 'results.db'}",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in (out / "generated_predictions.jsonl").read_text(encoding="utf-8").splitlines()]
-    answers = [record["output"] for name in ("identity", "alpaca_en_demo")
-               for record in json.loads((demo_dir / f"{name}.json").read_text(encoding="utf-8"))[:2]]
+    answers = [
+        record["output"]
+        for name in ("identity", "alpaca_en_demo")
+        for record in json.loads((demo_dir / f"{name}.json").read_text(encoding="utf-8"))[:2]
+    ]
     assert [row["label"] for row in rows] == answers
     tokenizer = AutoTokenizer.from_pretrained(tiny_causal_lm)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_causal_lm), tiny_adapter).eval()
@@ -346,14 +489,17 @@ def test_predict_takes_the_predict_yaml(tiny_causal_lm, tiny_adapter, demo_dir, 
         ids = tokenizer(row["prompt"], return_tensors="pt", add_special_tokens=False).input_ids
         with torch.inference_mode():
             greedy = model.generate(ids, max_new_tokens=4, do_sample=False)
-        assert row["predict"] == tokenizer.decode(greedy[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        assert row["predict"] == tokenizer.decode(greedy[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
 
 def test_finetune_refuses_the_predict_yaml_naming_factory_predict(at_repo, capsys):
     config = FIXTURES / "extras/nlg_eval/llama3_lora_predict.yaml"
     assert main(["finetune", str(config)]) == 2
     err = capsys.readouterr().err
-    assert f"'do_predict: true' asks for generated predictions, which factory finetune does not make; run factory predict {config}" in err
+    assert (
+        f"'do_predict: true' asks for generated predictions, which factory finetune does not make; run factory predict {config}"
+        in err
+    )
     assert err.count("\n") == 1
 
 
@@ -371,8 +517,14 @@ def test_apollo_layerwise_example_trains_the_tiny_model(tiny_causal_lm, demo_dir
     import torch
     from safetensors.torch import load_file
 
-    lf = {**_raw("extras/apollo/llama3_full_sft.yaml"), "model_name_or_path": str(tiny_causal_lm), "dataset_dir": str(demo_dir),
-          "template": "chatml", "output_dir": str(tmp_path / "out"), "apollo_rank": 4}
+    lf = {
+        **_raw("extras/apollo/llama3_full_sft.yaml"),
+        "model_name_or_path": str(tiny_causal_lm),
+        "dataset_dir": str(demo_dir),
+        "template": "chatml",
+        "output_dir": str(tmp_path / "out"),
+        "apollo_rank": 4,
+    }
     (tmp_path / "apollo.yaml").write_text(yaml.safe_dump(lf), encoding="utf-8")
     # one step: the example's warm-up would make its learning rate 0
     assert main(["finetune", str(tmp_path / "apollo.yaml"), *FAST, "warmup_ratio=0", "learning_rate=1e-3"]) == 0

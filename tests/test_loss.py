@@ -15,8 +15,8 @@ def batch():
     torch.manual_seed(0)
     input_ids = torch.randint(3, 200, (3, 40))
     labels = input_ids.clone()
-    labels[:, :15] = -100          # prompt
-    labels[2, 30:] = -100          # padding of a shorter row
+    labels[:, :15] = -100  # prompt
+    labels[2, 30:] = -100  # padding of a shorter row
     attention_mask = torch.ones_like(input_ids)
     attention_mask[2, 30:] = 0
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
@@ -54,7 +54,9 @@ def test_models_that_transform_logits_keep_the_library_loss(tiny_causal_lm):
 def test_peft_model_is_split_through_its_base(tiny_causal_lm):
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_causal_lm), LoraConfig(r=4, target_modules=["q_proj"]))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_causal_lm), LoraConfig(r=4, target_modules=["q_proj"])
+    )
     decoder, head = split_head(model)
     assert head is model.get_base_model().lm_head
     assert any("lora_A" in name for name, _ in decoder.named_parameters())
@@ -157,7 +159,10 @@ def test_token_logprobs_and_grads_equal_log_softmax(head_trains, block_rows, tem
 def test_sequence_batch_packs_pairs_per_row_and_numbers_every_token():
     from factory.data.collator import sequence_batch
 
-    rows = [[(0, [1, 2, 3], [-100, 2, 3]), (2, [1, 2, 4, 5], [-100, -100, 4, 5])], [(1, [6, 7], [-100, 7]), (3, [6, 8], [-100, 8])]]
+    rows = [
+        [(0, [1, 2, 3], [-100, 2, 3]), (2, [1, 2, 4, 5], [-100, -100, 4, 5])],
+        [(1, [6, 7], [-100, 7]), (3, [6, 8], [-100, 8])],
+    ]
     packed = sequence_batch(rows, 0, packed=True)
     assert packed["input_ids"].tolist() == [[1, 2, 3, 1, 2, 4, 5], [6, 7, 6, 8, 0, 0, 0]]
     assert packed["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2, 3], [0, 1, 0, 1, 0, 1, 2]]

@@ -39,10 +39,17 @@ def test_full_method_loads_fp32_and_trains_everything(tiny_causal_lm, plugin_man
 
 
 def test_freeze_keeps_frozen_weights_in_compute_dtype_and_trainables_fp32(tiny_causal_lm, plugin_manager):
-    cfg = load_config(model=str(tiny_causal_lm), method="freeze", precision="bf16", freeze={"layers": 1, "modules": ["mlp"], "extra": ["norm"]})
+    cfg = load_config(
+        model=str(tiny_causal_lm),
+        method="freeze",
+        precision="bf16",
+        freeze={"layers": 1, "modules": ["mlp"], "extra": ["norm"]},
+    )
     model = load_model(cfg, plugin_manager, train=True).model
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {n for n, _ in model.named_parameters() if n.startswith("model.layers.1.mlp.")} | {"model.norm.weight"}
+    assert trainable == {n for n, _ in model.named_parameters() if n.startswith("model.layers.1.mlp.")} | {
+        "model.norm.weight"
+    }
     assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if n in trainable)
     assert all(p.dtype == torch.bfloat16 for n, p in model.named_parameters() if n not in trainable)
 
@@ -59,7 +66,10 @@ def test_freeze_first_layers(tiny_causal_lm, plugin_manager):
     [
         ({"layers": 5}, "freeze.layers=5 but the model has only 2 layers; choose a value between -2 and 2"),
         ({"modules": ["mlpp"]}, "freeze.modules names 'mlpp', which is not in the model's layers; did you mean 'mlp'?"),
-        ({"extra": ["lm_hed"]}, "freeze.extra names 'lm_hed', which is not a module of the model; did you mean 'lm_head'?"),
+        (
+            {"extra": ["lm_hed"]},
+            "freeze.extra names 'lm_hed', which is not a module of the model; did you mean 'lm_head'?",
+        ),
     ],
 )
 def test_freeze_errors(tiny_causal_lm, plugin_manager, options, message):
@@ -84,9 +94,11 @@ def test_uncached_hub_id_says_offline(plugin_manager, monkeypatch, tmp_path):
 
 
 def test_gradient_checkpointing_and_sdpa(tiny_causal_lm, plugin_manager):
-    cfg = load_config(model=str(tiny_causal_lm), method="full", gradient_checkpointing=True, attn_implementation="eager")
+    cfg = load_config(
+        model=str(tiny_causal_lm), method="full", gradient_checkpointing=True, attn_implementation="eager"
+    )
     model = load_model(cfg, plugin_manager, train=True).model
-    assert getattr(model, 'is_activation_checkpointing', None) or model.is_gradient_checkpointing
+    assert getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
     assert model.config._attn_implementation == "eager"
 
 

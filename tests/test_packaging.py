@@ -34,10 +34,22 @@ def _without(modules: list[str], code: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     ("modules", "argv", "says"),
     [
-        (["fastapi"], ["serve"], "factory serve needs the 'serve' extra (fastapi not installed); pip install 'factory-core[serve]'"),
-        (["sqlalchemy"], ["runs", "list"], "factory runs needs the 'store' extra (sqlalchemy not installed); pip install 'factory-core[store]'"),
+        (
+            ["fastapi"],
+            ["serve"],
+            "factory serve needs the 'serve' extra (fastapi not installed); pip install 'factory-core[serve]'",
+        ),
+        (
+            ["sqlalchemy"],
+            ["runs", "list"],
+            "factory runs needs the 'store' extra (sqlalchemy not installed); pip install 'factory-core[store]'",
+        ),
         (["sqlalchemy"], ["eval", "history"], "factory eval history needs the 'store' extra"),
-        (["jieba"], ["predict", "model=smollm2-135m-instruct", "dataset=identity"], "task bleu-rouge (BLEU and ROUGE) needs the 'metrics' extra (jieba not installed)"),
+        (
+            ["jieba"],
+            ["predict", "model=smollm2-135m-instruct", "dataset=identity"],
+            "task bleu-rouge (BLEU and ROUGE) needs the 'metrics' extra (jieba not installed)",
+        ),
     ],
 )
 def test_a_missing_extra_is_one_sentence_naming_the_pip_command(modules, argv, says):

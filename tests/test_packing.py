@@ -139,7 +139,9 @@ def test_collator_choices_of_the_core_kinds(tiny_tokenizer) -> None:
     plain = dict(flatten=False, restarts=True)
     assert isinstance(SUPERVISED.collator(tiny_tokenizer, packing=False, **plain), PaddingCollator)
     assert isinstance(PRETRAIN.collator(tiny_tokenizer, packing=True, **plain), PackedCollator)
-    assert isinstance(SUPERVISED.collator(tiny_tokenizer, packing=True, flatten=True, restarts=True), FlatteningCollator)
+    assert isinstance(
+        SUPERVISED.collator(tiny_tokenizer, packing=True, flatten=True, restarts=True), FlatteningCollator
+    )
 
 
 # -- contamination: a packed example's loss equals its loss alone --------------------------------

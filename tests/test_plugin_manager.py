@@ -99,7 +99,9 @@ def test_plugin_whose_hook_raises_is_recorded_and_rolled_back(plugin_manager):
 
 def test_duplicate_names_are_an_error_naming_both_distributions(plugin_manager):
     for plugin, dist in (("one", "dist-one"), ("two", "dist-two")):
-        plugin_manager.register_plugin(make_plugin(plugin, **registers("adapters", (("same", Method()), {}))), plugin, dist)
+        plugin_manager.register_plugin(
+            make_plugin(plugin, **registers("adapters", (("same", Method()), {}))), plugin, dist
+        )
     with pytest.raises(PluginError) as err:
         plugin_manager.get("adapters", "same")
     message = str(err.value)
@@ -151,7 +153,9 @@ def test_unknown_name_lists_registered_ones(plugin_manager):
 
 
 def test_first_party_name_not_installed_says_what_to_install(plugin_manager):
-    with pytest.raises(PluginError, match="comes from factory-plugin-peft, which is not installed; pip install factory-plugin-peft"):
+    with pytest.raises(
+        PluginError, match="comes from factory-plugin-peft, which is not installed; pip install factory-plugin-peft"
+    ):
         plugin_manager.get("adapters", "dora")
 
 
@@ -192,7 +196,9 @@ def test_invalid_requirement_string_is_refused():
 
 
 def test_lazy_target_is_imported_only_on_load(plugin_manager, tmp_path, monkeypatch):
-    (tmp_path / "lazy_impl_mod.py").write_text("class Impl:\n    value = 42\n    def create(self, cfg):\n        return None\n")
+    (tmp_path / "lazy_impl_mod.py").write_text(
+        "class Impl:\n    value = 42\n    def create(self, cfg):\n        return None\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     plugin = make_plugin("p", **registers("callbacks", (("lazy", "lazy_impl_mod:Impl"), {})))
     plugin_manager.register_plugin(plugin, "lazy")
@@ -226,11 +232,20 @@ def test_two_plugins_claiming_one_section_with_different_models(plugin_manager):
     class B(BaseModel):
         y: int = Field(2)
 
-    plugin_manager.register_plugin(make_plugin("a", **registers("adapters", (("a1", Method()), {"options": A, "section": "shared"}))), "pa", "dist-a")
-    plugin_manager.register_plugin(make_plugin("b", **registers("adapters", (("b1", Method()), {"options": B, "section": "shared"}))), "pb", "dist-b")
+    plugin_manager.register_plugin(
+        make_plugin("a", **registers("adapters", (("a1", Method()), {"options": A, "section": "shared"}))),
+        "pa",
+        "dist-a",
+    )
+    plugin_manager.register_plugin(
+        make_plugin("b", **registers("adapters", (("b1", Method()), {"options": B, "section": "shared"}))),
+        "pb",
+        "dist-b",
+    )
     assert "shared" not in plugin_manager.sections()  # left out, so configs that do not use it still build
     assert plugin_manager.section_conflicts()["shared"] == (
-        "config section 'shared' is claimed with different options by dist-a and dist-b; disable one of them")
+        "config section 'shared' is claimed with different options by dist-a and dist-b; disable one of them"
+    )
 
 
 def test_unknown_kind(plugin_manager):

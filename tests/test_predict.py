@@ -44,7 +44,9 @@ def test_bleu_equals_sacrebleu_on_characters(prediction, label):
     """An independent BLEU implementation: sacrebleu's NIST ('exp') smoothing is nltk's method 3."""
     from sacrebleu.metrics import BLEU
 
-    expected = BLEU(tokenize="char", smooth_method="exp", effective_order=True).sentence_score(prediction, [label]).score
+    expected = (
+        BLEU(tokenize="char", smooth_method="exp", effective_order=True).sentence_score(prediction, [label]).score
+    )
     assert text_scores(prediction, label)["bleu-4"] == pytest.approx(expected, rel=1e-9)
 
 
@@ -55,7 +57,10 @@ def test_identical_empty_and_disjoint():
 
 
 def write_alpaca(path, rows):
-    path.write_text(json.dumps([{"instruction": q, "input": "", "output": a} for q, a in rows], ensure_ascii=False), encoding="utf-8")
+    path.write_text(
+        json.dumps([{"instruction": q, "input": "", "output": a} for q, a in rows], ensure_ascii=False),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -69,9 +74,21 @@ def test_cli_predict_scores_saves_and_records(smollm2_path, tmp_path):
     data = write_alpaca(tmp_path / "qa.json", ROWS)
     out, db = tmp_path / "out", tmp_path / "results.db"
     proc = subprocess.run(
-        [sys.executable, "-m", "factory.cli", "predict", f"model={smollm2_path}", f"dataset={data}", "max_new_tokens=12",
-         f"output_dir={out}", f"results_db={db}", "--json"],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "factory.cli",
+            "predict",
+            f"model={smollm2_path}",
+            f"dataset={data}",
+            "max_new_tokens=12",
+            f"output_dir={out}",
+            f"results_db={db}",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -81,12 +98,16 @@ def test_cli_predict_scores_saves_and_records(smollm2_path, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
     model = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32).eval()
     for (question, _), row in zip(ROWS, rows):
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
         assert row["prompt"] == prompt
         ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
         with torch.inference_mode():
-            greedy = model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"))
-        assert row["predict"] == tokenizer.decode(greedy[0, ids.shape[1]:], skip_special_tokens=True).strip()
+            greedy = model.generate(
+                ids, max_new_tokens=12, do_sample=False, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>")
+            )
+        assert row["predict"] == tokenizer.decode(greedy[0, ids.shape[1] :], skip_special_tokens=True).strip()
         assert {m: row[m] for m in METRICS} == reference_scores(row["predict"], row["label"])
 
     for metric in METRICS:
@@ -95,10 +116,15 @@ def test_cli_predict_scores_saves_and_records(smollm2_path, tmp_path):
     assert result["overall"]["n"] == 3 and result["output_file"] == str((out / "generated_predictions.jsonl").resolve())
 
     history = subprocess.run(
-        [sys.executable, "-m", "factory.cli", "eval", "history", f"results_db={db}", "--json"], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "factory.cli", "eval", "history", f"results_db={db}", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     runs = json.loads(history.stdout)
-    assert [(run["id"], run["command"], run["task"], run["metric"]) for run in runs] == [(result["run_id"], "predict", "bleu-rouge", "bleu-4")]
+    assert [(run["id"], run["command"], run["task"], run["metric"]) for run in runs] == [
+        (result["run_id"], "predict", "bleu-rouge", "bleu-4")
+    ]
     assert runs[0]["score"] == pytest.approx(result["overall"]["values"]["bleu-4"])
 
 
@@ -111,9 +137,17 @@ def no_weights(tmp_path: Path) -> str:
 
 
 def test_data_without_answers_is_refused(demo_dir, tmp_path):
-    cfg = load_config(model=no_weights(tmp_path), task="bleu-rouge", dataset=str(demo_dir / "c4_demo.jsonl"), max_samples=5,
-                      output_dir=str(tmp_path / "out"))
-    with pytest.raises(DataError, match=r"has no conversation ending in an assistant answer to compare with; predict needs a supervised data set"):
+    cfg = load_config(
+        model=no_weights(tmp_path),
+        task="bleu-rouge",
+        dataset=str(demo_dir / "c4_demo.jsonl"),
+        max_samples=5,
+        output_dir=str(tmp_path / "out"),
+    )
+    with pytest.raises(
+        DataError,
+        match=r"has no conversation ending in an assistant answer to compare with; predict needs a supervised data set",
+    ):
         evaluate(cfg, record=False, progress=False)
 
 
@@ -121,6 +155,8 @@ def test_existing_predictions_are_not_overwritten(tmp_path):
     data = write_alpaca(tmp_path / "qa.json", ROWS)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "generated_predictions.jsonl").write_text("{}\n")
-    cfg = load_config(model=no_weights(tmp_path), task="bleu-rouge", dataset=str(data), output_dir=str(tmp_path / "out"))
+    cfg = load_config(
+        model=no_weights(tmp_path), task="bleu-rouge", dataset=str(data), output_dir=str(tmp_path / "out")
+    )
     with pytest.raises(ConfigError, match=r"already exists; pass overwrite_output_dir=true to replace it"):
         evaluate(cfg, record=False, progress=False)

@@ -20,15 +20,29 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_acceptance_command_from_the_repo_root() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "factory.cli", "data", "preview", "alpaca_en_demo", "dataset_dir=../shared/data/llamafactory-demo"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "factory.cli",
+            "data",
+            "preview",
+            "alpaca_en_demo",
+            "dataset_dir=../shared/data/llamafactory-demo",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "alpaca_en_demo · supervised data" in out
     assert "example 3 ·" in out and "example 4" not in out
     # the first record, rendered by SmolLM2's template, with only the answer marked as trained
-    assert "<|im_start|>user\nDescribe a process of making crepes.<|im_end|>\n<|im_start|>assistant\n⟦Making crepes" in out
+    assert (
+        "<|im_start|>user\nDescribe a process of making crepes.<|im_end|>\n<|im_start|>assistant\n⟦Making crepes" in out
+    )
     assert "⟦<|im_start|>" not in out
     assert "rows         999 (999 kept, 0 truncated, 0 dropped)" in out
     assert "tokens/row   min " in out and "median" in out
@@ -84,7 +98,9 @@ def test_bad_input_is_one_sentence(demo_dir, capsys) -> None:
 
 
 def test_preview_reads_a_run_config_like_every_command(demo_dir, tmp_path, capsys) -> None:
-    (tmp_path / "run.yaml").write_text(f"data:\n  dataset: alpaca_en_demo\n  dataset_dir: {demo_dir}\n  cutoff_len: 64\n")
+    (tmp_path / "run.yaml").write_text(
+        f"data:\n  dataset: alpaca_en_demo\n  dataset_dir: {demo_dir}\n  cutoff_len: 64\n"
+    )
     assert main(["data", "preview", str(tmp_path / "run.yaml"), "template=chatml", "-n", "1"]) == 0
     out = capsys.readouterr().out
     assert "alpaca_en_demo · supervised data · template chatml" in out and "cutoff_len 64" in out

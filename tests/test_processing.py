@@ -75,7 +75,11 @@ def _spans(tokenizer, messages, system=SYSTEM) -> list[tuple[int, int]]:
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start = len(tokenizer.apply_chat_template(_hf(messages[:i], system), add_generation_prompt=True, tokenize=True)["input_ids"])
+        start = len(
+            tokenizer.apply_chat_template(_hf(messages[:i], system), add_generation_prompt=True, tokenize=True)[
+                "input_ids"
+            ]
+        )
         end = len(tokenizer.apply_chat_template(_hf(messages[: i + 1], system), tokenize=True)["input_ids"]) - 1
         spans.append((start, end))
     return spans
@@ -110,7 +114,10 @@ def test_named_template_gives_the_same_rows_as_the_tokenizers_own(smollm2_tokeni
     rows = [_record(CONVERSATION), _record(CONVERSATION[:2], system="")]
     auto = tokenize_dataset(_records(rows), smollm2_tokenizer, template, _cfg(), "supervised").dataset
     named = get_template("smollm", smollm2_tokenizer, manager)
-    assert tokenize_dataset(_records(rows), smollm2_tokenizer, named, _cfg(), "supervised").dataset.to_list() == auto.to_list()
+    assert (
+        tokenize_dataset(_records(rows), smollm2_tokenizer, named, _cfg(), "supervised").dataset.to_list()
+        == auto.to_list()
+    )
 
 
 def test_truncation_keeps_part_of_the_response(smollm2_tokenizer, template) -> None:
@@ -120,7 +127,7 @@ def test_truncation_keeps_part_of_the_response(smollm2_tokenizer, template) -> N
     out = tokenize_dataset(_records(rows), smollm2_tokenizer, template, _cfg(cutoff_len=128), "supervised")
     row = out.dataset[0]
     full = smollm2_tokenizer.apply_chat_template(_hf(rows[0]["messages"]), tokenize=True)["input_ids"]
-    (start, end), = _spans(smollm2_tokenizer, rows[0]["messages"])
+    ((start, end),) = _spans(smollm2_tokenizer, rows[0]["messages"])
     assert len(row["input_ids"]) == 128
     trained = [t for t in row["labels"] if t != IGNORE_INDEX]
     assert len(trained) == 64  # both parts are long: the response keeps half the budget...
@@ -133,9 +140,12 @@ def test_truncation_keeps_part_of_the_response(smollm2_tokenizer, template) -> N
 def test_truncation_drops_the_oldest_turns_first(smollm2_tokenizer, template) -> None:
     filler = " ".join(["history"] * 80)
     messages = [
-        {"role": "user", "content": filler}, {"role": "assistant", "content": filler},
-        {"role": "user", "content": filler}, {"role": "assistant", "content": filler},
-        {"role": "user", "content": "Last question?"}, {"role": "assistant", "content": "Last answer."},
+        {"role": "user", "content": filler},
+        {"role": "assistant", "content": filler},
+        {"role": "user", "content": filler},
+        {"role": "assistant", "content": filler},
+        {"role": "user", "content": "Last question?"},
+        {"role": "assistant", "content": "Last answer."},
     ]
     tok = smollm2_tokenizer
     last_turn = tok.apply_chat_template(_hf(messages[4:]), tokenize=True)["input_ids"]
@@ -171,8 +181,8 @@ def test_python_tokenizers_without_offsets_encode_segment_by_segment(smollm2_tok
             return smollm2_tokenizer(text, **kwargs)
 
     renders = [template.render(CONVERSATION, system=SYSTEM, tokenizer=smollm2_tokenizer)]
-    (fast_ids, fast_mask), = _encode(smollm2_tokenizer, renders)
-    (slow_ids, slow_mask), = _encode(PythonTokenizer(), renders)
+    ((fast_ids, fast_mask),) = _encode(smollm2_tokenizer, renders)
+    ((slow_ids, slow_mask),) = _encode(PythonTokenizer(), renders)
     assert slow_ids.tolist() == fast_ids.tolist()  # ChatML seams are special tokens: no difference
     assert slow_mask.tolist() == fast_mask.tolist()
 
@@ -194,14 +204,18 @@ def test_pairwise_rows(smollm2_tokenizer, template) -> None:
     chosen = {"role": "assistant", "content": "Blue."}
     rejected = {"role": "assistant", "content": "I will not."}
     out = tokenize_dataset(
-        _records([_record(prompt, chosen=chosen, rejected=rejected), _record(CONVERSATION)]), tok, template, _cfg(), "pairwise"
+        _records([_record(prompt, chosen=chosen, rejected=rejected), _record(CONVERSATION)]),
+        tok,
+        template,
+        _cfg(),
+        "pairwise",
     )
     assert out.stats.dropped == {"it has no chosen/rejected pair": 1}
     row = out.dataset[0]
     for name, answer in (("chosen", chosen), ("rejected", rejected)):
         full = tok.apply_chat_template(_hf(prompt + [answer]), tokenize=True)["input_ids"]
         assert row["prompt_input_ids"] + row[f"{name}_input_ids"] == full
-        (start, end), = _spans(tok, prompt + [answer])
+        ((start, end),) = _spans(tok, prompt + [answer])
         assert len(row["prompt_input_ids"]) == start
         assert row[f"{name}_labels"] == _expected_labels(full, [(start, end)])[start:]
     pairs = _cfg().manager().load("data_kinds", "pairwise")  # the trl plugin's data kind, through the registry
@@ -222,7 +236,10 @@ def test_kto_rows(smollm2_tokenizer, template) -> None:
 
 
 def test_an_unknown_data_kind_is_one_sentence(smollm2_tokenizer, template) -> None:
-    with pytest.raises(ConfigError, match=r"names data kind 'pairs', which no installed plugin registers \(available: .*pretrain.*supervised"):
+    with pytest.raises(
+        ConfigError,
+        match=r"names data kind 'pairs', which no installed plugin registers \(available: .*pretrain.*supervised",
+    ):
         tokenize_dataset(_records([_record(CONVERSATION)]), smollm2_tokenizer, template, _cfg(), "pairs")
 
 
@@ -252,9 +269,14 @@ def test_pretrain_rows_are_the_token_stream(smollm2_tokenizer) -> None:
 
 
 def test_supervised_packing_keeps_every_trained_token(smollm2_tokenizer, template) -> None:
-    rows = [_record([{"role": "user", "content": f"Q{i}" * i}, {"role": "assistant", "content": f"A{i} " * i}]) for i in range(1, 30)]
+    rows = [
+        _record([{"role": "user", "content": f"Q{i}" * i}, {"role": "assistant", "content": f"A{i} " * i}])
+        for i in range(1, 30)
+    ]
     plain = tokenize_dataset(_records(rows), smollm2_tokenizer, template, _cfg(cutoff_len=256), "supervised")
-    packed = tokenize_dataset(_records(rows), smollm2_tokenizer, template, _cfg(cutoff_len=256, packing=True), "supervised")
+    packed = tokenize_dataset(
+        _records(rows), smollm2_tokenizer, template, _cfg(cutoff_len=256, packing=True), "supervised"
+    )
     assert packed.stats.sequences < plain.stats.sequences == len(rows)
     assert all(len(r) <= 256 for r in packed.dataset["input_ids"])
     trained = lambda data: sorted(t for labels in data["labels"] for t in labels if t != IGNORE_INDEX)  # noqa: E731
@@ -275,7 +297,9 @@ def test_second_identical_run_does_no_tokenization_work(smollm2_tokenizer, templ
     cls = type(smollm2_tokenizer)
     original = cls.__call__
     monkeypatch.setattr(cls, "__call__", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
-    again = tokenize_dataset(load_from_disk(str(tmp_path / "records")), smollm2_tokenizer, template, _cfg(cutoff_len=512), "supervised")
+    again = tokenize_dataset(
+        load_from_disk(str(tmp_path / "records")), smollm2_tokenizer, template, _cfg(cutoff_len=512), "supervised"
+    )
     assert calls == []  # everything came from the cache
     assert again.dataset.to_list() == first.dataset.to_list()
     assert again.stats == first.stats  # statistics are read back from the cached columns
@@ -307,7 +331,9 @@ def test_streaming_gives_the_same_rows(smollm2_tokenizer, template) -> None:
 
 def test_build_datasets_end_to_end(smollm2_tokenizer, template, manager, demo_dir) -> None:
     options = dict(dataset="alpaca_en_demo", dataset_dir=str(demo_dir), val_size=0.1, max_samples=200, cutoff_len=256)
-    assert isinstance(build_datasets(_cfg(**options), manager, smollm2_tokenizer, template, "supervised")[2], FlatteningCollator)
+    assert isinstance(
+        build_datasets(_cfg(**options), manager, smollm2_tokenizer, template, "supervised")[2], FlatteningCollator
+    )
     cfg = _cfg(**options, padding_free=False)
     train, evaluation, collator, stats = build_datasets(cfg, manager, smollm2_tokenizer, template, "supervised")
     assert len(train) == 180 and len(evaluation) == 20

@@ -25,8 +25,18 @@ CMMLU_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cm
 
 
 def settings(model: Path, db: str, out: Path, timeout: float = 0.5) -> list[str]:
-    return [f"model={model}", "task=cmmlu", f"task_dir={CMMLU_DIR}", "subjects=anatomy", "max_samples=4", "n_shot=0",
-            f"results_db={db}", f"results_db_timeout={timeout}", f"output_dir={out}", "precision=fp32"]
+    return [
+        f"model={model}",
+        "task=cmmlu",
+        f"task_dir={CMMLU_DIR}",
+        "subjects=anatomy",
+        "max_samples=4",
+        "n_shot=0",
+        f"results_db={db}",
+        f"results_db_timeout={timeout}",
+        f"output_dir={out}",
+        "precision=fp32",
+    ]
 
 
 def hold_write_lock(path: Path) -> sqlite3.Connection:
@@ -46,8 +56,12 @@ def test_a_locked_database_still_prints_and_saves_the_result(tmp_path, tiny_caus
     ResultsStore(str(db))
     lock = hold_write_lock(db)
     try:
-        proc = subprocess.run([sys.executable, "-m", "factory.cli", "eval", *settings(tiny_causal_lm, str(db), out)],
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-m", "factory.cli", "eval", *settings(tiny_causal_lm, str(db), out)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     finally:
         lock.rollback()
         lock.close()
@@ -57,7 +71,11 @@ def test_a_locked_database_still_prints_and_saves_the_result(tmp_path, tiny_caus
     path = next(out.glob("eval-result-cmmlu-*.json"))
     sentence = f"the database 'sqlite:///{db}' refused the write (database is locked); the result was written to {path} instead"
     assert f"warning (factory.eval.run): {sentence}" in proc.stderr.splitlines()
-    assert saved["overall"]["n"] == 4 and set(saved["subjects"]) == {"anatomy"} and saved["database_error"].endswith("(database is locked)")
+    assert (
+        saved["overall"]["n"] == 4
+        and set(saved["subjects"]) == {"anatomy"}
+        and saved["database_error"].endswith("(database is locked)")
+    )
     assert saved["model"] == str(tiny_causal_lm) and saved["command"] == "eval"
     assert ResultsStore(str(db)).runs() == []
     assert [p.name for p in out.iterdir() if p.name.endswith(".partial")] == []
@@ -116,11 +134,17 @@ def test_a_database_of_another_schema_is_refused_before_the_model_loads(tmp_path
     db = tmp_path / "other.db"
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE factory_eval_runs (id INTEGER PRIMARY KEY, note TEXT)")
-    proc = subprocess.run([sys.executable, "-m", "factory.cli", "eval", *settings(tiny_causal_lm, str(db), tmp_path / "out")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "factory.cli", "eval", *settings(tiny_causal_lm, str(db), tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == (f"error: results_db 'sqlite:///{db}' holds a table 'factory_eval_runs' without the column "
-                                   "'created_at' (another program's or another version's table); point results_db at a new database")
+    assert proc.stderr.strip() == (
+        f"error: results_db 'sqlite:///{db}' holds a table 'factory_eval_runs' without the column "
+        "'created_at' (another program's or another version's table); point results_db at a new database"
+    )
     assert not (tmp_path / "out").exists()  # nothing was scored or written
 
 

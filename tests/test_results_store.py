@@ -72,9 +72,15 @@ def test_location_from_env_url_or_user_data_folder(tmp_path, monkeypatch):
     ("location", "message"),
     [
         ("nosuchdb://host/x", r"results_db 'nosuchdb://host/x' names a database or driver SQLAlchemy does not know"),
-        ("postgresql+nosuchdriver://u:secret@h/db", r"results_db 'postgresql\+nosuchdriver://u:\*\*\*@h/db' names a database or driver"),
+        (
+            "postgresql+nosuchdriver://u:secret@h/db",
+            r"results_db 'postgresql\+nosuchdriver://u:\*\*\*@h/db' names a database or driver",
+        ),
         ("mysql://u@h/db", r"results_db 'mysql://u@h/db' needs the Python package 'MySQLdb', which is not installed"),
-        ("sqlite:////no/such/folder/x.db", r"results_db 'sqlite:////no/such/folder/x.db' cannot be opened \(unable to open database file\)"),
+        (
+            "sqlite:////no/such/folder/x.db",
+            r"results_db 'sqlite:////no/such/folder/x.db' cannot be opened \(unable to open database file\)",
+        ),
     ],
 )
 def test_bad_locations(location, message):
@@ -85,7 +91,9 @@ def test_bad_locations(location, message):
 
 def test_unknown_run(tmp_path):
     store = ResultsStore(str(tmp_path / "r.db"))
-    with pytest.raises(ConfigError, match=r"run 3 is not in the results store .* \(it holds no runs yet\); see factory eval history"):
+    with pytest.raises(
+        ConfigError, match=r"run 3 is not in the results store .* \(it holds no runs yet\); see factory eval history"
+    ):
         store.get(3)
     record(store, result(0.5, 0.5))
     with pytest.raises(ConfigError, match=r"\(runs go from 1 to 1\)"):
@@ -94,12 +102,20 @@ def test_unknown_run(tmp_path):
 
 def cli(*args: str, db: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, ENV: str(db), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "factory.cli", *args], capture_output=True, text=True, check=False, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "factory.cli", *args], capture_output=True, text=True, check=False, env=env
+    )
 
 
 def test_two_cli_runs_survive_the_process(tiny_causal_lm, tmp_path):
     db = tmp_path / "results.db"
-    common = [f"model={tiny_causal_lm}", "task=cmmlu", f"task_dir={CMMLU_DIR}", "subjects=anatomy,arts", "max_samples=4"]
+    common = [
+        f"model={tiny_causal_lm}",
+        "task=cmmlu",
+        f"task_dir={CMMLU_DIR}",
+        "subjects=anatomy,arts",
+        "max_samples=4",
+    ]
     runs = []
     for extra in (["n_shot=0", "eval_prompt=raw"], ["n_shot=1", "eval_prompt=chat"]):
         proc = cli("eval", *common, *extra, "--json", db=db)
@@ -109,9 +125,15 @@ def test_two_cli_runs_survive_the_process(tiny_causal_lm, tmp_path):
 
     proc = cli("eval", "history", "--json", db=db)
     listed = json.loads(proc.stdout)
-    assert [(r["id"], r["task"], r["model"], r["n"]) for r in listed] == [(2, "cmmlu", str(tiny_causal_lm), 8), (1, "cmmlu", str(tiny_causal_lm), 8)]
+    assert [(r["id"], r["task"], r["model"], r["n"]) for r in listed] == [
+        (2, "cmmlu", str(tiny_causal_lm), 8),
+        (1, "cmmlu", str(tiny_causal_lm), 8),
+    ]
     assert [r["settings"]["n_shot"] for r in listed] == [1, 0]
-    assert [r["score"] for r in listed] == [runs[1]["overall"]["values"]["accuracy"], runs[0]["overall"]["values"]["accuracy"]]
+    assert [r["score"] for r in listed] == [
+        runs[1]["overall"]["values"]["accuracy"],
+        runs[0]["overall"]["values"]["accuracy"],
+    ]
 
     proc = cli("eval", "compare", "1", "2", "--json", db=db)
     rows = {(row["scope"], row["name"]): row for row in json.loads(proc.stdout)["rows"]}

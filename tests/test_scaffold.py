@@ -35,24 +35,51 @@ def test_an_installed_scaffold_is_listed_and_its_own_test_passes(tmp_path):
     """pip installs it into a folder of its own (no change to the venv); that folder on PYTHONPATH makes it installed."""
     assert main(["plugins", "new", "hello", "--kind", "commands", "--dir", str(tmp_path)]) == 0
     root, site = tmp_path / "factory-plugin-hello", tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-                    "--target", str(site), str(root)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(site),
+            str(root),
+        ],
+        check=True,
+        capture_output=True,
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
     factory_cli = [sys.executable, "-m", "factory.cli"]
-    listed = subprocess.run([*factory_cli, "plugins", "list", "--json"], env=env, capture_output=True, text=True, check=True)
+    listed = subprocess.run(
+        [*factory_cli, "plugins", "list", "--json"], env=env, capture_output=True, text=True, check=True
+    )
     row = next(r for r in json.loads(listed.stdout) if r["distribution"] == "factory-plugin-hello")
     assert (row["provides"], row["status"]) == ({"commands": ["hello"]}, "ok")
-    said = subprocess.run([*factory_cli, "hello", "--shout", "you"], env=env, capture_output=True, text=True, check=True)
+    said = subprocess.run(
+        [*factory_cli, "hello", "--shout", "you"], env=env, capture_output=True, text=True, check=True
+    )
     assert said.stdout.strip() == "HELLO, YOU"
-    own = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "tests")],
-                         env=env, capture_output=True, text=True, cwd=tmp_path)
+    own = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "tests")],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert own.returncode == 0, own.stdout + own.stderr
 
 
-@pytest.mark.parametrize(("name", "kind", "says"), [
-    ("Acme!", "adapters", "plugin name 'Acme!'"),
-    ("acme", "adaptors", "plugin kind 'adaptors' does not exist; did you mean 'adapters'"),
-])
+@pytest.mark.parametrize(
+    ("name", "kind", "says"),
+    [
+        ("Acme!", "adapters", "plugin name 'Acme!'"),
+        ("acme", "adaptors", "plugin kind 'adaptors' does not exist; did you mean 'adapters'"),
+    ],
+)
 def test_bad_name_or_kind_is_one_sentence(name, kind, says, tmp_path):
     with pytest.raises(ConfigError) as err:
         scaffold(name, kind, tmp_path)

@@ -78,9 +78,11 @@ def test_answer_counts_its_tokens(client, served):
 
 def test_streamed_deltas_equal_the_plain_answer(client, http):
     plain = client.chat.completions.create(model=MODEL, messages=WHO, max_tokens=16, temperature=0)
-    chunks = list(client.chat.completions.create(
-        model=MODEL, messages=WHO, max_tokens=16, temperature=0, stream=True, stream_options={"include_usage": True}
-    ))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=WHO, max_tokens=16, temperature=0, stream=True, stream_options={"include_usage": True}
+        )
+    )
     deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert len(deltas) > 3
     assert "".join(deltas) == plain.choices[0].message.content
@@ -98,8 +100,16 @@ def test_streamed_deltas_equal_the_plain_answer(client, http):
 
 
 def test_eight_concurrent_requests_are_all_answered(client, served):
-    questions = ["Who are you?", "Hi", "Name a fruit.", "What is 2+2?", "Name a color.", "Say hello.",
-                 "What is the capital of France?", "Name an animal."]
+    questions = [
+        "Who are you?",
+        "Hi",
+        "Name a fruit.",
+        "What is 2+2?",
+        "Name a color.",
+        "Say hello.",
+        "What is the capital of France?",
+        "Name an animal.",
+    ]
 
     def ask(question: str):
         return client.chat.completions.create(
@@ -120,7 +130,9 @@ def test_api_key_is_required(served):
         OpenAI(base_url=f"{served.url}/v1", api_key="sk-wrong", max_retries=0).models.list()
     assert info.value.status_code == 401
     for headers in ({}, {"Authorization": "Bearer sk-wrong"}, {"Authorization": API_KEY}):
-        response = httpx.post(f"{served.url}/v1/chat/completions", json={"model": MODEL, "messages": WHO}, headers=headers)
+        response = httpx.post(
+            f"{served.url}/v1/chat/completions", json={"model": MODEL, "messages": WHO}, headers=headers
+        )
         assert assert_error_shape(response, 401)["code"] == "invalid_api_key"
     assert httpx.get(f"{served.url}/health").status_code == 200  # health checks need no key
 
@@ -129,7 +141,7 @@ def test_api_key_is_required(served):
     ("body", "status", "param"),
     [
         (b'{"model": "smollm2-135m-instruct", "messages": [', 400, None),
-        (b'[1, 2]', 400, None),
+        (b"[1, 2]", 400, None),
         ({"model": "gpt-4o", "messages": WHO}, 404, "model"),
         ({"model": MODEL}, 400, "messages"),
         ({"model": MODEL, "messages": []}, 400, "messages"),
@@ -140,7 +152,11 @@ def test_api_key_is_required(served):
         ({"model": MODEL, "messages": WHO, "top_p": 1.5}, 400, "top_p"),
         ({"model": MODEL, "messages": WHO, "max_tokens": 0}, 400, "max_tokens"),
         ({"model": MODEL, "messages": WHO, "n": 0}, 400, "n"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400, "messages.0.content"),
+        (
+            {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            400,
+            "messages.0.content",
+        ),
     ],
 )
 def test_bad_requests_get_openai_errors(http, body, status, param):
@@ -185,8 +201,12 @@ def test_n_stop_and_seed(client):
 
 
 def test_disconnect_mid_stream_frees_the_slot(http, served):
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Write a long story."}], "max_tokens": 4000,
-            "stream": True}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Write a long story."}],
+        "max_tokens": 4000,
+        "stream": True,
+    }
     cancelled = served.engine.stats()["cancelled"]
     with http.stream("POST", "/v1/chat/completions", json=body) as response:
         for line in response.iter_lines():
@@ -218,9 +238,16 @@ def test_disconnect_while_waiting_for_a_plain_answer_cancels_it(http, served):
 
 # -- tool calls and message mapping (scripted engine, no model) --------------------------------
 
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
 
 
@@ -244,8 +271,10 @@ def test_tool_call_answers_become_tool_calls():
     assert call["type"] == "function" and call["id"].startswith("call")
     assert call["function"]["name"] == "get_weather" and json.loads(call["function"]["arguments"]) == {"city": "Paris"}
 
-    history += [{"role": "assistant", "content": None, "tool_calls": [call]},
-                {"role": "tool", "tool_call_id": call["id"], "content": '{"sky": "sunny"}'}]
+    history += [
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": '{"sky": "sunny"}'},
+    ]
     reply = client.post("/v1/chat/completions", json={**body, "messages": history}).json()
     assert reply["choices"][0]["message"]["content"] == "It is sunny in Paris."
     assert reply["choices"][0]["finish_reason"] == "stop"
@@ -260,8 +289,11 @@ def test_tool_call_answers_become_tool_calls():
 def test_streamed_tool_call_and_tool_choice_none():
     _, client = scripted([CALL])
     body = {"model": MODEL, "messages": WHO, "tools": TOOLS, "stream": True}
-    events = [json.loads(e[6:]) for e in client.post("/v1/chat/completions", json=body).text.split("\n\n")
-              if e.startswith("data: {")]
+    events = [
+        json.loads(e[6:])
+        for e in client.post("/v1/chat/completions", json=body).text.split("\n\n")
+        if e.startswith("data: {")
+    ]
     calls = [c["choices"][0]["delta"]["tool_calls"] for c in events if c["choices"][0]["delta"].get("tool_calls")]
     assert calls and calls[0][0]["index"] == 0 and calls[0][0]["function"]["name"] == "get_weather"
     assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
@@ -294,10 +326,21 @@ def test_served_model_name_is_what_clients_ask_for():
 @pytest.mark.e2e
 def test_factory_serve_command(smollm2_path, tmp_path):
     """``factory serve`` in its own process: it starts, answers through the openai client, and stops on Ctrl-C."""
-    command = [sys.executable, "-m", "factory.cli", "serve", f"model={MODEL}", "port=0", "api_key=k", "max_new_tokens=4"]
+    command = [
+        sys.executable,
+        "-m",
+        "factory.cli",
+        "serve",
+        f"model={MODEL}",
+        "port=0",
+        "api_key=k",
+        "max_new_tokens=4",
+    ]
     log = tmp_path / "serve.log"
     with open(log, "w") as sink:
-        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(
+            command, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
     try:
         deadline = time.monotonic() + 120
         while not (match := re.search(r"Uvicorn running on (http://\S+)", log.read_text())):

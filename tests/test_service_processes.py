@@ -30,8 +30,19 @@ STARTUP = 180  # seconds: a process imports torch and transformers before it is 
 
 
 def eval_job(model: Path, subject: str, samples: int) -> dict:
-    return load_config(None, [f"model={model}", "task=cmmlu", f"task_dir={CMMLU_DIR}", f"subjects=[{subject}]", "n_shot=0",
-                              f"max_samples={samples}", "eval_batch_size=1", "precision=fp32"]).to_dict()
+    return load_config(
+        None,
+        [
+            f"model={model}",
+            "task=cmmlu",
+            f"task_dir={CMMLU_DIR}",
+            f"subjects=[{subject}]",
+            "n_shot=0",
+            f"max_samples={samples}",
+            "eval_batch_size=1",
+            "precision=fp32",
+        ],
+    ).to_dict()
 
 
 def until(check: Callable[[], object], timeout: float, what: str) -> object:
@@ -65,7 +76,11 @@ def processes(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen]]:
 
 def start_worker(start: Callable[..., subprocess.Popen], url: str, name: str, *extra: str) -> subprocess.Popen:
     proc = start(name, "worker", "kinds=eval", f"results_db={url}", *FAST, "--name", name, *extra)
-    until(lambda: "taking eval jobs from" in proc.log_path.read_text() or proc.poll() is not None, STARTUP, f"worker {name}")
+    until(
+        lambda: "taking eval jobs from" in proc.log_path.read_text() or proc.poll() is not None,
+        STARTUP,
+        f"worker {name}",
+    )
     assert proc.poll() is None, proc.log_path.read_text()
     return proc
 
@@ -80,8 +95,10 @@ def test_two_workers_run_each_job_once_higher_priority_first(tmp_path, postgres_
     priorities = [1, 6, 2, 5, 4, 3]
     ids = [queue.submit("eval", eval_job(tiny_causal_lm, "anatomy", 6), priority=p).id for p in priorities]
     with processes(tmp_path) as start:
-        workers = [start(name, "worker", "kinds=eval", f"results_db={postgres_url}", *FAST, "--name", name, "--exit-idle", "4")
-                   for name in ("wa", "wb")]
+        workers = [
+            start(name, "worker", "kinds=eval", f"results_db={postgres_url}", *FAST, "--name", name, "--exit-idle", "4")
+            for name in ("wa", "wb")
+        ]
         for proc in workers:
             assert proc.wait(timeout=600) == 0, proc.log_path.read_text()
     jobs = [queue.get(job_id) for job_id in ids]
@@ -103,7 +120,9 @@ def test_a_worker_killed_mid_job_loses_it_to_the_other(tmp_path, postgres_url, t
         holder = until(lambda: (job := queue.get(job_id)).status == "running" and job.worker, 120, "the claim")
         os.kill(workers[holder].pid, signal.SIGKILL)
         survivor = "wb" if holder == "wa" else "wa"
-        job: JobInfo = until(lambda: (job := queue.get(job_id)).status in ("succeeded", "failed") and job, 600, "the rerun")
+        job: JobInfo = until(
+            lambda: (job := queue.get(job_id)).status in ("succeeded", "failed") and job, 600, "the rerun"
+        )
     assert job.status == "succeeded", job.error
     assert (job.worker, job.attempts) == (survivor, 2) and eval_rows(queue) == 1
     log = [line.message for line in queue.logs(job_id)]
@@ -119,8 +138,16 @@ def free_port() -> int:
 
 def test_a_server_killed_with_jobs_queued_runs_them_after_its_restart(tmp_path, postgres_url, tiny_causal_lm):
     port = free_port()
-    serve = ["serve", f"model={tiny_causal_lm}", f"results_db={postgres_url}", f"port={port}", f"task_dir={CMMLU_DIR}",
-             f"jobs.output_dir={tmp_path / 'jobs'}", "precision=fp32", *FAST]
+    serve = [
+        "serve",
+        f"model={tiny_causal_lm}",
+        f"results_db={postgres_url}",
+        f"port={port}",
+        f"task_dir={CMMLU_DIR}",
+        f"jobs.output_dir={tmp_path / 'jobs'}",
+        "precision=fp32",
+        *FAST,
+    ]
     base = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
@@ -133,7 +160,10 @@ def test_a_server_killed_with_jobs_queued_runs_them_after_its_restart(tmp_path, 
     with processes(tmp_path) as start:
         first = start("serve-1", *serve)
         until(ready, STARTUP, "the server")
-        bodies = [{"task": "cmmlu", "subjects": ["anatomy"], "n_shot": 0, "eval_batch_size": 1, "max_samples": n} for n in (40, 3, 3)]
+        bodies = [
+            {"task": "cmmlu", "subjects": ["anatomy"], "n_shot": 0, "eval_batch_size": 1, "max_samples": n}
+            for n in (40, 3, 3)
+        ]
         ids = [httpx.post(f"{base}/v1/evals", json=body, timeout=30).json()["id"] for body in bodies]
         until(lambda: queue.get(ids[0]).status == "running", 120, "the first job to start")
         first.send_signal(signal.SIGKILL)
@@ -142,15 +172,28 @@ def test_a_server_killed_with_jobs_queued_runs_them_after_its_restart(tmp_path, 
 
         start("serve-2", *serve)
         until(ready, STARTUP, "the restarted server")
-        jobs = [until(lambda job_id=job_id: (job := queue.get(job_id)).status in ("succeeded", "failed") and job, 600, f"job {job_id}")
-                for job_id in ids]
+        jobs = [
+            until(
+                lambda job_id=job_id: (job := queue.get(job_id)).status in ("succeeded", "failed") and job,
+                600,
+                f"job {job_id}",
+            )
+            for job_id in ids
+        ]
     assert [job.status for job in jobs] == ["succeeded"] * 3, [job.error for job in jobs]
     assert [job.attempts for job in jobs] == [2, 1, 1] and eval_rows(queue) == 3
 
 
 @pytest.mark.parametrize("kinds", ["kinds=eval,train", "kinds="])
 def test_a_worker_refuses_unknown_kinds(kinds, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "factory.cli", "worker", kinds, f"results_db={tmp_path / 'r.db'}"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "factory.cli", "worker", kinds, f"results_db={tmp_path / 'r.db'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.startswith("error: worker kinds '") and "use a comma-separated list of eval, predict, finetune" in proc.stderr
+    assert (
+        proc.stderr.startswith("error: worker kinds '")
+        and "use a comma-separated list of eval, predict, finetune" in proc.stderr
+    )

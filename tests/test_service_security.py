@@ -30,9 +30,19 @@ WHO = [{"role": "user", "content": "Who are you?"}]
 def make_client():
     """Build clients whose apps run (lifespan: the in-process worker) until the test ends."""
     with ExitStack() as running:
+
         def make(tmp_path: Path, *overrides: str) -> TestClient:
-            cfg = load_config(None, [f"model={MODEL}", f"api_key={KEY}", f"api_keys={{{READER}: read}}",
-                                     f"results_db={tmp_path / 'results.db'}", f"jobs.output_dir={tmp_path / 'jobs'}", *overrides])
+            cfg = load_config(
+                None,
+                [
+                    f"model={MODEL}",
+                    f"api_key={KEY}",
+                    f"api_keys={{{READER}: read}}",
+                    f"results_db={tmp_path / 'results.db'}",
+                    f"jobs.output_dir={tmp_path / 'jobs'}",
+                    *overrides,
+                ],
+            )
             return running.enter_context(TestClient(create_app(ScriptedEngine(["ok"]), cfg), headers=AUTH))
 
         yield make
@@ -57,10 +67,15 @@ def queued(client: TestClient) -> list:
 def remote_code_model(folder: Path, marker: Path) -> Path:
     """A model folder whose config asks transformers to import its own module, which writes ``marker``."""
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "evil", "architectures": ["EvilModel"],
-        "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"},
-    }))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "evil",
+                "architectures": ["EvilModel"],
+                "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"},
+            }
+        )
+    )
     (folder / "evil.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n")
     return folder
 
@@ -79,9 +94,11 @@ def wait(client: TestClient, job_id: str, timeout: float = 60) -> dict:
 def test_a_model_folder_with_remote_code_is_refused_and_never_runs(tmp_path, client):
     marker = tmp_path / "marker"
     evil = remote_code_model(tmp_path / "evil", marker)
-    for body in ({"model": str(evil), "trust_remote_code": True, "task": "cmmlu"},
-                 {"model": str(evil), "task": "cmmlu"},
-                 {"trust_remote_code": True, "task": "cmmlu"}):
+    for body in (
+        {"model": str(evil), "trust_remote_code": True, "task": "cmmlu"},
+        {"model": str(evil), "task": "cmmlu"},
+        {"trust_remote_code": True, "task": "cmmlu"},
+    ):
         reply = client.post("/v1/evals", json=body)
         assert reply.status_code == 400, reply.text
         assert reply.json()["error"]["param"] in ("trust_remote_code", "model")
@@ -92,9 +109,13 @@ def test_an_allowed_model_still_never_runs_its_own_code(tmp_path, allowed, make_
     """Even a model the operator allows is loaded without trust_remote_code: the job fails, the module never runs."""
     marker = tmp_path / "marker"
     evil = remote_code_model(allowed / "evil", marker)
-    client = make_client(tmp_path, f"jobs.allow_models=[{evil}]", f"jobs.allow_dirs=[{allowed}]", "trust_remote_code=true")
+    client = make_client(
+        tmp_path, f"jobs.allow_models=[{evil}]", f"jobs.allow_dirs=[{allowed}]", "trust_remote_code=true"
+    )
     (allowed / "qa.json").write_text(json.dumps([{"instruction": "q", "output": "a"}]))
-    reply = client.post("/v1/evals", json={"model": str(evil), "task": "bleu-rouge", "dataset": str(allowed / "qa.json")})
+    reply = client.post(
+        "/v1/evals", json={"model": str(evil), "task": "bleu-rouge", "dataset": str(allowed / "qa.json")}
+    )
     assert reply.status_code == 202, reply.text
     job = wait(client, reply.json()["id"])
     assert job["status"] == "failed" and not marker.exists()
@@ -155,7 +176,9 @@ def test_paths_outside_the_allowed_folders_are_refused_alike(tmp_path, client, a
 
 def test_job_outputs_go_where_the_server_says(tmp_path, client, allowed):
     (allowed / "qa.json").write_text(json.dumps([{"instruction": "q", "output": "ok"}]))
-    job = wait(client, client.post("/v1/evals", json={"task": "bleu-rouge", "dataset": str(allowed / "qa.json")}).json()["id"])
+    job = wait(
+        client, client.post("/v1/evals", json={"task": "bleu-rouge", "dataset": str(allowed / "qa.json")}).json()["id"]
+    )
     assert job["status"] == "succeeded", job["error"]
     assert Path(job["result"]["output_file"]).parent == tmp_path / "jobs" / f"job-{job['id']}"
 
@@ -204,7 +227,9 @@ def test_out_of_range_chat_numbers_are_400(tmp_path, extra, param, make_client):
 # -- keys before bodies --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/evals", "/v1/models", "/openapi.json", "/docs", "/v1/nothing"])
+@pytest.mark.parametrize(
+    "path", ["/v1/chat/completions", "/v1/evals", "/v1/models", "/openapi.json", "/docs", "/v1/nothing"]
+)
 def test_no_key_is_401_before_the_body_is_read(tmp_path, path, make_client):
     client = TestClient(make_client(tmp_path, "openapi=true").app)
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
@@ -252,8 +277,10 @@ def test_a_declared_20mb_body_is_refused_unread_in_under_a_second(live):
     host, port = live.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         started = time.perf_counter()
-        sock.sendall(f"POST /v1/evals HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
-                     f"Content-Type: application/json\r\nContent-Length: {20 * 2**20}\r\n\r\n".encode())
+        sock.sendall(
+            f"POST /v1/evals HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {20 * 2**20}\r\n\r\n".encode()
+        )
         answer = b""
         while chunk := sock.recv(65536):  # the server closes the connection after its answer
             answer += chunk

@@ -31,10 +31,13 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "templates.md"
 
 
 def _cases(entries: Mapping[str, dict]) -> list[tuple[str, str, str]]:
-    return [(fixture, name, sample.name)
-            for fixture, entry in entries.items()
-            for name in entry["templates"]
-            for sample in SAMPLES if sample.needs <= set(entry["supports"])]
+    return [
+        (fixture, name, sample.name)
+        for fixture, entry in entries.items()
+        for name in entry["templates"]
+        for sample in SAMPLES
+        if sample.needs <= set(entry["supports"])
+    ]
 
 
 @pytest.mark.parametrize("fixture, name, sample", _cases(JINJA))
@@ -43,8 +46,9 @@ def test_packaged_template_renders_the_official_text(fixture, name, sample):
     jinja = (FIXTURES / entry["file"]).read_text(encoding="utf-8")
     conversation = next(s for s in SAMPLES if s.name == sample)
     kwargs = {**(entry.get("kwargs") or {}), **(entry["templates"][name] or {})}
-    results = check(PACKAGED.get(name), jinja, [conversation], bos_token=entry["bos_token"],
-                    eos_token=entry["eos_token"], **kwargs)
+    results = check(
+        PACKAGED.get(name), jinja, [conversation], bos_token=entry["bos_token"], eos_token=entry["eos_token"], **kwargs
+    )
     assert [r.mode for r in results] == [mode for mode, _, _ in modes(conversation)]
     failures = [f"{r.mode}: {r.error or r.difference}" for r in results if r.error or r.difference]
     assert not failures, f"{name} vs {entry['model']} on '{sample}':\n" + "\n".join(failures)
@@ -59,10 +63,15 @@ def test_every_packaged_template_is_verified():
 
 
 def test_templates_verified_against_a_reference_format_say_so_and_are_listed():
-    marked = {name: PACKAGED.get(name).verified_against for name in PACKAGED.names()
-              if PACKAGED.get(name).verified_against != "official"}
+    marked = {
+        name: PACKAGED.get(name).verified_against
+        for name in PACKAGED.names()
+        if PACKAGED.get(name).verified_against != "official"
+    }
     assert marked == {name: entry["kind"] for entry in REFERENCES.values() for name in entry["templates"]}
-    listed = next(part for part in DOC.read_text(encoding="utf-8").split("\n\n") if part.startswith("Without an official"))
+    listed = next(
+        part for part in DOC.read_text(encoding="utf-8").split("\n\n") if part.startswith("Without an official")
+    )
     assert all(f"`{name}`" in listed for name in marked), listed
 
 
@@ -97,11 +106,14 @@ def _llamafactory_slots(slots: Sequence, values: Mapping[str, str], bos: str, eo
     return "".join(out)
 
 
-def render_llamafactory(definition: Mapping, messages: Sequence[Mapping], system: str, *, bos: str, eos: str,
-                        whole: bool) -> str:
+def render_llamafactory(
+    definition: Mapping, messages: Sequence[Mapping], system: str, *, bos: str, eos: str, whole: bool
+) -> str:
     efficient = definition.get("efficient_eos", False)
     user = definition.get("format_user", ["{{content}}"])
-    assistant = definition.get("format_assistant", ["{{content}}"] if efficient else ["{{content}}", {"special": "eos_token"}])
+    assistant = definition.get(
+        "format_assistant", ["{{content}}"] if efficient else ["{{content}}", {"special": "eos_token"}]
+    )
     system = system or definition.get("default_system", "")
     text = _llamafactory_slots(definition.get("format_prefix", []), {}, bos, eos)
     if system and messages:
@@ -129,8 +141,9 @@ def render_reference(entry: Mapping, messages: Sequence[Mapping], system: str, m
     definition = json.loads((FIXTURES / entry["file"]).read_text(encoding="utf-8"))[entry["entry"]]
     if entry["kind"] == "fastchat":
         return render_fastchat(definition, messages, system, generation=mode == "generation")
-    return render_llamafactory(definition, messages, system, bos=entry["bos_token"], eos=entry["eos_token"],
-                               whole=mode == "whole")
+    return render_llamafactory(
+        definition, messages, system, bos=entry["bos_token"], eos=entry["eos_token"], whole=mode == "whole"
+    )
 
 
 @pytest.mark.parametrize("fixture, name, sample", _cases(REFERENCES))
@@ -142,8 +155,9 @@ def test_template_renders_its_reference_format(fixture, name, sample):
     failures = []
     for mode, messages, generation in modes(conversation):
         reference = render_reference(entry, messages, conversation.system, mode)
-        ours = template.render_text(messages, system=conversation.system, add_generation_prompt=generation,
-                                    tokenizer=tokenizer)
+        ours = template.render_text(
+            messages, system=conversation.system, add_generation_prompt=generation, tokenizer=tokenizer
+        )
         if mode == "whole" and stop and ours == reference + stop:
             ours = reference  # the declared end token after the final answer, where the reference writes none
         difference = first_difference(reference, ours)
@@ -182,15 +196,17 @@ def test_the_check_fails_on_a_single_differing_byte():
     results = check(broken, jinja, SAMPLES[:1], bos_token="", eos_token=entry["eos_token"])
     assert [r.difference is not None for r in results] == [True, True, True]
     assert "<|im_end|>\\n" in results[0].difference and "<|im_end|> " in results[0].difference
-    assert first_difference("abc", "abd") .startswith("first difference at character 2")
+    assert first_difference("abc", "abd").startswith("first difference at character 2")
 
 
 def test_official_rendering_uses_transformers_and_the_models_tokens():
     entry = SOURCES["llama3.3"]
     jinja = (FIXTURES / entry["file"]).read_text(encoding="utf-8")
     text = render_official(jinja, SAMPLES[0].messages, bos_token="<B>", date_string="01 Jan 2030")
-    assert text.startswith("<B><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
-                           "Today Date: 01 Jan 2030\n\n<|eot_id|>")
+    assert text.startswith(
+        "<B><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
+        "Today Date: 01 Jan 2030\n\n<|eot_id|>"
+    )
 
 
 def test_the_docs_table_names_every_template_with_its_source():
@@ -215,8 +231,9 @@ def test_auto_tells_each_version_apart_by_its_official_template():
         claimed = [name for name in entry["templates"] if PACKAGED.get(name).detect]
         if not claimed:
             continue
-        tokenizer = SimpleNamespace(chat_template=(FIXTURES / entry["file"]).read_text(encoding="utf-8"),
-                                    name_or_path="")
+        tokenizer = SimpleNamespace(
+            chat_template=(FIXTURES / entry["file"]).read_text(encoding="utf-8"), name_or_path=""
+        )
         found = detect_template(tokenizer, manager)
         if found not in claimed:
             wrong[fixture] = found
@@ -231,20 +248,35 @@ def test_parallel_results_of_openai_data_render_as_the_official_template():
     from factory.data.formats import OPENAI
     from factory.data.resolve import DatasetSpec
 
-    calls = [{"id": "call00001", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
-             {"id": "call00002", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Rome"}}}]
-    messages = [{"role": "user", "content": "Paris and Rome?"},
-                {"role": "assistant", "content": "", "tool_calls": calls},
-                {"role": "tool", "tool_call_id": "call00001", "content": "22"},
-                {"role": "tool", "tool_call_id": "call00002", "content": "25"},
-                {"role": "assistant", "content": "22 and 25."}]
+    calls = [
+        {"id": "call00001", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+        {"id": "call00002", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Rome"}}},
+    ]
+    messages = [
+        {"role": "user", "content": "Paris and Rome?"},
+        {"role": "assistant", "content": "", "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "call00001", "content": "22"},
+        {"role": "tool", "tool_call_id": "call00002", "content": "25"},
+        {"role": "assistant", "content": "22 and 25."},
+    ]
     record = OPENAI.align({"messages": messages}, DatasetSpec(name="calls", formatting="openai"))
-    assert [m["role"] for m in record["messages"]] == ["user", "function_call", "observation", "observation", "assistant"]
+    assert [m["role"] for m in record["messages"]] == [
+        "user",
+        "function_call",
+        "observation",
+        "observation",
+        "assistant",
+    ]
     for fixture, name in (("qwen2.5", "qwen2_5"), ("mistral-nemo", "mistral_nemo")):
         entry = SOURCES[fixture]
-        official, _ = render_jinja_template(conversations=[messages], chat_template=(FIXTURES / entry["file"]).read_text(
-            encoding="utf-8"), bos_token=entry["bos_token"], eos_token=entry["eos_token"])
-        ours = PACKAGED.get(name).render_text(record["messages"], tokenizer=SimpleNamespace(
-            bos_token=entry["bos_token"], eos_token=entry["eos_token"]))
+        official, _ = render_jinja_template(
+            conversations=[messages],
+            chat_template=(FIXTURES / entry["file"]).read_text(encoding="utf-8"),
+            bos_token=entry["bos_token"],
+            eos_token=entry["eos_token"],
+        )
+        ours = PACKAGED.get(name).render_text(
+            record["messages"], tokenizer=SimpleNamespace(bos_token=entry["bos_token"], eos_token=entry["eos_token"])
+        )
         assert first_difference(official[0], ours) is None, first_difference(official[0], ours)
     assert official[0].count("[TOOL_RESULTS]") == 2

@@ -74,8 +74,9 @@ def test_qwen3_nothink_puts_the_empty_block_in_the_prompt():
     segments = template.render(REASONING_CHAT, tokenizer=QWEN, reasoning="drop")
     assert trained(segments)[-1] == "60.<|im_end|>"
     prompt = template.render_text(REASONING_CHAT[:3], tokenizer=QWEN, add_generation_prompt=True)
-    assert prompt == render_official(jinja("qwen3"), REASONING_CHAT[:3], add_generation_prompt=True,
-                                     eos_token="<|im_end|>", enable_thinking=False)
+    assert prompt == render_official(
+        jinja("qwen3"), REASONING_CHAT[:3], add_generation_prompt=True, eos_token="<|im_end|>", enable_thinking=False
+    )
     assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
 
 
@@ -83,8 +84,13 @@ def test_r1_trains_what_the_model_writes_after_its_generation_prompt():
     template = PACKAGED.get("deepseek_r1")
     segments = template.render(REASONING_CHAT, tokenizer=R1)
     text = "".join(s.text for s in segments)
-    prompt = render_official(jinja("deepseek-r1-distill-llama"), REASONING_CHAT[:3], add_generation_prompt=True,
-                             bos_token=R1.bos_token, eos_token=R1.eos_token)
+    prompt = render_official(
+        jinja("deepseek-r1-distill-llama"),
+        REASONING_CHAT[:3],
+        add_generation_prompt=True,
+        bos_token=R1.bos_token,
+        eos_token=R1.eos_token,
+    )
     assert prompt.endswith("<｜Assistant｜><think>\n")
     # The final turn is the official prompt followed by the reasoning and the answer; the earlier
     # answer lost its reasoning exactly as the official template drops it.
@@ -102,13 +108,20 @@ def test_an_unknown_reasoning_mode_is_a_config_error():
 
 def test_the_openai_aligner_writes_reasoning_content_inline_and_keeps_call_ids():
     spec = DatasetSpec(name="x", formatting="openai")
-    row = {"messages": [
-        {"role": "user", "content": "q"},
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"id": "call12345", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}}]},
-        {"role": "tool", "content": "r"},
-        {"role": "assistant", "content": "\nthe answer", "reasoning_content": "\nthinking\n"},
-    ]}
+    row = {
+        "messages": [
+            {"role": "user", "content": "q"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"id": "call12345", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+                ],
+            },
+            {"role": "tool", "content": "r"},
+            {"role": "assistant", "content": "\nthe answer", "reasoning_content": "\nthinking\n"},
+        ]
+    }
     record = OPENAI.align(row, spec)
     assert record["messages"][3]["content"] == "<think>\nthinking\n</think>\n\nthe answer"
     assert [call.id for call in tool_calls(record["messages"][1]["content"])] == ["call12345"]
@@ -128,8 +141,15 @@ def test_the_run_settings_reach_tokenization(smollm2_path):
     from factory.data.tokenize import TokenizeOptions
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
-    batch = {"messages": [REASONING_CHAT], "system": [""], "tools": [""], "chosen": [None], "rejected": [None],
-             "label": [None], "text": [None]}
+    batch = {
+        "messages": [REASONING_CHAT],
+        "system": [""],
+        "tools": [""],
+        "chosen": [None],
+        "rejected": [None],
+        "label": [None],
+        "text": [None],
+    }
     options = TokenizeOptions(kind="supervised", cutoff_len=512)
     labels = {}
     for mode in ("train", "keep"):
@@ -142,8 +162,16 @@ def test_the_run_settings_reach_tokenization(smollm2_path):
 # -- aliases -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("alias, name", [("gemma2", "gemma"), ("deepseekr1", "deepseek_r1"), ("qwen", "qwen2_5"),
-                                         ("ministral", "mistral_nemo"), ("intern2", "intern")])
+@pytest.mark.parametrize(
+    "alias, name",
+    [
+        ("gemma2", "gemma"),
+        ("deepseekr1", "deepseek_r1"),
+        ("qwen", "qwen2_5"),
+        ("ministral", "mistral_nemo"),
+        ("intern2", "intern"),
+    ],
+)
 def test_llamafactory_names_are_aliases(manager, alias, name):
     assert PACKAGED.aliases()[alias] == name
     template = get_template(alias, SimpleNamespace(bos_token="<s>", eos_token="</s>"), manager)
@@ -159,8 +187,14 @@ def test_an_alias_that_names_a_template_is_refused(tmp_path):
     from factory.data.template import TemplateLibrary
     from factory.errors import PluginError
 
-    base = {"system": "{{content}}", "default_system": "", "user": "{{content}}", "assistant": "{{content}}",
-            "stop_words": [], "eos_ends_turn": False}
+    base = {
+        "system": "{{content}}",
+        "default_system": "",
+        "user": "{{content}}",
+        "assistant": "{{content}}",
+        "stop_words": [],
+        "eos_ends_turn": False,
+    }
     (tmp_path / "t.yaml").write_text(yaml.safe_dump({"a": base, "b": {**base, "aliases": ["a"]}}))
     with pytest.raises(PluginError, match="'a' names both template 'a' and an alias of 'b'"):
         TemplateLibrary(tmp_path).names()
@@ -177,8 +211,9 @@ def smol(smollm2_path):
 
 
 @pytest.mark.parametrize("fixture, expected", [("qwen3", "qwen3"), ("deepseek-r1-distill-llama", "deepseek_r1")])
-def test_auto_uses_the_version_its_jinja_identifies_when_the_jinja_is_not_prefix_consistent(smol, manager, fixture,
-                                                                                          expected):
+def test_auto_uses_the_version_its_jinja_identifies_when_the_jinja_is_not_prefix_consistent(
+    smol, manager, fixture, expected
+):
     tok = copy.deepcopy(smol)
     tok.chat_template = jinja(fixture)
     template = get_template("auto", tok, manager)
@@ -201,8 +236,13 @@ def test_auto_without_a_jinja_reads_the_vocabulary(smol, manager):
 def test_smollm_renders_what_smollm2s_own_template_renders(smol):
     from factory.data.template_check import SAMPLES, check
 
-    results = check(PACKAGED.get("smollm"), smol.chat_template, [s for s in SAMPLES if not s.needs],
-                    bos_token=smol.bos_token, eos_token=smol.eos_token)
+    results = check(
+        PACKAGED.get("smollm"),
+        smol.chat_template,
+        [s for s in SAMPLES if not s.needs],
+        bos_token=smol.bos_token,
+        eos_token=smol.eos_token,
+    )
     assert results and all(r.difference is None and r.error is None for r in results), results
 
 
@@ -224,11 +264,33 @@ def test_cli_check_shows_the_first_difference_and_exits_1(capsys):
 
 def test_cli_check_renders_the_users_own_conversations(tmp_path, capsys):
     data = tmp_path / "chats.jsonl"
-    data.write_text(json.dumps({"messages": [{"role": "system", "content": "Sé breve."},
-                                             {"role": "user", "content": "¿Hola?"},
-                                             {"role": "assistant", "content": "Hola."}]}) + "\n")
-    code = main(["templates", "check", "llama3_1", "--jinja", str(FIXTURES / "llama3.3.jinja"), "--data", str(data),
-                 "--bos-token", "<|begin_of_text|>", "--date-string", "26 Jul 2024"])
+    data.write_text(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "system", "content": "Sé breve."},
+                    {"role": "user", "content": "¿Hola?"},
+                    {"role": "assistant", "content": "Hola."},
+                ]
+            }
+        )
+        + "\n"
+    )
+    code = main(
+        [
+            "templates",
+            "check",
+            "llama3_1",
+            "--jinja",
+            str(FIXTURES / "llama3.3.jinja"),
+            "--data",
+            str(data),
+            "--bos-token",
+            "<|begin_of_text|>",
+            "--date-string",
+            "26 Jul 2024",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "chats.jsonl#1" in out and "3 byte-exact" in out
 
@@ -238,11 +300,17 @@ def test_cli_check_reads_the_template_and_tokens_of_a_model_folder(smollm2_path,
     assert "0 differing" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["templates", "check", "qwen3"], "needs the official template: --jinja FILE or --model DIR"),
-    (["templates", "check", "qwen3", "--jinja", "/nonexistent.jinja"], "cannot read --jinja /nonexistent.jinja"),
-    (["templates", "check", "qwen3", "--model", "/tmp"], "--model /tmp is not a folder with a tokenizer_config.json"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["templates", "check", "qwen3"], "needs the official template: --jinja FILE or --model DIR"),
+        (["templates", "check", "qwen3", "--jinja", "/nonexistent.jinja"], "cannot read --jinja /nonexistent.jinja"),
+        (
+            ["templates", "check", "qwen3", "--model", "/tmp"],
+            "--model /tmp is not a folder with a tokenizer_config.json",
+        ),
+    ],
+)
 def test_cli_check_errors_are_one_sentence(capsys, args, message):
     assert main(args) == 2
     err = capsys.readouterr().err

@@ -146,8 +146,11 @@ def test_auto_passes_tools_and_tool_calls_to_a_jinja_that_renders_them(tokenizer
     hf = [
         {"role": "system", "content": TOOL_SYSTEM},
         TOOL_CHAT[0],
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"type": "function", "function": {"name": "get_weather", "arguments": CALL_ARGS}}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": CALL_ARGS}}],
+        },
         {"role": "tool", "content": "OBSERVED-sunny-22C"},
         TOOL_CHAT[3],
     ]
@@ -226,8 +229,14 @@ def test_every_template_renders_a_tool_conversation(tokenizer, name):
     position = 0
     # Mistral NeMo's template writes the system prompt only before a final user message.
     system = [] if template.system_in_user == "last" else [TOOL_SYSTEM]
-    for piece in [*system, "USER-ASKS-weather-91", "get_weather", arguments, "OBSERVED-sunny-22C",
-                  "ANSWER-it-is-sunny-55"]:
+    for piece in [
+        *system,
+        "USER-ASKS-weather-91",
+        "get_weather",
+        arguments,
+        "OBSERVED-sunny-22C",
+        "ANSWER-it-is-sunny-55",
+    ]:
         found = text.find(piece, position)
         assert found >= 0, f"{piece!r} missing or out of order in {text!r}"
         if piece != "get_weather":  # the name is also in the tool definitions
@@ -248,14 +257,15 @@ def test_every_template_renders_a_tool_conversation(tokenizer, name):
 
     # What inference renders is exactly the prefix training saw before the answer, except where the
     # family's own template is not prefix-consistent.
-    prompt = template.render_text(TOOL_CHAT[:3], system=TOOL_SYSTEM, tools=TOOLS, add_generation_prompt=True,
-                                  tokenizer=tokenizer)
+    prompt = template.render_text(
+        TOOL_CHAT[:3], system=TOOL_SYSTEM, tools=TOOLS, add_generation_prompt=True, tokenizer=tokenizer
+    )
     if name in NOT_PREFIX_CONSISTENT:
         return
     assert text.startswith(prompt)
     # the answer turn after it is trained (the text a family's generation prompt leaves to the model)
-    rest = text[len(prompt):]
-    assert responses[1] in rest and "ANSWER" not in rest[:rest.index(responses[1])]
+    rest = text[len(prompt) :]
+    assert responses[1] in rest and "ANSWER" not in rest[: rest.index(responses[1])]
 
 
 @pytest.mark.parametrize("name", PACKAGED.names())
@@ -271,8 +281,16 @@ def test_default_system_is_used_only_without_a_system(tokenizer, name):
 
 
 def test_every_yaml_entry_declares_the_documented_keys():
-    declared = ("description", "model_types", "system", "default_system", "user", "assistant", "stop_words",
-                "eos_ends_turn")
+    declared = (
+        "description",
+        "model_types",
+        "system",
+        "default_system",
+        "user",
+        "assistant",
+        "stop_words",
+        "eos_ends_turn",
+    )
     for file in files("factory.chat_templates").iterdir():
         if not file.name.endswith(".yaml"):
             continue
@@ -314,8 +332,14 @@ def test_unknown_template_lists_the_available_ones(tokenizer, manager):
     ],
 )
 def test_a_malformed_entry_names_the_file_and_the_key(tmp_path, entry, expected):
-    good = {"system": "S: {{content}}\n", "default_system": "", "user": "U: {{content}}\n",
-            "assistant": "A: {{content}}<end>\n", "stop_words": ["<end>"], "eos_ends_turn": False}
+    good = {
+        "system": "S: {{content}}\n",
+        "default_system": "",
+        "user": "U: {{content}}\n",
+        "assistant": "A: {{content}}<end>\n",
+        "stop_words": ["<end>"],
+        "eos_ends_turn": False,
+    }
     bad = {k: v for k, v in good.items() if k not in entry or entry[k] is not None} | entry
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump({"good": good, "bad": bad}))
     library = TemplateLibrary(tmp_path)
@@ -339,8 +363,9 @@ def test_a_name_defined_twice_names_both_files(tmp_path):
 
 def test_invalid_python_template_is_a_plugin_error():
     with pytest.raises(PluginError, match="template 'mine' is invalid: key 'assistant' is missing"):
-        Template(name="mine", system="{{content}}", default_system="", user="{{content}}", stop_words=[],
-                 eos_ends_turn=False)
+        Template(
+            name="mine", system="{{content}}", default_system="", user="{{content}}", stop_words=[], eos_ends_turn=False
+        )
 
 
 @pytest.mark.parametrize(
@@ -375,9 +400,17 @@ def test_template_needs_a_tokenizer_for_its_special_tokens():
 def test_a_third_party_registers_templates_through_the_hook(tokenizer, tmp_path, monkeypatch):
     (tmp_path / "theirs.yaml").write_text(
         yaml.safe_dump(
-            {"from-yaml": {"system": "<sys>{{content}}</sys>", "default_system": "Be kind.", "user": "<q>{{content}}</q>",
-                           "assistant": "<a>{{content}}</a>", "stop_words": ["</a>"], "eos_ends_turn": False,
-                           "model_types": ["qwen2"]}}
+            {
+                "from-yaml": {
+                    "system": "<sys>{{content}}</sys>",
+                    "default_system": "Be kind.",
+                    "user": "<q>{{content}}</q>",
+                    "assistant": "<a>{{content}}</a>",
+                    "stop_words": ["</a>"],
+                    "eos_ends_turn": False,
+                    "model_types": ["qwen2"],
+                }
+            }
         )
     )
     library = TemplateLibrary(tmp_path)
@@ -385,9 +418,18 @@ def test_a_third_party_registers_templates_through_the_hook(tokenizer, tmp_path,
     class Plugin:
         @hookimpl
         def register_templates(self, register):
-            register("mytemplate", Template(name="mytemplate", system="[S]{{content}}", default_system="",
-                                            user="[U]{{content}}", assistant="[A]{{content}}{{eos_token}}",
-                                            stop_words=[], eos_ends_turn=True))
+            register(
+                "mytemplate",
+                Template(
+                    name="mytemplate",
+                    system="[S]{{content}}",
+                    default_system="",
+                    user="[U]{{content}}",
+                    assistant="[A]{{content}}{{eos_token}}",
+                    stop_words=[],
+                    eos_ends_turn=True,
+                ),
+            )
             library.register_all(register, f"{__name__}:THEIRS")
 
     monkeypatch.setattr(sys.modules[__name__], "THEIRS", library)
@@ -427,8 +469,10 @@ def test_argument_values_that_are_not_text_round_trip(name):
 
     template = PACKAGED.get(name)
     arguments = {"city": "Oslo", "days": 3, "metric": True, "ratio": 0.5, "hours": [9, 12], "filters": {"rain": False}}
-    messages = [{"role": "user", "content": "Forecast?"},
-                {"role": "function_call", "content": json.dumps({"name": "get_forecast", "arguments": arguments})}]
+    messages = [
+        {"role": "user", "content": "Forecast?"},
+        {"role": "function_call", "content": json.dumps({"name": "get_forecast", "arguments": arguments})},
+    ]
     tokenizer = SimpleNamespace(bos_token="<s>", eos_token="</s>")
     answer = [s.text for s in template.render(messages, tokenizer=tokenizer) if s.trainable][-1]
     for marker in [*template.stop_words, "</s>"]:

@@ -51,8 +51,15 @@ def test_sft_full_writes_every_output(tiny_causal_lm, demo_dir, tmp_path):
     out = tmp_path / "full"
     metrics = factory.finetune(**base_args(tiny_causal_lm, demo_dir, out, method="full"))
     assert_learns(metrics)
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "factory_config.yaml", "metrics.json",
-                 "training_loss.png", "factory_run.json"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "factory_config.yaml",
+        "metrics.json",
+        "training_loss.png",
+        "factory_run.json",
+    ):
         assert (out / name).is_file(), name
     record = json.loads((out / "factory_run.json").read_text())
     assert record["factory"] == factory.__version__ and record["method"] == "full"
@@ -81,7 +88,9 @@ def test_sft_freeze_changes_only_the_trained_layer(tiny_causal_lm, demo_dir, tmp
 
 
 def test_pretrain_stage(tiny_causal_lm, demo_dir, tmp_path):
-    metrics = factory.finetune(**base_args(tiny_causal_lm, demo_dir, tmp_path / "pt", stage="pt", dataset="c4_demo", method="full"))
+    metrics = factory.finetune(
+        **base_args(tiny_causal_lm, demo_dir, tmp_path / "pt", stage="pt", dataset="c4_demo", method="full")
+    )
     assert_learns(metrics)
 
 
@@ -113,8 +122,12 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_causal_lm, demo_dir
     subprocess.run(_cli(*_overrides(tiny_causal_lm, demo_dir, straight)), check=True, env=env, capture_output=True)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(*_overrides(tiny_causal_lm, demo_dir, killed)), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli(*_overrides(tiny_causal_lm, demo_dir, killed)),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not (killed / "checkpoint-8" / "trainer_state.json").is_file():
         assert proc.poll() is None, "run ended before it could be killed"
@@ -124,8 +137,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_causal_lm, demo_dir
     proc.wait()
     assert not (killed / "metrics.json").exists(), "the run finished before the kill"
 
-    resumed = subprocess.run(_cli(*_overrides(tiny_causal_lm, demo_dir, killed, resume=True)), env=env,
-                             capture_output=True, text=True)
+    resumed = subprocess.run(
+        _cli(*_overrides(tiny_causal_lm, demo_dir, killed, resume=True)), env=env, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     record = json.loads((killed / "factory_run.json").read_text())
     assert record["resumed_from"].endswith("checkpoint-8")
@@ -135,9 +149,24 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_causal_lm, demo_dir
 def test_torchrun_two_processes_train_data_parallel(tiny_causal_lm, demo_dir, tmp_path):
     single = factory.finetune(**base_args(tiny_causal_lm, demo_dir, tmp_path / "one", method="full", max_steps=4))
     proc = subprocess.run(
-        _cli(*[f"{k}={v}" for k, v in base_args(tiny_causal_lm, demo_dir, tmp_path / "two", method="full", max_steps=4,
-                                               nproc=2, sample_prompt="null").items() if v is not None]),
-        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        _cli(
+            *[
+                f"{k}={v}"
+                for k, v in base_args(
+                    tiny_causal_lm,
+                    demo_dir,
+                    tmp_path / "two",
+                    method="full",
+                    max_steps=4,
+                    nproc=2,
+                    sample_prompt="null",
+                ).items()
+                if v is not None
+            ]
+        ),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((tmp_path / "two" / "factory_run.json").read_text())
@@ -149,9 +178,15 @@ def test_torchrun_two_processes_train_data_parallel(tiny_causal_lm, demo_dir, tm
     assert seen_two > 1.5 * seen_one
 
 
-@pytest.mark.parametrize("lever", [{"padding_free": False, "chunked_loss": False, "fused_ops": False},
-                                   {"padding_free": True, "chunked_loss": False}, {"padding_free": False, "chunked_loss": True},
-                                   {"fused_ops": False}])
+@pytest.mark.parametrize(
+    "lever",
+    [
+        {"padding_free": False, "chunked_loss": False, "fused_ops": False},
+        {"padding_free": True, "chunked_loss": False},
+        {"padding_free": False, "chunked_loss": True},
+        {"fused_ops": False},
+    ],
+)
 def test_speed_levers_do_not_change_what_is_learned(tiny_causal_lm, demo_dir, tmp_path, lever):
     """Padding-free batches and the chunked loss give the same losses as padded batches with the library loss."""
     common = dict(method="lora", max_steps=6, lora={"rank": 4})
@@ -168,14 +203,19 @@ def _adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 def test_adapter_in_a_training_run_continues_that_adapter(tiny_causal_lm, demo_dir, tmp_path):
     """adapter=DIR trains the saved adapter further (its own rank, not lora.rank) instead of a fresh one."""
-    factory.finetune(**base_args(tiny_causal_lm, demo_dir, tmp_path / "first", method="lora", max_steps=6, lora={"rank": 4}))
+    factory.finetune(
+        **base_args(tiny_causal_lm, demo_dir, tmp_path / "first", method="lora", max_steps=6, lora={"rank": 4})
+    )
     first = _adapter_tensors(tmp_path / "first")
     assert any(name.endswith("lora_B.weight") and t.abs().max() > 0 for name, t in first.items())
 
     # A learning rate far below fp32's resolution at any weight this adapter holds: it comes back bit for bit.
     still = dict(max_steps=1, learning_rate=1e-30, lora={"rank": 8})
-    kept = factory.finetune(**base_args(tiny_causal_lm, demo_dir, tmp_path / "kept", method="lora",
-                                        adapter=str(tmp_path / "first"), **still))
+    kept = factory.finetune(
+        **base_args(
+            tiny_causal_lm, demo_dir, tmp_path / "kept", method="lora", adapter=str(tmp_path / "first"), **still
+        )
+    )
     fresh = factory.finetune(**base_args(tiny_causal_lm, demo_dir, tmp_path / "fresh", method="lora", **still))
     again = _adapter_tensors(tmp_path / "kept")
     assert again.keys() == first.keys()
@@ -185,22 +225,33 @@ def test_adapter_in_a_training_run_continues_that_adapter(tiny_causal_lm, demo_d
     # The trained adapter is in the forward pass: its first loss is not the fresh (zero-update) adapter's.
     assert losses(kept)[0] != pytest.approx(losses(fresh)[0], abs=1e-4)
 
-    factory.finetune(**base_args(tiny_causal_lm, demo_dir, tmp_path / "more", method="lora", max_steps=2,
-                                 adapter=str(tmp_path / "first")))
+    factory.finetune(
+        **base_args(
+            tiny_causal_lm, demo_dir, tmp_path / "more", method="lora", max_steps=2, adapter=str(tmp_path / "first")
+        )
+    )
     more = _adapter_tensors(tmp_path / "more")
     assert {name: t.shape for name, t in more.items()} == {name: t.shape for name, t in first.items()}
     assert not all(torch.equal(more[name], first[name]) for name in first)
 
 
-@pytest.mark.parametrize(("method", "message"), [
-    ("full", "method=full cannot continue training the adapter"),
-    ("dora", "was trained with method=lora, not method=dora; set method=lora"),
-])
+@pytest.mark.parametrize(
+    ("method", "message"),
+    [
+        ("full", "method=full cannot continue training the adapter"),
+        ("dora", "was trained with method=lora, not method=dora; set method=lora"),
+    ],
+)
 def test_adapter_a_method_cannot_continue_is_refused(tiny_causal_lm, demo_dir, tmp_path, method, message):
-    factory.finetune(**base_args(tiny_causal_lm, demo_dir, tmp_path / "first", method="lora", max_steps=1, lora={"rank": 4}))
+    factory.finetune(
+        **base_args(tiny_causal_lm, demo_dir, tmp_path / "first", method="lora", max_steps=1, lora={"rank": 4})
+    )
     with pytest.raises(ConfigError, match=message):
-        factory.finetune(**base_args(tiny_causal_lm, demo_dir, tmp_path / "next", method=method, max_steps=1,
-                                     adapter=str(tmp_path / "first")))
+        factory.finetune(
+            **base_args(
+                tiny_causal_lm, demo_dir, tmp_path / "next", method=method, max_steps=1, adapter=str(tmp_path / "first")
+            )
+        )
     assert not (tmp_path / "next" / "adapter_model.safetensors").exists()
 
 
@@ -213,13 +264,25 @@ def test_a_quantized_checkpoint_without_its_quantizer_is_refused(tiny_causal_lm,
     config = json.loads((model / "config.json").read_text())
     config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
     (model / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ConfigError, match=r"is a bitsandbytes-quantized checkpoint but quantization is not set; set quantization="):
+    with pytest.raises(
+        ConfigError, match=r"is a bitsandbytes-quantized checkpoint but quantization is not set; set quantization="
+    ):
         factory.finetune(**base_args(model, demo_dir, tmp_path / "out", method="lora", max_steps=1))
     assert not any((tmp_path / "out").glob("*"))
 
 
 def test_a_diverging_run_stops_in_one_sentence_with_stop_on_nan(tiny_causal_lm, demo_dir, tmp_path):
-    args = base_args(tiny_causal_lm, demo_dir, tmp_path / "nan", method="full", learning_rate=1e9, max_grad_norm=0.0,
-                     callbacks=["stop-on-nan"], max_steps=30)
-    with pytest.raises(factory.FactoryError, match=r"^the loss became (nan|inf) at step \d+; lower learning_rate \(now 1000000000.0\)"):
+    args = base_args(
+        tiny_causal_lm,
+        demo_dir,
+        tmp_path / "nan",
+        method="full",
+        learning_rate=1e9,
+        max_grad_norm=0.0,
+        callbacks=["stop-on-nan"],
+        max_steps=30,
+    )
+    with pytest.raises(
+        factory.FactoryError, match=r"^the loss became (nan|inf) at step \d+; lower learning_rate \(now 1000000000.0\)"
+    ):
         factory.finetune(**args)

@@ -69,14 +69,18 @@ def test_a_replaced_model_is_walked_afresh(trainer, tiny_causal_lm):
     assert second == Trainer.floating_point_ops(trainer, {"input_ids": torch.zeros(1, 4, dtype=torch.long)}) < first
 
 
-def test_a_trained_fp32_head_computes_in_bf16_under_mixed_precision_like_the_library(tiny_causal_lm, tmp_path, monkeypatch):
+def test_a_trained_fp32_head_computes_in_bf16_under_mixed_precision_like_the_library(
+    tiny_causal_lm, tmp_path, monkeypatch
+):
     """Full fine-tuning: fp32 weights, bf16 autocast. The chunked loss's head matmuls run in bf16, as the library's
     head does inside the autocast forward, and give the library's loss and head gradient."""
     from factory.train import loss as loss_module
 
     seen = []
     real = loss_module._compute_dtype
-    monkeypatch.setattr(loss_module, "_compute_dtype", lambda hidden, weight: seen.append(real(hidden, weight)) or seen[-1])
+    monkeypatch.setattr(
+        loss_module, "_compute_dtype", lambda hidden, weight: seen.append(real(hidden, weight)) or seen[-1]
+    )
     torch.manual_seed(0)
     ids = torch.randint(3, 200, (2, 24))
     labels = ids.clone()

@@ -20,9 +20,23 @@ CMMLU_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cm
 
 
 def settings(model: Path, demo_dir: Path, out: Path, db: Path, **extra) -> list[str]:
-    values = dict(model=str(model), dataset="alpaca_en_demo", dataset_dir=str(demo_dir), max_samples=16, cutoff_len=96,
-                  batch_size=4, max_steps=4, logging_steps=1, learning_rate=5e-3, val_size=0.25, output_dir=str(out),
-                  precision="fp32", sample_prompt="null", seed=3, results_db=str(db))
+    values = dict(
+        model=str(model),
+        dataset="alpaca_en_demo",
+        dataset_dir=str(demo_dir),
+        max_samples=16,
+        cutoff_len=96,
+        batch_size=4,
+        max_steps=4,
+        logging_steps=1,
+        learning_rate=5e-3,
+        val_size=0.25,
+        output_dir=str(out),
+        precision="fp32",
+        sample_prompt="null",
+        seed=3,
+        results_db=str(db),
+    )
     values.update(extra)
     return [f"{key}={value}" for key, value in values.items()]
 
@@ -38,18 +52,28 @@ def test_a_finetune_appears_in_runs_after_its_process_exits(tiny_causal_lm, demo
     listed = cli("runs", "list", f"results_db={db}", "--json")
     assert listed.returncode == 0, listed.stderr
     [run] = json.loads(listed.stdout)
-    assert (run["run"], run["kind"], run["status"], run["stage"], run["method"]) == ("train-1", "train", "succeeded", "sft", "lora")
+    assert (run["run"], run["kind"], run["status"], run["stage"], run["method"]) == (
+        "train-1",
+        "train",
+        "succeeded",
+        "sft",
+        "lora",
+    )
 
     shown = json.loads(cli("runs", "show", "train-1", f"results_db={db}", "--json").stdout)
     metrics = json.loads((out / "metrics.json").read_text())  # what the run itself wrote
-    assert [(p["step"], p["loss"]) for p in shown["loss_curve"] if "loss" in p] == \
-        [(e["step"], e["loss"]) for e in metrics["log_history"] if "loss" in e]
+    assert [(p["step"], p["loss"]) for p in shown["loss_curve"] if "loss" in p] == [
+        (e["step"], e["loss"]) for e in metrics["log_history"] if "loss" in e
+    ]
     assert [p["step"] for p in shown["loss_curve"] if "loss" in p] == [1, 2, 3, 4]
     assert shown["eval_scores"]["eval_loss"] == pytest.approx(metrics["eval_loss"])
     assert shown["data"] == metrics["data"] and shown["output_dir"] == str(out.resolve())
     assert shown["config"]["learning_rate"] == 5e-3 and shown["config"]["dataset"] == "alpaca_en_demo"
     assert shown["plugins"]["peft"]["version"] == importlib.metadata.version("factory-plugin-peft")
-    assert shown["duration_s"] > 0 and shown["metrics"]["last_loss"] == [e["loss"] for e in metrics["log_history"] if "loss" in e][-1]
+    assert (
+        shown["duration_s"] > 0
+        and shown["metrics"]["last_loss"] == [e["loss"] for e in metrics["log_history"] if "loss" in e][-1]
+    )
     assert shown["metrics"]["trainable_parameters"] == metrics["trainable_parameters"]
 
     table = cli("runs", "list", f"results_db={db}")
@@ -60,8 +84,21 @@ def test_runs_compare_and_the_eval_of_an_adapter_links_back(tiny_causal_lm, demo
     db = tmp_path / "runs.db"
     for name, rate in (("a", "5e-3"), ("b", "1e-3")):
         factory.finetune(None, settings(tiny_causal_lm, demo_dir, tmp_path / name, db, learning_rate=rate))
-    result = evaluate(None, [f"model={tiny_causal_lm}", f"adapter={tmp_path / 'b'}", "task=cmmlu", f"task_dir={CMMLU_DIR}",
-                             "subjects=anatomy", "max_samples=2", "n_shot=0", f"results_db={db}", "precision=fp32"], progress=False)
+    result = evaluate(
+        None,
+        [
+            f"model={tiny_causal_lm}",
+            f"adapter={tmp_path / 'b'}",
+            "task=cmmlu",
+            f"task_dir={CMMLU_DIR}",
+            "subjects=anatomy",
+            "max_samples=2",
+            "n_shot=0",
+            f"results_db={db}",
+            "precision=fp32",
+        ],
+        progress=False,
+    )
     history = json.loads(cli("eval", "history", f"results_db={db}", "--json").stdout)
     assert history[0]["id"] == result.run_id and history[0]["training_run"] == 2
     shown = json.loads(cli("runs", "show", "2", f"results_db={db}", "--json").stdout)
@@ -88,7 +125,9 @@ def test_a_failed_run_is_recorded_with_its_reason(tiny_causal_lm, demo_dir, tmp_
 def test_an_unreachable_database_costs_a_warning_not_the_run(tiny_causal_lm, demo_dir, tmp_path, caplog):
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
-    metrics = factory.finetune(None, settings(tiny_causal_lm, demo_dir, tmp_path / "out", blocked / "runs.db", max_steps=2))
+    metrics = factory.finetune(
+        None, settings(tiny_causal_lm, demo_dir, tmp_path / "out", blocked / "runs.db", max_steps=2)
+    )
     assert metrics["train_loss"] > 0
     assert any("this training run is not recorded in the results database" in r.getMessage() for r in caplog.records)
 
@@ -96,6 +135,13 @@ def test_an_unreachable_database_costs_a_warning_not_the_run(tiny_causal_lm, dem
 def test_bad_run_names_are_one_sentence(tmp_path):
     proc = cli("runs", "show", "run-3", f"results_db={tmp_path / 'r.db'}")
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: run 'run-3' is not a run name; runs are named train-N or eval-N (see factory runs list)"
+    assert (
+        proc.stderr.strip()
+        == "error: run 'run-3' is not a run name; runs are named train-N or eval-N (see factory runs list)"
+    )
     proc = cli("runs", "show", "train-9", f"results_db={tmp_path / 'r.db'}")
-    assert proc.returncode == 2 and "training run 9 is not in" in proc.stderr and "it holds no training runs yet" in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "training run 9 is not in" in proc.stderr
+        and "it holds no training runs yet" in proc.stderr
+    )

@@ -28,4 +28,6 @@ def register_aligners(register):
 @hookimpl
 def register_data_kinds(register):
     register("pretrain", "factory.data.kinds:PRETRAIN", description="plain text in cutoff_len chunks (stage pt)")
-    register("supervised", "factory.data.kinds:SUPERVISED", description="conversations trained on their answers (stage sft)")
+    register(
+        "supervised", "factory.data.kinds:SUPERVISED", description="conversations trained on their answers (stage sft)"
+    )

@@ -11,8 +11,14 @@ _METRICS = Requires(packages=("jieba", "nltk", "rouge-chinese"))
 @hookimpl
 def register_evaluators(register):
     register("mmlu", "factory.eval.choice:MMLU", description="MMLU-shaped CSVs, English prompt, answer-letter logits")
-    register("cmmlu", "factory.eval.choice:CMMLU", description="CMMLU-shaped CSVs, Chinese prompt, answer-letter logits")
-    register("ceval", "factory.eval.choice:CEVAL", description="C-Eval-shaped CSVs (scores val/), Chinese prompt, answer-letter logits")
+    register(
+        "cmmlu", "factory.eval.choice:CMMLU", description="CMMLU-shaped CSVs, Chinese prompt, answer-letter logits"
+    )
+    register(
+        "ceval",
+        "factory.eval.choice:CEVAL",
+        description="C-Eval-shaped CSVs (scores val/), Chinese prompt, answer-letter logits",
+    )
     register(
         "bleu-rouge",
         "factory.eval.predict:PREDICT",

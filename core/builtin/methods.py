@@ -35,7 +35,10 @@ class AdamWOptions(BaseModel):
 
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
-    fused: bool | None = Field(None, description="torch's single-kernel AdamW; unset: on when every trainable parameter is a floating-point CPU or CUDA tensor")
+    fused: bool | None = Field(
+        None,
+        description="torch's single-kernel AdamW; unset: on when every trainable parameter is a floating-point CPU or CUDA tensor",
+    )
 
 
 @hookimpl

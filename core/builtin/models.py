@@ -9,4 +9,6 @@ from factory.hookspecs import hookimpl
 def register_loaders(register):
     register("alias", "factory.model.builtin_loaders:AliasLoader", description="models shipped in Python packages")
     register("gguf", "factory.model.builtin_loaders:GGUFLoader", description="a .gguf file, dequantized")
-    register("hf", "factory.model.builtin_loaders:HuggingFaceLoader", description="a Hugging Face folder or cached hub id")
+    register(
+        "hf", "factory.model.builtin_loaders:HuggingFaceLoader", description="a Hugging Face folder or cached hub id"
+    )

@@ -30,7 +30,9 @@ AnyDataset = Dataset | IterableDataset
 SKIP = "_skip"  # transient column: why a row is dropped ("" to keep it)
 
 
-def align(raw: AnyDataset, spec: DatasetSpec, cfg: RunConfig, manager: PluginManager, dropped: dict[str, dict[str, int]]) -> AnyDataset:
+def align(
+    raw: AnyDataset, spec: DatasetSpec, cfg: RunConfig, manager: PluginManager, dropped: dict[str, dict[str, int]]
+) -> AnyDataset:
     """Standard records of ``raw``; rows an aligner skips are counted into ``dropped[spec.name]``."""
     aligner = _aligner(spec, manager) if spec.formatting else None
     columns, first = _peek(raw, spec)
@@ -76,11 +78,11 @@ def align(raw: AnyDataset, spec: DatasetSpec, cfg: RunConfig, manager: PluginMan
                 f"data set '{spec.name}' is empty after filtering: all {len(records)} rows were dropped as {summary}; "
                 f"check its format ({spec.formatting}) and role tags, or fix the rows"
             )
-        logger.warning("dropped %d of %d rows of data set '%s': %s", sum(counts.values()), len(records), spec.name, summary)
+        logger.warning(
+            "dropped %d of %d rows of data set '%s': %s", sum(counts.values()), len(records), spec.name, summary
+        )
         records = records.select([i for i, reason in enumerate(reasons) if not reason])
     return _resample(records.remove_columns(SKIP), spec, cfg.seed)
-
-
 
 
 def _aligner(spec: DatasetSpec, manager: PluginManager) -> Any:

@@ -48,7 +48,9 @@ def _lengths(rows: Sequence[Sequence[int]]) -> np.ndarray:
     return np.fromiter(map(len, rows), np.int64, len(rows))
 
 
-def _padded_batch(ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int, multiple: int | None) -> dict[str, torch.Tensor]:
+def _padded_batch(
+    ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int, multiple: int | None
+) -> dict[str, torch.Tensor]:
     lengths = _lengths(ids)
     length = _target_length(int(lengths.max()), multiple)
     return {
@@ -67,7 +69,10 @@ class PaddingCollator:
 
     def __call__(self, features: Features) -> dict[str, torch.Tensor]:
         return _padded_batch(
-            [f["input_ids"] for f in features], [f["labels"] for f in features], self.pad_token_id, self.pad_to_multiple_of
+            [f["input_ids"] for f in features],
+            [f["labels"] for f in features],
+            self.pad_token_id,
+            self.pad_to_multiple_of,
         )
 
 
@@ -138,7 +143,11 @@ Example = tuple[int, Sequence[int], Sequence[int]]  # (sequence id, input ids, l
 
 
 def sequence_batch(
-    rows: Sequence[Sequence[Example]], pad_id: int, *, packed: bool, flatten: bool = False,
+    rows: Sequence[Sequence[Example]],
+    pad_id: int,
+    *,
+    packed: bool,
+    flatten: bool = False,
     pad_to_multiple_of: int | None = None,
 ) -> dict[str, Any]:
     """Examples grouped in rows -> one batch, plus ``sequence_ids`` (the example of each token, -1 for padding).
@@ -152,7 +161,9 @@ def sequence_batch(
     """
     examples = [example for row in rows for example in row]
     if not packed:
-        batch = _padded_batch([ids for _, ids, _ in examples], [labels for _, _, labels in examples], pad_id, pad_to_multiple_of)
+        batch = _padded_batch(
+            [ids for _, ids, _ in examples], [labels for _, _, labels in examples], pad_id, pad_to_multiple_of
+        )
         seq = np.asarray([sid for sid, _, _ in examples], dtype=np.int64)[:, None]
         batch["sequence_ids"] = torch.from_numpy(np.where(batch["attention_mask"].numpy() > 0, seq, -1))
         return batch
@@ -162,11 +173,13 @@ def sequence_batch(
         labels = np.concatenate([np.asarray(labels, dtype=np.int64) for _, _, labels in row])
         starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
         labels[starts] = IGNORE_INDEX
-        features.append({
-            "input_ids": np.concatenate([np.asarray(ids, dtype=np.int64) for _, ids, _ in row]),
-            "labels": labels,
-            "position_ids": np.concatenate([np.arange(n) for n in lengths]),
-        })
+        features.append(
+            {
+                "input_ids": np.concatenate([np.asarray(ids, dtype=np.int64) for _, ids, _ in row]),
+                "labels": labels,
+                "position_ids": np.concatenate([np.arange(n) for n in lengths]),
+            }
+        )
         sequence_ids.append(np.repeat([sid for sid, _, _ in row], lengths))
     collate = FlatteningCollator if flatten else PackedCollator
     batch = collate(pad_id, pad_to_multiple_of)(features)

@@ -43,7 +43,9 @@ class Pretrain:
     packable = True
     chunks = True
 
-    def tokenize(self, batch: dict[str, list], *, tokenizer: Any, template: Any, options: TokenizeOptions) -> dict[str, list]:
+    def tokenize(
+        self, batch: dict[str, list], *, tokenizer: Any, template: Any, options: TokenizeOptions
+    ) -> dict[str, list]:
         return tokenize_texts(batch, tokenizer=tokenizer, options=options)
 
     def collator(self, tokenizer: Any, *, packing: bool, flatten: bool, restarts: bool) -> Any:

@@ -30,7 +30,9 @@ def load(spec: DatasetSpec, *, streaming: bool, max_samples: int | None) -> AnyD
     if not isinstance(raw, IterableDataset) and len(raw) == 0:
         raise DataError(f"data set '{spec.name}' ({spec.where}) has no rows; add rows to it or choose another data set")
     if max_samples is not None:
-        raw = raw.take(max_samples) if isinstance(raw, IterableDataset) else raw.select(range(min(max_samples, len(raw))))
+        raw = (
+            raw.take(max_samples) if isinstance(raw, IterableDataset) else raw.select(range(min(max_samples, len(raw))))
+        )
     return raw
 
 
@@ -49,19 +51,26 @@ def _load_raw(spec: DatasetSpec, streaming: bool) -> AnyDataset:
     builder = spec.file_type or _builder(files, path)
     try:
         with _quiet_builders():
-            return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", streaming=streaming)
+            return datasets.load_dataset(
+                builder, data_files=[str(f) for f in files], split="train", streaming=streaming
+            )
     except Exception as exc:
         raise DataError(_read_problem(files, builder, exc)) from None
 
 
 def _data_files(folder: Path) -> list[Path]:
     files = sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.name not in registry.DESCRIPTOR_FILES
+        p
+        for p in folder.iterdir()
+        if p.is_file()
+        and not p.name.startswith(".")
+        and p.name not in registry.DESCRIPTOR_FILES
         and p.suffix.lower() in registry.FILE_TYPES
     )
     if not files:
-        raise DataError(f"folder {folder} holds no data files ({', '.join(registry.FILE_TYPES)}); point at a file or another folder")
+        raise DataError(
+            f"folder {folder} holds no data files ({', '.join(registry.FILE_TYPES)}); point at a file or another folder"
+        )
     return files
 
 
@@ -134,11 +143,15 @@ def _json_problem(path: Path) -> str | None:
             return None
         if isinstance(data, list):
             if not data:
-                return f"data set file {path} holds an empty JSON list, no rows; add rows to it or point at another file"
+                return (
+                    f"data set file {path} holds an empty JSON list, no rows; add rows to it or point at another file"
+                )
             bad = next((i for i, row in enumerate(data) if not isinstance(row, dict)), None)
             if bad is None:
                 return None
-            return f"{path} row {bad + 1} is a JSON {type(data[bad]).__name__}, not an object with columns; fix that row"
+            return (
+                f"{path} row {bad + 1} is a JSON {type(data[bad]).__name__}, not an object with columns; fix that row"
+            )
         return f"{path} holds a JSON {type(data).__name__}, not rows; write a list of objects or JSON Lines"
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -187,7 +200,9 @@ def _load_hub(spec: DatasetSpec, streaming: bool) -> AnyDataset:
                 continue
             except ValueError as exc:
                 if "split" in str(exc).lower():
-                    raise DataError(f"hub data set '{spec.hub}' has no split '{spec.split}' ({exc}); set split in its descriptor") from None
+                    raise DataError(
+                        f"hub data set '{spec.hub}' has no split '{spec.split}' ({exc}); set split in its descriptor"
+                    ) from None
                 raise DataError(f"could not load hub data set '{spec.hub}': {exc}") from None
     described = f" (data set '{spec.name}' in {spec.descriptor})" if spec.descriptor else ""
     raise DataError(
@@ -205,4 +220,3 @@ def _snapshot(repo_id: str | None) -> str | None:
         return snapshot_download(repo_id, repo_type="dataset", local_files_only=True)
     except Exception:  # not downloaded (or a malformed id): the caller reports the one sentence
         return None
-

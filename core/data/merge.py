@@ -64,7 +64,9 @@ def merge(
 def _check_probabilities(probabilities: Sequence[float], count: int) -> list[float]:
     values = [float(p) for p in probabilities]
     if len(values) != count:
-        raise ConfigError(f"interleave_probs has {len(values)} values for {count} data sets; give one probability per data set")
+        raise ConfigError(
+            f"interleave_probs has {len(values)} values for {count} data sets; give one probability per data set"
+        )
     if any(p < 0 for p in values) or not math.isclose(sum(values), 1.0, abs_tol=1e-6):
         raise ConfigError(f"interleave_probs {values} must be non-negative and sum to 1; e.g. [0.7, 0.3]")
     return values

@@ -46,6 +46,7 @@ CODE_VERSION = hashlib.sha256(
     b"".join(Path(module.__file__).read_bytes() for module in (tokenize_steps, packing_steps))
 ).hexdigest()[:16]
 
+
 @functools.cache
 def _kind_version(kind_type: type) -> str:
     """A hash of the module defining a data kind (a plugin's too), so editing its tokenization invalidates caches."""
@@ -78,7 +79,9 @@ class DataStats:
 
     def summary(self) -> str:
         dropped = sum(self.dropped.values())
-        reasons = "; ".join(f"{n} because {reason}" for reason, n in sorted(self.dropped.items(), key=lambda kv: -kv[1]))
+        reasons = "; ".join(
+            f"{n} because {reason}" for reason, n in sorted(self.dropped.items(), key=lambda kv: -kv[1])
+        )
         return (
             f"{self.rows} rows: {self.kept} kept, {self.truncated} truncated, {dropped} dropped"
             + (f" ({reasons})" if dropped else "")
@@ -122,7 +125,9 @@ def packing_enabled(cfg: RunConfig, kind: Any, packing: bool | None = None, name
     packing = cfg.packing if packing is None else packing
     if not getattr(kind, "packable", False):
         if packing:
-            raise ConfigError(f"packing=true does not apply to {name or 'this'} data (stage '{cfg.stage}'); set packing: false")
+            raise ConfigError(
+                f"packing=true does not apply to {name or 'this'} data (stage '{cfg.stage}'); set packing: false"
+            )
         return False
     return bool(getattr(kind, "chunks", False)) if packing is None else bool(packing)
 
@@ -161,20 +166,34 @@ def _count(tokenized: Dataset, kind: str, cutoff_len: int) -> DataStats:
 
 
 def tokenize_dataset(
-    records: AnyDataset, tokenizer: Any, template: Any, cfg: RunConfig, data_kind: str, packing: bool | None = None,
+    records: AnyDataset,
+    tokenizer: Any,
+    template: Any,
+    cfg: RunConfig,
+    data_kind: str,
+    packing: bool | None = None,
     manager: PluginManager | None = None,
 ) -> TokenizedData:
     """Tokenize standard records for ``data_kind`` (a registered data kind) and pack them when :func:`packing_enabled` says so."""
     kind = lookup_kind(manager or cfg.manager(), data_kind, cfg.stage)
     packing = packing_enabled(cfg, kind, packing, data_kind)
-    options = TokenizeOptions(kind=data_kind, cutoff_len=cfg.cutoff_len, train_on=cfg.train_on,
-                              version=f"{CODE_VERSION}-{_kind_version(type(kind))}")
+    options = TokenizeOptions(
+        kind=data_kind,
+        cutoff_len=cfg.cutoff_len,
+        train_on=cfg.train_on,
+        version=f"{CODE_VERSION}-{_kind_version(type(kind))}",
+    )
     if hasattr(template, "configure"):  # the run's reasoning settings become the template's defaults
         template = template.configure(reasoning=cfg.reasoning, enable_thinking=cfg.enable_thinking)
     columns = records.column_names or list(RECORD_KEYS)
     tokenized = _apply(
-        records, "map", kind.tokenize, cfg, f"tokenizing ({data_kind})",
-        fn_kwargs={"tokenizer": tokenizer, "template": template, "options": options}, remove_columns=columns,
+        records,
+        "map",
+        kind.tokenize,
+        cfg,
+        f"tokenizing ({data_kind})",
+        fn_kwargs={"tokenizer": tokenizer, "template": template, "options": options},
+        remove_columns=columns,
         features=output_features(kind.columns),
     )
     stats = None if isinstance(tokenized, IterableDataset) else _count(tokenized, data_kind, cfg.cutoff_len)
@@ -191,15 +210,27 @@ def tokenize_dataset(
     rows = tokenized.remove_columns(METADATA)
     if getattr(kind, "chunks", False):
         rows = _apply(
-            rows, "map", packing_steps.chunk_texts, cfg, "chunking",
+            rows,
+            "map",
+            packing_steps.chunk_texts,
+            cfg,
+            "chunking",
             fn_kwargs={"cutoff_len": cfg.cutoff_len, "concatenate": packing},
-            remove_columns=["input_ids"], features=packing_steps.packed_features(packing), batch_size=PACKING_WINDOW,
+            remove_columns=["input_ids"],
+            features=packing_steps.packed_features(packing),
+            batch_size=PACKING_WINDOW,
         )
     elif packing:
         rows = _apply(
-            rows, "map", packing_steps.pack_examples, cfg, "packing",
+            rows,
+            "map",
+            packing_steps.pack_examples,
+            cfg,
+            "packing",
             fn_kwargs={"cutoff_len": cfg.cutoff_len},
-            remove_columns=["input_ids", "labels"], features=packing_steps.packed_features(True), batch_size=PACKING_WINDOW,
+            remove_columns=["input_ids", "labels"],
+            features=packing_steps.packed_features(True),
+            batch_size=PACKING_WINDOW,
         )
     if stats is not None:
         stats.packed = packing

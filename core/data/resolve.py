@@ -43,8 +43,20 @@ BUILDERS = ("arrow", "csv", "json", "parquet", "text")
 
 # Column roles (LLaMA-Factory's vocabulary plus ``text`` for plain-text data).
 COLUMN_ROLES = (
-    "prompt", "query", "response", "history", "messages", "system", "tools",
-    "chosen", "rejected", "kto_tag", "text", "images", "videos", "audios",
+    "prompt",
+    "query",
+    "response",
+    "history",
+    "messages",
+    "system",
+    "tools",
+    "chosen",
+    "rejected",
+    "kto_tag",
+    "text",
+    "images",
+    "videos",
+    "audios",
 )
 MEDIA_ROLES = ("images", "videos", "audios")
 TAG_DEFAULTS: dict[str, str] = {
@@ -60,8 +72,22 @@ TAG_DEFAULTS: dict[str, str] = {
 # Descriptor keys: LLaMA-Factory's, plus short aliases and factory's own additions.
 _KEY_ALIASES = {"file": "file_name", "format": "formatting", "hub": "hf_hub_url"}
 _KNOWN_KEYS = {
-    "file_name", "formatting", "ranking", "columns", "tags", "hf_hub_url", "ms_hub_url", "om_hub_url",
-    "script_url", "subset", "split", "folder", "num_samples", "file_type", "placeholders", "description",
+    "file_name",
+    "formatting",
+    "ranking",
+    "columns",
+    "tags",
+    "hf_hub_url",
+    "ms_hub_url",
+    "om_hub_url",
+    "script_url",
+    "subset",
+    "split",
+    "folder",
+    "num_samples",
+    "file_type",
+    "placeholders",
+    "description",
 }
 
 
@@ -255,7 +281,11 @@ def resolve(value: str, dataset_dir: str | None) -> DatasetSpec:
         raise DataError(f"data set file '{value}' does not exist (looked for {places}); check the path")
     names = sorted(set(described) | set(builtin))
     offered = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
-    place = f"dataset_dir '{dataset_dir}' and the built-in data sets" if folder else "the built-in data sets (dataset_dir is not set)"
+    place = (
+        f"dataset_dir '{dataset_dir}' and the built-in data sets"
+        if folder
+        else "the built-in data sets (dataset_dir is not set)"
+    )
     raise DataError(
         f"unknown data set '{value}'{did_you_mean(value, names)} ({place} offer: {offered}); "
         "give a described name, a file path, or set dataset_dir to a folder with a datasets.yaml or dataset_info.json"

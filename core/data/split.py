@@ -14,7 +14,9 @@ AnyDataset = Dataset | IterableDataset
 def split(data: AnyDataset, val_size: float, seed: int) -> tuple[AnyDataset, AnyDataset]:
     """Split ``val_size`` rows (a fraction below 1, or a count) off ``data`` for evaluation."""
     if val_size >= 1 and val_size != int(val_size):
-        raise ConfigError(f"val_size {val_size:g} is neither a fraction below 1 nor a whole number of rows; give e.g. 0.1 or 100")
+        raise ConfigError(
+            f"val_size {val_size:g} is neither a fraction below 1 nor a whole number of rows; give e.g. 0.1 or 100"
+        )
     if isinstance(data, IterableDataset):
         if val_size < 1:
             raise ConfigError(
@@ -25,6 +27,8 @@ def split(data: AnyDataset, val_size: float, seed: int) -> tuple[AnyDataset, Any
     total = len(data)
     count = math.ceil(val_size * total) if val_size < 1 else int(val_size)
     if count >= total:
-        raise DataError(f"val_size {val_size:g} takes {count} of the {total} rows and leaves none to train on; lower val_size")
+        raise DataError(
+            f"val_size {val_size:g} takes {count} of the {total} rows and leaves none to train on; lower val_size"
+        )
     parts = data.train_test_split(test_size=count, seed=seed, shuffle=True)
     return parts["train"], parts["test"]

@@ -18,8 +18,9 @@ from factory.data.template_jinja import JinjaTemplate, NotPrefixConsistent, jinj
 from factory.errors import FactoryError, PluginError, one_of
 
 
-def get_template(name: str, tokenizer: Any, manager: Any, *, reasoning: str | None = None,
-                 enable_thinking: bool | None = None) -> Template:
+def get_template(
+    name: str, tokenizer: Any, manager: Any, *, reasoning: str | None = None, enable_thinking: bool | None = None
+) -> Template:
     """The chat template for ``template: name``, bound to ``tokenizer``.
 
     ``auto`` uses the tokenizer's own Jinja template when it has a prefix-consistent one, else the
@@ -84,12 +85,18 @@ def detect_template(tokenizer: Any, manager: Any) -> str | None:
     (without one) whose ``detect_tokens`` are all in its vocabulary; the most specific one wins."""
     text = jinja_text(tokenizer)
     if text:
-        found = [(len(t.detect), impl.name) for impl, t in _templates(manager)
-                 if getattr(t, "detect", None) and all(part in text for part in t.detect)]
+        found = [
+            (len(t.detect), impl.name)
+            for impl, t in _templates(manager)
+            if getattr(t, "detect", None) and all(part in text for part in t.detect)
+        ]
     else:
         vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
-        found = [(len(t.detect_tokens), impl.name) for impl, t in _templates(manager)
-                 if getattr(t, "detect_tokens", None) and all(token in vocab for token in t.detect_tokens)]
+        found = [
+            (len(t.detect_tokens), impl.name)
+            for impl, t in _templates(manager)
+            if getattr(t, "detect_tokens", None) and all(token in vocab for token in t.detect_tokens)
+        ]
     if not found:
         return None
     best = max(size for size, _ in found)
@@ -114,8 +121,9 @@ def template_for_model_type(model_type: str | None, manager: Any) -> str | None:
     """The registered template that declares ``model_type``; a third party's wins over the core's."""
     if not model_type:
         return None
-    matches = [impl for impl, template in _templates(manager)
-               if model_type in (getattr(template, "model_types", None) or ())]
+    matches = [
+        impl for impl, template in _templates(manager) if model_type in (getattr(template, "model_types", None) or ())
+    ]
     preferred = [impl for impl in matches if impl.distribution != "factory-core"] or matches
     if len(preferred) > 1:
         raise PluginError(

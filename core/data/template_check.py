@@ -40,8 +40,13 @@ TOOLS = [
         "description": "Forecast for the coming days",
         "parameters": {
             "type": "object",
-            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}, "metric": {"type": "boolean"},
-                           "hours": {"type": "array", "items": {"type": "integer"}}, "filters": {"type": "object"}},
+            "properties": {
+                "city": {"type": "string"},
+                "days": {"type": "integer"},
+                "metric": {"type": "boolean"},
+                "hours": {"type": "array", "items": {"type": "integer"}},
+                "filters": {"type": "object"},
+            },
             "required": ["city", "days"],
         },
     },
@@ -77,18 +82,30 @@ TOOL_CHAT = [
 ]
 PARALLEL_CHAT = [  # two calls in one turn, one result each
     {"role": "user", "content": "Weather in Paris and in Tokyo?"},
-    {"role": "function_call", "content": json.dumps([
-        {"name": "get_weather", "arguments": {"city": "Paris"}, "id": "pAr1s0001"},
-        {"name": "get_weather", "arguments": {"city": "東京"}, "id": "t0ky00002"}], ensure_ascii=False)},
+    {
+        "role": "function_call",
+        "content": json.dumps(
+            [
+                {"name": "get_weather", "arguments": {"city": "Paris"}, "id": "pAr1s0001"},
+                {"name": "get_weather", "arguments": {"city": "東京"}, "id": "t0ky00002"},
+            ],
+            ensure_ascii=False,
+        ),
+    },
     {"role": "observation", "content": '{"temperature": 22}'},
     {"role": "observation", "content": '{"temperature": 27}'},
     {"role": "assistant", "content": "22 °C in Paris, 27 °C in Tokyo."},
 ]
 ARGUMENTS_CHAT = [  # arguments that are not text: JSON and Python's str() write them differently
     {"role": "user", "content": "Forecast for Oslo?"},
-    {"role": "function_call", "content": _call("get_forecast", {"city": "Oslo", "days": 3, "metric": True, "ratio": 0.5,
-                                                                 "hours": [9, 12], "filters": {"rain": False}},
-                                               "f0reCast9")},
+    {
+        "role": "function_call",
+        "content": _call(
+            "get_forecast",
+            {"city": "Oslo", "days": 3, "metric": True, "ratio": 0.5, "hours": [9, 12], "filters": {"rain": False}},
+            "f0reCast9",
+        ),
+    },
     {"role": "observation", "content": "sunny"},
     {"role": "assistant", "content": "Sunny for three days."},
 ]
@@ -104,8 +121,13 @@ SAMPLES = [
     Conversation("multi-turn", CHAT),
     Conversation("system", CHAT, system="  Tu es un assistant concis.\n", needs=frozenset({"system"})),
     Conversation("tools", TOOL_CHAT, tools=json.dumps(TOOLS), needs=frozenset({"tools", "tool_calls"})),
-    Conversation("tools-system", TOOL_CHAT, system="Use tools when they help.", tools=json.dumps(TOOLS),
-                 needs=frozenset({"tools", "tool_calls", "system"})),
+    Conversation(
+        "tools-system",
+        TOOL_CHAT,
+        system="Use tools when they help.",
+        tools=json.dumps(TOOLS),
+        needs=frozenset({"tools", "tool_calls", "system"}),
+    ),
     Conversation("tool-definitions", CHAT[:2], tools=json.dumps(TOOLS), needs=frozenset({"tools"})),
     Conversation("tool-call", TOOL_CHAT[:2], tools=json.dumps(TOOLS), needs=frozenset({"tools", "tool_calls"})),
     Conversation("tool-results", TOOL_CHAT, needs=frozenset({"tool_calls"})),  # calls without definitions
@@ -137,8 +159,13 @@ def modes(conversation: Conversation) -> Iterator[tuple[str, list[dict], bool]]:
         yield "open", messages[:-1], False
 
 
-def to_hf(messages: Sequence[Mapping], system: str, string_arguments: bool = False,
-          reasoning_field: bool = False, call_ids: bool = True) -> list[dict]:
+def to_hf(
+    messages: Sequence[Mapping],
+    system: str,
+    string_arguments: bool = False,
+    reasoning_field: bool = False,
+    call_ids: bool = True,
+) -> list[dict]:
     """Standard-record messages in the form Hugging Face chat templates read.
 
     ``string_arguments``: call arguments as a JSON string, OpenAI's form, which some templates
@@ -153,13 +180,29 @@ def to_hf(messages: Sequence[Mapping], system: str, string_arguments: bool = Fal
         if role == "function_call":
             calls = tool_calls(content, index)
             ids = [call.id for call in calls]
-            out.append({"role": "assistant", "content": "", "tool_calls": [
-                {"type": "function", **({"id": call.id} if call_ids else {}), "function": {
-                    "name": call.name,
-                    "arguments": json.dumps(call.arguments, ensure_ascii=False) if string_arguments else call.arguments}}
-                for call in calls]})
+            out.append(
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [
+                        {
+                            "type": "function",
+                            **({"id": call.id} if call_ids else {}),
+                            "function": {
+                                "name": call.name,
+                                "arguments": json.dumps(call.arguments, ensure_ascii=False)
+                                if string_arguments
+                                else call.arguments,
+                            },
+                        }
+                        for call in calls
+                    ],
+                }
+            )
         elif role == "observation":
-            out.append({"role": "tool", "content": content, **({"tool_call_id": ids.pop(0)} if ids and call_ids else {})})
+            out.append(
+                {"role": "tool", "content": content, **({"tool_call_id": ids.pop(0)} if ids and call_ids else {})}
+            )
         elif role == "assistant" and reasoning_field and "</think>" in content:
             thought, answer, _ = split_reasoning(Reasoning(), content)
             out.append({"role": role, "content": answer, "reasoning_content": thought})
@@ -168,18 +211,32 @@ def to_hf(messages: Sequence[Mapping], system: str, string_arguments: bool = Fal
     return out
 
 
-def render_official(jinja: str, messages: Sequence[Mapping], *, system: str = "", tools: str = "",
-                    add_generation_prompt: bool = False, bos_token: str = "", eos_token: str = "",
-                    string_arguments: bool = False, reasoning_field: bool = False, call_ids: bool = True,
-                    **kwargs: Any) -> str:
+def render_official(
+    jinja: str,
+    messages: Sequence[Mapping],
+    *,
+    system: str = "",
+    tools: str = "",
+    add_generation_prompt: bool = False,
+    bos_token: str = "",
+    eos_token: str = "",
+    string_arguments: bool = False,
+    reasoning_field: bool = False,
+    call_ids: bool = True,
+    **kwargs: Any,
+) -> str:
     """The conversation rendered by ``jinja`` with transformers' renderer, as ``apply_chat_template`` does."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
     specs = [wrapped(spec) for spec in parse_tools(tools)] if tools else None
     rendered, _ = render_jinja_template(
-        conversations=[to_hf(messages, system, string_arguments, reasoning_field, call_ids)], tools=specs,
+        conversations=[to_hf(messages, system, string_arguments, reasoning_field, call_ids)],
+        tools=specs,
         chat_template=jinja,
-        add_generation_prompt=add_generation_prompt, bos_token=bos_token, eos_token=eos_token, **kwargs,
+        add_generation_prompt=add_generation_prompt,
+        bos_token=bos_token,
+        eos_token=eos_token,
+        **kwargs,
     )
     return rendered[0]
 
@@ -190,8 +247,10 @@ def first_difference(expected: str, actual: str, context: int = 40) -> str | Non
         return None
     at = next((i for i, (a, b) in enumerate(zip(expected, actual)) if a != b), min(len(expected), len(actual)))
     start = max(0, at - context)
-    return (f"first difference at character {at}: official {expected[start:at + context]!r} "
-            f"vs factory {actual[start:at + context]!r}")
+    return (
+        f"first difference at character {at}: official {expected[start : at + context]!r} "
+        f"vs factory {actual[start : at + context]!r}"
+    )
 
 
 @dataclass
@@ -202,8 +261,15 @@ class Result:
     error: str | None = None  # the official template refused the conversation
 
 
-def check(template: Template, jinja: str, conversations: Sequence[Conversation], *, bos_token: str = "",
-          eos_token: str = "", **kwargs: Any) -> list[Result]:
+def check(
+    template: Template,
+    jinja: str,
+    conversations: Sequence[Conversation],
+    *,
+    bos_token: str = "",
+    eos_token: str = "",
+    **kwargs: Any,
+) -> list[Result]:
     """Each conversation in each mode rendered both ways.
 
     ``kwargs`` go to the official template (e.g. a family's own ``is_training`` switch); those in
@@ -215,15 +281,27 @@ def check(template: Template, jinja: str, conversations: Sequence[Conversation],
     for conversation in conversations:
         for mode, messages, generation in modes(conversation):
             try:
-                official = render_official(jinja, messages, system=conversation.system, tools=conversation.tools,
-                                           add_generation_prompt=generation, bos_token=bos_token,
-                                           eos_token=eos_token, **kwargs)
+                official = render_official(
+                    jinja,
+                    messages,
+                    system=conversation.system,
+                    tools=conversation.tools,
+                    add_generation_prompt=generation,
+                    bos_token=bos_token,
+                    eos_token=eos_token,
+                    **kwargs,
+                )
             except Exception as exc:  # the official template's raise_exception(): nothing to compare
                 results.append(Result(conversation.name, mode, None, f"the official template refuses it ({exc})"))
                 continue
-            ours = template.render_text(messages, system=conversation.system, tools=conversation.tools,
-                                        add_generation_prompt=generation, tokenizer=tokenizer,
-                                        **{k: v for k, v in kwargs.items() if k in RENDER_OPTIONS})
+            ours = template.render_text(
+                messages,
+                system=conversation.system,
+                tools=conversation.tools,
+                add_generation_prompt=generation,
+                tokenizer=tokenizer,
+                **{k: v for k, v in kwargs.items() if k in RENDER_OPTIONS},
+            )
             if stop and mode == "whole" and ours == official + stop:
                 ours = official  # the declared end token after the final answer
             results.append(Result(conversation.name, mode, first_difference(official, ours)))
@@ -239,12 +317,20 @@ def read_conversations(path: str | Path) -> list[Conversation]:
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
-        raise DataError(f"cannot read --data {file} ({exc.strerror}); give a JSON or JSONL file of conversations") from None
+        raise DataError(
+            f"cannot read --data {file} ({exc.strerror}); give a JSON or JSONL file of conversations"
+        ) from None
     try:
-        rows = json.loads(text) if file.suffix == ".json" else [json.loads(line) for line in text.splitlines() if line.strip()]
+        rows = (
+            json.loads(text)
+            if file.suffix == ".json"
+            else [json.loads(line) for line in text.splitlines() if line.strip()]
+        )
     except json.JSONDecodeError as exc:
-        raise DataError(f"--data {file} is not valid JSON{'L' if file.suffix != '.json' else ''} (line {exc.lineno}: "
-                        f"{exc.msg}); give OpenAI-style rows with a messages list") from None
+        raise DataError(
+            f"--data {file} is not valid JSON{'L' if file.suffix != '.json' else ''} (line {exc.lineno}: "
+            f"{exc.msg}); give OpenAI-style rows with a messages list"
+        ) from None
     rows = rows if isinstance(rows, list) else [rows]
     spec = DatasetSpec(name=file.name, formatting="openai")
     out = []
@@ -252,15 +338,26 @@ def read_conversations(path: str | Path) -> list[Conversation]:
         try:
             record = OPENAI.align(row, spec)
         except (BadRow, SkipRow) as exc:
-            raise DataError(f"conversation {number} of {file} cannot be used ({exc}); give OpenAI-style messages "
-                            "that alternate user and assistant turns") from None
+            raise DataError(
+                f"conversation {number} of {file} cannot be used ({exc}); give OpenAI-style messages "
+                "that alternate user and assistant turns"
+            ) from None
         out.append(Conversation(f"{file.name}#{number}", record["messages"], record["system"], record["tools"]))
     return out
 
 
-def run_check(name: str, *, jinja: str | None = None, model: str | None = None, data: str | None = None,
-              bos_token: str | None = None, eos_token: str | None = None, date_string: str | None = None,
-              enable_thinking: bool | None = None, manager: Any = None) -> int:
+def run_check(
+    name: str,
+    *,
+    jinja: str | None = None,
+    model: str | None = None,
+    data: str | None = None,
+    bos_token: str | None = None,
+    eos_token: str | None = None,
+    date_string: str | None = None,
+    enable_thinking: bool | None = None,
+    manager: Any = None,
+) -> int:
     """``factory templates check``: print each rendering's verdict; 0 when all are byte-exact, 1 otherwise."""
     from factory.data.template_auto import get_template
     from factory.errors import ConfigError
@@ -272,8 +369,10 @@ def run_check(name: str, *, jinja: str | None = None, model: str | None = None, 
     if model:
         folder = Path(model)
         if not (folder / "tokenizer_config.json").is_file():
-            raise ConfigError(f"--model {model} is not a folder with a tokenizer_config.json; give a downloaded "
-                              "Hugging Face model folder")
+            raise ConfigError(
+                f"--model {model} is not a folder with a tokenizer_config.json; give a downloaded "
+                "Hugging Face model folder"
+            )
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -281,7 +380,9 @@ def run_check(name: str, *, jinja: str | None = None, model: str | None = None, 
         try:
             text = Path(jinja).read_text(encoding="utf-8")
         except OSError as exc:
-            raise ConfigError(f"cannot read --jinja {jinja} ({exc.strerror}); give the official chat template file") from None
+            raise ConfigError(
+                f"cannot read --jinja {jinja} ({exc.strerror}); give the official chat template file"
+            ) from None
         source = jinja
     else:
         text = getattr(tokenizer, "chat_template", None) or ""
@@ -295,8 +396,9 @@ def run_check(name: str, *, jinja: str | None = None, model: str | None = None, 
         raise ConfigError(f"template '{name}' is not a data template that can be checked; name a packaged one")
     kinds = supported(text)
     conversations = read_conversations(data) if data else [s for s in SAMPLES if s.needs <= kinds]
-    kwargs: dict[str, Any] = {k: v for k, v in (("date_string", date_string), ("enable_thinking", enable_thinking))
-                              if v is not None}
+    kwargs: dict[str, Any] = {
+        k: v for k, v in (("date_string", date_string), ("enable_thinking", enable_thinking)) if v is not None
+    }
     results = check(template, text, conversations, bos_token=bos, eos_token=eos, **kwargs)
     print(f"factory: template {template.name} vs {source}")
     width = max((len(r.conversation) for r in results), default=0)
@@ -305,6 +407,8 @@ def run_check(name: str, *, jinja: str | None = None, model: str | None = None, 
         print(f"  {r.conversation:<{width}}  {r.mode:<10}  {verdict}")
     differing = sum(r.difference is not None for r in results)
     exact = sum(r.difference is None and r.error is None for r in results)
-    print(f"factory: {exact} byte-exact, {differing} differing, {len(results) - exact - differing} refused by the "
-          "official template")
+    print(
+        f"factory: {exact} byte-exact, {differing} differing, {len(results) - exact - differing} refused by the "
+        "official template"
+    )
     return 1 if differing else 0

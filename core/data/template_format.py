@@ -123,7 +123,9 @@ class Template(BaseModel):
     detect_tokens: list[str] = []  # tokens whose presence in the vocabulary identifies it without a Jinja (auto)
     prefix: str = ""  # once, before everything
     system: str
-    system_in_user: bool | Literal["last"] = False  # true: before the first user message; last: before the final message when it is a user's
+    system_in_user: bool | Literal["last"] = (
+        False  # true: before the first user message; last: before the final message when it is a user's
+    )
     system_header: str = ""  # opens the system text (a dated header); its presence makes the system turn unconditional
     system_always: bool = False  # the system turn is written even when there is no system text
     default_system: str
@@ -166,7 +168,9 @@ class Template(BaseModel):
     enable_thinking: bool = True  # the default when a render is given none
     end: str = ""  # after the last turn when no generation prompt follows
     final_stop: str = ""  # after the final answer only, where the official template writes no end marker
-    final_end: str | None = None  # replaces the assistant format's end marker after the final answer (gpt-oss's <|return|>)
+    final_end: str | None = (
+        None  # replaces the assistant format's end marker after the final answer (gpt-oss's <|return|>)
+    )
     stop_words: list[str]
     eos_ends_turn: bool  # the tokenizer's eos is the end-of-turn marker of a response
 
@@ -193,16 +197,22 @@ class Template(BaseModel):
                     + (", ".join(f"{{{{{name}}}}}" for name in allowed) or "none")
                 )
             if required and sum(found.count(name) for name in required) != 1:
-                raise ValueError(f"key '{field}' must contain " + " or ".join(f"{{{{{name}}}}}" for name in required)
-                                 + " exactly once")
+                raise ValueError(
+                    f"key '{field}' must contain "
+                    + " or ".join(f"{{{{{name}}}}}" for name in required)
+                    + " exactly once"
+                )
         if self.reasoning is not None and self.reasoning.format.count("{{reasoning}}") != 1:
             raise ValueError("key 'reasoning.format' must contain {{reasoning}} exactly once")
         ends = self.assistant.partition(CONTENT)[2] + self.final_stop + (self.final_end or "")
         if self.eos_ends_turn != (EOS in ends):
             raise ValueError(
                 "key 'eos_ends_turn' is "
-                + ("true but the assistant format has no {{eos_token}} after {{content}}" if self.eos_ends_turn
-                   else "false but the assistant format ends its turn with {{eos_token}}")
+                + (
+                    "true but the assistant format has no {{eos_token}} after {{content}}"
+                    if self.eos_ends_turn
+                    else "false but the assistant format ends its turn with {{eos_token}}"
+                )
             )
         if any(not isinstance(word, str) or not word for word in self.stop_words):
             raise ValueError("key 'stop_words' must hold non-empty strings")
@@ -220,8 +230,9 @@ class Template(BaseModel):
     def configure(self, *, reasoning: str | None = None, enable_thinking: bool | None = None) -> Template:
         """A copy whose renders use these defaults (the run's ``reasoning`` and ``enable_thinking`` settings)."""
         copy = self.bind(self._tokenizer)
-        copy._options.update({k: v for k, v in {"reasoning": reasoning, "enable_thinking": enable_thinking}.items()
-                              if v is not None})
+        copy._options.update(
+            {k: v for k, v in {"reasoning": reasoning, "enable_thinking": enable_thinking}.items() if v is not None}
+        )
         return copy
 
     def render(
@@ -245,8 +256,15 @@ class Template(BaseModel):
         """
         options = {"date_string": date_string, "enable_thinking": enable_thinking, "reasoning": reasoning}
         options = {**self._options, **{k: v for k, v in options.items() if v is not None}}
-        return render(self, messages, system=system, tools=tools, add_generation_prompt=add_generation_prompt,
-                      specials=self.specials(tokenizer), **options)
+        return render(
+            self,
+            messages,
+            system=system,
+            tools=tools,
+            add_generation_prompt=add_generation_prompt,
+            specials=self.specials(tokenizer),
+            **options,
+        )
 
     def render_text(self, messages: Sequence[Mapping], **kwargs: Any) -> str:
         """The rendered conversation as one string (the segments joined)."""

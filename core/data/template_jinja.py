@@ -114,11 +114,11 @@ class JinjaTemplate(Template):
             turn = offset + index
             prompt = self._extend(done, self._apply(hf[:turn], True, kwargs), turn)
             full = self._extend(prompt, self._apply(hf[: turn + 1], False, kwargs), turn + 1)
-            head = prompt[len(done):]
-            out.response(head, [(full[len(prompt):], True)], "", "")
+            head = prompt[len(done) :]
+            out.response(head, [(full[len(prompt) :], True)], "", "")
             done = full
         if add_generation_prompt or not ends_with_response:
-            out.prompt(self._extend(done, self._apply(hf, add_generation_prompt, kwargs), len(hf))[len(done):])
+            out.prompt(self._extend(done, self._apply(hf, add_generation_prompt, kwargs), len(hf))[len(done) :])
         return out.items
 
     def _hf_message(self, message: Mapping, index: int) -> dict:
@@ -127,8 +127,10 @@ class JinjaTemplate(Template):
         if role == "observation":
             return {"role": "tool", "content": content}
         if role == "function_call":
-            calls = [{"type": "function", "function": {"name": call.name, "arguments": call.arguments}}
-                     for call in tool_calls(content, index)]
+            calls = [
+                {"type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+                for call in tool_calls(content, index)
+            ]
             if not self._hf_calls:  # the Jinja knows no tool calls: the call's JSON is the answer
                 return {"role": "assistant", "content": content}
             return {"role": "assistant", "content": "", "tool_calls": calls}

@@ -89,12 +89,15 @@ class TemplateLibrary:
         for name, (file, raw) in entries.items():
             for alias in raw.get("aliases") or ():
                 if not isinstance(alias, str) or not NAME.fullmatch(alias):
-                    raise PluginError(f"template '{name}' in {file} has the alias {alias!r}; use lower-case letters, "
-                                      "digits, '-' or '_'")
+                    raise PluginError(
+                        f"template '{name}' in {file} has the alias {alias!r}; use lower-case letters, "
+                        "digits, '-' or '_'"
+                    )
                 owner = aliases.get(alias) or (alias if alias in entries else None)
                 if owner:
-                    raise PluginError(f"'{alias}' names both template '{owner}' and an alias of '{name}' ({file}); "
-                                      "remove one")
+                    raise PluginError(
+                        f"'{alias}' names both template '{owner}' and an alias of '{name}' ({file}); remove one"
+                    )
                 aliases[alias] = name
         return aliases
 
@@ -112,7 +115,9 @@ class TemplateLibrary:
         name = self._aliases.get(name, name)
         if name not in self._built:
             if name not in entries:
-                raise PluginError(f"unknown template '{name}'{did_you_mean(name, entries)} (defined: {one_of(entries)})")
+                raise PluginError(
+                    f"unknown template '{name}'{did_you_mean(name, entries)} (defined: {one_of(entries)})"
+                )
             where, raw = entries[name]
             try:
                 self._built[name] = Template(**{**raw, "name": name})

@@ -139,7 +139,9 @@ def render(
     if t.reasoning is not None and t.reasoning.kept == "after_first_answer":
         kept_after = next((index for index, (role, _) in enumerate(turns) if role == "assistant"), len(turns))
     final = len(turns) - 1 if turns and turns[-1][0] in RESPONSE_ROLES else -1
-    prompt_for_answer = generation_prompt(t, specials, t.enable_thinking if enable_thinking is None else enable_thinking)
+    prompt_for_answer = generation_prompt(
+        t, specials, t.enable_thinking if enable_thinking is None else enable_thinking
+    )
     pending: list[tuple[int, ToolCall]] = []  # the calls whose results come next, numbered in the conversation
     numbered = 0
     for index, (role, content) in enumerate(turns):
@@ -160,13 +162,20 @@ def render(
                 out.prompt(fill(t.user, {**specials, "content": content}))
             else:
                 number, call = pending.pop(0) if pending else (0, None)
-                values = {**specials, "content": content, "content_json": to_json(content),
-                          "call_id": call.id if call else "", "call_name": call.name if call else "",
-                          "call_number": str(number)}
+                values = {
+                    **specials,
+                    "content": content,
+                    "content_json": to_json(content),
+                    "call_id": call.id if call else "",
+                    "call_name": call.name if call else "",
+                    "call_number": str(number),
+                }
                 opening, _, closing = t.observations.partition("{{results}}")
                 first = index == 0 or turns[index - 1][0] != "observation"
                 last = index == len(turns) - 1 or turns[index + 1][0] != "observation"
-                out.prompt((opening if first else "") + fill(t.observation or t.user, values) + (closing if last else ""))
+                out.prompt(
+                    (opening if first else "") + fill(t.observation or t.user, values) + (closing if last else "")
+                )
             continue
         if t.system_in_user is True:
             out.prompt(system_turn)
@@ -214,8 +223,9 @@ def generation_prompt(template: Template, specials: dict[str, str], enable_think
 # -- pieces ------------------------------------------------------------------------------------
 
 
-def _system_turn(t: Template, system: str, specs: list[dict], tools_block: str, date: str,
-                 specials: dict[str, str]) -> str:
+def _system_turn(
+    t: Template, system: str, specs: list[dict], tools_block: str, date: str, specials: dict[str, str]
+) -> str:
     if system:
         text = system
     else:
@@ -231,7 +241,9 @@ def _system_turn(t: Template, system: str, specs: list[dict], tools_block: str, 
         else:
             text = (text + t.tools_system_separator if text else "") + tools_block
     header = fill(t.system_header, {"date": date})
-    text = (t.tools_note if specs and (header or text) else "") + header + text  # the note opens a system turn, never makes one
+    text = (
+        (t.tools_note if specs and (header or text) else "") + header + text
+    )  # the note opens a system turn, never makes one
     return fill(t.system, {**specials, "content": text}) if text or t.system_always else ""
 
 
@@ -241,14 +253,19 @@ def _tools_text(t: Template, specs: list[dict]) -> str:
         fill(t.tool_definition, {"tool": to_json(item, t.tool_indent), "tool_name": str(spec.get("name", ""))})
         for item, spec in zip(items, specs)
     ]
-    return fill(t.tools, {"tools": t.tool_definition_separator.join(definitions),
-                          "tools_json": to_json(items, t.tool_indent)})
+    return fill(
+        t.tools, {"tools": t.tool_definition_separator.join(definitions), "tools_json": to_json(items, t.tool_indent)}
+    )
 
 
 def _calls_text(t: Template, calls: list[tuple[int, ToolCall]]) -> str:
-    written = [fill(t.tool_call, {"name": c.name, "arguments": _arguments_text(t, c.arguments), "id": c.id,
-                                  "number": str(number)})
-               for number, c in calls]
+    written = [
+        fill(
+            t.tool_call,
+            {"name": c.name, "arguments": _arguments_text(t, c.arguments), "id": c.id, "number": str(number)},
+        )
+        for number, c in calls
+    ]
     return fill(t.tool_calls, {"calls": t.tool_call_separator.join(written)})
 
 
@@ -256,16 +273,19 @@ def _arguments_text(t: Template, arguments: Any) -> str:
     """The arguments as JSON, or one ``tool_call_argument`` per key."""
     if t.tool_call_argument is None or not isinstance(arguments, Mapping):
         return to_json(arguments)
-    return "".join(fill(t.tool_call_argument, {"key": str(key), "value": _argument_value(t, value)})
-                   for key, value in arguments.items())
+    return "".join(
+        fill(t.tool_call_argument, {"key": str(key), "value": _argument_value(t, value)})
+        for key, value in arguments.items()
+    )
 
 
 def _argument_value(t: Template, value: Any) -> str:
     """One argument's value as the family writes it: text as it is, other values as JSON or Python's ``str()``."""
     if isinstance(value, str):
         return value
-    if t.tool_call_argument_value == "str" or (t.tool_call_argument_value == "str_scalars"
-                                               and not isinstance(value, (list, dict))):
+    if t.tool_call_argument_value == "str" or (
+        t.tool_call_argument_value == "str_scalars" and not isinstance(value, (list, dict))
+    ):
         return str(value)
     return to_json(value)
 
@@ -294,8 +314,9 @@ def split_reasoning(reasoning: Reasoning, content: str) -> tuple[str, str, int]:
     return thought, answer, len(content) - len(answer)
 
 
-def _answer(reasoning: Reasoning | None, content: str, index: int, final: int, kept_after: int,
-            mode: str) -> list[tuple[str, bool]]:
+def _answer(
+    reasoning: Reasoning | None, content: str, index: int, final: int, kept_after: int, mode: str
+) -> list[tuple[str, bool]]:
     """An assistant message's body: its reasoning block where the family writes one, then the answer."""
     if reasoning is None:
         return [(content, True)]
@@ -307,8 +328,11 @@ def _answer(reasoning: Reasoning | None, content: str, index: int, final: int, k
             thought = ""
         shown = bool(thought) or reasoning.final_always or reasoning.always
     else:
-        if not (reasoning.kept == "all" or reasoning.kept in ("after_last_query", "after_first_answer")
-                and index > kept_after):
+        if not (
+            reasoning.kept == "all"
+            or reasoning.kept in ("after_last_query", "after_first_answer")
+            and index > kept_after
+        ):
             thought = ""
         shown = bool(thought) or reasoning.always
     if not shown:

@@ -49,7 +49,9 @@ def parse_tools(tools: str | Sequence | Mapping) -> list[dict]:
         if isinstance(spec, Mapping) and isinstance(spec.get("function"), Mapping):
             spec = spec["function"]
         if not isinstance(spec, Mapping):
-            raise DataError(f"the tool definition {short(json.dumps(spec))} is not a JSON object; give each tool as one")
+            raise DataError(
+                f"the tool definition {short(json.dumps(spec))} is not a JSON object; give each tool as one"
+            )
         out.append(dict(spec))
     return out
 

@@ -284,12 +284,19 @@ class ConversationKind:
         """Whether prompt tokens train too (supervised data with ``train_on: all``)."""
         return False
 
-    def tokenize(self, batch: dict[str, list], *, tokenizer: Any, template: Any, options: TokenizeOptions) -> dict[str, list]:
+    def tokenize(
+        self, batch: dict[str, list], *, tokenizer: Any, template: Any, options: TokenizeOptions
+    ) -> dict[str, list]:
         return tokenize_conversations(batch, tokenizer=tokenizer, template=template, options=options, kind=self)
 
 
 def tokenize_conversations(
-    batch: dict[str, list], *, tokenizer: Any, template: Any, options: TokenizeOptions, kind: ConversationKind,
+    batch: dict[str, list],
+    *,
+    tokenizer: Any,
+    template: Any,
+    options: TokenizeOptions,
+    kind: ConversationKind,
 ) -> dict[str, list]:
     """``datasets.map`` function (batched) for a conversation ``kind``."""
     train_prompt = kind.trains_prompt(options)

@@ -41,7 +41,9 @@ class DataBundle:
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)  # data set -> reason -> rows
 
 
-def records(name_or_path: str, cfg: RunConfig, manager: PluginManager, dropped: dict[str, dict[str, int]]) -> AnyDataset:
+def records(
+    name_or_path: str, cfg: RunConfig, manager: PluginManager, dropped: dict[str, dict[str, int]]
+) -> AnyDataset:
     """One data set value through resolve -> load -> align."""
     spec = resolve(name_or_path, cfg.dataset_dir)
     check_media(spec)
@@ -59,7 +61,9 @@ def load_data(cfg: RunConfig, manager: PluginManager, *, eval_split: bool = True
     dropped: dict[str, dict[str, int]] = {}
     train = merge(
         [records(name, cfg, manager, dropped) for name in cfg.datasets],
-        strategy=cfg.mix_strategy, probabilities=cfg.interleave_probs, seed=cfg.seed,
+        strategy=cfg.mix_strategy,
+        probabilities=cfg.interleave_probs,
+        seed=cfg.seed,
     )
     evaluation = None
     if eval_split and cfg.eval_dataset:
@@ -75,7 +79,12 @@ def load_data(cfg: RunConfig, manager: PluginManager, *, eval_split: bool = True
 
 
 def build_datasets(
-    cfg: RunConfig, manager: PluginManager, tokenizer: Any, template: Any, data_kind: str, layout: BatchLayout | None = None
+    cfg: RunConfig,
+    manager: PluginManager,
+    tokenizer: Any,
+    template: Any,
+    data_kind: str,
+    layout: BatchLayout | None = None,
 ) -> tuple[AnyDataset, AnyDataset | None, Any, dict[str, Any]]:
     """The one call a stage makes: load and merge the data, tokenize (and pack) it, and its collator.
 
@@ -88,9 +97,15 @@ def build_datasets(
     bundle = load_data(cfg, manager)
     kind = lookup_kind(manager, data_kind, cfg.stage)
     train = tokenize_dataset(bundle.train, tokenizer, template, cfg, data_kind, layout.packing, manager)
-    evaluation = None if bundle.eval is None else tokenize_dataset(bundle.eval, tokenizer, template, cfg, data_kind, layout.packing, manager)
+    evaluation = (
+        None
+        if bundle.eval is None
+        else tokenize_dataset(bundle.eval, tokenizer, template, cfg, data_kind, layout.packing, manager)
+    )
     packing = packing_enabled(cfg, kind, layout.packing, data_kind)
-    collator = kind.collator(tokenizer, packing=packing, flatten=layout.padding_free and layout.restarts, restarts=layout.restarts)
+    collator = kind.collator(
+        tokenizer, packing=packing, flatten=layout.padding_free and layout.restarts, restarts=layout.restarts
+    )
     stats: dict[str, Any] = {"aligning_dropped": bundle.dropped}
     for name, part in (("train", train), ("eval", evaluation)):
         stats[name] = part.stats.to_dict() if part is not None and part.stats is not None else None

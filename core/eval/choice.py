@@ -44,7 +44,10 @@ def chat_messages(spec: TaskSpec, subject: str, shots: Sequence[Question], quest
     """Each example as a user turn answered by the letter; the header opens the first turn."""
     messages = []
     for shot in shots:
-        messages += [{"role": "user", "content": question_block(spec, shot)}, {"role": "assistant", "content": shot.answer}]
+        messages += [
+            {"role": "user", "content": question_block(spec, shot)},
+            {"role": "assistant", "content": shot.answer},
+        ]
     messages.append({"role": "user", "content": question_block(spec, question)})
     messages[0]["content"] = spec.header.format(subject=spec.subject_name(subject)) + messages[0]["content"]
     return messages
@@ -62,7 +65,12 @@ def choice_token_ids(tokenizer: Any, prefix: str) -> list[int]:
 
 
 def choice_logits(
-    model: Any, sequences: Sequence[Sequence[int]], choice_ids: Sequence[int], *, batch_size: int, bar: Bar | None = None
+    model: Any,
+    sequences: Sequence[Sequence[int]],
+    choice_ids: Sequence[int],
+    *,
+    batch_size: int,
+    bar: Bar | None = None,
 ) -> list[list[float]]:
     """For each token sequence, the next-token logits of the choice tokens (in fp32)."""
     import torch
@@ -79,7 +87,7 @@ def choice_logits(
             cache = decoder(input_ids=prefix, use_cache=True).past_key_values
         order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))  # similar lengths pad less
         for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
+            rows = order[start : start + batch_size]
             hidden = _last_hidden(model, decoder, [sequences[i][shared:] for i in rows], shared, cache)
             found.update(zip(rows, _head(model, hidden, choice_ids).tolist()))
             if bar is not None:
@@ -142,14 +150,23 @@ class MultipleChoiceEvaluator:
         self.spec = spec
 
     def evaluate(
-        self, cfg: RunConfig, manager: PluginManager, *, loaded: Any = None, engine: Any = None, progress: ProgressOption = True
+        self,
+        cfg: RunConfig,
+        manager: PluginManager,
+        *,
+        loaded: Any = None,
+        engine: Any = None,
+        progress: ProgressOption = True,
     ) -> EvalResult:
         spec = self.spec
         dev_dir, scored_dir = task_folders(spec.name, cfg.task_dir, cfg.eval_split, spec.split, cfg.n_shot)
         files = subject_files(scored_dir)
         subjects = pick_subjects(files, cfg.subjects, scored_dir)
         # Read every file before loading the model so a bad file fails in seconds.
-        work = {name: (self._shots(dev_dir, name, cfg.n_shot), self._questions(files[name], cfg.max_samples)) for name in subjects}
+        work = {
+            name: (self._shots(dev_dir, name, cfg.n_shot), self._questions(files[name], cfg.max_samples))
+            for name in subjects
+        }
 
         if loaded is None:
             from factory.infer.engine import serving_config
@@ -203,10 +220,14 @@ class MultipleChoiceEvaluator:
             return []
         files = subject_files(dev_dir)
         if subject not in files:
-            raise DataError(f"subject '{subject}' has no file in '{dev_dir}' to take {n_shot} examples from; add it or set n_shot=0")
+            raise DataError(
+                f"subject '{subject}' has no file in '{dev_dir}' to take {n_shot} examples from; add it or set n_shot=0"
+            )
         shots = read_questions(files[subject])
         if len(shots) < n_shot:
-            raise DataError(f"'{files[subject]}' holds {len(shots)} examples but n_shot={n_shot}; set n_shot={len(shots)} or lower")
+            raise DataError(
+                f"'{files[subject]}' holds {len(shots)} examples but n_shot={n_shot}; set n_shot={len(shots)} or lower"
+            )
         return shots[:n_shot]
 
     @staticmethod
@@ -217,7 +238,9 @@ class MultipleChoiceEvaluator:
     def _renderer(self, cfg: RunConfig, tokenizer: Any, manager: PluginManager) -> Any:
         """subject, shots, question -> prompt token ids, for the configured prompt style."""
         spec = self.spec
-        if cfg.eval_prompt == "raw":  # plain text gets the tokenizer's BOS, if it adds one; a chat template writes its own
+        if (
+            cfg.eval_prompt == "raw"
+        ):  # plain text gets the tokenizer's BOS, if it adds one; a chat template writes its own
             return lambda subject, shots, question: tokenizer.encode(raw_prompt(spec, subject, shots, question))
         from factory.data.template import get_template
 
@@ -225,7 +248,10 @@ class MultipleChoiceEvaluator:
 
         def render(subject: str, shots: Sequence[Question], question: Question) -> list[int]:
             text = template.render_text(
-                chat_messages(spec, subject, shots, question), system=cfg.system or "", add_generation_prompt=True, tokenizer=tokenizer
+                chat_messages(spec, subject, shots, question),
+                system=cfg.system or "",
+                add_generation_prompt=True,
+                tokenizer=tokenizer,
             )
             return tokenizer.encode(text, add_special_tokens=False)
 

@@ -52,7 +52,9 @@ def predictions_path(cfg: RunConfig) -> Path:
     folder = Path(cfg.output_dir or f"outputs/predict-{time.strftime('%Y%m%d-%H%M%S')}")
     path = folder / PREDICTIONS_FILE
     if path.exists() and not cfg.overwrite_output_dir:
-        raise ConfigError(f"'{path}' already exists; pass overwrite_output_dir=true to replace it, or choose another output_dir")
+        raise ConfigError(
+            f"'{path}' already exists; pass overwrite_output_dir=true to replace it, or choose another output_dir"
+        )
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"output_dir '{folder}' is a file; choose a folder")
     return path
@@ -62,14 +64,24 @@ class PredictEvaluator:
     """The evaluator behind ``task: bleu-rouge`` and ``factory predict`` (see :mod:`factory.hookspecs`)."""
 
     def evaluate(
-        self, cfg: RunConfig, manager: PluginManager, *, loaded: Any = None, engine: Any = None, progress: ProgressOption = True
+        self,
+        cfg: RunConfig,
+        manager: PluginManager,
+        *,
+        loaded: Any = None,
+        engine: Any = None,
+        progress: ProgressOption = True,
     ) -> EvalResult:
         from factory.data.worker import load_records
         from factory.extras import require
         from factory.infer.base import GenerationRequest, load_engine
 
         require("metrics", f"task {cfg.task} (BLEU and ROUGE)")  # before any model loads
-        names = ([cfg.eval_dataset] if isinstance(cfg.eval_dataset, str) else list(cfg.eval_dataset)) if cfg.eval_dataset else cfg.datasets
+        names = (
+            ([cfg.eval_dataset] if isinstance(cfg.eval_dataset, str) else list(cfg.eval_dataset))
+            if cfg.eval_dataset
+            else cfg.datasets
+        )
         sets = {name: reference_items(load_records(name, cfg, manager), name) for name in names}
         path = predictions_path(cfg)
         own = engine is None
@@ -83,20 +95,29 @@ class PredictEvaluator:
                     bar.describe(f"predict {name}")
                     requests = [
                         GenerationRequest.from_config(
-                            cfg, item["messages"], system=item["system"] or cfg.system, tools=item["tools"],
+                            cfg,
+                            item["messages"],
+                            system=item["system"] or cfg.system,
+                            tools=item["tools"],
                             seed=cfg.seed if cfg.temperature > 0 else None,
                         )
                         for item in items
                     ]
                     answers = []
                     for start in range(0, len(requests), cfg.max_batch_size):
-                        chunk = requests[start:start + cfg.max_batch_size]
+                        chunk = requests[start : start + cfg.max_batch_size]
                         answers += [done.text.strip() for done in engine.generate(chunk)]
                         bar.advance(len(chunk))
                     scored = [text_scores(answer, item["label"]) for answer, item in zip(answers, items)]
                     subjects[name] = mean_scores(scored)
                     rows += [
-                        {"dataset": name, "prompt": _prompt_text(engine, request), "predict": answer, "label": item["label"], **scores}
+                        {
+                            "dataset": name,
+                            "prompt": _prompt_text(engine, request),
+                            "predict": answer,
+                            "label": item["label"],
+                            **scores,
+                        }
                         for request, answer, item, scores in zip(requests, answers, items, scored)
                     ]
         finally:
@@ -130,7 +151,11 @@ class PredictEvaluator:
 def _prompt_text(engine: Any, request: Any) -> str:
     """The rendered prompt the engine generated from, for the predictions file."""
     return engine.template.render_text(
-        request.messages, system=request.system or "", tools=request.tools, add_generation_prompt=True, tokenizer=engine.tokenizer
+        request.messages,
+        system=request.system or "",
+        tools=request.tools,
+        add_generation_prompt=True,
+        tokenizer=engine.tokenizer,
     )
 
 

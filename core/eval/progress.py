@@ -18,7 +18,9 @@ ProgressOption = bool | Listener
 class Bar:
     """Advance by items done; ``describe`` names what is being worked on."""
 
-    def __init__(self, progress: Any = None, task: Any = None, listener: Listener | None = None, total: int = 0) -> None:
+    def __init__(
+        self, progress: Any = None, task: Any = None, listener: Listener | None = None, total: int = 0
+    ) -> None:
         self._progress, self._task = progress, task
         self._listener, self._total, self._done = listener, total, 0
 
@@ -53,6 +55,12 @@ def progress_bar(total: int, label: str, *, enabled: ProgressOption = True) -> I
         TimeRemainingColumn,
     )
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=Console(stderr=True)) as progress:
         yield Bar(progress, progress.add_task(label, total=total))

@@ -28,7 +28,9 @@ class Question:
     row: int  # 1-based data row in its file, for reports
 
 
-def task_folders(task: str, task_dir: str | None, split: str | None, default_split: str, n_shot: int) -> tuple[Path | None, Path]:
+def task_folders(
+    task: str, task_dir: str | None, split: str | None, default_split: str, n_shot: int
+) -> tuple[Path | None, Path]:
     """The few-shot folder (None without shots) and the folder to score, checked to exist."""
     if not task_dir:
         raise ConfigError(
@@ -55,7 +57,9 @@ def task_folders(task: str, task_dir: str | None, split: str | None, default_spl
         scored = root / found[0]
     dev = root / "dev"
     if n_shot > 0 and not dev.is_dir():
-        raise ConfigError(f"n_shot={n_shot} needs few-shot examples in '{dev}', which does not exist; add it or set n_shot=0")
+        raise ConfigError(
+            f"n_shot={n_shot} needs few-shot examples in '{dev}', which does not exist; add it or set n_shot=0"
+        )
     return (dev if n_shot > 0 else None), scored
 
 
@@ -101,7 +105,9 @@ def read_questions(path: Path) -> list[Question]:
             )
         answer = row[columns["answer"]].strip().upper()
         if answer not in LETTERS:
-            raise DataError(f"row {number} of '{path}' has the answer {row[columns['answer']]!r}; answers must be one of A, B, C, D")
+            raise DataError(
+                f"row {number} of '{path}' has the answer {row[columns['answer']]!r}; answers must be one of A, B, C, D"
+            )
         choices = tuple(row[columns[letter]] for letter in LETTERS)
         questions.append(Question(row[columns["question"]], choices, answer, number))  # type: ignore[arg-type]
     if not questions:

@@ -56,7 +56,9 @@ def print_history(runs: list[RunInfo], location: str) -> None:
     table = Table()
     for column in ("id", "when", "task", "model", "adapter", "metric", "score", "n"):
         wide = column in ("model", "adapter")  # paths: fold them, keep the short columns on one line
-        table.add_column(column, justify="right" if column in ("id", "score", "n") else "left", overflow="fold", no_wrap=not wide)
+        table.add_column(
+            column, justify="right" if column in ("id", "score", "n") else "left", overflow="fold", no_wrap=not wide
+        )
     for run in runs:
         table.add_row(
             str(run.id),
@@ -89,7 +91,11 @@ def print_compare(a: RunInfo, b: RunInfo, rows: list[dict[str, Any]]) -> None:
         if delta and delta > 0:
             shown = "+" + shown
         table.add_row(
-            row["scope"], row["name"], row["metric"], _value(row["metric"], row["a"]), _value(row["metric"], row["b"]),
+            row["scope"],
+            row["name"],
+            row["metric"],
+            _value(row["metric"], row["a"]),
+            _value(row["metric"], row["b"]),
             f"[{style}]{shown}[/{style}]" if style else shown,
         )
     console.print(table)

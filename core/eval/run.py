@@ -90,8 +90,13 @@ def evaluate(
 def recorded_facts(cfg: RunConfig, command: str, duration_s: float, version: str) -> dict[str, Any]:
     """What the store files a run under besides its scores; local paths resolved, so an eval of an
     adapter finds the training run that wrote that folder."""
-    return {"command": command, "model": local_path(cfg.model), "adapter": local_path(cfg.adapter),
-            "duration_s": duration_s, "factory_version": version}
+    return {
+        "command": command,
+        "model": local_path(cfg.model),
+        "adapter": local_path(cfg.adapter),
+        "duration_s": duration_s,
+        "factory_version": version,
+    }
 
 
 def local_path(value: str | None) -> str | None:
@@ -110,6 +115,8 @@ def save_beside_outputs(result: EvalResult, cfg: RunConfig, facts: Mapping[str, 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{facts.get('command', 'eval')}-result-{result.task}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps({**result.to_dict(), **facts}, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    partial.write_text(
+        json.dumps({**result.to_dict(), **facts}, indent=2, ensure_ascii=False, default=str), encoding="utf-8"
+    )
     partial.replace(path)  # complete or absent, never half-written
     return path

@@ -25,7 +25,9 @@ def _mmlu() -> Subjects:
         "Other": "business_ethics clinical_knowledge college_medicine global_facts human_aging management marketing "
         "medical_genetics miscellaneous nutrition professional_accounting professional_medicine virology",
     }
-    return {subject: (subject.replace("_", " "), (group,)) for group, names in groups.items() for subject in names.split()}
+    return {
+        subject: (subject.replace("_", " "), (group,)) for group, names in groups.items() for subject in names.split()
+    }
 
 
 # CMMLU groups subjects into four areas, and marks the ones specific to China as a fifth category.

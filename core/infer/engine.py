@@ -84,8 +84,15 @@ def held_back(text: str, stops: tuple[str, ...]) -> int:
 class _Row:
     """One request inside a batch: its tokens so far, what it has streamed, whether it is done."""
 
-    def __init__(self, request: GenerationRequest, stream: TextStream, prompt_ids: list[int], limit: int,
-                 stops: tuple[str, ...], counts: dict[str, int]) -> None:
+    def __init__(
+        self,
+        request: GenerationRequest,
+        stream: TextStream,
+        prompt_ids: list[int],
+        limit: int,
+        stops: tuple[str, ...],
+        counts: dict[str, int],
+    ) -> None:
         self.request = request
         self.stream = stream
         self.prompt_ids = prompt_ids
@@ -123,7 +130,7 @@ class _Row:
         # Decoding a longer token list only appends to the text before it (byte-level and
         # sentencepiece tokenizers, with clean-up off), so the new part is the suffix.
         if len(text) > len(self.sent):
-            delta = text[len(self.sent):]
+            delta = text[len(self.sent) :]
             self.sent += delta
             self.stream.push(delta)
 
@@ -194,8 +201,15 @@ class TransformersEngine(Engine):
         self._pending: deque[_Row] = deque()
         self._running: list[_Row] = []
         # requests queued, batches run, finished requests by how they ended, tokens generated
-        self._counts = {"requests": 0, "batches": 0, "largest_batch": 0, "stop": 0, "length": 0, "cancelled": 0,
-                        "generated_tokens": 0}
+        self._counts = {
+            "requests": 0,
+            "batches": 0,
+            "largest_batch": 0,
+            "stop": 0,
+            "length": 0,
+            "cancelled": 0,
+            "generated_tokens": 0,
+        }
         self._cond = threading.Condition()
         self._closed = False
         self._worker = threading.Thread(target=self._work, name="factory-transformers-engine", daemon=True)
@@ -276,8 +290,9 @@ class TransformersEngine(Engine):
         """Can ``row`` join ``batch``: same decoding settings, room left, and the padded batch
         (longest prompt + most new tokens) still inside the context, for every row's positions."""
         longest = max(len(r.prompt_ids) for r in [*batch, row]) + max(r.limit for r in [*batch, row])
-        return (len(batch) < self.max_batch_size and row.batch_key == batch[0].batch_key
-                and longest <= self.context_length)
+        return (
+            len(batch) < self.max_batch_size and row.batch_key == batch[0].batch_key and longest <= self.context_length
+        )
 
     def _work(self) -> None:
         while (batch := self._next_batch()) is not None:

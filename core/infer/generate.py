@@ -27,9 +27,13 @@ def chat_reply(
     )
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
     stop_ids = [tokenizer.eos_token_id] + [
-        tid for word in template.stop_words if (tid := tokenizer.convert_tokens_to_ids(word)) is not None and tid != tokenizer.unk_token_id
+        tid
+        for word in template.stop_words
+        if (tid := tokenizer.convert_tokens_to_ids(word)) is not None and tid != tokenizer.unk_token_id
     ]
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+    )
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -42,7 +46,7 @@ def chat_reply(
         )
     if was_training:
         model.train()
-    text = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    text = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     for word in template.stop_words:
         text = text.split(word)[0]
     return text.strip()

@@ -52,8 +52,15 @@ DISCONNECT_POLL_SECONDS = 0.5
 class ApiError(Exception):
     """An error answered in OpenAI's shape with an HTTP status."""
 
-    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
 
@@ -82,6 +89,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Answer every error, ours and the framework's, in OpenAI's shape; never show internals."""
+
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return exc.response()
@@ -108,7 +116,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _crash(_: Request, exc: Exception) -> JSONResponse:
         incident = uuid.uuid4().hex[:12]
         log.exception("request failed (incident %s)", incident)
-        return ApiError(500, f"internal error (incident {incident} in the server's log)", type_="server_error").response()
+        return ApiError(
+            500, f"internal error (incident {incident} in the server's log)", type_="server_error"
+        ).response()
 
 
 def _finish_reason(result: GenerationResult) -> str:
@@ -215,8 +225,11 @@ def add_inference_routes(app: FastAPI, engine: Engine, cfg: RunConfig) -> None:
                 message = ResponseMessage(content=None, tool_calls=tool_calls_of(calls))
                 choices.append(Choice(index=index, message=message, finish_reason="tool_calls"))
             else:
-                choices.append(Choice(index=index, message=ResponseMessage(content=result.text),
-                                      finish_reason=_finish_reason(result)))
+                choices.append(
+                    Choice(
+                        index=index, message=ResponseMessage(content=result.text), finish_reason=_finish_reason(result)
+                    )
+                )
         return ChatCompletion(
             id=completion_id, created=stamp, model=model_id, choices=choices, usage=_usage(streams, results)
         )

@@ -111,10 +111,10 @@ class ToolCallParser:
         self.separator = template.tool_call_separator
         fmt = template.tool_call
         first, last = fmt.find("{"), fmt.rfind("}")
-        opens_json = first >= 0 and not fmt.startswith("{{", first) and "{{name}}" in fmt[first:last + 1]
+        opens_json = first >= 0 and not fmt.startswith("{{", first) and "{{name}}" in fmt[first : last + 1]
         # JSON shape: text before the object, the object, text after it.
-        self.json_frame = (fmt[:first], fmt[last + 1:]) if opens_json else None
-        self.json_keys = _json_keys(fmt[first:last + 1]) if opens_json else ("name", "arguments")
+        self.json_frame = (fmt[:first], fmt[last + 1 :]) if opens_json else None
+        self.json_keys = _json_keys(fmt[first : last + 1]) if opens_json else ("name", "arguments")
         self.parts = _PLACEHOLDER.split(fmt)  # text shape: literal, placeholder, literal, ...
         argument = getattr(template, "tool_call_argument", None)  # XML-like calls: one element per argument
         self.argument_parts = _ARGUMENT.split(argument) if argument else None
@@ -177,9 +177,9 @@ class ToolCallParser:
                         if end < 0:
                             raise _NoMatch
                         raw = text[pos:end]
-                        opening, closing = before[len(before.rstrip()):], after[:len(after) - len(after.lstrip())]
-                        raw = raw[len(opening):] if opening and raw.startswith(opening) else raw
-                        raw = raw[:-len(closing)] if closing and raw.endswith(closing) else raw
+                        opening, closing = before[len(before.rstrip()) :], after[: len(after) - len(after.lstrip())]
+                        raw = raw[len(opening) :] if opening and raw.startswith(opening) else raw
+                        raw = raw[: -len(closing)] if closing and raw.endswith(closing) else raw
                         value, pos = _argument_value(raw, self.python_values), end
             except _NoMatch:
                 return start, arguments

@@ -32,7 +32,9 @@ ALIASES: dict[str, PackagedModel] = {
 
 def cache_dir() -> Path:
     """Where factory keeps converted models (``FACTORY_CACHE``, else ~/.cache/factory)."""
-    root = os.environ.get("FACTORY_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "factory"
+    root = (
+        os.environ.get("FACTORY_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "factory"
+    )
     return Path(root)
 
 

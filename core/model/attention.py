@@ -81,8 +81,14 @@ class GroupedCausalAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float,
-                edges: tuple[int, ...] | None = None) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        scale: float,
+        edges: tuple[int, ...] | None = None,
+    ) -> torch.Tensor:
         """``(batch, heads, L, D)`` query, ``(batch, groups, L, D)`` key and value -> ``(batch, L, heads, D)``."""
         batch, heads, length, dim = query.shape
         groups = key.shape[1]
@@ -94,8 +100,10 @@ class GroupedCausalAttention(torch.autograd.Function):
             saved = []
             for first, start, end in _blocks(edges):
                 rows = _stacked(query[:, :, start:end], groups)
-                keys, values = (t[:, :, first:end].reshape(batch * groups, end - first, dim).contiguous() for t in (key, value))
-                mask = bias[(start - first) * per_group:(end - first) * per_group, :end - first]
+                keys, values = (
+                    t[:, :, first:end].reshape(batch * groups, end - first, dim).contiguous() for t in (key, value)
+                )
+                mask = bias[(start - first) * per_group : (end - first) * per_group, : end - first]
                 # scale * q @ k.T + mask in one op, over the keys this block sees
                 probs = torch.softmax(torch.baddbmm(mask, rows, keys.transpose(1, 2), alpha=scale), -1)
                 _unstack(torch.bmm(probs, values), out[:, start:end], groups)
@@ -129,8 +137,8 @@ class GroupedCausalAttention(torch.autograd.Function):
             if sums is None:
                 sums, example_end = (part_key.float(), part_value.float()), end
             else:
-                sums[0][:, :end - first] += part_key
-                sums[1][:, :end - first] += part_value
+                sums[0][:, : end - first] += part_key
+                sums[1][:, : end - first] += part_value
             if start == first:  # the example's first block: its sums are complete
                 grad_key[:, first:example_end], grad_value[:, first:example_end] = sums
                 sums = None
@@ -142,19 +150,26 @@ def _stacked(heads_first: torch.Tensor, groups: int) -> torch.Tensor:
     """``(batch, heads, L, D)`` as contiguous ``(batch * groups, L * heads/groups, D)``: one matrix per key/value
     head, rows (position, head)."""
     batch, heads, length, dim = heads_first.shape
-    return (heads_first.transpose(1, 2).reshape(batch, length, groups, heads // groups, dim)
-            .permute(0, 2, 1, 3, 4).reshape(batch * groups, length * (heads // groups), dim).contiguous())
+    return (
+        heads_first.transpose(1, 2)
+        .reshape(batch, length, groups, heads // groups, dim)
+        .permute(0, 2, 1, 3, 4)
+        .reshape(batch * groups, length * (heads // groups), dim)
+        .contiguous()
+    )
 
 
 def _unstack(stacked: torch.Tensor, target: torch.Tensor, groups: int) -> None:
     """Copy ``(batch * groups, L * heads/groups, D)`` stacked position-major into ``target``, ``(batch, L, heads, D)``."""
     batch, length, heads, dim = target.shape
     target.view(batch, length, groups, heads // groups, dim).copy_(
-        stacked.view(batch, groups, length, heads // groups, dim).transpose(1, 2))
+        stacked.view(batch, groups, length, heads // groups, dim).transpose(1, 2)
+    )
 
 
-def _grouped_fits(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, longest: int, dropout: float,
-                  kwargs: dict[str, Any]) -> bool:
+def _grouped_fits(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, longest: int, dropout: float, kwargs: dict[str, Any]
+) -> bool:
     """Whether examples up to ``longest`` can take :class:`GroupedCausalAttention`: short, training on CPU, nothing it does not model."""
     return (
         torch.is_grad_enabled()
@@ -182,8 +197,14 @@ def _split_bounds(query: Any, key: Any, kwargs: dict[str, Any]) -> list[int] | N
 
 
 def varlen_sdpa_forward(
-    module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
-    scaling: float | None = None, **kwargs: Any,
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
 ) -> tuple[Any, None]:
     """``sdpa_attention_forward``, causal within each example when the batch is a flattened row.
 
@@ -194,7 +215,9 @@ def varlen_sdpa_forward(
 
     edges = _split_bounds(query, key, kwargs) if getattr(module, "is_causal", True) else None
     if edges is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     lengths = [b - a for a, b in zip(edges, edges[1:])]
     if _grouped_fits(query, key, value, max(lengths), dropout, kwargs):
@@ -204,7 +227,9 @@ def varlen_sdpa_forward(
         if _grouped_fits(q, k, v, q.shape[2], dropout, kwargs):
             parts.append(GroupedCausalAttention.apply(q, k, v, scale))
         else:
-            parts.append(sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True)[0])
+            parts.append(
+                sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True)[0]
+            )
     return torch.cat(parts, dim=1), None
 
 

@@ -44,4 +44,6 @@ def checkpoint_config(cfg: RunConfig) -> dict[str, Any]:
     try:
         return json.loads(Path(config_file).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"model config '{config_file}' is not valid JSON ({exc}); fix or replace the model folder") from None
+        raise ConfigError(
+            f"model config '{config_file}' is not valid JSON ({exc}); fix or replace the model folder"
+        ) from None

@@ -52,8 +52,9 @@ class ModelFacts:
                 )
             merged = replace(merged, **{field.name: theirs})
             decided[field.name] = patch
-        return replace(merged, decided_by=tuple(decided.items()), replaces=tuple(owners) or None,
-                       owner_of=tuple(owners.items()))
+        return replace(
+            merged, decided_by=tuple(decided.items()), replaces=tuple(owners) or None, owner_of=tuple(owners.items())
+        )
 
     @property
     def owners(self) -> dict[str, str]:

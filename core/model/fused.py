@@ -81,8 +81,14 @@ class _LowRankLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                scalings: tuple[float, ...], *adapters: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        scalings: tuple[float, ...],
+        *adapters: torch.Tensor,
+    ) -> torch.Tensor:
         dtype = x.dtype
         count = len(scalings)
         flat = x.reshape(-1, x.shape[-1])
@@ -111,7 +117,7 @@ class _LowRankLinear(torch.autograd.Function):
             grad_b.append((scaled[:, rows].t() @ grad_out).t() if ctx.needs_input_grad[4 + count + i] else None)
         stacked = grad_scaled[0] if count == 1 else torch.cat(grad_scaled, dim=1)
         grad_a: list[Any] = [None] * count
-        if any(ctx.needs_input_grad[4:4 + count]):
+        if any(ctx.needs_input_grad[4 : 4 + count]):
             grad_a = list((stacked.t() @ flat).split([b.shape[1] for b in b_]))  # each adapter's rank
         grad_x = None
         if ctx.needs_input_grad[0]:
@@ -134,8 +140,9 @@ def _blocks(b: list[torch.Tensor], scalings: tuple[float, ...]) -> list[tuple[sl
     return blocks
 
 
-def low_rank_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, a: torch.Tensor,
-                    b: torch.Tensor, scaling: float) -> torch.Tensor:
+def low_rank_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, scaling: float
+) -> torch.Tensor:
     """A frozen linear layer plus its low-rank update ``scaling * b @ a``, computed in ``x``'s dtype.
 
     The caller checks that the base is frozen and in ``x``'s dtype; ``a`` and ``b`` (fp32 master
@@ -144,8 +151,12 @@ def low_rank_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     return stacked_low_rank_linear(x, weight, bias, [(a, b, scaling)])
 
 
-def stacked_low_rank_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                            adapters: list[tuple[torch.Tensor, torch.Tensor, float]]) -> torch.Tensor:
+def stacked_low_rank_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    adapters: list[tuple[torch.Tensor, torch.Tensor, float]],
+) -> torch.Tensor:
     """Several frozen linear layers reading the same ``x``, as one: ``weight``/``bias`` are theirs stacked
     by output rows, ``adapters`` their ``(a, b, scaling)`` in the same order; the output's columns are
     the layers' outputs side by side. The caller checks what :func:`low_rank_linear` says.

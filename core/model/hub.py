@@ -23,8 +23,17 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 # Files no transformers model load reads: other frameworks' weights and exports, and the original
 # (pre-conversion) checkpoints some repositories carry beside the Hugging Face ones.
 SKIPPED_FILES = [
-    "*.gguf", "*.onnx", "*.onnx_data", "onnx/*", "*.msgpack", "*.h5", "*.tflite", "*.ot",
-    "original/*", "coreml/*", "openvino/*",
+    "*.gguf",
+    "*.onnx",
+    "*.onnx_data",
+    "onnx/*",
+    "*.msgpack",
+    "*.h5",
+    "*.tflite",
+    "*.ot",
+    "original/*",
+    "coreml/*",
+    "openvino/*",
 ]
 
 
@@ -69,8 +78,11 @@ def fetch_model(repo_id: str, revision: str | None = None) -> Path:
     named = f"model '{repo_id}'" + (f" at revision '{revision}'" if revision else "")
     cached = _cached_snapshot(repo_id, revision, hub)
     if cached is None and not hub.offline:
-        print(f"factory: downloading {repo_id}{f'@{revision}' if revision else ''} from {hub.endpoint} "
-              f"into {hub.cache_dir}", file=sys.stderr)
+        print(
+            f"factory: downloading {repo_id}{f'@{revision}' if revision else ''} from {hub.endpoint} "
+            f"into {hub.cache_dir}",
+            file=sys.stderr,
+        )
     try:
         folder = snapshot_download(
             repo_id,
@@ -134,14 +146,18 @@ def _reason(exc: BaseException) -> str:
     return text.removeprefix("Got: ").rstrip(".")
 
 
-def push_folder(folder: Path, repo_id: str, *, private: bool = True, message: str = "Upload model exported by factory") -> str:
+def push_folder(
+    folder: Path, repo_id: str, *, private: bool = True, message: str = "Upload model exported by factory"
+) -> str:
     """Upload ``folder`` to the hub repository ``repo_id`` (created if missing); return the commit URL."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
     hub = HubSettings.from_env()
     if hub.offline:
-        raise ConfigError(f"export_hub_repo={repo_id} needs the hub, but HF_HUB_OFFLINE is set; unset it, or drop export_hub_repo")
+        raise ConfigError(
+            f"export_hub_repo={repo_id} needs the hub, but HF_HUB_OFFLINE is set; unset it, or drop export_hub_repo"
+        )
     api = HfApi(endpoint=hub.endpoint)
     print(f"factory: uploading {folder} to {hub.endpoint}/{repo_id}", file=sys.stderr)
     try:
@@ -150,7 +166,9 @@ def push_folder(folder: Path, repo_id: str, *, private: bool = True, message: st
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         fix = "set HF_TOKEN to a token with write access (or run hf auth login)" if status in (401, 403) else "retry"
-        raise ConfigError(f"uploading the export to '{repo_id}' on {hub.endpoint} failed ({_reason(exc)}); {fix}") from None
+        raise ConfigError(
+            f"uploading the export to '{repo_id}' on {hub.endpoint} failed ({_reason(exc)}); {fix}"
+        ) from None
     except OSError as exc:
         raise ConfigError(
             f"uploading the export to '{repo_id}' failed: {hub.endpoint} cannot be reached ({_reason(exc)}); check the "

@@ -41,7 +41,9 @@ def pick_loader(cfg: RunConfig, manager: PluginManager) -> Any:
         )
     if cfg.loader != "auto":
         return manager.load("loaders", cfg.loader)
-    loaders = [(impl.name, impl.load()) for impl in manager.implementations("loaders") if impl.unavailable_reason() is None]
+    loaders = [
+        (impl.name, impl.load()) for impl in manager.implementations("loaders") if impl.unavailable_reason() is None
+    ]
     for _, loader in sorted(loaders, key=lambda entry: (-getattr(entry[1], "priority", 0), entry[0])):
         if loader.can_load(cfg.model):
             return loader

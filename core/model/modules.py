@@ -47,7 +47,9 @@ QUANTIZED_LINEAR_BASES: frozenset[tuple[str, str]] = frozenset(
 
 def is_quantized_linear(module: Any) -> bool:
     """A known quantized linear layer that does not subclass ``torch.nn.Linear`` (GPTQ, AWQ, AQLM)."""
-    return any((cls.__module__.partition(".")[0], cls.__name__) in QUANTIZED_LINEAR_BASES for cls in type(module).__mro__)
+    return any(
+        (cls.__module__.partition(".")[0], cls.__name__) in QUANTIZED_LINEAR_BASES for cls in type(module).__mro__
+    )
 
 
 def is_linear(module: Any) -> bool:
@@ -110,7 +112,11 @@ def check_modules(
         return
     if shown is None:
         shown = sorted(
-            {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if name and next(module.parameters(recurse=False), None) is not None}
+            {
+                name.rsplit(".", 1)[-1]
+                for name, module in model.named_modules()
+                if name and next(module.parameters(recurse=False), None) is not None
+            }
         )
     raise ConfigError(
         f"{key} names {', '.join(repr(n) for n in missing)}, which {type(model).__name__} does not have; "

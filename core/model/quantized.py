@@ -82,12 +82,18 @@ def calibration_texts(cfg: RunConfig, dataset: str | None, samples: int) -> list
     records = load_records(name, cfg.model_copy(update={"max_samples": samples, "streaming": False}), cfg.manager())
     texts = []
     for record in records:
-        parts = [record["text"]] if record.get("text") else [record.get("system") or "", *(m["content"] for m in record["messages"])]
+        parts = (
+            [record["text"]]
+            if record.get("text")
+            else [record.get("system") or "", *(m["content"] for m in record["messages"])]
+        )
         text = "\n".join(part for part in parts if part)
         if text.strip():
             texts.append(text)
     if not texts:
-        raise PluginError(f"calibration data set '{name}' gave no text to calibrate on; name a data set with text or messages")
+        raise PluginError(
+            f"calibration data set '{name}' gave no text to calibrate on; name a data set with text or messages"
+        )
     return texts
 
 

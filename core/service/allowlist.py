@@ -20,21 +20,70 @@ from factory.config import RunConfig, load_config
 from factory.errors import ConfigError, did_you_mean
 
 # The keys an evaluation or predict job may set; everything else is the operator's.
-JOB_KEYS: frozenset[str] = frozenset({
-    "task", "task_dir", "subjects", "eval_split", "n_shot", "eval_prompt", "max_samples",
-    "dataset", "eval_batch_size", "max_new_tokens", "temperature", "top_p", "seed", "system",
-    "cutoff_len", "model", "adapter",
-})
+JOB_KEYS: frozenset[str] = frozenset(
+    {
+        "task",
+        "task_dir",
+        "subjects",
+        "eval_split",
+        "n_shot",
+        "eval_prompt",
+        "max_samples",
+        "dataset",
+        "eval_batch_size",
+        "max_new_tokens",
+        "temperature",
+        "top_p",
+        "seed",
+        "system",
+        "cutoff_len",
+        "model",
+        "adapter",
+    }
+)
 
 # The keys a finetune job may set: what to train on and how; never where outputs go, which code
 # loads the model, or how many processes and machines it takes.
-FINETUNE_KEYS: frozenset[str] = frozenset({
-    "model", "adapter", "template", "dataset", "eval_dataset", "cutoff_len", "max_samples", "val_size", "packing",
-    "padding_free", "mix_strategy", "interleave_probs", "train_on", "system", "stage", "method", "optimizer",
-    "batch_size", "eval_batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay", "max_grad_norm",
-    "lr_scheduler", "warmup_ratio", "warmup_steps", "num_epochs", "max_steps", "logging_steps", "eval_steps",
-    "save_steps", "save_total_limit", "seed", "gradient_checkpointing", "precision", "sample_prompt",
-})
+FINETUNE_KEYS: frozenset[str] = frozenset(
+    {
+        "model",
+        "adapter",
+        "template",
+        "dataset",
+        "eval_dataset",
+        "cutoff_len",
+        "max_samples",
+        "val_size",
+        "packing",
+        "padding_free",
+        "mix_strategy",
+        "interleave_probs",
+        "train_on",
+        "system",
+        "stage",
+        "method",
+        "optimizer",
+        "batch_size",
+        "eval_batch_size",
+        "gradient_accumulation_steps",
+        "learning_rate",
+        "weight_decay",
+        "max_grad_norm",
+        "lr_scheduler",
+        "warmup_ratio",
+        "warmup_steps",
+        "num_epochs",
+        "max_steps",
+        "logging_steps",
+        "eval_steps",
+        "save_steps",
+        "save_total_limit",
+        "seed",
+        "gradient_checkpointing",
+        "precision",
+        "sample_prompt",
+    }
+)
 
 # Why the keys a hostile or careless body is most likely to try are refused.
 _WHY_NOT: dict[str, str] = {
@@ -48,8 +97,18 @@ _WHY_NOT: dict[str, str] = {
     "api_keys": "keys are set by the operator",
     "jobs": "the allowlist is set by the operator",
 }
-_PLUGIN_SELECTION = ("loader", "quantization", "patches", "engine", "template", "attn_implementation",
-                     "method", "stage", "optimizer", "callbacks")
+_PLUGIN_SELECTION = (
+    "loader",
+    "quantization",
+    "patches",
+    "engine",
+    "template",
+    "attn_implementation",
+    "method",
+    "stage",
+    "optimizer",
+    "callbacks",
+)
 
 
 class JobRefused(ConfigError):
@@ -63,7 +122,9 @@ class JobRefused(ConfigError):
 def check_keys(body: Any, keys: frozenset[str] = JOB_KEYS, sections: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The body as a dict of allowed ``keys`` (and plugin ``sections``), or a JobRefused naming the first key that is not."""
     if not isinstance(body, Mapping):
-        raise JobRefused('the job body must be a JSON object of settings, e.g. {"task": "cmmlu", "subjects": ["anatomy"]}')
+        raise JobRefused(
+            'the job body must be a JSON object of settings, e.g. {"task": "cmmlu", "subjects": ["anatomy"]}'
+        )
     for key in body:
         if key in keys or key in sections:
             continue
@@ -71,7 +132,10 @@ def check_keys(body: Any, keys: frozenset[str] = JOB_KEYS, sections: frozenset[s
         if key in _WHY_NOT or key in _PLUGIN_SELECTION:
             why = _WHY_NOT.get(key, "plugin selection is the operator's choice")
             raise JobRefused(f"job key '{key}' is not accepted ({why}); jobs accept only: {allowed}", key)
-        raise JobRefused(f"job key '{key}' is not accepted{did_you_mean(str(key), keys | sections)}; jobs accept only: {allowed}", key)
+        raise JobRefused(
+            f"job key '{key}' is not accepted{did_you_mean(str(key), keys | sections)}; jobs accept only: {allowed}",
+            key,
+        )
     return dict(body)
 
 
@@ -80,7 +144,8 @@ def finetune_sections(base: RunConfig, body: Mapping[str, Any]) -> frozenset[str
     picks = {"adapters": body.get("method", base.method), "optimizers": body.get("optimizer", base.optimizer)}
     chosen = {(kind, name) for kind, name in picks.items() if isinstance(name, str)}
     return frozenset(
-        section for section, (_options, users) in base.manager().sections().items()
+        section
+        for section, (_options, users) in base.manager().sections().items()
         if any((impl.kind, impl.name) in chosen for impl in users)
     )
 
@@ -158,7 +223,9 @@ class Allowlist:
 def job_config(base: RunConfig, body: Any, output_dir: Path, *, finetune: bool = False) -> RunConfig:
     """The validated config of one job: the server's config, the job's allowed keys, the server's outputs."""
     if finetune:
-        keys = check_keys(body, FINETUNE_KEYS, finetune_sections(base, body) if isinstance(body, Mapping) else frozenset())
+        keys = check_keys(
+            body, FINETUNE_KEYS, finetune_sections(base, body) if isinstance(body, Mapping) else frozenset()
+        )
     else:
         keys = check_keys(body)
     settings = Allowlist(base).check(keys)

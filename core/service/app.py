@@ -55,7 +55,11 @@ def create_app(engine: Engine, cfg: RunConfig, *, worker: bool = True) -> Any:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         stop = threading.Event()
-        thread = threading.Thread(target=in_process.run, args=(stop,), name="factory-serve-worker", daemon=True) if in_process else None
+        thread = (
+            threading.Thread(target=in_process.run, args=(stop,), name="factory-serve-worker", daemon=True)
+            if in_process
+            else None
+        )
         if thread is not None:
             thread.start()
         try:
@@ -111,8 +115,10 @@ def run_server(config: str | None, overrides: Iterable[str]) -> int:
         app = create_app(engine, cfg)
         model_id = cfg.served_model_name or cfg.model
         auth = " (API key required)" if api_keys(cfg) else ""
-        print(f"factory: serving '{model_id}' with the {cfg.engine} engine at http://{cfg.host}:{cfg.port}/v1{auth}",
-              flush=True)
+        print(
+            f"factory: serving '{model_id}' with the {cfg.engine} engine at http://{cfg.host}:{cfg.port}/v1{auth}",
+            flush=True,
+        )
         uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")
     finally:
         engine.close()

@@ -29,7 +29,10 @@ CONFIG = {"model": "smollm2-135m-instruct", "task": "cmmlu", "subjects": ["anato
 
 def _ms(seconds: list[float]) -> dict[str, float]:
     ordered = sorted(seconds)
-    return {"median": round(1000 * statistics.median(ordered), 2), "p90": round(1000 * ordered[int(0.9 * (len(ordered) - 1))], 2)}
+    return {
+        "median": round(1000 * statistics.median(ordered), 2),
+        "p90": round(1000 * ordered[int(0.9 * (len(ordered) - 1))], 2),
+    }
 
 
 def measure(url: str, jobs: int) -> dict[str, Any]:
@@ -73,15 +76,21 @@ def measure(url: str, jobs: int) -> dict[str, Any]:
         assert reply.status_code == 200 and len(reply.json()["data"]) == 1000
         http.append(time.perf_counter() - started)
     queue.db.dispose()
-    return {"submit_to_claim_ms": _ms(cycle), "finish_ms": _ms(finish), "list_1000_ms": _ms(listing),
-            "http_list_1000_ms": _ms(http)}
+    return {
+        "submit_to_claim_ms": _ms(cycle),
+        "finish_ms": _ms(finish),
+        "list_1000_ms": _ms(listing),
+        "http_list_1000_ms": _ms(http),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from factory.store.throwaway import throwaway_postgres
 
     parser = argparse.ArgumentParser(prog="python -m factory.service.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=200, help="jobs timed through submit, claim and finish (at most 1000)")
+    parser.add_argument(
+        "--jobs", type=int, default=200, help="jobs timed through submit, claim and finish (at most 1000)"
+    )
     parser.add_argument("--output", help="also write the JSON to this file")
     args = parser.parse_args(argv)
     jobs = max(1, min(args.jobs, 1000))

@@ -22,7 +22,9 @@ KEY_ENV = "FACTORY_API_KEY"
 class ServiceClient:
     def __init__(self, url: str, key: str | None = None, timeout: float = 30.0) -> None:
         if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"--server '{url}' is not an http:// or https:// URL; give the address factory serve prints")
+            raise ConfigError(
+                f"--server '{url}' is not an http:// or https:// URL; give the address factory serve prints"
+            )
         self.url, self.key, self.timeout = url.rstrip("/"), key if key is not None else os.environ.get(KEY_ENV), timeout
 
     def call(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
@@ -46,4 +48,6 @@ class ServiceClient:
             raise ConfigError(f"the server {self.url} answered {exc.code}: {message}{hint}") from None
         except (urllib.error.URLError, OSError) as exc:
             why = getattr(exc, "reason", exc)
-            raise ConfigError(f"cannot reach the server {self.url} ({why}); check --server and that factory serve runs") from None
+            raise ConfigError(
+                f"cannot reach the server {self.url} ({why}); check --server and that factory serve runs"
+            ) from None

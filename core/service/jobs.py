@@ -77,7 +77,9 @@ def _priority(body: Any) -> tuple[Any, int]:
     body = dict(body)
     value = body.pop("priority")
     if not isinstance(value, int) or isinstance(value, bool) or abs(value) > MAX_COUNT:
-        raise JobRefused(f"job priority {value!r} must be a whole number between {-MAX_COUNT} and {MAX_COUNT}", "priority")
+        raise JobRefused(
+            f"job priority {value!r} must be a whole number between {-MAX_COUNT} and {MAX_COUNT}", "priority"
+        )
     return body, value
 
 
@@ -101,8 +103,12 @@ class JobDesk:
         job = self.queue.find(int(job_id)) if job_id.isdigit() else None
         if job is None or (GROUPS[group] and job.kind not in GROUPS[group]):
             what = {"evals": "evaluation job", "finetunes": "finetune job", "jobs": "job"}[group]
-            raise ApiError(404, f"no {what} '{job_id}'; POST /v1/{group if group != 'jobs' else 'evals'} returns the id to ask for",
-                           param="id", code="not_found")
+            raise ApiError(
+                404,
+                f"no {what} '{job_id}'; POST /v1/{group if group != 'jobs' else 'evals'} returns the id to ask for",
+                param="id",
+                code="not_found",
+            )
         return job
 
     def list(self, group: str, status: str | None, limit: int) -> list[JobInfo]:
@@ -135,6 +141,7 @@ def add_job_routes(app: Any, desk: JobDesk) -> None:
     def threaded(call: Callable[..., Any]) -> Callable[..., Any]:
         async def run(*args: Any) -> Any:
             return await run_in_threadpool(call, *args)
+
         return run
 
     for group in GROUPS:
@@ -152,6 +159,7 @@ def add_job_routes(app: Any, desk: JobDesk) -> None:
 def _add_group(app: Any, desk: JobDesk, group: str, threaded: Callable[..., Any]) -> None:
     prefix = f"/v1/{group}"
     if group != "jobs":
+
         async def create(body: Any = Body(None)) -> JSONResponse:  # noqa: B008 - FastAPI's way to take any JSON
             job = await threaded(desk.submit)(group, body)
             return JSONResponse(job.to_dict(), status_code=202)

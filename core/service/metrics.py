@@ -83,8 +83,9 @@ class JobsCollector(Collector):
         for status, count in counts.items():
             depth.add_metric([status], count)
         yield depth
-        histogram = HistogramMetricFamily("factory_job_duration_seconds", "seconds from claim to end of finished jobs",
-                                          labels=["kind", "status"])
+        histogram = HistogramMetricFamily(
+            "factory_job_duration_seconds", "seconds from claim to end of finished jobs", labels=["kind", "status"]
+        )
         groups: dict[tuple[str, str], list[float]] = {}
         for kind, status, seconds in durations:
             groups.setdefault((kind, status), []).append(seconds)
@@ -112,7 +113,9 @@ class GpuCollector(Collector):
         return cls(pynvml, count) if count else None
 
     def collect(self) -> Iterator[Any]:
-        utilization = GaugeMetricFamily("factory_gpu_utilization_ratio", "GPU busy share over NVML's last sample", labels=["gpu"])
+        utilization = GaugeMetricFamily(
+            "factory_gpu_utilization_ratio", "GPU busy share over NVML's last sample", labels=["gpu"]
+        )
         used = GaugeMetricFamily("factory_gpu_memory_used_bytes", "GPU memory in use", labels=["gpu"])
         total = GaugeMetricFamily("factory_gpu_memory_total_bytes", "GPU memory in all", labels=["gpu"])
         for index in range(self.count):
@@ -129,12 +132,18 @@ class ServiceMetrics:
 
     def __init__(self, engine: Any, queue: JobQueue) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("factory_http_requests", "HTTP requests answered", ["method", "route", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("factory_http_request_duration_seconds", "seconds from request to the end of the answer",
-                                 ["method", "route"], registry=self.registry)
-        self.batch_size = Histogram("factory_engine_batch_size", "requests per engine batch", buckets=BATCH_BUCKETS,
-                                    registry=self.registry)
+        self.requests = Counter(
+            "factory_http_requests", "HTTP requests answered", ["method", "route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "factory_http_request_duration_seconds",
+            "seconds from request to the end of the answer",
+            ["method", "route"],
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "factory_engine_batch_size", "requests per engine batch", buckets=BATCH_BUCKETS, registry=self.registry
+        )
         ProcessCollector(registry=self.registry)
         self.registry.register(EngineCollector(engine))
         self.registry.register(JobsCollector(queue))
@@ -148,6 +157,7 @@ class ServiceMetrics:
 
     def middleware(self, app: Any) -> Any:
         """Wrap an ASGI app so every HTTP request is counted and timed."""
+
         async def timed(scope: dict[str, Any], receive: Any, send: Any) -> None:
             if scope["type"] != "http":
                 await app(scope, receive, send)

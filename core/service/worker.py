@@ -46,23 +46,29 @@ def parse_kinds(value: str | Sequence[str]) -> list[str]:
     kinds = [kind for kind in kinds if kind]
     unknown = [kind for kind in kinds if kind not in KINDS]
     if unknown or not kinds:
-        raise ConfigError(f"worker kinds '{','.join(unknown) or value}' are not job kinds; use a comma-separated list of "
-                          f"{', '.join(KINDS)}")
+        raise ConfigError(
+            f"worker kinds '{','.join(unknown) or value}' are not job kinds; use a comma-separated list of "
+            f"{', '.join(KINDS)}"
+        )
     return kinds
 
 
 class JobLog:
     """A worker's own lines (stderr), as text or JSON lines, each naming the job it is about."""
 
-    def __init__(self, worker: str, *, json_lines: bool = False, stream: IO[str] | None = None, quiet: bool = False) -> None:
+    def __init__(
+        self, worker: str, *, json_lines: bool = False, stream: IO[str] | None = None, quiet: bool = False
+    ) -> None:
         self.worker, self.json_lines, self.stream, self.quiet = worker, json_lines, stream or sys.stderr, quiet
 
     def emit(self, job_id: int | None, message: str, level: str = "info") -> None:
         if self.quiet:
             return
         if self.json_lines:
-            line = json.dumps({"time": time.time(), "worker": self.worker, "job_id": job_id, "level": level,
-                               "message": message}, ensure_ascii=False)
+            line = json.dumps(
+                {"time": time.time(), "worker": self.worker, "job_id": job_id, "level": level, "message": message},
+                ensure_ascii=False,
+            )
         else:
             line = f"factory worker {self.worker}: " + (f"job {job_id}: " if job_id is not None else "") + message
         print(line, file=self.stream, flush=True)
@@ -71,8 +77,15 @@ class JobLog:
 class RunningJob:
     """The :class:`~factory.store.reporting.Reporter` of one job: progress, heartbeats, cancel, log."""
 
-    def __init__(self, queue: JobQueue, job: JobInfo, worker: str, heartbeat_seconds: float, local: JobLog,
-                 shutdown: threading.Event) -> None:
+    def __init__(
+        self,
+        queue: JobQueue,
+        job: JobInfo,
+        worker: str,
+        heartbeat_seconds: float,
+        local: JobLog,
+        shutdown: threading.Event,
+    ) -> None:
         self.queue, self.job, self.job_id, self.worker, self.local = queue, job, job.id, worker, local
         self.shutdown = shutdown
         self.heartbeat_seconds = heartbeat_seconds
@@ -111,12 +124,15 @@ class RunningJob:
             tenth = 10 * done // total
             if tenth > self._milestone:
                 self._milestone = tenth
-                self.log(f"progress {done}/{total}" + (f", about {self.eta_s:.0f} s left" if self.eta_s is not None else ""))
+                self.log(
+                    f"progress {done}/{total}" + (f", about {self.eta_s:.0f} s left" if self.eta_s is not None else "")
+                )
         if self.cancelled.is_set():
             raise JobStopped(f"job {self.job_id} was cancelled at {done}/{total}", reason="cancelled")
         if self.lost.is_set():
-            raise JobStopped(f"job {self.job_id} was taken away from worker {self.worker} (it missed its heartbeats)",
-                             reason="lost")
+            raise JobStopped(
+                f"job {self.job_id} was taken away from worker {self.worker} (it missed its heartbeats)", reason="lost"
+            )
         if self.shutdown.is_set():
             raise JobStopped(f"worker {self.worker} is stopping", reason="shutdown")
 
@@ -161,15 +177,26 @@ class _JobLogHandler(logging.Handler):
 class Worker:
     """Claims jobs of ``kinds`` from the database of ``cfg.results_db`` and runs them one at a time."""
 
-    def __init__(self, cfg: RunConfig, kinds: Sequence[str] = KINDS, *, queue: JobQueue | None = None, engine: Any = None,
-                 name: str | None = None, log_json: bool = False, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        kinds: Sequence[str] = KINDS,
+        *,
+        queue: JobQueue | None = None,
+        engine: Any = None,
+        name: str | None = None,
+        log_json: bool = False,
+        quiet: bool = False,
+    ) -> None:
         self.cfg, self.kinds, self.engine = cfg, list(kinds), engine
         self.queue = queue or JobQueue(cfg.results_db, timeout=cfg.results_db_timeout)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.local = JobLog(self.name, json_lines=log_json, quiet=quiet)
         self._last_sweep = self._last_forget = 0.0
 
-    def run(self, stop: threading.Event | None = None, *, exit_idle: float | None = None, max_jobs: int | None = None) -> int:
+    def run(
+        self, stop: threading.Event | None = None, *, exit_idle: float | None = None, max_jobs: int | None = None
+    ) -> int:
         """Work until ``stop`` is set, the queue stayed empty ``exit_idle`` seconds, or ``max_jobs`` ran; returns jobs run."""
         stop = stop or threading.Event()
         ran, pause, idle_since = 0, 0.05, time.monotonic()
@@ -208,8 +235,9 @@ class Worker:
         Setting ``stop`` meanwhile hands the job back to the queue at its next batch.
         """
         self.local.emit(job.id, f"claimed ({job.kind}, priority {job.priority}, attempt {job.attempts})")
-        with RunningJob(self.queue, job, self.name, self.cfg.jobs.heartbeat_seconds, self.local,
-                        stop or threading.Event()) as running:
+        with RunningJob(
+            self.queue, job, self.name, self.cfg.jobs.heartbeat_seconds, self.local, stop or threading.Event()
+        ) as running:
             token = current.set(running)
             handler = _JobLogHandler(running)
             logging.getLogger("factory").addHandler(handler)
@@ -248,8 +276,11 @@ class Worker:
     def _end(self, job: JobInfo, status: str, **kwargs: Any) -> None:
         try:
             self.queue.finish(job.id, self.name, status, **kwargs)
-            self.local.emit(job.id, kwargs.get("message") or status + (f": {kwargs['error']}" if kwargs.get("error") else ""),
-                            "error" if status == "failed" else "info")
+            self.local.emit(
+                job.id,
+                kwargs.get("message") or status + (f": {kwargs['error']}" if kwargs.get("error") else ""),
+                "error" if status == "failed" else "info",
+            )
         except JobLost as exc:
             self.local.emit(job.id, str(exc), "warning")
         except StoreError as exc:
@@ -269,9 +300,14 @@ class Worker:
         served = engine is not None and (cfg.model, cfg.adapter) == (self.cfg.model, self.cfg.adapter)
         running.log(f"evaluating {cfg.task} on {cfg.model}" + (" with the served engine" if served else ""))
         started = time.perf_counter()
-        result = evaluate(cfg, command=job.kind, engine=engine if served else None,
-                          loaded=getattr(engine, "loaded", None) if served else None,
-                          progress=running.progress, record=False)
+        result = evaluate(
+            cfg,
+            command=job.kind,
+            engine=engine if served else None,
+            loaded=getattr(engine, "loaded", None) if served else None,
+            progress=running.progress,
+            record=False,
+        )
         facts = recorded_facts(cfg, job.kind, time.perf_counter() - started, __version__)
         summary = result.to_dict()
 
@@ -284,8 +320,14 @@ class Worker:
 
         overall = ", ".join(f"{k} {v:.4g}" for k, v in result.overall.values.items())
         try:
-            self.queue.finish(job.id, self.name, "succeeded", result=summary, record=record,
-                              message=f"succeeded: {overall} over {result.overall.n} items")
+            self.queue.finish(
+                job.id,
+                self.name,
+                "succeeded",
+                result=summary,
+                record=record,
+                message=f"succeeded: {overall} over {result.overall.n} items",
+            )
             self.local.emit(job.id, f"succeeded ({overall}); recorded as eval run {result.run_id}")
         except StoreError as exc:
             if isinstance(exc, JobLost):
@@ -299,6 +341,13 @@ class Worker:
         cfg = self._config(job)
         running.log(f"training {cfg.stage}/{cfg.method} on {cfg.model} into {cfg.output_dir}")
         metrics = finetune(cfg)
-        kept = {key: value for key, value in metrics.items() if key != "log_history" and not isinstance(value, (dict, list))}
+        kept = {
+            key: value for key, value in metrics.items() if key != "log_history" and not isinstance(value, (dict, list))
+        }
         loss = metrics.get("train_loss")
-        self._end(job, "succeeded", result=kept, message="succeeded" + (f": train loss {loss:.4g}" if loss is not None else ""))
+        self._end(
+            job,
+            "succeeded",
+            result=kept,
+            message="succeeded" + (f": train loss {loss:.4g}" if loss is not None else ""),
+        )

@@ -76,7 +76,9 @@ def database_url(value: str | None) -> str:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"results_db '{value}' cannot be created ({exc.strerror}); give a path in a folder you can write") from None
+        raise ConfigError(
+            f"results_db '{value}' cannot be created ({exc.strerror}); give a path in a folder you can write"
+        ) from None
     return f"sqlite:///{path.resolve()}"
 
 
@@ -123,11 +125,15 @@ class Database:
             except SQLAlchemyError as exc:
                 # another process creating the same tables at the same moment: look again
                 text = reason(exc).lower()
-                if time.monotonic() < deadline and any(word in text for word in ("locked", "already exists", "duplicate")):
+                if time.monotonic() < deadline and any(
+                    word in text for word in ("locked", "already exists", "duplicate")
+                ):
                     time.sleep(0.05)
                     continue
-                raise ConfigError(f"results_db '{self.shown}' cannot be opened ({reason(exc)}); "
-                                  "check the path or URL and its permissions") from None
+                raise ConfigError(
+                    f"results_db '{self.shown}' cannot be opened ({reason(exc)}); "
+                    "check the path or URL and its permissions"
+                ) from None
         self._check_schema()
 
     def _check_schema(self) -> None:
@@ -143,7 +149,9 @@ class Database:
                         "(another program's or another version's table); point results_db at a new database"
                     )
         except SQLAlchemyError as exc:
-            raise ConfigError(f"results_db '{self.shown}' cannot be read ({reason(exc)}); check the path or URL") from None
+            raise ConfigError(
+                f"results_db '{self.shown}' cannot be read ({reason(exc)}); check the path or URL"
+            ) from None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -183,8 +191,7 @@ def _connect(url: str, timeout: float) -> Engine:
     try:
         parsed = make_url(url)
         sqlite = parsed.get_backend_name() == "sqlite"
-        engine = create_engine(parsed, connect_args={"timeout": timeout} if sqlite else {},
-                               pool_pre_ping=not sqlite)
+        engine = create_engine(parsed, connect_args={"timeout": timeout} if sqlite else {}, pool_pre_ping=not sqlite)
     except NoSuchModuleError:  # a subclass of ArgumentError: the scheme names no dialect or driver
         raise ConfigError(
             f"results_db '{text}' names a database or driver SQLAlchemy does not know; check the URL's scheme "
@@ -200,6 +207,7 @@ def _connect(url: str, timeout: float) -> Engine:
             f"results_db '{text}' needs the Python package '{exc.name}', which is not installed; pip install the driver for that database"
         ) from None
     if sqlite:
+
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
             dbapi_connection.isolation_level = None  # transactions are begun below, not by pysqlite

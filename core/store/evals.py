@@ -105,8 +105,14 @@ class ResultsStore:
         factory_version: str,
     ) -> int:
         """Store one finished run; returns its id (a :class:`StoreError` if the database refuses it)."""
-        row = eval_run_row(result, command=command, model=model, adapter=adapter, duration_s=duration_s,
-                           factory_version=factory_version)
+        row = eval_run_row(
+            result,
+            command=command,
+            model=model,
+            adapter=adapter,
+            duration_s=duration_s,
+            factory_version=factory_version,
+        )
 
         def add(session: Session) -> int:
             session.add(row)
@@ -131,13 +137,18 @@ class ResultsStore:
             if row is None:
                 last = session.scalar(select(EvalRunRow.id).order_by(EvalRunRow.id.desc()).limit(1))
                 known = f"runs go from 1 to {last}" if last else "it holds no runs yet"
-                raise ConfigError(f"run {run_id} is not in the results store {self.url} ({known}); see factory eval history")
+                raise ConfigError(
+                    f"run {run_id} is not in the results store {self.url} ({known}); see factory eval history"
+                )
             return _info(row, with_scores=True, training_run=_training_links(session, [row]).get(row.id))
 
     def evaluations_of(self, output_dir: str) -> list[RunInfo]:
         """The eval runs of what a training run wrote to ``output_dir``, newest first."""
-        query = (select(EvalRunRow).where((EvalRunRow.adapter == output_dir) | (EvalRunRow.model == output_dir))
-                 .order_by(EvalRunRow.id.desc()))
+        query = (
+            select(EvalRunRow)
+            .where((EvalRunRow.adapter == output_dir) | (EvalRunRow.model == output_dir))
+            .order_by(EvalRunRow.id.desc())
+        )
         with self.db.session() as session:
             return [_info(row, with_scores=False) for row in session.scalars(query)]
 
@@ -147,8 +158,11 @@ def _training_links(session: Session, rows: list[EvalRunRow]) -> dict[int, int]:
     paths = {path for row in rows for path in (row.adapter, row.model) if path}
     if not paths:
         return {}
-    query = (select(TrainingRunRow.output_dir, TrainingRunRow.id).where(TrainingRunRow.output_dir.in_(paths))
-             .order_by(TrainingRunRow.id))
+    query = (
+        select(TrainingRunRow.output_dir, TrainingRunRow.id)
+        .where(TrainingRunRow.output_dir.in_(paths))
+        .order_by(TrainingRunRow.id)
+    )
     runs = {output_dir: run_id for output_dir, run_id in session.execute(query)}
     links = {}
     for row in rows:

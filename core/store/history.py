@@ -28,8 +28,10 @@ def history(db: Database, kind: str | None = None, limit: int | None = 20) -> li
     if kind in (None, "train"):
         listed += [(run.started_at, {**run.to_dict(), "kind": "train"}) for run in TrainingRuns(db).list(limit)]
     if kind in (None, "eval"):
-        listed += [(run.created_at.timestamp(), {**run.to_dict(), "run": f"eval-{run.id}", "kind": "eval"})
-                   for run in ResultsStore(db).runs(limit)]
+        listed += [
+            (run.created_at.timestamp(), {**run.to_dict(), "run": f"eval-{run.id}", "kind": "eval"})
+            for run in ResultsStore(db).runs(limit)
+        ]
     runs = [run for _, run in sorted(listed, key=lambda pair: pair[0], reverse=True)]
     return runs[:limit] if limit else runs
 

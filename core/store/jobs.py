@@ -127,7 +127,11 @@ _SUMMARY = [c for c in JobRow.__table__.columns if c.name not in ("config", "res
 
 
 def _info(row: Any, *, full: bool) -> JobInfo:
-    data = dict(row._mapping) if not isinstance(row, JobRow) else {c.name: getattr(row, c.name) for c in JobRow.__table__.columns}
+    data = (
+        dict(row._mapping)
+        if not isinstance(row, JobRow)
+        else {c.name: getattr(row, c.name) for c in JobRow.__table__.columns}
+    )
     if not full:
         data.pop("config", None)
         data.pop("result", None)
@@ -145,19 +149,34 @@ class JobQueue:
 
     # -- submitting and reading ----------------------------------------------------------------
 
-    def submit(self, kind: str, config: Mapping[str, Any] | Callable[[int], Mapping[str, Any]], *, priority: int = 0) -> JobInfo:
+    def submit(
+        self, kind: str, config: Mapping[str, Any] | Callable[[int], Mapping[str, Any]], *, priority: int = 0
+    ) -> JobInfo:
         """Queue a job; ``config`` may be a function of the new job's id (e.g. to name its output folder)."""
         if kind not in KINDS:
             raise ConfigError(f"job kind '{kind}' is not one of {', '.join(KINDS)}")
 
         def add(session: Session) -> JobInfo:
-            row = JobRow(kind=kind, status="queued", priority=priority, config={}, model="", submitted_at=epoch_now(),
-                         attempts=0, progress={}, cancel_requested=False)
+            row = JobRow(
+                kind=kind,
+                status="queued",
+                priority=priority,
+                config={},
+                model="",
+                submitted_at=epoch_now(),
+                attempts=0,
+                progress={},
+                cancel_requested=False,
+            )
             session.add(row)
             session.flush()
             settings = dict(config(row.id) if callable(config) else config)
             row.config, row.model, row.task = settings, str(settings.get("model", "")), settings.get("task")
-            session.add(JobLogRow(job_id=row.id, at=epoch_now(), level="info", message=f"submitted ({kind}, priority {priority})"))
+            session.add(
+                JobLogRow(
+                    job_id=row.id, at=epoch_now(), level="info", message=f"submitted ({kind}, priority {priority})"
+                )
+            )
             session.flush()
             session.refresh(row)
             return _info(row, full=True)
@@ -175,7 +194,9 @@ class JobQueue:
             raise ConfigError(f"there is no job {job_id} in {self.url}; see factory jobs list")
         return job
 
-    def list(self, *, statuses: Iterable[str] = (), kinds: Iterable[str] = (), limit: int | None = 100) -> list[JobInfo]:
+    def list(
+        self, *, statuses: Iterable[str] = (), kinds: Iterable[str] = (), limit: int | None = 100
+    ) -> list[JobInfo]:
         """Jobs newest first, without their configs and results (see :meth:`get`)."""
         query = select(*_SUMMARY).order_by(JobRow.id.desc())
         statuses, kinds = list(statuses), list(kinds)
@@ -197,14 +218,17 @@ class JobQueue:
     def durations(self) -> list[tuple[str, str, float]]:
         """(kind, status, seconds from start to finish) of every finished job that ran."""
         query = select(JobRow.kind, JobRow.status, JobRow.finished_at - JobRow.started_at).where(
-            JobRow.status.in_(FINISHED), JobRow.started_at.is_not(None), JobRow.finished_at.is_not(None))
+            JobRow.status.in_(FINISHED), JobRow.started_at.is_not(None), JobRow.finished_at.is_not(None)
+        )
         with self.db.session() as session:
             return [(kind, status, float(seconds)) for kind, status, seconds in session.execute(query)]
 
     # -- logs ----------------------------------------------------------------------------------
 
     def log(self, job_id: int, message: str, level: str = "info") -> None:
-        self.db.write(lambda session: session.add(JobLogRow(job_id=job_id, at=epoch_now(), level=level, message=message)))
+        self.db.write(
+            lambda session: session.add(JobLogRow(job_id=job_id, at=epoch_now(), level=level, message=message))
+        )
 
     def logs(self, job_id: int, *, after: int = 0) -> list[LogLine]:
         """The job's log lines with an id above ``after``, oldest first."""
@@ -216,33 +240,68 @@ class JobQueue:
 
     def claim(self, worker: str, kinds: Iterable[str]) -> JobInfo | None:
         """Take the highest-priority, oldest queued job of ``kinds`` for ``worker`` (None: nothing queued)."""
-        pick = (select(JobRow.id).where(JobRow.status == "queued", JobRow.kind.in_(list(kinds)))
-                .order_by(JobRow.priority.desc(), JobRow.id).limit(1)
-                .with_for_update(skip_locked=True).scalar_subquery())
-        claim = (update(JobRow).where(JobRow.id == pick, JobRow.status == "queued")
-                 .values(status="running", worker=worker, started_at=epoch_now(), heartbeat_at=epoch_now(),
-                         attempts=JobRow.attempts + 1, done=None, total=None, eta_s=None, progress={})
-                 .returning(*JobRow.__table__.columns))
+        pick = (
+            select(JobRow.id)
+            .where(JobRow.status == "queued", JobRow.kind.in_(list(kinds)))
+            .order_by(JobRow.priority.desc(), JobRow.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        claim = (
+            update(JobRow)
+            .where(JobRow.id == pick, JobRow.status == "queued")
+            .values(
+                status="running",
+                worker=worker,
+                started_at=epoch_now(),
+                heartbeat_at=epoch_now(),
+                attempts=JobRow.attempts + 1,
+                done=None,
+                total=None,
+                eta_s=None,
+                progress={},
+            )
+            .returning(*JobRow.__table__.columns)
+        )
 
         def take(session: Session) -> JobInfo | None:
             row = session.execute(claim).first()
             if row is None:
                 return None
             job = _info(row, full=True)
-            session.add(JobLogRow(job_id=job.id, at=epoch_now(), level="info",
-                                  message=f"claimed by worker {worker} (attempt {job.attempts} of {MAX_ATTEMPTS})"))
+            session.add(
+                JobLogRow(
+                    job_id=job.id,
+                    at=epoch_now(),
+                    level="info",
+                    message=f"claimed by worker {worker} (attempt {job.attempts} of {MAX_ATTEMPTS})",
+                )
+            )
             return job
 
         return self.db.write(take)
 
-    def heartbeat(self, job_id: int, worker: str, *, done: int | None = None, total: int | None = None,
-                  eta_s: float | None = None, progress: Mapping[str, Any] | None = None) -> bool:
+    def heartbeat(
+        self,
+        job_id: int,
+        worker: str,
+        *,
+        done: int | None = None,
+        total: int | None = None,
+        eta_s: float | None = None,
+        progress: Mapping[str, Any] | None = None,
+    ) -> bool:
         """Say ``worker`` is alive on the job (with its progress); True when a cancel was asked for."""
         values: dict[str, Any] = {"heartbeat_at": epoch_now(), "done": done, "total": total, "eta_s": eta_s}
         if progress is not None:
             values["progress"] = dict(progress)
-        beat = (update(JobRow).where(JobRow.id == job_id, JobRow.worker == worker, JobRow.status == "running")
-                .values(**values).returning(JobRow.cancel_requested))
+        beat = (
+            update(JobRow)
+            .where(JobRow.id == job_id, JobRow.worker == worker, JobRow.status == "running")
+            .values(**values)
+            .returning(JobRow.cancel_requested)
+        )
 
         def touch(session: Session) -> bool:
             cancel = session.execute(beat).scalar()
@@ -256,13 +315,23 @@ class JobQueue:
         """Point the job at the run it is producing (a training run is linked as soon as it starts)."""
         self._owned(job_id, worker, run_kind=run_kind, run_id=run_id)
 
-    def finish(self, job_id: int, worker: str, status: str, *, error: str | None = None, result: Mapping[str, Any] | None = None,
-               record: Callable[[Session], tuple[str, int]] | None = None, message: str | None = None) -> None:
+    def finish(
+        self,
+        job_id: int,
+        worker: str,
+        status: str,
+        *,
+        error: str | None = None,
+        result: Mapping[str, Any] | None = None,
+        record: Callable[[Session], tuple[str, int]] | None = None,
+        message: str | None = None,
+    ) -> None:
         """End a job ``worker`` holds; ``record(session)`` writes its run in the same transaction.
 
         The job's result and its run are therefore written together or not at all, and only by
         the worker that still holds the job (:class:`JobLost` otherwise).
         """
+
         def end(session: Session) -> None:
             values: dict[str, Any] = {"status": status, "finished_at": epoch_now(), "error": error, "eta_s": None}
             if record is not None:  # first: it may add the new run's id to the result
@@ -270,29 +339,53 @@ class JobQueue:
             if result is not None:
                 values["result"] = dict(result)
             self._update_owned(session, job_id, worker, values)
-            session.add(JobLogRow(job_id=job_id, at=epoch_now(), level="error" if status == "failed" else "info",
-                                  message=message or status + (f": {error}" if error else "")))
+            session.add(
+                JobLogRow(
+                    job_id=job_id,
+                    at=epoch_now(),
+                    level="error" if status == "failed" else "info",
+                    message=message or status + (f": {error}" if error else ""),
+                )
+            )
 
         self.db.write(end)
 
     def release(self, job_id: int, worker: str, reason: str) -> None:
         """Hand a job back to the queue as if never claimed (its worker is shutting down)."""
+
         def back(session: Session) -> None:
-            self._update_owned(session, job_id, worker, {
-                "status": "queued", "worker": None, "started_at": None, "heartbeat_at": None, "done": None,
-                "total": None, "eta_s": None, "attempts": JobRow.attempts - 1})
-            session.add(JobLogRow(job_id=job_id, at=epoch_now(), level="warning", message=f"handed back to the queue: {reason}"))
+            self._update_owned(
+                session,
+                job_id,
+                worker,
+                {
+                    "status": "queued",
+                    "worker": None,
+                    "started_at": None,
+                    "heartbeat_at": None,
+                    "done": None,
+                    "total": None,
+                    "eta_s": None,
+                    "attempts": JobRow.attempts - 1,
+                },
+            )
+            session.add(
+                JobLogRow(job_id=job_id, at=epoch_now(), level="warning", message=f"handed back to the queue: {reason}")
+            )
 
         self.db.write(back)
 
     def cancel(self, job_id: int) -> JobInfo:
         """Cancel a queued job at once, or ask a running job's worker to stop at its next batch."""
+
         def stop(session: Session) -> None:
             row = session.get(JobRow, job_id, with_for_update=True)
             if row is None:
                 raise ConfigError(f"there is no job {job_id} in {self.url}; see factory jobs list")
             if row.status in FINISHED:
-                raise ConfigError(f"job {job_id} has already {row.status}; only queued and running jobs can be cancelled")
+                raise ConfigError(
+                    f"job {job_id} has already {row.status}; only queued and running jobs can be cancelled"
+                )
             if row.status == "queued":
                 row.status, row.finished_at = "cancelled", epoch_now()
                 message = "cancelled before it started"
@@ -306,14 +399,19 @@ class JobQueue:
 
     def requeue_stale(self, stale_after: float) -> list[JobInfo]:
         """Requeue (once) or fail every running job whose worker has not heartbeaten for ``stale_after`` seconds."""
-        stale = (select(JobRow).where(JobRow.status == "running", JobRow.heartbeat_at < epoch_now() - stale_after)
-                 .with_for_update(skip_locked=True))
+        stale = (
+            select(JobRow)
+            .where(JobRow.status == "running", JobRow.heartbeat_at < epoch_now() - stale_after)
+            .with_for_update(skip_locked=True)
+        )
 
         def sweep(session: Session) -> list[JobInfo]:
             now = session.scalar(select(epoch_now()))
             changed = []
             for row in session.scalars(stale):
-                silent = f"worker {row.worker} stopped heartbeating ({now - (row.heartbeat_at or now):.0f} s without a sign)"
+                silent = (
+                    f"worker {row.worker} stopped heartbeating ({now - (row.heartbeat_at or now):.0f} s without a sign)"
+                )
                 if row.cancel_requested:
                     row.status, row.finished_at, row.error = "cancelled", now, f"cancelled; {silent}"
                 elif row.attempts < MAX_ATTEMPTS:
@@ -322,7 +420,9 @@ class JobQueue:
                 else:
                     row.status, row.finished_at = "failed", now
                     row.error = f"{silent} on attempt {row.attempts} of {MAX_ATTEMPTS}; the job is not retried again"
-                message = {"queued": f"requeued: {silent}", "failed": row.error or "", "cancelled": row.error or ""}[row.status]
+                message = {"queued": f"requeued: {silent}", "failed": row.error or "", "cancelled": row.error or ""}[
+                    row.status
+                ]
                 session.add(JobLogRow(job_id=row.id, at=now, level="warning", message=message))
                 session.flush()
                 changed.append(_info(row, full=False))
@@ -332,9 +432,16 @@ class JobQueue:
 
     def forget_finished(self, keep: int) -> int:
         """Delete all but the ``keep`` most recently finished jobs (and their logs); returns how many went."""
+
         def prune(session: Session) -> int:
-            old = list(session.scalars(select(JobRow.id).where(JobRow.status.in_(FINISHED))
-                                       .order_by(JobRow.finished_at.desc(), JobRow.id.desc()).offset(keep)))
+            old = list(
+                session.scalars(
+                    select(JobRow.id)
+                    .where(JobRow.status.in_(FINISHED))
+                    .order_by(JobRow.finished_at.desc(), JobRow.id.desc())
+                    .offset(keep)
+                )
+            )
             if old:
                 session.execute(delete(JobLogRow).where(JobLogRow.job_id.in_(old)))
                 session.execute(delete(JobRow).where(JobRow.id.in_(old)))
@@ -349,7 +456,11 @@ class JobQueue:
 
     @staticmethod
     def _update_owned(session: Session, job_id: int, worker: str, values: Mapping[str, Any]) -> None:
-        done = session.execute(update(JobRow).where(JobRow.id == job_id, JobRow.worker == worker, JobRow.status == "running")
-                               .values(**values).returning(JobRow.id)).first()
+        done = session.execute(
+            update(JobRow)
+            .where(JobRow.id == job_id, JobRow.worker == worker, JobRow.status == "running")
+            .values(**values)
+            .returning(JobRow.id)
+        ).first()
         if done is None:
             raise JobLost(f"job {job_id} is no longer held by worker {worker}")

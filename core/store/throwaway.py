@@ -79,15 +79,37 @@ def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
     server = ThrowawayPostgres(folder, port, bin_dir, as_user)
     try:
         try:
-            server._run(str(bin_dir / "initdb"), "-D", str(folder / "data"), "-A", "trust", "-U", "factory",
-                        "-E", "UTF8", "--no-sync")
-            server._run(str(bin_dir / "pg_ctl"), "-D", str(folder / "data"), "-l", str(folder / "log"), "-w", "-t", "60",
-                        "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-                        "start")
+            server._run(
+                str(bin_dir / "initdb"),
+                "-D",
+                str(folder / "data"),
+                "-A",
+                "trust",
+                "-U",
+                "factory",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            )
+            server._run(
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(folder / "data"),
+                "-l",
+                str(folder / "log"),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+                "start",
+            )
         except subprocess.CalledProcessError as exc:
             log = (folder / "log").read_text(errors="replace")[-2000:] if (folder / "log").exists() else ""
-            raise ConfigError(f"the throwaway PostgreSQL server did not start ({(exc.stderr or '').strip()} {log}".strip()
-                              + f"); {INSTALL}") from None
+            raise ConfigError(
+                f"the throwaway PostgreSQL server did not start ({(exc.stderr or '').strip()} {log}".strip()
+                + f"); {INSTALL}"
+            ) from None
         try:
             yield server
         finally:

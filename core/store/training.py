@@ -58,8 +58,11 @@ class TrainingRunInfo:
 
 
 def _info(row: Any) -> TrainingRunInfo:
-    data = dict(row._mapping) if not isinstance(row, TrainingRunRow) else {
-        c.name: getattr(row, c.name) for c in TrainingRunRow.__table__.columns}
+    data = (
+        dict(row._mapping)
+        if not isinstance(row, TrainingRunRow)
+        else {c.name: getattr(row, c.name) for c in TrainingRunRow.__table__.columns}
+    )
     return TrainingRunInfo(**data)
 
 
@@ -70,14 +73,40 @@ class TrainingRuns:
         self.db = location if isinstance(location, Database) else Database(location, timeout=timeout)
         self.url = self.db.shown
 
-    def start(self, *, stage: str, method: str, model: str, adapter: str | None, datasets: Sequence[str],
-              config: Mapping[str, Any], plugins: Mapping[str, Any], host: str, factory_version: str,
-              job_id: int | None = None) -> int:
+    def start(
+        self,
+        *,
+        stage: str,
+        method: str,
+        model: str,
+        adapter: str | None,
+        datasets: Sequence[str],
+        config: Mapping[str, Any],
+        plugins: Mapping[str, Any],
+        host: str,
+        factory_version: str,
+        job_id: int | None = None,
+    ) -> int:
         def add(session: Session) -> int:
-            row = TrainingRunRow(status="running", started_at=epoch_now(), stage=stage, method=method, model=model,
-                                 adapter=adapter, datasets=list(datasets), config=dict(config), plugins=dict(plugins),
-                                 data={}, loss_curve=[], eval_scores={}, metrics={}, progress={}, job_id=job_id,
-                                 host=host, factory_version=factory_version)
+            row = TrainingRunRow(
+                status="running",
+                started_at=epoch_now(),
+                stage=stage,
+                method=method,
+                model=model,
+                adapter=adapter,
+                datasets=list(datasets),
+                config=dict(config),
+                plugins=dict(plugins),
+                data={},
+                loss_curve=[],
+                eval_scores={},
+                metrics={},
+                progress={},
+                job_id=job_id,
+                host=host,
+                factory_version=factory_version,
+            )
             session.add(row)
             session.flush()
             return row.id
@@ -86,6 +115,7 @@ class TrainingRuns:
 
     def update(self, run_id: int, **values: Any) -> None:
         """Set columns of a run as it goes (``loss_curve``, ``progress``, ``output_dir``, ``data``...)."""
+
         def change(session: Session) -> None:
             row = session.get(TrainingRunRow, run_id)
             if row is not None:
@@ -96,6 +126,7 @@ class TrainingRuns:
 
     def finish(self, run_id: int, status: str, **values: Any) -> None:
         """Write a run's end: its status, and what it left (metrics, eval scores, loss curve, error...)."""
+
         def end(session: Session) -> None:
             row = session.get(TrainingRunRow, run_id)
             if row is None:
@@ -138,7 +169,13 @@ def compare_training(a: TrainingRunInfo, b: TrainingRunInfo) -> dict[str, Any]:
     outcome_keys = ["final_loss", *sorted(set(a.eval_scores) | set(b.eval_scores)), "duration_s"]
 
     def outcome(run: TrainingRunInfo, key: str) -> Any:
-        return run.final_loss if key == "final_loss" else run.duration_s if key == "duration_s" else run.eval_scores.get(key)
+        return (
+            run.final_loss
+            if key == "final_loss"
+            else run.duration_s
+            if key == "duration_s"
+            else run.eval_scores.get(key)
+        )
 
     outcomes = []
     for key in outcome_keys:

@@ -20,7 +20,9 @@ class StopOnNonFinite:
         from transformers import TrainerCallback
 
         class _Stop(TrainerCallback):
-            def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+            def on_log(
+                self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+            ) -> None:
                 for key in ("loss", "eval_loss"):
                     value = (logs or {}).get(key)
                     if isinstance(value, float) and not math.isfinite(value):

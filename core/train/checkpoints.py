@@ -74,8 +74,12 @@ def stage_checkpoints(trainer: Any) -> None:
             best = trainer.state.best_model_checkpoint
             if best and best.startswith(str(staging_root)):
                 trainer.state.best_model_checkpoint = str(run_dir / Path(best).name)
-            rotate(output_dir=str(run_dir), save_total_limit=trainer.args.save_total_limit,
-                   best_model_checkpoint=trainer.state.best_model_checkpoint, use_mtime=False)
+            rotate(
+                output_dir=str(run_dir),
+                save_total_limit=trainer.args.save_total_limit,
+                best_model_checkpoint=trainer.state.best_model_checkpoint,
+                use_mtime=False,
+            )
         trainer.accelerator.wait_for_everyone()
 
     trainer._save_checkpoint = staged_save

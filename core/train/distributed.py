@@ -34,12 +34,28 @@ _AUTO = {
 }
 
 DEEPSPEED_PRESETS: dict[str, dict[str, Any]] = {
-    "zero2": {**_AUTO, "zero_optimization": {"stage": 2, "overlap_comm": False, "contiguous_gradients": True,
-                                            "reduce_bucket_size": "auto", "allgather_bucket_size": 5e8}},
-    "zero3": {**_AUTO, "zero_optimization": {"stage": 3, "overlap_comm": False, "contiguous_gradients": True,
-                                            "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto",
-                                            "stage3_param_persistence_threshold": "auto",
-                                            "stage3_gather_16bit_weights_on_model_save": True}},
+    "zero2": {
+        **_AUTO,
+        "zero_optimization": {
+            "stage": 2,
+            "overlap_comm": False,
+            "contiguous_gradients": True,
+            "reduce_bucket_size": "auto",
+            "allgather_bucket_size": 5e8,
+        },
+    },
+    "zero3": {
+        **_AUTO,
+        "zero_optimization": {
+            "stage": 3,
+            "overlap_comm": False,
+            "contiguous_gradients": True,
+            "reduce_bucket_size": "auto",
+            "stage3_prefetch_bucket_size": "auto",
+            "stage3_param_persistence_threshold": "auto",
+            "stage3_gather_16bit_weights_on_model_save": True,
+        },
+    },
 }
 
 
@@ -94,7 +110,11 @@ def trainer_settings(cfg: RunConfig) -> dict[str, Any]:
 
 def weights_sharded(trainer: Any) -> bool:
     """Whether each rank holds only its partition of every weight (DeepSpeed ZeRO-3)."""
-    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None) if getattr(trainer, "is_deepspeed_enabled", False) else None
+    plugin = (
+        getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+        if getattr(trainer, "is_deepspeed_enabled", False)
+        else None
+    )
     return plugin is not None and plugin.zero_stage == 3
 
 

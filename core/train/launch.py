@@ -37,14 +37,26 @@ def launch_distributed(cfg: RunConfig) -> dict[str, Any]:
         yaml.safe_dump(data, fh)
         config_path = fh.name
     cmd = [
-        sys.executable, "-m", "torch.distributed.run",
-        "--nproc_per_node", str(cfg.nproc), "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-        "-m", "factory.cli", "finetune", config_path,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(cfg.nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "factory.cli",
+        "finetune",
+        config_path,
     ]
     try:
         proc = subprocess.run(cmd, check=False, env={**os.environ, CHECKED_ENV: "1"})
     finally:
         Path(config_path).unlink(missing_ok=True)
     if proc.returncode != 0:
-        raise FactoryError(f"the {cfg.nproc}-process run failed with exit code {proc.returncode}; see the worker output above")
+        raise FactoryError(
+            f"the {cfg.nproc}-process run failed with exit code {proc.returncode}; see the worker output above"
+        )
     return json.loads((out / outputs.METRICS_FILE).read_text())

@@ -30,21 +30,29 @@ def check_layerwise(cfg: RunConfig, optimizer: str, instead: str) -> None:
     accumulate, clip or all-reduce the gradients first (``instead``: the optimizer to suggest)."""
     name = f"optimizer {optimizer} steps each weight as soon as backward reaches it"
     if cfg.gradient_accumulation_steps != 1:
-        raise ConfigError(f"{name}, so gradients cannot accumulate over "
-                          f"gradient_accumulation_steps={cfg.gradient_accumulation_steps}; set it to 1 "
-                          f"(raise batch_size instead) or use optimizer={instead}")
+        raise ConfigError(
+            f"{name}, so gradients cannot accumulate over "
+            f"gradient_accumulation_steps={cfg.gradient_accumulation_steps}; set it to 1 "
+            f"(raise batch_size instead) or use optimizer={instead}"
+        )
     if cfg.max_grad_norm > 0:
-        raise ConfigError(f"{name}, before the whole gradient's norm is known, so max_grad_norm={cfg.max_grad_norm} "
-                          f"cannot clip it; set max_grad_norm=0 or use optimizer={instead}")
+        raise ConfigError(
+            f"{name}, before the whole gradient's norm is known, so max_grad_norm={cfg.max_grad_norm} "
+            f"cannot clip it; set max_grad_norm=0 or use optimizer={instead}"
+        )
     if cfg.nproc > 1 or cfg.deepspeed or cfg.fsdp:
-        raise ConfigError(f"{name}, before processes could average their gradients, so it trains in one process "
-                          f"only; drop nproc, deepspeed and fsdp or use optimizer={instead}")
+        raise ConfigError(
+            f"{name}, before processes could average their gradients, so it trains in one process "
+            f"only; drop nproc, deepspeed and fsdp or use optimizer={instead}"
+        )
 
 
 class LayerwiseOptimizer(torch.optim.Optimizer):
     """The Trainer-facing optimizer over ``param_groups``; ``build(group)`` makes each parameter's own."""
 
-    def __init__(self, param_groups: list[dict[str, Any]], build: Callable[[dict[str, Any]], torch.optim.Optimizer]) -> None:
+    def __init__(
+        self, param_groups: list[dict[str, Any]], build: Callable[[dict[str, Any]], torch.optim.Optimizer]
+    ) -> None:
         super().__init__(param_groups, defaults={})
         self.per_param: dict[torch.Tensor, torch.optim.Optimizer] = {}
         self.hooks = []
@@ -71,8 +79,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         """Gradients were dropped by the hooks already."""
 
     def state_dict(self) -> dict[str, Any]:
-        return {"lrs": [group["lr"] for group in self.param_groups],
-                "per_param": [optimizer.state_dict() for optimizer in self.per_param.values()]}
+        return {
+            "lrs": [group["lr"] for group in self.param_groups],
+            "per_param": [optimizer.state_dict() for optimizer in self.per_param.values()],
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for group, lr in zip(self.param_groups, state_dict["lrs"]):

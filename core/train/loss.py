@@ -45,15 +45,22 @@ class LogitsWorkspace:
         kept = self._buffer
         if kept is None or kept.dtype != dtype or kept.device != device or kept.numel() < rows * columns:
             kept = self._buffer = torch.empty(rows * columns, dtype=dtype, device=device)
-        return kept[:rows * columns].view(rows, columns)
+        return kept[: rows * columns].view(rows, columns)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     """Summed cross-entropy of ``hidden @ weight.T + bias`` against ``targets``, gradients computed in forward."""
 
     @staticmethod
-    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                targets: torch.Tensor, chunk_tokens: int, workspace: LogitsWorkspace) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        chunk_tokens: int,
+        workspace: LogitsWorkspace,
+    ) -> torch.Tensor:
         want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
         dtype = _compute_dtype(hidden, weight)
         w = weight.to(dtype)
@@ -66,7 +73,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, targets.numel(), chunk_tokens):
             part = slice(start, start + chunk_tokens)
             h, t = hidden[part].to(dtype), targets[part]
-            logits = buffer[:t.numel()]
+            logits = buffer[: t.numel()]
             if b is None:
                 torch.mm(h, w.t(), out=logits)
             else:
@@ -76,12 +83,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
             rows = max(1, SOFTMAX_BLOCK_VALUES // logits.shape[1])
             positions = torch.arange(rows, device=t.device)
             for first in range(0, t.numel(), rows):
-                block, t_block = logits[first:first + rows], t[first:first + rows]
+                block, t_block = logits[first : first + rows], t[first : first + rows]
                 log_probs = torch.log_softmax(block, dim=-1, dtype=torch.float32)
                 total -= log_probs.gather(1, t_block[:, None]).sum()
                 if want_hidden or want_weight or want_bias:
                     grad = log_probs.exp_()  # softmax, in place
-                    grad[positions[:t_block.numel()], t_block] -= 1
+                    grad[positions[: t_block.numel()], t_block] -= 1
                     if want_bias:
                         grad_bias += grad.sum(0)
                     block.copy_(grad)  # the logits' buffer now holds the gradient, in the compute dtype
@@ -123,8 +130,9 @@ def chunked_causal_lm_loss(
     """
     targets = labels[:, 1:]
     keep = targets != -100
-    total = _LinearCrossEntropy.apply(hidden[:, :-1][keep], head.weight, head.bias, targets[keep], chunk_tokens,
-                                       workspace or LogitsWorkspace())
+    total = _LinearCrossEntropy.apply(
+        hidden[:, :-1][keep], head.weight, head.bias, targets[keep], chunk_tokens, workspace or LogitsWorkspace()
+    )
     denominator = num_items_in_batch if num_items_in_batch is not None else keep.sum()
     if torch.is_tensor(denominator):
         denominator = denominator.to(total.device)
@@ -161,8 +169,16 @@ class _LinearTokenLogProbs(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                targets: torch.Tensor, chunk_tokens: int, workspace: LogitsWorkspace, temperature: float) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        chunk_tokens: int,
+        workspace: LogitsWorkspace,
+        temperature: float,
+    ) -> torch.Tensor:
         want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
         dtype = _compute_dtype(hidden, weight)
         w = weight.to(dtype)
@@ -178,12 +194,12 @@ class _LinearTokenLogProbs(torch.autograd.Function):
             rows = max(1, SOFTMAX_BLOCK_VALUES // logits.shape[1])
             positions = torch.arange(rows, device=t.device)
             for first in range(0, t.numel(), rows):
-                block, t_block = logits[first:first + rows], t[first:first + rows]
+                block, t_block = logits[first : first + rows], t[first : first + rows]
                 log_probs = torch.log_softmax(block, dim=-1, dtype=torch.float32)
-                out[start + first:start + first + t_block.numel()] = log_probs.gather(1, t_block[:, None])[:, 0]
+                out[start + first : start + first + t_block.numel()] = log_probs.gather(1, t_block[:, None])[:, 0]
                 if eager:
                     grad = log_probs.exp_().neg_()  # one-hot minus softmax, in place
-                    grad[positions[:t_block.numel()], t_block] += 1
+                    grad[positions[: t_block.numel()], t_block] += 1
                     block.copy_(grad if temperature == 1.0 else grad.div_(temperature))
             if eager:
                 grad_hidden[part] = logits @ w
@@ -191,7 +207,13 @@ class _LinearTokenLogProbs(torch.autograd.Function):
             ctx.save_for_backward(grad_hidden)
         else:
             ctx.save_for_backward(hidden, weight, bias, targets)
-        ctx.eager, ctx.chunk_tokens, ctx.workspace, ctx.dtype, ctx.temperature = eager, chunk_tokens, workspace, dtype, temperature
+        ctx.eager, ctx.chunk_tokens, ctx.workspace, ctx.dtype, ctx.temperature = (
+            eager,
+            chunk_tokens,
+            workspace,
+            dtype,
+            temperature,
+        )
         return out
 
     @staticmethod
@@ -215,10 +237,10 @@ class _LinearTokenLogProbs(torch.autograd.Function):
             rows = max(1, SOFTMAX_BLOCK_VALUES // logits.shape[1])
             positions = torch.arange(rows, device=t.device)
             for first in range(0, t.numel(), rows):
-                block, t_block = logits[first:first + rows], t[first:first + rows]
+                block, t_block = logits[first : first + rows], t[first : first + rows]
                 grad = torch.softmax(block, dim=-1, dtype=torch.float32).neg_()
-                grad[positions[:t_block.numel()], t_block] += 1
-                grad *= g[first:first + rows, None]
+                grad[positions[: t_block.numel()], t_block] += 1
+                grad *= g[first : first + rows, None]
                 if want_bias:
                     grad_bias += grad.sum(0)
                 block.copy_(grad)
@@ -237,8 +259,9 @@ class _LinearTokenLogProbs(torch.autograd.Function):
         )
 
 
-def _chunk_logits(buffer: torch.Tensor, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, rows: int,
-                  temperature: float = 1.0) -> torch.Tensor:
+def _chunk_logits(
+    buffer: torch.Tensor, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, rows: int, temperature: float = 1.0
+) -> torch.Tensor:
     logits = buffer[:rows]
     if b is None:
         torch.mm(h, w.t(), out=logits)
@@ -263,5 +286,6 @@ def chunked_token_logprobs(
     """
     if targets.numel() == 0:
         return hidden.new_zeros(0, dtype=torch.float32) + 0 * hidden.sum()
-    return _LinearTokenLogProbs.apply(hidden, head.weight, head.bias, targets, chunk_tokens, workspace or LogitsWorkspace(),
-                                      float(temperature))
+    return _LinearTokenLogProbs.apply(
+        hidden, head.weight, head.bias, targets, chunk_tokens, workspace or LogitsWorkspace(), float(temperature)
+    )

@@ -52,8 +52,9 @@ class TrimHeap(TrainerCallback):
     def __init__(self) -> None:
         trim = _malloc_trim()
         if trim is None:
-            raise ConfigError("trim_memory=true needs glibc's malloc_trim, which this system's C library lacks; "
-                              "set trim_memory=false")
+            raise ConfigError(
+                "trim_memory=true needs glibc's malloc_trim, which this system's C library lacks; set trim_memory=false"
+            )
         self._trim = trim
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -62,7 +62,7 @@ class FreezeTuning(_WholeModel):
                 f"freeze.layers={opts.layers} but the model has only {len(layers)} layers; "
                 f"choose a value between -{len(layers)} and {len(layers)}"
             )
-        chosen = list(layers)[-opts.layers:] if opts.layers > 0 else list(layers)[: -opts.layers]
+        chosen = list(layers)[-opts.layers :] if opts.layers > 0 else list(layers)[: -opts.layers]
         for param in model.parameters():
             param.requires_grad_(False)
         sub_names = {name.split(".")[0] for layer in chosen for name, _ in layer.named_children()}

@@ -19,7 +19,11 @@ def default_param_groups(model: Any, cfg: RunConfig) -> list[dict[str, Any]]:
 
 
 def split_groups(
-    model: Any, cfg: RunConfig, param_groups: list[dict[str, Any]], target: str | list[str], key: str,
+    model: Any,
+    cfg: RunConfig,
+    param_groups: list[dict[str, Any]],
+    target: str | list[str],
+    key: str,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``param_groups`` split into the 2-D weights of the linear modules ``target`` selects, and the rest.
 
@@ -40,7 +44,10 @@ def split_groups(
     for group in param_groups:
         kept = {k: v for k, v in group.items() if k != "params"}
         params = list(group["params"])
-        for part, out in (([p for p in params if id(p) in chosen], matrices), ([p for p in params if id(p) not in chosen], rest)):
+        for part, out in (
+            ([p for p in params if id(p) in chosen], matrices),
+            ([p for p in params if id(p) not in chosen], rest),
+        ):
             if part:
                 out.append({**kept, "params": part})
     if not matrices:
@@ -52,7 +59,11 @@ def split_groups(
 
 
 def projected_groups(
-    model: Any, cfg: RunConfig, param_groups: list[dict[str, Any]], target: str | list[str], key: str,
+    model: Any,
+    cfg: RunConfig,
+    param_groups: list[dict[str, Any]],
+    target: str | list[str],
+    key: str,
     settings: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """One optimizer's groups for a gradient-projecting method: :func:`split_groups`' target weights
@@ -71,8 +82,10 @@ def fused_adamw_fits(param_groups: list[dict[str, Any]]) -> bool:
     import torch
 
     params = [p for group in param_groups for p in group["params"]]
-    return all(type(p) in (torch.Tensor, torch.nn.Parameter) and p.is_floating_point()
-               and p.device.type in ("cpu", "cuda") for p in params)
+    return all(
+        type(p) in (torch.Tensor, torch.nn.Parameter) and p.is_floating_point() and p.device.type in ("cpu", "cuda")
+        for p in params
+    )
 
 
 class AdamW:
@@ -83,4 +96,6 @@ class AdamW:
 
         opts = cfg.options("adamw")
         fused = fused_adamw_fits(param_groups) if opts.fused is None else opts.fused
-        return torch.optim.AdamW(param_groups, lr=cfg.learning_rate, betas=opts.betas, eps=opts.eps, fused=fused or None)
+        return torch.optim.AdamW(
+            param_groups, lr=cfg.learning_rate, betas=opts.betas, eps=opts.eps, fused=fused or None
+        )

@@ -62,7 +62,9 @@ def prepare_output_dir(cfg: RunConfig) -> Path:
         claim = {"claimed": time.strftime("%Y-%m-%dT%H:%M:%S"), "created": created}
         (out / OWNER_FILE).write_text(json.dumps(claim), encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"output_dir '{out}' cannot be written ({exc.strerror or exc}); choose a writable folder") from None
+        raise ConfigError(
+            f"output_dir '{out}' cannot be written ({exc.strerror or exc}); choose a writable folder"
+        ) from None
     return out
 
 
@@ -87,12 +89,18 @@ def _refuse_unwritable(out: Path) -> None:
     for parent in out.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise ConfigError(f"output_dir '{out}' lies under '{parent}', which is a file; choose a folder elsewhere")
+                raise ConfigError(
+                    f"output_dir '{out}' lies under '{parent}', which is a file; choose a folder elsewhere"
+                )
             where = out if out.exists() else parent
             if os.statvfs(where).f_flag & os.ST_RDONLY:
-                raise ConfigError(f"output_dir '{out}' cannot be written ('{where}' is on a read-only file system); choose a writable folder")
+                raise ConfigError(
+                    f"output_dir '{out}' cannot be written ('{where}' is on a read-only file system); choose a writable folder"
+                )
             if not os.access(where, os.W_OK | os.X_OK):
-                raise ConfigError(f"output_dir '{out}' cannot be written ('{where}' is not writable); choose a writable folder")
+                raise ConfigError(
+                    f"output_dir '{out}' cannot be written ('{where}' is not writable); choose a writable folder"
+                )
             return
 
 
@@ -103,7 +111,9 @@ def _interrupts_deferred() -> Iterator[None]:
         yield
         return
     caught: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, _frame: caught.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        sig: signal.signal(sig, lambda signum, _frame: caught.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:

@@ -29,7 +29,9 @@ def _check_scheduler(name: str) -> None:
 
     valid = [kind.value for kind in SchedulerType]
     if name not in valid:
-        raise ConfigError(f"lr_scheduler '{name}' is not a scheduler transformers knows{did_you_mean(name, valid)} (available: {one_of(valid)})")
+        raise ConfigError(
+            f"lr_scheduler '{name}' is not a scheduler transformers knows{did_you_mean(name, valid)} (available: {one_of(valid)})"
+        )
 
 
 def _check_report_to(backends: list[str]) -> None:
@@ -49,4 +51,6 @@ def _check_report_to(backends: list[str]) -> None:
             )
         if name not in available:
             package = _PIP_NAMES.get(name, name)
-            raise ConfigError(f"report_to '{name}' needs the package '{package}', which is not installed; pip install {package}")
+            raise ConfigError(
+                f"report_to '{name}' needs the package '{package}', which is not installed; pip install {package}"
+            )

@@ -24,8 +24,16 @@ from factory.store import reporting
 log = logging.getLogger(__name__)
 
 CURVE_KEYS = ("loss", "eval_loss", "learning_rate", "epoch")
-KEPT_METRICS = ("train_loss", "train_runtime", "train_samples_per_second", "total_flos", "num_input_tokens_seen",
-                "trainable_parameters", "total_parameters", "epoch")
+KEPT_METRICS = (
+    "train_loss",
+    "train_runtime",
+    "train_samples_per_second",
+    "total_flos",
+    "num_input_tokens_seen",
+    "trainable_parameters",
+    "total_parameters",
+    "epoch",
+)
 
 
 class TrainingRecord:
@@ -41,8 +49,11 @@ class TrainingRecord:
         self.runs: Any = None
         self.run_id: int | None = None
         if missing("store"):
-            log.warning("this training run is not recorded in the results database (no database support "
-                        "installed: %s); its outputs hold its record", hint("store"))
+            log.warning(
+                "this training run is not recorded in the results database (no database support "
+                "installed: %s); its outputs hold its record",
+                hint("store"),
+            )
             return
         from factory.store.training import TrainingRuns
 
@@ -50,8 +61,15 @@ class TrainingRecord:
             self.runs = TrainingRuns(cfg.results_db, timeout=cfg.results_db_timeout)
             plugins = {r.name: {"distribution": r.distribution, "version": r.version} for r in manager.records.values()}
             self.run_id = self.runs.start(
-                stage=cfg.stage, method=cfg.method, model=cfg.model, adapter=cfg.adapter, datasets=cfg.datasets,
-                config=cfg.to_dict(), plugins=plugins, host=socket.gethostname(), factory_version=__version__,
+                stage=cfg.stage,
+                method=cfg.method,
+                model=cfg.model,
+                adapter=cfg.adapter,
+                datasets=cfg.datasets,
+                config=cfg.to_dict(),
+                plugins=plugins,
+                host=socket.gethostname(),
+                factory_version=__version__,
                 job_id=self.reporter.job_id if self.reporter else None,
             )
         except FactoryError as exc:
@@ -101,10 +119,17 @@ class TrainingRecord:
                 record.progress = progress
                 if record.reporter is not None:  # raises JobStopped when the job was cancelled
                     loss = next((point["loss"] for point in reversed(record.curve) if "loss" in point), None)
-                    record.reporter.progress(state.global_step, state.max_steps, unit="steps",
-                                             tokens_per_s=progress["tokens_per_s"], loss=loss)
+                    record.reporter.progress(
+                        state.global_step,
+                        state.max_steps,
+                        unit="steps",
+                        tokens_per_s=progress["tokens_per_s"],
+                        loss=loss,
+                    )
 
-            def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+            def on_log(
+                self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+            ) -> None:
                 point = {key: logs[key] for key in CURVE_KEYS if logs and key in logs}
                 if "loss" in point or "eval_loss" in point:
                     record.curve.append({"step": state.global_step, **point})
@@ -116,14 +141,21 @@ class TrainingRecord:
 
     def finish(self, metrics: dict[str, Any], output_dir: Path) -> None:
         history = metrics.get("log_history") or []
-        curve = [{"step": entry["step"], **{key: entry[key] for key in CURVE_KEYS if key in entry}}
-                 for entry in history if "loss" in entry or "eval_loss" in entry] or self.curve
+        curve = [
+            {"step": entry["step"], **{key: entry[key] for key in CURVE_KEYS if key in entry}}
+            for entry in history
+            if "loss" in entry or "eval_loss" in entry
+        ] or self.curve
         kept = {key: metrics[key] for key in KEPT_METRICS if key in metrics}
         losses = [point["loss"] for point in curve if "loss" in point]
         if losses:
             kept["last_loss"] = losses[-1]
         self._write(
-            "finish", status="succeeded", loss_curve=curve, metrics=kept, output_dir=str(Path(output_dir).resolve()),
+            "finish",
+            status="succeeded",
+            loss_curve=curve,
+            metrics=kept,
+            output_dir=str(Path(output_dir).resolve()),
             eval_scores={key: value for key, value in metrics.items() if key.startswith("eval_")},
             data=metrics.get("data") if isinstance(metrics.get("data"), dict) else {},
         )
@@ -136,5 +168,10 @@ class TrainingRecord:
             reason = "interrupted"
         else:
             reason = f"{exc.__class__.__name__}: {exc}"
-        self._write("finish", status="cancelled" if cancelled else "failed", error=reason,
-                    loss_curve=list(self.curve), progress=dict(self.progress))
+        self._write(
+            "finish",
+            status="cancelled" if cancelled else "failed",
+            error=reason,
+            loss_curve=list(self.curve),
+            progress=dict(self.progress),
+        )

@@ -146,8 +146,9 @@ class TrainerSetup:
 
     def arguments(self, args_cls: Any = None, **overrides: Any) -> Any:
         """:func:`training_arguments` for this run (``args_cls``: e.g. a TRL trainer's config class)."""
-        return training_arguments(self.cfg, self.output_dir, has_eval=self.eval_dataset is not None,
-                                  args_cls=args_cls, **overrides)
+        return training_arguments(
+            self.cfg, self.output_dir, has_eval=self.eval_dataset is not None, args_cls=args_cls, **overrides
+        )
 
     def optimizer(self, model: Any = None) -> Any:
         """The configured optimizer plugin over the adapter's parameter groups of ``model`` (default: the loaded model).
@@ -156,7 +157,11 @@ class TrainerSetup:
         """
         model = self.model if model is None else model
         adapter = self.adapter
-        groups = adapter.param_groups(model, self.cfg) if hasattr(adapter, "param_groups") else default_param_groups(model, self.cfg)
+        groups = (
+            adapter.param_groups(model, self.cfg)
+            if hasattr(adapter, "param_groups")
+            else default_param_groups(model, self.cfg)
+        )
         return self.manager.load("optimizers", self.cfg.optimizer).create(model, self.cfg, groups)
 
 
@@ -226,7 +231,10 @@ def _save_final(out: Path, write: Callable[[Path], None]) -> None:
     try:
         outputs.save_final(out, write)
     except KeyboardInterrupt:
-        print(f"factory: interrupted during the final save; nothing was written to '{out}'{_survivor(out)}", file=sys.stderr)
+        print(
+            f"factory: interrupted during the final save; nothing was written to '{out}'{_survivor(out)}",
+            file=sys.stderr,
+        )
         raise
     except OSError as exc:
         rescue = Path(tempfile.mkdtemp(prefix="factory-rescue-"))
@@ -325,8 +333,10 @@ def _train(
     model = trainer.model
     trainable, total = trainable_summary(model)
     if trainer.is_world_process_zero():
-        print(f"factory: {cfg.stage}/{cfg.method} on {cfg.model}: {trainable:,} of {total:,} parameters train "
-              f"({100 * trainable / max(total, 1):.2f}%), precision {resolve_precision(cfg.precision)}, output {out}")
+        print(
+            f"factory: {cfg.stage}/{cfg.method} on {cfg.model}: {trainable:,} of {total:,} parameters train "
+            f"({100 * trainable / max(total, 1):.2f}%), precision {resolve_precision(cfg.precision)}, output {out}"
+        )
     result = trainer.train(resume_from_checkpoint=resume_from)
     metrics: dict[str, Any] = dict(result.metrics)
     if eval_ds is not None:
@@ -343,8 +353,17 @@ def _train(
     return TrainingRun(metrics, out, trainer.model, tokenizer, template, trainer)
 
 
-def _save_run(trainer: Any, adapter: Any, tokenizer: Any, cfg: RunConfig, manager: PluginManager, out: Path,
-              metrics: dict[str, Any], started: float, resume_from: str | None) -> None:
+def _save_run(
+    trainer: Any,
+    adapter: Any,
+    tokenizer: Any,
+    cfg: RunConfig,
+    manager: PluginManager,
+    out: Path,
+    metrics: dict[str, Any],
+    started: float,
+    resume_from: str | None,
+) -> None:
     """Rank 0 writes the final outputs: the method's weights, tokenizer, config, metrics, plot and run record."""
     model = trainer.model if not hasattr(trainer.model, "module") else trainer.model.module
 
@@ -354,6 +373,8 @@ def _save_run(trainer: Any, adapter: Any, tokenizer: Any, cfg: RunConfig, manage
         outputs.write_config(folder, cfg)
         outputs.write_metrics(folder, metrics)
         outputs.plot_loss(folder, trainer.state.log_history)
-        outputs.write_record(folder, cfg, manager, started, {"resumed_from": resume_from, "world_size": trainer.args.world_size})
+        outputs.write_record(
+            folder, cfg, manager, started, {"resumed_from": resume_from, "world_size": trainer.args.world_size}
+        )
 
     _save_final(out, write)

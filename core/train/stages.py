@@ -29,8 +29,14 @@ class TrainerStage:
             elif self.show_sample and cfg.sample_prompt:
                 from factory.infer.generate import chat_reply
 
-                answer = chat_reply(run.model, run.tokenizer, run.template, [{"role": "user", "content": cfg.sample_prompt}],
-                                    system=cfg.system, max_new_tokens=64)
+                answer = chat_reply(
+                    run.model,
+                    run.tokenizer,
+                    run.template,
+                    [{"role": "user", "content": cfg.sample_prompt}],
+                    system=cfg.system,
+                    max_new_tokens=64,
+                )
                 run.metrics["sample"] = {"prompt": cfg.sample_prompt, "answer": answer}
                 outputs.write_metrics(run.output_dir, run.metrics)
                 print(f"\n{cfg.sample_prompt}\n> {answer}")

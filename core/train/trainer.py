@@ -47,7 +47,11 @@ class FactoryTrainer(Trainer):
         main = getattr(self.model, "main_input_name", "input_ids")
         if main not in inputs or not hasattr(self.model, "num_parameters"):
             return 0
-        return 6 * inputs[main].numel() * self._once("parameters", self.model, lambda m: m.num_parameters(exclude_embeddings=True))
+        return (
+            6
+            * inputs[main].numel()
+            * self._once("parameters", self.model, lambda m: m.num_parameters(exclude_embeddings=True))
+        )
 
     def _clip_grad_norm(self, model: Any) -> Any:
         """Plain single-process runs clip with torch's own function over the model's parameters, listed once.
@@ -60,12 +64,16 @@ class FactoryTrainer(Trainer):
         parameters = self._once("clipped", model, lambda m: list(m.parameters()))
         return torch.nn.utils.clip_grad_norm_([p for p in parameters if p.grad is not None], self.args.max_grad_norm)
 
-    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
         parts = None
         if self.chunked_loss and not return_outputs and "labels" in inputs and model is self.model:
             parts = split_head(model)
         if parts is None:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         decoder, head = parts
         features = {k: v for k, v in inputs.items() if k != "labels"}
         # Normalise exactly as the library path would for this model (see Trainer.compute_loss).
@@ -94,7 +102,9 @@ class FactoryTrainer(Trainer):
         if self.accelerator.mixed_precision not in ("bf16", "fp16"):
             yield
             return
-        layers = self._once("casting", model, lambda m: [layer for layer in m.modules() if hasattr(layer, "cast_input_dtype_enabled")])
+        layers = self._once(
+            "casting", model, lambda m: [layer for layer in m.modules() if hasattr(layer, "cast_input_dtype_enabled")]
+        )
         layers = [layer for layer in layers if layer.cast_input_dtype_enabled is True]
         for layer in layers:
             layer.cast_input_dtype_enabled = False
@@ -104,8 +114,16 @@ class FactoryTrainer(Trainer):
             for layer in layers:
                 layer.cast_input_dtype_enabled = True
 
-    def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None) -> Any:
-        if prediction_loss_only and self.chunked_loss and "labels" in inputs and model is self.model and split_head(model):
+    def prediction_step(
+        self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None
+    ) -> Any:
+        if (
+            prediction_loss_only
+            and self.chunked_loss
+            and "labels" in inputs
+            and model is self.model
+            and split_head(model)
+        ):
             inputs = self._prepare_inputs(inputs)
             with torch.no_grad(), self.compute_loss_context_manager():
                 loss = self.compute_loss(model, inputs)

@@ -29,9 +29,19 @@ def run(model: str, quantization: str | None, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         factory.finetune(
-            model=model, quantization=quantization, method="lora", dataset="alpaca_en_demo", dataset_dir=str(DEMO_DIR),
-            max_samples=16, cutoff_len=128, batch_size=2, max_steps=steps, logging_steps=1, output_dir=out,
-            precision="bf16", sample_prompt=None,
+            model=model,
+            quantization=quantization,
+            method="lora",
+            dataset="alpaca_en_demo",
+            dataset_dir=str(DEMO_DIR),
+            max_samples=16,
+            cutoff_len=128,
+            batch_size=2,
+            max_steps=steps,
+            logging_steps=1,
+            output_dir=out,
+            precision="bf16",
+            sample_prompt=None,
         )
         seconds = time.perf_counter() - start
     return {"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seconds": seconds}
@@ -50,7 +60,9 @@ def main() -> None:
     for label, quantization in RUNS.items():
         proc = subprocess.run(
             [sys.executable, __file__, "--model", args.model, "--steps", str(args.steps), "--one", quantization or ""],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"{label:<18} {row['peak_mib']:>13.0f} {row['seconds']:>8.1f}", flush=True)

@@ -64,7 +64,9 @@ def main() -> None:
     print(f"{'N':>6} {'mode':>9} {'extra peak MiB':>15} {'seconds':>8}")
     for length in args.lengths:
         for mode in args.modes:
-            proc = subprocess.run([sys.executable, __file__, "--one", mode, str(length)], capture_output=True, text=True, check=True)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--one", mode, str(length)], capture_output=True, text=True, check=True
+            )
             row = json.loads(proc.stdout.strip().splitlines()[-1])
             print(f"{length:>6} {mode:>9} {row['peak_mib']:>15.0f} {row['seconds']:>8.2f}", flush=True)
 

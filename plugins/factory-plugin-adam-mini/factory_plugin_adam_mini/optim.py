@@ -35,8 +35,15 @@ class AdamMini:
                     f"{tuple(param.shape)} of method={cfg.method} does not fit; use method=full or freeze"
                 )
         optimizer = Adam_mini(
-            named, lr=cfg.learning_rate, betas=opts.betas, eps=opts.eps, weight_decay=cfg.weight_decay,
-            dim=dim, n_heads=heads, n_kv_heads=kv_heads, verbose=False,
+            named,
+            lr=cfg.learning_rate,
+            betas=opts.betas,
+            eps=opts.eps,
+            weight_decay=cfg.weight_decay,
+            dim=dim,
+            n_heads=heads,
+            n_kv_heads=kv_heads,
+            verbose=False,
         )
         # Adam-mini makes one group per parameter; keep the adapter's learning rate where it set one
         # (Adam-mini's own rule already takes weight decay off norms and biases).

@@ -14,7 +14,9 @@ from factory.testing import check_plugin_contract
 
 
 def config(*overrides: str) -> factory.RunConfig:
-    return factory.load_config(None, ["method=full", "optimizer=adam-mini", "learning_rate=1e-3", "weight_decay=0.1", *overrides])
+    return factory.load_config(
+        None, ["method=full", "optimizer=adam-mini", "learning_rate=1e-3", "weight_decay=0.1", *overrides]
+    )
 
 
 def groups_of(model) -> list[dict]:
@@ -47,8 +49,17 @@ def test_contract():
 def test_steps_equal_adam_mini_built_directly(tiny_causal_lm, batch, capsys):
     ours_model, theirs_model = (AutoModelForCausalLM.from_pretrained(tiny_causal_lm) for _ in range(2))
     ours = ADAM_MINI.create(ours_model, config("adam_mini.betas=[0.9,0.95]"), groups_of(ours_model))
-    theirs = Adam_mini(theirs_model.named_parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1,
-                       dim=64, n_heads=4, n_kv_heads=2, verbose=False)
+    theirs = Adam_mini(
+        theirs_model.named_parameters(),
+        lr=1e-3,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+        weight_decay=0.1,
+        dim=64,
+        n_heads=4,
+        n_kv_heads=2,
+        verbose=False,
+    )
     start = {n: p.detach().clone() for n, p in ours_model.named_parameters()}
     losses = [step(ours_model, ours, batch) for _ in range(4)]
     for _ in range(4):
@@ -91,7 +102,9 @@ def test_lora_factors_are_refused(tiny_causal_lm):
     pytest.importorskip("peft")
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_causal_lm), LoraConfig(r=4, target_modules=["q_proj"]))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_causal_lm), LoraConfig(r=4, target_modules=["q_proj"])
+    )
     with pytest.raises(ConfigError) as err:
         ADAM_MINI.create(model, config("method=lora"), groups_of(model))
     message = str(err.value)

@@ -52,7 +52,9 @@ class Apollo:
         torch.serialization.add_safe_globals([GradientProjector, GaLoreProjector])
 
         def build(params: list[dict[str, Any]]) -> torch.optim.Optimizer:
-            return APOLLOAdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, scale_front=opts.scale_front)
+            return APOLLOAdamW(
+                params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, scale_front=opts.scale_front
+            )
 
         if not self.layerwise:
             return build(groups)

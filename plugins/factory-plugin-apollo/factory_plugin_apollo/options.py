@@ -20,7 +20,9 @@ class ApolloOptions(BaseModel):
     rank: int = Field(16, gt=0, description="rank of the projected gradient (apollo-mini: always 1)")
     update_proj_gap: int = Field(200, gt=0, description="steps between drawing a new projection")
     scale: float | None = Field(
-        None, gt=0, description="multiplier of the scaled gradient (its square root is applied); default 32, apollo-mini 128"
+        None,
+        gt=0,
+        description="multiplier of the scaled gradient (its square root is applied); default 32, apollo-mini 128",
     )
     proj: Literal["random", "svd"] = Field("random", description="random projection (APOLLO) or an SVD of the gradient")
     proj_type: Literal["std", "reverse_std", "right", "left", "full"] = Field(

@@ -18,7 +18,9 @@ LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_
 
 
 def config(*overrides: str) -> factory.RunConfig:
-    return factory.load_config(None, ["method=full", "optimizer=apollo", "learning_rate=1e-3", "weight_decay=0.01", *overrides])
+    return factory.load_config(
+        None, ["method=full", "optimizer=apollo", "learning_rate=1e-3", "weight_decay=0.01", *overrides]
+    )
 
 
 def groups_of(model) -> list[dict]:
@@ -50,8 +52,11 @@ def direct(model, settings: dict) -> APOLLOAdamW:
     other_matrices = [p for n, p in named if p.ndim >= 2 and not n.endswith(tuple(f"{m}.weight" for m in LINEAR))]
     vectors = [p for _, p in named if p.ndim < 2]
     return APOLLOAdamW(
-        [{"params": target, "weight_decay": 0.01, **settings}, {"params": other_matrices, "weight_decay": 0.01},
-         {"params": vectors, "weight_decay": 0.0}],
+        [
+            {"params": target, "weight_decay": 0.01, **settings},
+            {"params": other_matrices, "weight_decay": 0.01},
+            {"params": vectors, "weight_decay": 0.0},
+        ],
         lr=1e-3,
     )
 
@@ -66,12 +71,42 @@ def test_contract():
 @pytest.mark.parametrize(
     ("impl", "overrides", "settings"),
     [
-        (APOLLO, ["apollo.rank=4", "apollo.update_proj_gap=2"],
-         {"rank": 4, "proj": "random", "scale_type": "channel", "scale": 32.0, "update_proj_gap": 2, "proj_type": "std"}),
-        (APOLLO_MINI, ["apollo.update_proj_gap=2"],
-         {"rank": 1, "proj": "random", "scale_type": "tensor", "scale": 128.0, "update_proj_gap": 2, "proj_type": "std"}),
-        (APOLLO, ["apollo.proj=svd", "apollo.scale=4", "apollo.rank=2"],
-         {"rank": 2, "proj": "svd", "scale_type": "channel", "scale": 4.0, "update_proj_gap": 200, "proj_type": "std"}),
+        (
+            APOLLO,
+            ["apollo.rank=4", "apollo.update_proj_gap=2"],
+            {
+                "rank": 4,
+                "proj": "random",
+                "scale_type": "channel",
+                "scale": 32.0,
+                "update_proj_gap": 2,
+                "proj_type": "std",
+            },
+        ),
+        (
+            APOLLO_MINI,
+            ["apollo.update_proj_gap=2"],
+            {
+                "rank": 1,
+                "proj": "random",
+                "scale_type": "tensor",
+                "scale": 128.0,
+                "update_proj_gap": 2,
+                "proj_type": "std",
+            },
+        ),
+        (
+            APOLLO,
+            ["apollo.proj=svd", "apollo.scale=4", "apollo.rank=2"],
+            {
+                "rank": 2,
+                "proj": "svd",
+                "scale_type": "channel",
+                "scale": 4.0,
+                "update_proj_gap": 200,
+                "proj_type": "std",
+            },
+        ),
     ],
 )
 def test_steps_equal_apollo_torch_built_directly(impl, overrides, settings, tiny_causal_lm, batch):
@@ -114,10 +149,18 @@ def test_state_survives_the_trainers_safe_reload(tiny_causal_lm, batch):
 def test_layerwise_takes_apollo_torchs_steps_and_keeps_no_gradient(tiny_causal_lm, batch):
     """Each weight stepped inside backward by its own APOLLOAdamW (seeded as in one optimizer, the scheduled
     learning rate copied in) ends where apollo-torch's APOLLOAdamW over all of them does."""
-    settings = {"rank": 4, "proj": "random", "scale_type": "channel", "scale": 32.0, "update_proj_gap": 2, "proj_type": "std"}
+    settings = {
+        "rank": 4,
+        "proj": "random",
+        "scale_type": "channel",
+        "scale": 32.0,
+        "update_proj_gap": 2,
+        "proj_type": "std",
+    }
     ours_model, theirs_model = (AutoModelForCausalLM.from_pretrained(tiny_causal_lm) for _ in range(2))
-    ours = APOLLO_LAYERWISE.create(ours_model, config("apollo.rank=4", "apollo.update_proj_gap=2", "max_grad_norm=0"),
-                                   groups_of(ours_model))
+    ours = APOLLO_LAYERWISE.create(
+        ours_model, config("apollo.rank=4", "apollo.update_proj_gap=2", "max_grad_norm=0"), groups_of(ours_model)
+    )
     theirs = direct(theirs_model, settings)
     ours_lr, theirs_lr = (torch.optim.lr_scheduler.LambdaLR(o, lambda i: 1 - i / 10) for o in (ours, theirs))
     start = {n: p.detach().clone() for n, p in ours_model.named_parameters()}
@@ -156,8 +199,16 @@ def test_layerwise_state_survives_the_trainers_safe_reload(tiny_causal_lm, batch
 
 def test_layerwise_refuses_accumulation_before_loading(tmp_path):
     with pytest.raises(ConfigError) as err:
-        factory.finetune(None, ["method=full", "optimizer=apollo-layerwise", "max_grad_norm=0", "gradient_accumulation_steps=2",
-                                f"output_dir={tmp_path / 'out'}"])
+        factory.finetune(
+            None,
+            [
+                "method=full",
+                "optimizer=apollo-layerwise",
+                "max_grad_norm=0",
+                "gradient_accumulation_steps=2",
+                f"output_dir={tmp_path / 'out'}",
+            ],
+        )
     message = str(err.value)
     assert message.startswith("optimizer apollo-layerwise steps each weight as soon as backward reaches it")
     assert "use optimizer=apollo" in message and "\n" not in message and not (tmp_path / "out").exists()
@@ -173,8 +224,12 @@ def test_target_must_select_trained_weights(tiny_causal_lm):
 
 @pytest.mark.parametrize(
     ("override", "key"),
-    [("apollo.rank=0", "apollo.rank"), ("apollo.proj=gaussian", "apollo.proj"),
-     ("apollo.scale_type=row", "apollo.scale_type"), ("apollo.scale=0", "apollo.scale")],
+    [
+        ("apollo.rank=0", "apollo.rank"),
+        ("apollo.proj=gaussian", "apollo.proj"),
+        ("apollo.scale_type=row", "apollo.scale_type"),
+        ("apollo.scale=0", "apollo.scale"),
+    ],
 )
 def test_bad_options_are_one_sentence(override, key):
     with pytest.raises(ConfigError) as err:

@@ -50,7 +50,10 @@ class AqlmQuantizer:
 
             model_kwargs["dtype"] = torch.float32  # the CPU kernel asserts fp32 inputs and codebooks
         require_checkpoint(
-            cfg, "aqlm", "AQLM", " (made with the AQLM project's GPU calibration); give an AQLM checkpoint, "
+            cfg,
+            "aqlm",
+            "AQLM",
+            " (made with the AQLM project's GPU calibration); give an AQLM checkpoint, "
             "or quantize here with gptq or bnb-4bit",
         )
 
@@ -65,7 +68,11 @@ class AqlmQuantizer:
 
     def export(self, model: Any, tokenizer: Any, output_dir: str, cfg: RunConfig) -> None:
         save_quantized(
-            model, tokenizer, output_dir, cfg, "AQLM",
+            model,
+            tokenizer,
+            output_dir,
+            cfg,
+            "AQLM",
             why="AQLM weights are sums of codebook vectors, which a LoRA update cannot be added to",
         )
 

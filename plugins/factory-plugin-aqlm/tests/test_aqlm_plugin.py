@@ -36,21 +36,29 @@ def random_codes(gen: torch.Generator):
         books = torch.randn(CODEBOOKS, 2**NBITS, 1, GROUP, generator=gen) * 0.1
         scales = torch.rand(out_features, 1, 1, 1, generator=gen) + 0.5
         spelled = sum(books[c, codes[:, :, c], 0, :] for c in range(CODEBOOKS)).reshape(out_features, in_features)
-        return {"codes": codes.to(torch.int8), "codebooks": books, "scales": scales}, spelled * scales.reshape(out_features, 1)
+        return {"codes": codes.to(torch.int8), "codebooks": books, "scales": scales}, spelled * scales.reshape(
+            out_features, 1
+        )
 
     return quantize
 
 
 AQLM_CONFIG = {
-    "quant_method": "aqlm", "in_group_size": GROUP, "out_group_size": 1, "num_codebooks": CODEBOOKS,
-    "nbits_per_codebook": NBITS, "linear_weights_not_to_quantize": ["lm_head"],
+    "quant_method": "aqlm",
+    "in_group_size": GROUP,
+    "out_group_size": 1,
+    "num_codebooks": CODEBOOKS,
+    "nbits_per_codebook": NBITS,
+    "linear_weights_not_to_quantize": ["lm_head"],
 }
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_causal_lm, tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
     folder = tmp_path_factory.mktemp("aqlm") / "tiny-aqlm"
-    return folder, write_quantized_checkpoint(tiny_causal_lm, folder, random_codes(torch.Generator().manual_seed(0)), AQLM_CONFIG)
+    return folder, write_quantized_checkpoint(
+        tiny_causal_lm, folder, random_codes(torch.Generator().manual_seed(0)), AQLM_CONFIG
+    )
 
 
 def config(model: Path, *overrides: str) -> factory.RunConfig:
@@ -96,12 +104,24 @@ def test_checkpoint_serves_the_weights_its_codes_spell(tiny_causal_lm, checkpoin
 def test_training_is_refused_before_loading(checkpoint, tmp_path):
     folder, _ = checkpoint
     proc = subprocess.run(
-        [sys.executable, "-m", "factory.cli", "finetune", f"model={folder}", "quantization=aqlm", f"output_dir={tmp_path / 'out'}"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "factory.cli",
+            "finetune",
+            f"model={folder}",
+            "quantization=aqlm",
+            f"output_dir={tmp_path / 'out'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "quantization aqlm cannot train on this machine because AQLM's CPU kernels" in lines[0], proc.stderr
+    assert (
+        len(lines) == 1 and "quantization aqlm cannot train on this machine because AQLM's CPU kernels" in lines[0]
+    ), proc.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -112,7 +132,9 @@ def test_export_writes_a_checkpoint_that_reloads(tiny_causal_lm, checkpoint, tmp
     numba.set_num_threads(1)  # plain transformers loading has no guard against aqlm's racy parallel kernel
     ids = torch.randint(3, 300, (1, 12), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(ids).logits, oracle_model(tiny_causal_lm, dequantized)(ids).logits, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            reloaded(ids).logits, oracle_model(tiny_causal_lm, dequantized)(ids).logits, rtol=1e-4, atol=1e-4
+        )
 
 
 def test_refuses_unquantized_models_and_merging(tiny_causal_lm, checkpoint, tmp_path):

@@ -32,7 +32,11 @@ class AwqQuantizer:
 
     def export(self, model: Any, tokenizer: Any, output_dir: str, cfg: RunConfig) -> None:
         save_quantized(
-            model, tokenizer, output_dir, cfg, "AWQ",
+            model,
+            tokenizer,
+            output_dir,
+            cfg,
+            "AWQ",
             why="AWQ weights are packed integers with activation-aware scales, which a LoRA update cannot be added to",
         )
 

@@ -46,7 +46,11 @@ def quantize(weight: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tenso
     scales = ((high - low) / 15).clamp(min=1e-5).half()
     zeros = (-low / scales.float()).round().clamp(0, 15)
     q = (grouped / scales.float()[:, None] + zeros[:, None]).round().clamp(0, 15)
-    tensors = {"qweight": pack(q.reshape(in_features, out_features).int()), "qzeros": pack(zeros.int()), "scales": scales}
+    tensors = {
+        "qweight": pack(q.reshape(in_features, out_features).int()),
+        "qzeros": pack(zeros.int()),
+        "scales": scales,
+    }
     return tensors, ((q - zeros[:, None]) * scales.float()[:, None]).reshape(in_features, out_features).T
 
 
@@ -60,7 +64,9 @@ def checkpoint(tiny_causal_lm, tmp_path_factory) -> tuple[Path, dict[str, torch.
 
 
 def config(model: Path, *overrides: str) -> factory.RunConfig:
-    return factory.load_config(None, [f"model={model}", "precision=fp32", "quantization=awq", "lora.rank=4", *overrides])
+    return factory.load_config(
+        None, [f"model={model}", "precision=fp32", "quantization=awq", "lora.rank=4", *overrides]
+    )
 
 
 def input_gradient(model, ids: torch.Tensor) -> torch.Tensor:

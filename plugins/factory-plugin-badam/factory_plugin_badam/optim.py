@@ -102,7 +102,11 @@ class FactoryBlockOptimizerRatio(BlockOptimizerRatio):
         count, chosen = param.numel(), int(param.numel() * ratio)
         generator = torch.Generator(device=param.device).manual_seed(self.sparse_dict[param]["seed"])
         order = torch.randperm(count, device=param.device, generator=generator)
-        picked = torch.cat([order[offset:], order[: offset + chosen - count]]) if offset + chosen > count else order[offset:offset + chosen]
+        picked = (
+            torch.cat([order[offset:], order[: offset + chosen - count]])
+            if offset + chosen > count
+            else order[offset : offset + chosen]
+        )
         indices = torch.vstack(torch.unravel_index(picked, param.size()))
         return torch.sparse_coo_tensor(indices, torch.ones(chosen, device=param.device, dtype=param.dtype), param.shape)
 
@@ -144,17 +148,25 @@ class BAdam:
             return
         name = "badam.mode=ratio turns each gradient into a sparse one inside backward"
         if cfg.gradient_accumulation_steps != 1:
-            raise ConfigError(f"{name}, so gradients cannot accumulate over gradient_accumulation_steps="
-                              f"{cfg.gradient_accumulation_steps}; set it to 1 (raise batch_size instead)")
+            raise ConfigError(
+                f"{name}, so gradients cannot accumulate over gradient_accumulation_steps="
+                f"{cfg.gradient_accumulation_steps}; set it to 1 (raise batch_size instead)"
+            )
         if cfg.max_grad_norm > 0:
-            raise ConfigError(f"{name}, whose norm torch's gradient clipping cannot take, so max_grad_norm="
-                              f"{cfg.max_grad_norm} cannot apply; set max_grad_norm=0")
+            raise ConfigError(
+                f"{name}, whose norm torch's gradient clipping cannot take, so max_grad_norm="
+                f"{cfg.max_grad_norm} cannot apply; set max_grad_norm=0"
+            )
         if cfg.weight_decay > 0:
-            raise ConfigError(f"{name} and steps with sparse Adam, which has no weight decay, so weight_decay="
-                              f"{cfg.weight_decay} cannot apply; set weight_decay=0")
+            raise ConfigError(
+                f"{name} and steps with sparse Adam, which has no weight decay, so weight_decay="
+                f"{cfg.weight_decay} cannot apply; set weight_decay=0"
+            )
         if cfg.nproc > 1 or cfg.deepspeed or cfg.fsdp:
-            raise ConfigError(f"{name}, which processes cannot average, so it trains in one process only; "
-                              "drop nproc, deepspeed and fsdp or use badam.mode=layer")
+            raise ConfigError(
+                f"{name}, which processes cannot average, so it trains in one process only; "
+                "drop nproc, deepspeed and fsdp or use badam.mode=layer"
+            )
 
     def create(self, model: Any, cfg: RunConfig, param_groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
         opts = cfg.options("badam")

@@ -15,7 +15,9 @@ class BadamOptions(BaseModel):
     mode: Literal["layer", "ratio"] = Field(
         "layer", description="layer: one decoder layer at a time; ratio: a fraction of every weight at a time"
     )
-    update_ratio: float = Field(0.05, gt=0, le=1, description="ratio mode: fraction of each weight's entries updated per phase")
+    update_ratio: float = Field(
+        0.05, gt=0, le=1, description="ratio mode: fraction of each weight's entries updated per phase"
+    )
     mask_mode: Literal["adjacent", "scatter"] = Field(
         "adjacent", description="ratio mode: the entries as one run of adjacent ones, or scattered at random"
     )
@@ -32,10 +34,19 @@ class BadamOptions(BaseModel):
     def _start_block_fits_mode(self) -> BadamOptions:
         # compared with the defaults (not "was it given"), so a saved config reloads
         defaults = type(self).model_fields
-        if self.mode == "ratio" and (self.switch_mode != defaults["switch_mode"].default or self.start_block is not None):
-            raise ValueError("badam.mode ratio updates part of every weight instead of layers in turn; drop badam.switch_mode and badam.start_block")
-        if self.mode == "layer" and (self.update_ratio, self.mask_mode) != (defaults["update_ratio"].default, defaults["mask_mode"].default):
-            raise ValueError("badam.update_ratio and badam.mask_mode belong to badam.mode ratio; set badam.mode=ratio or drop them")
+        if self.mode == "ratio" and (
+            self.switch_mode != defaults["switch_mode"].default or self.start_block is not None
+        ):
+            raise ValueError(
+                "badam.mode ratio updates part of every weight instead of layers in turn; drop badam.switch_mode and badam.start_block"
+            )
+        if self.mode == "layer" and (self.update_ratio, self.mask_mode) != (
+            defaults["update_ratio"].default,
+            defaults["mask_mode"].default,
+        ):
+            raise ValueError(
+                "badam.update_ratio and badam.mask_mode belong to badam.mode ratio; set badam.mode=ratio or drop them"
+            )
         if self.switch_mode == "fixed" and self.start_block is None:
             raise ValueError("badam.switch_mode fixed trains one block only, so give it as badam.start_block")
         if self.switch_mode == "random" and self.start_block is not None:

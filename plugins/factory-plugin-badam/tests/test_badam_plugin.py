@@ -119,9 +119,16 @@ def test_random_mode_visits_every_block_once_per_round(model, batch):
 
 def test_embedding_and_head_blocks(model, batch):
     optimizer = BADAM.create(
-        model, config("badam.switch_every=1", "badam.include_embedding=true", "badam.include_lm_head=true"), groups_of(model)
+        model,
+        config("badam.switch_every=1", "badam.include_embedding=true", "badam.include_lm_head=true"),
+        groups_of(model),
     )
-    assert optimizer.block_prefix_list == [["model.embed_tokens."], ["model.layers.0."], ["model.layers.1."], ["model.norm.weight"]]
+    assert optimizer.block_prefix_list == [
+        ["model.embed_tokens."],
+        ["model.layers.0."],
+        ["model.layers.1."],
+        ["model.norm.weight"],
+    ]
     changed = phases(model, optimizer, batch, count=4, every=1)[0]
     assert changed == [{"other"}, {"layer0"}, {"layer1"}, {"other"}]
 
@@ -165,7 +172,9 @@ def test_resume_continues_the_schedule_exactly(tiny_causal_lm, batch):
     first_opt, first_sched = start(first)
     advance(first, first_opt, first_sched, 4)
     buffer = io.BytesIO()
-    torch.save({"model": first.state_dict(), "optimizer": first_opt.state_dict(), "lr": first_sched.state_dict()}, buffer)
+    torch.save(
+        {"model": first.state_dict(), "optimizer": first_opt.state_dict(), "lr": first_sched.state_dict()}, buffer
+    )
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
 
@@ -193,12 +202,14 @@ def test_no_layer_to_train(model):
 
 @pytest.mark.parametrize(
     ("override", "key"),
-    [(["badam.switch_every=0"], "config key 'badam.switch_every'"),
-     (["badam.switch_mode=sideways"], "config key 'badam.switch_mode'"),
-     (["badam.start_block=-1"], "config key 'badam.start_block'"),
-     (["badam.switch_mode=fixed"], "config section 'badam': badam.switch_mode fixed trains one block only"),
-     (["badam.switch_mode=random", "badam.start_block=0"], "config section 'badam': badam.switch_mode random draws"),
-     (["badam.switch_evry=3"], "unknown config key 'badam.switch_evry'; did you mean 'badam.switch_every'?")],
+    [
+        (["badam.switch_every=0"], "config key 'badam.switch_every'"),
+        (["badam.switch_mode=sideways"], "config key 'badam.switch_mode'"),
+        (["badam.start_block=-1"], "config key 'badam.start_block'"),
+        (["badam.switch_mode=fixed"], "config section 'badam': badam.switch_mode fixed trains one block only"),
+        (["badam.switch_mode=random", "badam.start_block=0"], "config section 'badam': badam.switch_mode random draws"),
+        (["badam.switch_evry=3"], "unknown config key 'badam.switch_evry'; did you mean 'badam.switch_every'?"),
+    ],
 )
 def test_bad_options_are_one_sentence(override, key):
     with pytest.raises(ConfigError) as err:
@@ -228,8 +239,15 @@ def test_ratio_mode_steps_equal_badam_built_directly(mask_mode, tiny_causal_lm, 
     torch.manual_seed(5)
     ours = BADAM.create(ours_model, cfg, groups_of(ours_model))
     torch.manual_seed(5)
-    theirs = BlockOptimizerRatio(groups_of(theirs_model), list(theirs_model.named_parameters()), update_ratio=0.25,
-                                 switch_every=2, mask_mode=mask_mode, lr=3e-3, include_lm_head=True)
+    theirs = BlockOptimizerRatio(
+        groups_of(theirs_model),
+        list(theirs_model.named_parameters()),
+        update_ratio=0.25,
+        switch_every=2,
+        mask_mode=mask_mode,
+        lr=3e-3,
+        include_lm_head=True,
+    )
     start = snapshot(ours_model)
     torch.manual_seed(9)
     for _ in range(4):
@@ -243,7 +261,9 @@ def test_ratio_mode_steps_equal_badam_built_directly(mask_mode, tiny_causal_lm, 
     assert torch.equal(ours_draw, expected_draw)  # our steps did not re-seed torch's generator
     q_proj = "model.layers.0.self_attn.q_proj.weight"
     changed = (dict(ours_model.named_parameters())[q_proj] != start[q_proj]).float().mean().item()
-    assert 0.25 <= changed < 0.8  # a quarter of the entries per phase (badam re-draws masks shared by shape as it switches)
+    assert (
+        0.25 <= changed < 0.8
+    )  # a quarter of the entries per phase (badam re-draws masks shared by shape as it switches)
     assert torch.equal(ours_model.model.embed_tokens.weight, start["model.embed_tokens.weight"])  # embeddings stay out
 
 
@@ -267,7 +287,9 @@ def test_ratio_mode_resumes_exactly(tiny_causal_lm, batch):
     first_opt, first_sched = start(first)
     advance(first, first_opt, first_sched, 4)  # inside the second phase
     buffer = io.BytesIO()
-    torch.save({"model": first.state_dict(), "optimizer": first_opt.state_dict(), "lr": first_sched.state_dict()}, buffer)
+    torch.save(
+        {"model": first.state_dict(), "optimizer": first_opt.state_dict(), "lr": first_sched.state_dict()}, buffer
+    )
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
     torch.manual_seed(2)  # a resumed process draws other weight seeds at first; the checkpoint restores them
@@ -283,13 +305,25 @@ def test_ratio_mode_resumes_exactly(tiny_causal_lm, batch):
 
 @pytest.mark.parametrize(
     ("override", "expected"),
-    [("gradient_accumulation_steps=2", "gradients cannot accumulate over gradient_accumulation_steps=2; set it to 1"),
-     ("max_grad_norm=1.0", "so max_grad_norm=1.0 cannot apply; set max_grad_norm=0"),
-     ("weight_decay=0.1", "so weight_decay=0.1 cannot apply; set weight_decay=0"),
-     ("nproc=2", "it trains in one process only; drop nproc, deepspeed and fsdp or use badam.mode=layer")],
+    [
+        (
+            "gradient_accumulation_steps=2",
+            "gradients cannot accumulate over gradient_accumulation_steps=2; set it to 1",
+        ),
+        ("max_grad_norm=1.0", "so max_grad_norm=1.0 cannot apply; set max_grad_norm=0"),
+        ("weight_decay=0.1", "so weight_decay=0.1 cannot apply; set weight_decay=0"),
+        ("nproc=2", "it trains in one process only; drop nproc, deepspeed and fsdp or use badam.mode=layer"),
+    ],
 )
 def test_ratio_mode_refuses_before_loading(override, expected, tmp_path):
-    args = ["method=full", "optimizer=badam", "badam.mode=ratio", "max_grad_norm=0", "weight_decay=0", f"output_dir={tmp_path / 'o'}"]
+    args = [
+        "method=full",
+        "optimizer=badam",
+        "badam.mode=ratio",
+        "max_grad_norm=0",
+        "weight_decay=0",
+        f"output_dir={tmp_path / 'o'}",
+    ]
     with pytest.raises(ConfigError) as err:
         factory.finetune(None, [*args, override])
     message = str(err.value)
@@ -299,9 +333,11 @@ def test_ratio_mode_refuses_before_loading(override, expected, tmp_path):
 
 @pytest.mark.parametrize(
     ("overrides", "expected"),
-    [(["badam.mode=ratio", "badam.switch_mode=descending"], "badam.mode ratio updates part of every weight"),
-     (["badam.update_ratio=0.1"], "badam.update_ratio and badam.mask_mode belong to badam.mode ratio"),
-     (["badam.mode=ratio", "badam.update_ratio=0"], "config key 'badam.update_ratio'")],
+    [
+        (["badam.mode=ratio", "badam.switch_mode=descending"], "badam.mode ratio updates part of every weight"),
+        (["badam.update_ratio=0.1"], "badam.update_ratio and badam.mask_mode belong to badam.mode ratio"),
+        (["badam.mode=ratio", "badam.update_ratio=0"], "config key 'badam.update_ratio'"),
+    ],
 )
 def test_ratio_options_are_checked(overrides, expected):
     with pytest.raises(ConfigError) as err:
@@ -312,10 +348,26 @@ def test_ratio_options_are_checked(overrides, expected):
 def test_ratio_mode_trains_and_resumes_through_finetune(tiny_causal_lm, tmp_path):
     """Through the Trainer, which measures the gradient norm after every backward (so the sparse gradients must
     wait in the optimizer): the loss falls, and a run resumed half-way ends with the uninterrupted run's weights."""
-    metrics = check_resume(tmp_path, [
-        f"model={tiny_causal_lm}", "dataset=alpaca_en_demo", f"dataset_dir={DEMO_DIR}", "max_samples=16", "cutoff_len=64",
-        "batch_size=4", "learning_rate=1e-2", "logging_steps=1", "precision=fp32", "method=full", "optimizer=badam",
-        "badam.mode=ratio", "badam.update_ratio=0.3", "badam.switch_every=3", "max_grad_norm=0", "weight_decay=0",
-    ])
+    metrics = check_resume(
+        tmp_path,
+        [
+            f"model={tiny_causal_lm}",
+            "dataset=alpaca_en_demo",
+            f"dataset_dir={DEMO_DIR}",
+            "max_samples=16",
+            "cutoff_len=64",
+            "batch_size=4",
+            "learning_rate=1e-2",
+            "logging_steps=1",
+            "precision=fp32",
+            "method=full",
+            "optimizer=badam",
+            "badam.mode=ratio",
+            "badam.update_ratio=0.3",
+            "badam.switch_every=3",
+            "max_grad_norm=0",
+            "weight_decay=0",
+        ],
+    )
     values = [e["loss"] for e in metrics["log_history"] if "loss" in e]
     assert len(values) == 4 and values[-1] < values[0], values

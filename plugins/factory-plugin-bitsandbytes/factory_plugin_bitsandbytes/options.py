@@ -16,7 +16,9 @@ class BnbOptions(BaseModel):
 
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="bnb-4bit: NormalFloat4 (QLoRA's choice) or plain FP4")
     double_quant: bool = Field(True, description="bnb-4bit: quantize the per-block scales too (~0.4 bit/weight less)")
-    compute_dtype: ComputeDtype = Field("auto", description="dtype the de-quantized matmuls run in; auto follows precision")
+    compute_dtype: ComputeDtype = Field(
+        "auto", description="dtype the de-quantized matmuls run in; auto follows precision"
+    )
     int8_threshold: float = Field(
         6.0, ge=0, description="bnb-8bit: activations above this stay in 16-bit (LLM.int8 outliers)"
     )

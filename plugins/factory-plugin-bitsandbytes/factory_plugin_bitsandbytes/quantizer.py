@@ -68,7 +68,11 @@ class BitsAndBytesQuantizer:
 
     def export(self, model: Any, tokenizer: Any, output_dir: str, cfg: RunConfig) -> None:
         save_quantized(
-            model, tokenizer, output_dir, cfg, self.name,
+            model,
+            tokenizer,
+            output_dir,
+            cfg,
+            self.name,
             why="the merged weights would be rounded back to the quantization grid, losing most of what the adapter learned",
         )
 

@@ -56,7 +56,11 @@ def test_options_map_to_bitsandbytes_config(tiny_causal_lm):
     assert (q.load_in_4bit, q.bnb_4bit_quant_type, q.bnb_4bit_use_double_quant) == (True, "fp4", False)
     assert q.bnb_4bit_compute_dtype == torch.float32  # auto follows precision=fp32
     q = BNB_4BIT.quantization_config(config(tiny_causal_lm, "precision=bf16"))
-    assert (q.bnb_4bit_quant_type, q.bnb_4bit_use_double_quant, q.bnb_4bit_compute_dtype) == ("nf4", True, torch.bfloat16)
+    assert (q.bnb_4bit_quant_type, q.bnb_4bit_use_double_quant, q.bnb_4bit_compute_dtype) == (
+        "nf4",
+        True,
+        torch.bfloat16,
+    )
     q = BNB_4BIT.quantization_config(config(tiny_causal_lm, "bnb.compute_dtype=fp16"))
     assert q.bnb_4bit_compute_dtype == torch.float16
     q = BNB_8BIT.quantization_config(config(tiny_causal_lm, "bnb.int8_threshold=3.5"))
@@ -65,7 +69,9 @@ def test_options_map_to_bitsandbytes_config(tiny_causal_lm):
         config(tiny_causal_lm, "bnb.quant_type=int3")
 
 
-@pytest.mark.parametrize(("quantization", "layer"), [("bnb-4bit", bnb.nn.Linear4bit), ("bnb-8bit", bnb.nn.Linear8bitLt)])
+@pytest.mark.parametrize(
+    ("quantization", "layer"), [("bnb-4bit", bnb.nn.Linear4bit), ("bnb-8bit", bnb.nn.Linear8bitLt)]
+)
 def test_lora_on_quantized_layers_keeps_base_gradients_after_an_eval_pass(tiny_causal_lm, ids, quantization, layer):
     cfg = config(tiny_causal_lm, f"quantization={quantization}", "bnb.quant_type=nf4")
     model = load_model(cfg, cfg.manager(), train=True).model
@@ -105,9 +111,22 @@ def test_without_the_guard_an_eval_pass_breaks_base_gradients(tiny_causal_lm, id
 def test_qlora_trains_saves_and_reloads_on_the_unquantized_base(tiny_causal_lm, tmp_path):
     out = tmp_path / "qlora"
     metrics = factory.finetune(
-        model=str(tiny_causal_lm), quantization="bnb-4bit", method="lora", dataset="alpaca_en_demo",
-        dataset_dir=str(DEMO_DIR), max_samples=8, cutoff_len=96, batch_size=4, max_steps=12, learning_rate=5e-2, lr_scheduler="constant",
-        logging_steps=1, output_dir=str(out), precision="fp32", sample_prompt=None, seed=3,
+        model=str(tiny_causal_lm),
+        quantization="bnb-4bit",
+        method="lora",
+        dataset="alpaca_en_demo",
+        dataset_dir=str(DEMO_DIR),
+        max_samples=8,
+        cutoff_len=96,
+        batch_size=4,
+        max_steps=12,
+        learning_rate=5e-2,
+        lr_scheduler="constant",
+        logging_steps=1,
+        output_dir=str(out),
+        precision="fp32",
+        sample_prompt=None,
+        seed=3,
     )
     losses = [e["loss"] for e in metrics["log_history"] if "loss" in e]
     assert sum(losses[-3:]) / 3 < 0.98 * losses[0], losses  # a random tiny model; the e2e test checks real learning
@@ -131,7 +150,10 @@ def test_export_writes_a_quantized_model_and_refuses_to_merge(tiny_causal_lm, id
     plain = load_model(lora, lora.manager(), train=True)
     plain.adapter.save(plain.model, str(adapter))
     cfg = config(tiny_causal_lm, "quantization=bnb-4bit", f"adapter={adapter}")
-    with pytest.raises(PluginError, match=r"cannot merge the adapter '.*' into the bnb-4bit model .*; export with model= the full-precision model and no quantization="):
+    with pytest.raises(
+        PluginError,
+        match=r"cannot merge the adapter '.*' into the bnb-4bit model .*; export with model= the full-precision model and no quantization=",
+    ):
         export_model(cfg, cfg.manager(), str(tmp_path / "merged"))
 
 

@@ -19,9 +19,21 @@ DEMO_DIR = Path(__file__).resolve().parents[4] / "shared" / "data" / "llamafacto
 def test_qlora_nf4_sft_on_smollm2_trains_and_reloads_on_the_unquantized_base(tmp_path):
     out = tmp_path / "qlora"
     metrics = factory.finetune(
-        model="smollm2-135m-instruct", quantization="bnb-4bit", bnb={"quant_type": "nf4"}, method="lora",
-        dataset="alpaca_en_demo", dataset_dir=str(DEMO_DIR), max_samples=8, cutoff_len=128, batch_size=2,
-        max_steps=12, learning_rate=1e-3, logging_steps=1, output_dir=str(out), sample_prompt=None, seed=0,
+        model="smollm2-135m-instruct",
+        quantization="bnb-4bit",
+        bnb={"quant_type": "nf4"},
+        method="lora",
+        dataset="alpaca_en_demo",
+        dataset_dir=str(DEMO_DIR),
+        max_samples=8,
+        cutoff_len=128,
+        batch_size=2,
+        max_steps=12,
+        learning_rate=1e-3,
+        logging_steps=1,
+        output_dir=str(out),
+        sample_prompt=None,
+        seed=0,
     )
     losses = [e["loss"] for e in metrics["log_history"] if "loss" in e]
     assert len(losses) == 12
@@ -33,12 +45,14 @@ def test_qlora_nf4_sft_on_smollm2_trains_and_reloads_on_the_unquantized_base(tmp
     tuned = PeftModel.from_pretrained(base, str(out)).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
     prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Give three tips for staying healthy."}], add_generation_prompt=True, return_tensors="pt",
+        [{"role": "user", "content": "Give three tips for staying healthy."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
         return_dict=True,
     )
     with torch.no_grad():
         generated = tuned.generate(**prompt, max_new_tokens=24, do_sample=False)
-    answer = tokenizer.decode(generated[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
+    answer = tokenizer.decode(generated[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
     assert len(answer.split()) >= 5, answer
     with torch.no_grad():
         adapted = tuned(**prompt).logits

@@ -42,14 +42,26 @@ def test_contract_and_listing():
 @pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU")
 def test_finetune_refuses_before_loading_any_model(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "factory.cli", "finetune", "patches=[flash-attn]", f"model={tmp_path / 'no-such-model'}",
-         f"output_dir={tmp_path / 'out'}"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "factory.cli",
+            "finetune",
+            "patches=[flash-attn]",
+            f"model={tmp_path / 'no-such-model'}",
+            f"output_dir={tmp_path / 'out'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
-    assert "patch 'flash-attn' from factory-plugin-flash-attn cannot run here: it needs a CUDA GPU with compute capability >= 8.0" in lines[0]
+    assert (
+        "patch 'flash-attn' from factory-plugin-flash-attn cannot run here: it needs a CUDA GPU with compute capability >= 8.0"
+        in lines[0]
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -86,11 +98,32 @@ def test_after_load_refuses_a_model_that_ignored_the_request(tiny_causal_lm):
 def _reference_varlen(calls):
     """A pure-torch stand-in for flash_attn_varlen_func: causal attention inside each [start, end) bound."""
 
-    def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
-                               softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                               alibi_slopes=None, deterministic=False, return_attn_probs=False):
-        calls.append({"cu_seqlens_q": cu_seqlens_q.clone(), "cu_seqlens_k": cu_seqlens_k.clone(),
-                      "max_seqlen_q": max_seqlen_q, "causal": causal, "deterministic": deterministic})
+    def flash_attn_varlen_func(
+        q,
+        k,
+        v,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q,
+        max_seqlen_k,
+        dropout_p=0.0,
+        softmax_scale=None,
+        causal=False,
+        window_size=(-1, -1),
+        softcap=0.0,
+        alibi_slopes=None,
+        deterministic=False,
+        return_attn_probs=False,
+    ):
+        calls.append(
+            {
+                "cu_seqlens_q": cu_seqlens_q.clone(),
+                "cu_seqlens_k": cu_seqlens_k.clone(),
+                "max_seqlen_q": max_seqlen_q,
+                "causal": causal,
+                "deterministic": deterministic,
+            }
+        )
         groups = q.shape[1] // k.shape[1]
         out = torch.empty_like(q)
         bounds = cu_seqlens_q.tolist()
@@ -113,7 +146,9 @@ def test_varlen_batches_reach_the_backend_with_each_examples_bounds(tiny_causal_
     monkeypatch.setattr(fa_utils, "_process_flash_kwargs_fn", fa_utils._lazy_define_process_function(varlen))
     monkeypatch.setenv(DETERMINISTIC_ENV, "0")
 
-    cfg = factory.load_config(None, [f"model={tiny_causal_lm}", "patches=[flash-attn]", "flash_attn.deterministic=true"])
+    cfg = factory.load_config(
+        None, [f"model={tiny_causal_lm}", "patches=[flash-attn]", "flash_attn.deterministic=true"]
+    )
     kwargs: dict = {}
     facts = FLASH_ATTN_2.before_load(cfg, kwargs)
     model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32).eval()
@@ -122,7 +157,9 @@ def test_varlen_batches_reach_the_backend_with_each_examples_bounds(tiny_causal_
 
     gen = torch.Generator().manual_seed(0)
     examples = [torch.randint(3, 300, (n,), generator=gen) for n in (7, 12, 5)]
-    collator = sequence_collator(AutoTokenizer.from_pretrained(tiny_causal_lm), packing=False, flatten=batch_layout(cfg, facts).padding_free)
+    collator = sequence_collator(
+        AutoTokenizer.from_pretrained(tiny_causal_lm), packing=False, flatten=batch_layout(cfg, facts).padding_free
+    )
     batch = collator([{"input_ids": e.tolist(), "labels": e.tolist()} for e in examples])
     batch.pop("labels")
     with torch.no_grad():
@@ -136,5 +173,5 @@ def test_varlen_batches_reach_the_backend_with_each_examples_bounds(tiny_causal_
     for example in examples:
         with torch.no_grad():
             alone = model(example[None]).logits[0]
-        torch.testing.assert_close(flat[start:start + len(example)], alone, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(flat[start : start + len(example)], alone, rtol=1e-4, atol=1e-5)
         start += len(example)

@@ -18,7 +18,12 @@ from factory.plugin_api import LayerwiseOptimizer, RunConfig, check_layerwise, p
 def galore_groups(model: Any, cfg: RunConfig, param_groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``param_groups`` split into GaLore groups (with rank, update_proj_gap, scale, proj_type) and plain ones."""
     opts = cfg.options("galore")
-    galore = {"rank": opts.rank, "update_proj_gap": opts.update_proj_gap, "scale": opts.scale, "proj_type": opts.proj_type}
+    galore = {
+        "rank": opts.rank,
+        "update_proj_gap": opts.update_proj_gap,
+        "scale": opts.scale,
+        "proj_type": opts.proj_type,
+    }
     return projected_groups(model, cfg, param_groups, opts.target, "galore.target", galore)
 
 

@@ -65,7 +65,9 @@ def test_contract():
 def test_8bit_variant_is_refused_on_cpu():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    with pytest.raises(PluginError, match="optimizer 'galore-8bit' from factory-plugin-galore cannot run here: it needs a CUDA GPU"):
+    with pytest.raises(
+        PluginError, match="optimizer 'galore-8bit' from factory-plugin-galore cannot run here: it needs a CUDA GPU"
+    ):
         factory.get_manager().load("optimizers", "galore-8bit")
     assert factory.get_manager().load("optimizers", "galore") is GALORE
 
@@ -152,9 +154,13 @@ def test_target_that_trains_nothing_is_refused(model):
 
 @pytest.mark.parametrize(
     ("override", "key"),
-    [("galore.rank=0", "galore.rank"), ("galore.update_proj_gap=0", "galore.update_proj_gap"),
-     ("galore.scale=-1", "galore.scale"), ("galore.proj_type=diagonal", "galore.proj_type"),
-     ("galore.ranks=4", "galore.ranks")],
+    [
+        ("galore.rank=0", "galore.rank"),
+        ("galore.update_proj_gap=0", "galore.update_proj_gap"),
+        ("galore.scale=-1", "galore.scale"),
+        ("galore.proj_type=diagonal", "galore.proj_type"),
+        ("galore.ranks=4", "galore.ranks"),
+    ],
 )
 def test_bad_options_are_one_sentence(override, key):
     with pytest.raises(ConfigError) as err:
@@ -208,8 +214,10 @@ def test_layerwise_takes_the_same_steps_as_galore_and_keeps_no_gradient(tiny_cau
         layerwise_lr.step()
     for (n, a), b in zip(plain_model.named_parameters(), layerwise_model.parameters()):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-7, msg=n)
-    assert not torch.equal(plain_model.model.layers[0].self_attn.q_proj.weight,
-                           AutoModelForCausalLM.from_pretrained(tiny_causal_lm).model.layers[0].self_attn.q_proj.weight)
+    assert not torch.equal(
+        plain_model.model.layers[0].self_attn.q_proj.weight,
+        AutoModelForCausalLM.from_pretrained(tiny_causal_lm).model.layers[0].self_attn.q_proj.weight,
+    )
 
 
 def test_layerwise_state_resumes_exactly(tiny_causal_lm, batch):
@@ -246,9 +254,14 @@ def test_layerwise_state_resumes_exactly(tiny_causal_lm, batch):
 
 @pytest.mark.parametrize(
     ("override", "expected"),
-    [("gradient_accumulation_steps=2", "gradients cannot accumulate over gradient_accumulation_steps=2; set it to 1"),
-     ("max_grad_norm=1.0", "so max_grad_norm=1.0 cannot clip it; set max_grad_norm=0"),
-     ("nproc=2", "it trains in one process only; drop nproc, deepspeed and fsdp")],
+    [
+        (
+            "gradient_accumulation_steps=2",
+            "gradients cannot accumulate over gradient_accumulation_steps=2; set it to 1",
+        ),
+        ("max_grad_norm=1.0", "so max_grad_norm=1.0 cannot clip it; set max_grad_norm=0"),
+        ("nproc=2", "it trains in one process only; drop nproc, deepspeed and fsdp"),
+    ],
 )
 def test_layerwise_refuses_what_it_cannot_honour_before_loading(override, expected, tmp_path):
     base = ["method=full", "optimizer=galore-layerwise", "max_grad_norm=0", f"output_dir={tmp_path / 'out'}"]
@@ -262,9 +275,24 @@ def test_layerwise_refuses_what_it_cannot_honour_before_loading(override, expect
 def test_trains_and_resumes_through_finetune(tiny_causal_lm, tmp_path):
     """Through the Trainer: the loss falls with every weight stepped inside backward, and a run resumed half-way
     (per-weight states with their projectors, reloaded weights_only) ends with the uninterrupted run's weights."""
-    metrics = check_resume(tmp_path, [
-        f"model={tiny_causal_lm}", "dataset=alpaca_en_demo", f"dataset_dir={DEMO_DIR}", "max_samples=16", "cutoff_len=64",
-        "batch_size=4", "learning_rate=1e-2", "logging_steps=1", "precision=fp32", "method=full", "optimizer=galore-layerwise", "galore.rank=4", "galore.update_proj_gap=3", "max_grad_norm=0",
-    ])
+    metrics = check_resume(
+        tmp_path,
+        [
+            f"model={tiny_causal_lm}",
+            "dataset=alpaca_en_demo",
+            f"dataset_dir={DEMO_DIR}",
+            "max_samples=16",
+            "cutoff_len=64",
+            "batch_size=4",
+            "learning_rate=1e-2",
+            "logging_steps=1",
+            "precision=fp32",
+            "method=full",
+            "optimizer=galore-layerwise",
+            "galore.rank=4",
+            "galore.update_proj_gap=3",
+            "max_grad_norm=0",
+        ],
+    )
     values = [e["loss"] for e in metrics["log_history"] if "loss" in e]
     assert len(values) == 4 and values[-1] < values[0], values

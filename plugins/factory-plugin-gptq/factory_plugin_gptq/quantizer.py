@@ -53,7 +53,11 @@ class GptqQuantizer:
 
     def export(self, model: Any, tokenizer: Any, output_dir: str, cfg: RunConfig) -> None:
         save_quantized(
-            model, tokenizer, output_dir, cfg, "GPTQ",
+            model,
+            tokenizer,
+            output_dir,
+            cfg,
+            "GPTQ",
             why="GPTQ weights are packed integers calibrated as a whole, which a LoRA update cannot be added to",
         )
 

@@ -25,8 +25,17 @@ torch.set_num_threads(2)
 def config(model: Path, *overrides: str) -> factory.RunConfig:
     return factory.load_config(
         None,
-        [f"model={model}", "precision=fp32", "quantization=gptq", "gptq.group_size=32", "gptq.calibration_samples=8",
-         "dataset=alpaca_en_demo", f"dataset_dir={DEMO_DIR}", "lora.rank=4", *overrides],
+        [
+            f"model={model}",
+            "precision=fp32",
+            "quantization=gptq",
+            "gptq.group_size=32",
+            "gptq.calibration_samples=8",
+            "dataset=alpaca_en_demo",
+            f"dataset_dir={DEMO_DIR}",
+            "lora.rank=4",
+            *overrides,
+        ],
     )
 
 
@@ -64,7 +73,9 @@ def test_contract():
 
 
 def test_options_map_to_gptq_config_with_calibration_from_a_factory_data_set(tiny_causal_lm):
-    cfg = config(tiny_causal_lm, "gptq.bits=8", "gptq.desc_act=true", "gptq.group_size=-1", "gptq.calibration_samples=5")
+    cfg = config(
+        tiny_causal_lm, "gptq.bits=8", "gptq.desc_act=true", "gptq.group_size=-1", "gptq.calibration_samples=5"
+    )
     q = GPTQ.quantization_config(cfg)
     assert (q.bits, q.group_size, q.desc_act, q.sym) == (8, -1, True, True)
     rows = json.loads((DEMO_DIR / "alpaca_en_demo.json").read_text(encoding="utf-8"))[:5]
@@ -113,8 +124,18 @@ def test_lora_targets_quantized_layers_and_keeps_gradients_after_an_eval_pass(ch
 def test_lora_trains_on_the_checkpoint_and_merging_is_refused(checkpoint, tmp_path):
     out = tmp_path / "lora"
     metrics = factory.finetune(
-        config(checkpoint, f"output_dir={out}", "max_samples=8", "cutoff_len=96", "batch_size=4", "max_steps=6",
-               "learning_rate=5e-2", "lr_scheduler=constant", "logging_steps=1", "sample_prompt=null")
+        config(
+            checkpoint,
+            f"output_dir={out}",
+            "max_samples=8",
+            "cutoff_len=96",
+            "batch_size=4",
+            "max_steps=6",
+            "learning_rate=5e-2",
+            "lr_scheduler=constant",
+            "logging_steps=1",
+            "sample_prompt=null",
+        )
     )
     losses = [e["loss"] for e in metrics["log_history"] if "loss" in e]
     assert len(losses) == 6 and min(losses[-2:]) < losses[0], losses

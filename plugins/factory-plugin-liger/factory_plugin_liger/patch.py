@@ -80,8 +80,12 @@ class LigerPatch:
             family(model_type, cfg.model)
         opts = cfg.options("liger")
         # What Liger takes over, so factory's own fused forwards and chunked loss step aside for it.
-        taken = {"rms_norm": opts.rms_norm, "mlp": opts.swiglu, "rope": opts.rope,
-                 "loss": opts.fused_linear_cross_entropy or opts.cross_entropy}
+        taken = {
+            "rms_norm": opts.rms_norm,
+            "mlp": opts.swiglu,
+            "rope": opts.rope,
+            "loss": opts.fused_linear_cross_entropy or opts.cross_entropy,
+        }
         return ModelFacts(replaces=tuple(name for name, on in taken.items() if on))
 
     def after_load(self, model: Any, cfg: RunConfig) -> Any:

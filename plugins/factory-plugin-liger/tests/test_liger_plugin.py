@@ -26,14 +26,19 @@ def test_contract_and_listing():
     rows = check_plugin_contract("factory-plugin-liger")
     assert rows[0]["provides"] == {"patches": ["liger"]}
     if NO_GPU:
-        assert rows[0]["status"] == "unavailable: needs a CUDA GPU with compute capability >= 7.0; none was found on this machine"
+        assert (
+            rows[0]["status"]
+            == "unavailable: needs a CUDA GPU with compute capability >= 7.0; none was found on this machine"
+        )
 
 
 @pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU")
 def test_finetune_refuses_before_loading_any_model(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "factory.cli", "finetune", "patches=[liger]", f"model={tmp_path / 'no-such-model'}"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
@@ -47,10 +52,23 @@ def test_options_map_to_the_per_model_call():
         "apply_liger_kernel_to_llama",
         {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False, "fused_linear_cross_entropy": True},
     )
-    function, kwargs = liger_call("gemma2", options("liger.swiglu=false", "liger.fused_linear_cross_entropy=false",
-                                                    "liger.cross_entropy=true", "liger.rope=false"))
+    function, kwargs = liger_call(
+        "gemma2",
+        options(
+            "liger.swiglu=false",
+            "liger.fused_linear_cross_entropy=false",
+            "liger.cross_entropy=true",
+            "liger.rope=false",
+        ),
+    )
     assert function == "apply_liger_kernel_to_gemma2"
-    assert kwargs == {"rope": False, "rms_norm": True, "geglu": False, "cross_entropy": True, "fused_linear_cross_entropy": False}
+    assert kwargs == {
+        "rope": False,
+        "rms_norm": True,
+        "geglu": False,
+        "cross_entropy": True,
+        "fused_linear_cross_entropy": False,
+    }
     with pytest.raises(PluginError, match="is of type 'gpt2', for which Liger has no kernels here"):
         liger_call("gpt2", options(), "m")
     with pytest.raises(ConfigError, match="turn one of them off"):
@@ -61,14 +79,18 @@ def test_which_modules_of_a_llama_model_are_patched(tiny_causal_lm):
     model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
     plan = patched_modules(model, options())
     assert plan["rms_norm"] == [
-        "model.layers.0.input_layernorm", "model.layers.0.post_attention_layernorm",
-        "model.layers.1.input_layernorm", "model.layers.1.post_attention_layernorm", "model.norm",
+        "model.layers.0.input_layernorm",
+        "model.layers.0.post_attention_layernorm",
+        "model.layers.1.input_layernorm",
+        "model.layers.1.post_attention_layernorm",
+        "model.norm",
     ]
     assert plan["swiglu"] == ["model.layers.0.mlp", "model.layers.1.mlp"]
     assert plan["rope"] == ["model.layers.0.self_attn", "model.layers.1.self_attn"]
     assert plan["fused_linear_cross_entropy"] == ["LlamaForCausalLM.forward"]
     assert set(patched_modules(model, options("liger.rms_norm=false", "liger.swiglu=false"))) == {
-        "rope", "fused_linear_cross_entropy"
+        "rope",
+        "fused_linear_cross_entropy",
     }
 
 
@@ -83,16 +105,27 @@ def test_after_load_calls_liger_with_the_model(tiny_causal_lm, monkeypatch):
     cfg = factory.load_config(None, [f"model={tiny_causal_lm}", "patches=[liger]", "liger.rope=false"])
     LIGER.before_load(cfg, {})  # a llama checkpoint: accepted before loading
     assert LIGER.after_load(model, cfg) is model
-    assert calls == [("apply_liger_kernel_to_llama", {
-        "model": model, "rope": False, "rms_norm": True, "swiglu": True, "cross_entropy": False,
-        "fused_linear_cross_entropy": True,
-    })]
+    assert calls == [
+        (
+            "apply_liger_kernel_to_llama",
+            {
+                "model": model,
+                "rope": False,
+                "rms_norm": True,
+                "swiglu": True,
+                "cross_entropy": False,
+                "fused_linear_cross_entropy": True,
+            },
+        )
+    ]
 
 
 def test_unsupported_model_type_is_refused_before_loading(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
     cfg = factory.load_config(None, [f"model={tmp_path}"])
-    with pytest.raises(PluginError, match=r"is of type 'gpt2', for which Liger has no kernels here; drop the liger patch"):
+    with pytest.raises(
+        PluginError, match=r"is of type 'gpt2', for which Liger has no kernels here; drop the liger patch"
+    ):
         LIGER.before_load(cfg, {})
 
 
@@ -127,7 +160,9 @@ def test_when_liger_is_chosen_its_kernels_are_the_ones_that_run(tiny_causal_lm, 
     monkeypatch.setitem(sys.modules, "liger_kernel", types.ModuleType("liger_kernel"))
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers", fake)
     monkeypatch.setattr(hardware, "cuda_devices", lambda: (hardware.CudaDevice("A100", (8, 0)),))
-    monkeypatch.setattr("factory.registry.Requires.unmet", lambda self: None)  # liger-kernel itself is not installed here
+    monkeypatch.setattr(
+        "factory.registry.Requires.unmet", lambda self: None
+    )  # liger-kernel itself is not installed here
 
     rows = tmp_path / "rows.json"
     rows.write_text(json.dumps([{"instruction": f"question {i}", "output": f"answer {i}"} for i in range(4)]))
@@ -137,16 +172,39 @@ def test_when_liger_is_chosen_its_kernels_are_the_ones_that_run(tiny_causal_lm, 
         built["trainer"] = trainer = default_trainer(setup)
         return trainer
 
-    cfg = factory.load_config(None, [
-        f"model={tiny_causal_lm}", "patches=[liger]", "method=full", f"dataset={rows}",
-        "max_samples=4", "max_steps=1", "batch_size=2", "cutoff_len=64", "precision=fp32", "sample_prompt=null",
-        f"output_dir={tmp_path / 'out'}"])
+    cfg = factory.load_config(
+        None,
+        [
+            f"model={tiny_causal_lm}",
+            "patches=[liger]",
+            "method=full",
+            f"dataset={rows}",
+            "max_samples=4",
+            "max_steps=1",
+            "batch_size=2",
+            "cutoff_len=64",
+            "precision=fp32",
+            "sample_prompt=null",
+            f"output_dir={tmp_path / 'out'}",
+        ],
+    )
     run_training(cfg, cfg.manager(), "supervised", build_trainer=build)
     assert built["trainer"].chunked_loss is False
     assert marks["norm"] and marks["mlp"] and marks["loss"]  # Liger's forwards ran in the training step
 
-    plain = factory.load_config(None, [f"model={tiny_causal_lm}", f"dataset={rows}", "method=full", "max_steps=1",
-                                       "batch_size=2", "cutoff_len=64", "precision=fp32", "sample_prompt=null",
-                                       f"output_dir={tmp_path / 'plain'}"])
+    plain = factory.load_config(
+        None,
+        [
+            f"model={tiny_causal_lm}",
+            f"dataset={rows}",
+            "method=full",
+            "max_steps=1",
+            "batch_size=2",
+            "cutoff_len=64",
+            "precision=fp32",
+            "sample_prompt=null",
+            f"output_dir={tmp_path / 'plain'}",
+        ],
+    )
     run_training(plain, plain.manager(), "supervised", build_trainer=build)
     assert built["trainer"].chunked_loss is True  # without liger, factory's own chunked loss runs

@@ -16,7 +16,9 @@ class LlamaProOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     expand: int = Field(
-        2, gt=0, description="new decoder blocks, one after every (layers / expand) original ones; must divide the layer count"
+        2,
+        gt=0,
+        description="new decoder blocks, one after every (layers / expand) original ones; must divide the layer count",
     )
 
 

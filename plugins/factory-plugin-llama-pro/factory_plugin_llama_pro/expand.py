@@ -60,11 +60,11 @@ class LlamaPro:
         blocks, new_types, added = [], [], []
         for index, block in enumerate(layers):
             blocks.append(block)
-            new_types += types[index:index + 1]
+            new_types += types[index : index + 1]
             if (index + 1) % every == 0:
                 twin = identity_copy(block, model)
                 blocks.append(twin)
-                new_types += types[index:index + 1]
+                new_types += types[index : index + 1]
                 added.append(twin)
         del layers[:]
         layers.extend(blocks)

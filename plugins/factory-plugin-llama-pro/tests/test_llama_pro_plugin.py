@@ -51,11 +51,15 @@ def test_expanded_model_computes_the_original_function(four_layers, batch):
     assert [layer.self_attn.layer_idx for layer in layers] == list(range(6))
     # new blocks after original layers 1 and 3: copies of them with zero output projections
     for new, source in ((2, 1), (5, 3)):
-        for (name, param), (_, base) in zip(layers[new].named_parameters(), original.model.layers[source].named_parameters()):
+        for (name, param), (_, base) in zip(
+            layers[new].named_parameters(), original.model.layers[source].named_parameters()
+        ):
             expected = torch.zeros_like(base) if name.split(".")[-2] in ("o_proj", "down_proj") else base
             assert torch.equal(param, expected), name
     trainable = {n for n, p in expanded.named_parameters() if p.requires_grad}
-    assert trainable == {n for n, _ in expanded.named_parameters() if n.startswith(("model.layers.2.", "model.layers.5."))}
+    assert trainable == {
+        n for n, _ in expanded.named_parameters() if n.startswith(("model.layers.2.", "model.layers.5."))
+    }
     assert torch.equal(logits(expanded, batch), logits(original, batch))
     # the KV cache has a slot per block: generation with the cache is unchanged too
     prompt = batch[:1, :8]
@@ -86,7 +90,9 @@ def test_trained_model_saves_for_plain_transformers(four_layers, batch, tmp_path
 
 def test_expand_must_divide_the_layers(four_layers):
     with pytest.raises(ConfigError) as err:
-        LLAMA_PRO.apply(AutoModelForCausalLM.from_pretrained(four_layers), config("llama_pro.expand=3", f"model={four_layers}"))
+        LLAMA_PRO.apply(
+            AutoModelForCausalLM.from_pretrained(four_layers), config("llama_pro.expand=3", f"model={four_layers}")
+        )
     assert str(err.value) == (
         f"llama_pro.expand=3 does not divide the 4 decoder layers of model '{four_layers}' into equal groups; "
         "choose one of 1, 2, 4"
@@ -95,12 +101,28 @@ def test_expand_must_divide_the_layers(four_layers):
 
 def test_finetune_expands_trains_and_writes_the_expanded_model(four_layers, tmp_path):
     out = tmp_path / "run"
-    metrics = factory.finetune(None, [
-        f"model={four_layers}", "method=llama-pro", "llama_pro.expand=2", "dataset=alpaca_en_demo",
-        f"dataset_dir={DEMO_DIR}", "max_samples=16", "cutoff_len=64", "batch_size=4", "max_steps=4",
-        "learning_rate=1e-2", "logging_steps=1", "precision=fp32", "sample_prompt=null", f"output_dir={out}",
-    ])
-    assert metrics["trainable_parameters"] == 2 * sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(four_layers).model.layers[0].parameters())
+    metrics = factory.finetune(
+        None,
+        [
+            f"model={four_layers}",
+            "method=llama-pro",
+            "llama_pro.expand=2",
+            "dataset=alpaca_en_demo",
+            f"dataset_dir={DEMO_DIR}",
+            "max_samples=16",
+            "cutoff_len=64",
+            "batch_size=4",
+            "max_steps=4",
+            "learning_rate=1e-2",
+            "logging_steps=1",
+            "precision=fp32",
+            "sample_prompt=null",
+            f"output_dir={out}",
+        ],
+    )
+    assert metrics["trainable_parameters"] == 2 * sum(
+        p.numel() for p in AutoModelForCausalLM.from_pretrained(four_layers).model.layers[0].parameters()
+    )
     saved = AutoModelForCausalLM.from_pretrained(out)
     base = AutoModelForCausalLM.from_pretrained(four_layers)
     assert saved.config.num_hidden_layers == 6

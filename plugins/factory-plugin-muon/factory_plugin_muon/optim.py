@@ -55,13 +55,22 @@ class Muon:
         opts = cfg.options("muon")
         muon_groups, adamw_groups = split_groups(model, cfg, param_groups, opts.target, "muon.target")
         muon = torch.optim.Muon(
-            muon_groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, momentum=opts.momentum,
-            nesterov=opts.nesterov, ns_steps=opts.ns_steps, adjust_lr_fn=opts.adjust_lr,
+            muon_groups,
+            lr=cfg.learning_rate,
+            weight_decay=cfg.weight_decay,
+            momentum=opts.momentum,
+            nesterov=opts.nesterov,
+            ns_steps=opts.ns_steps,
+            adjust_lr_fn=opts.adjust_lr,
         )
         if not adamw_groups:  # everything trained is a Muon weight
             return muon
         adamw = torch.optim.AdamW(
-            adamw_groups, lr=cfg.learning_rate, betas=opts.adamw_betas, eps=opts.adamw_eps, weight_decay=cfg.weight_decay
+            adamw_groups,
+            lr=cfg.learning_rate,
+            betas=opts.adamw_betas,
+            eps=opts.adamw_eps,
+            weight_decay=cfg.weight_decay,
         )
         return MuonWithAdamW(muon, adamw)
 

@@ -20,7 +20,9 @@ LINEAR = tuple(f"{m}.weight" for m in ("q_proj", "k_proj", "v_proj", "o_proj", "
 
 
 def config(*overrides: str) -> factory.RunConfig:
-    return factory.load_config(None, ["method=full", "optimizer=muon", "learning_rate=1e-3", "weight_decay=0.01", *overrides])
+    return factory.load_config(
+        None, ["method=full", "optimizer=muon", "learning_rate=1e-3", "weight_decay=0.01", *overrides]
+    )
 
 
 def groups_of(model) -> list[dict]:
@@ -58,14 +60,19 @@ def test_contract():
 @pytest.mark.parametrize("adjust", ["match_rms_adamw", "original"])
 def test_scheduled_steps_equal_torch_muon_and_adamw_built_directly(adjust, tiny_causal_lm, batch):
     ours_model, theirs_model = (AutoModelForCausalLM.from_pretrained(tiny_causal_lm) for _ in range(2))
-    ours = MUON.create(ours_model, config(f"muon.adjust_lr={adjust}", "muon.adamw_betas=[0.9,0.95]"), groups_of(ours_model))
+    ours = MUON.create(
+        ours_model, config(f"muon.adjust_lr={adjust}", "muon.adamw_betas=[0.9,0.95]"), groups_of(ours_model)
+    )
     named = list(theirs_model.named_parameters())
     hidden = [p for n, p in named if n.endswith(LINEAR)]
     muon = torch.optim.Muon([{"params": hidden, "weight_decay": 0.01}], lr=1e-3, adjust_lr_fn=adjust)
     adamw = torch.optim.AdamW(
-        [{"params": [p for n, p in named if p.ndim >= 2 and not n.endswith(LINEAR)], "weight_decay": 0.01},
-         {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0}],
-        lr=1e-3, betas=(0.9, 0.95),
+        [
+            {"params": [p for n, p in named if p.ndim >= 2 and not n.endswith(LINEAR)], "weight_decay": 0.01},
+            {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0},
+        ],
+        lr=1e-3,
+        betas=(0.9, 0.95),
     )
     assert {id(p) for g in ours.parts["muon"].param_groups for p in g["params"]} == {
         id(p) for n, p in ours_model.named_parameters() if n.endswith(LINEAR)
@@ -143,8 +150,14 @@ def test_target_must_select_trained_weights(tiny_causal_lm):
         MUON.create(model, config("method=freeze"), groups_of(model))
 
 
-@pytest.mark.parametrize(("override", "key"), [("muon.momentum=1", "muon.momentum"), ("muon.adjust_lr=none", "muon.adjust_lr"),
-                                               ("muon.ns_steps=0", "muon.ns_steps")])
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("muon.momentum=1", "muon.momentum"),
+        ("muon.adjust_lr=none", "muon.adjust_lr"),
+        ("muon.ns_steps=0", "muon.ns_steps"),
+    ],
+)
 def test_bad_options_are_one_sentence(override, key):
     with pytest.raises(ConfigError) as err:
         factory.load_config(None, [override])
@@ -154,9 +167,21 @@ def test_bad_options_are_one_sentence(override, key):
 def test_trains_and_resumes_through_finetune(tiny_causal_lm, tmp_path):
     """Through the Trainer and accelerate: the loss falls, and a run resumed half-way (both halves' states) ends
     with the uninterrupted run's weights."""
-    metrics = check_resume(tmp_path, [
-        f"model={tiny_causal_lm}", "dataset=alpaca_en_demo", f"dataset_dir={DEMO_DIR}", "max_samples=16", "cutoff_len=64",
-        "batch_size=4", "learning_rate=1e-2", "logging_steps=1", "precision=fp32", "method=full", "optimizer=muon",
-    ])
+    metrics = check_resume(
+        tmp_path,
+        [
+            f"model={tiny_causal_lm}",
+            "dataset=alpaca_en_demo",
+            f"dataset_dir={DEMO_DIR}",
+            "max_samples=16",
+            "cutoff_len=64",
+            "batch_size=4",
+            "learning_rate=1e-2",
+            "logging_steps=1",
+            "precision=fp32",
+            "method=full",
+            "optimizer=muon",
+        ],
+    )
     values = [e["loss"] for e in metrics["log_history"] if "loss" in e]
     assert len(values) == 4 and values[-1] < values[0], values

@@ -15,7 +15,9 @@ class NeftuneOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    alpha: float = Field(5.0, gt=0, description="noise scale: uniform noise of magnitude alpha / sqrt(L * d) (paper: 5)")
+    alpha: float = Field(
+        5.0, gt=0, description="noise scale: uniform noise of magnitude alpha / sqrt(L * d) (paper: 5)"
+    )
 
 
 @hookimpl

@@ -92,12 +92,26 @@ def test_no_noise_in_eval_mode_or_after_training(model):
 
 def test_training_run_uses_it(tiny_causal_lm, tmp_path):
     """Through factory.finetune (padding-free batches): the first logged loss moves with the noise, and only with it."""
+
     def first_loss(name: str, *extra: str) -> float:
-        metrics = factory.finetune(None, [
-            f"model={tiny_causal_lm}", "dataset=alpaca_en_demo", f"dataset_dir={DEMO_DIR}", "max_samples=8",
-            "cutoff_len=64", "batch_size=4", "max_steps=1", "logging_steps=1", "precision=fp32", "method=full",
-            "sample_prompt=null", f"output_dir={tmp_path / name}", *extra,
-        ])
+        metrics = factory.finetune(
+            None,
+            [
+                f"model={tiny_causal_lm}",
+                "dataset=alpaca_en_demo",
+                f"dataset_dir={DEMO_DIR}",
+                "max_samples=8",
+                "cutoff_len=64",
+                "batch_size=4",
+                "max_steps=1",
+                "logging_steps=1",
+                "precision=fp32",
+                "method=full",
+                "sample_prompt=null",
+                f"output_dir={tmp_path / name}",
+                *extra,
+            ],
+        )
         return next(e["loss"] for e in metrics["log_history"] if "loss" in e)
 
     plain = first_loss("plain")

@@ -72,9 +72,9 @@ class _SharedInput:
         self.sizes = [base.out_features for base in bases]
         start = 0
         for base, size in zip(bases, self.sizes):
-            base.weight = torch.nn.Parameter(self.weight[start:start + size], requires_grad=False)
+            base.weight = torch.nn.Parameter(self.weight[start : start + size], requires_grad=False)
             if self.bias is not None:
-                base.bias = torch.nn.Parameter(self.bias[start:start + size], requires_grad=False)
+                base.bias = torch.nn.Parameter(self.bias[start : start + size], requires_grad=False)
             start += size
         self.views = [_pointers(base) for base in bases]
         self.shared = True
@@ -94,8 +94,10 @@ class _SharedInput:
         if None in names or not self._intact():
             self.pending.clear()
             return None
-        adapters = [(member.lora_A[name].weight, member.lora_B[name].weight, member.scaling[name])
-                    for member, name in zip(self.layers, names)]
+        adapters = [
+            (member.lora_A[name].weight, member.lora_B[name].weight, member.scaling[name])
+            for member, name in zip(self.layers, names)
+        ]
         outputs = stacked_low_rank_linear(x, self.weight, self.bias, adapters).split(self.sizes, dim=-1)
         self.pending = {member: (x, out) for member, out in zip(self.layers, outputs) if member is not layer}
         return outputs[self.layers.index(layer)]
@@ -115,8 +117,9 @@ def _fused_forward(self: LoraLinear, x: torch.Tensor, *args: Any, **kwargs: Any)
     if name is None:
         return type(self).forward(self, x, *args, **kwargs)
     base = self.base_layer
-    return low_rank_linear(x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
-                           self.scaling[name])
+    return low_rank_linear(
+        x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name]
+    )
 
 
 def _stackable(layers: list[Any]) -> bool:
@@ -126,8 +129,10 @@ def _stackable(layers: list[Any]) -> bool:
     bases = [layer.base_layer for layer in layers]
     first = bases[0]
     return all(
-        base.in_features == first.in_features and base.weight.dtype == first.weight.dtype
-        and base.weight.device == first.weight.device and (base.bias is None) == (first.bias is None)
+        base.in_features == first.in_features
+        and base.weight.dtype == first.weight.dtype
+        and base.weight.device == first.weight.device
+        and (base.bias is None) == (first.bias is None)
         and _frozen_whole(base)
         for base in bases
     )

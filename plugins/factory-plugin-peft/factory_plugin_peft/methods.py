@@ -94,7 +94,9 @@ class LoraMethod:
             try:
                 peft_model = get_peft_model(model, config)
             except ValueError as exc:
-                raise ConfigError(f"peft refused the {self.name} settings in section {self.section}: {_first_line(exc)}") from None
+                raise ConfigError(
+                    f"peft refused the {self.name} settings in section {self.section}: {_first_line(exc)}"
+                ) from None
         if cfg.fused_ops:
             log.info("fused low-rank forwards on %d LoRA layers", fuse_lora_layers(peft_model))
         if self.pissa:
@@ -129,7 +131,11 @@ class LoraMethod:
         only). A saved PiSSA adapter is already plain LoRA on the original base, so it continues as one.
         """
         peft_model = self._attach(model, adapter_dir, cfg, trainable=True)
-        log.info("continuing the adapter in %s (its own shape and targets; section %s is not used)", adapter_dir, self.section)
+        log.info(
+            "continuing the adapter in %s (its own shape and targets; section %s is not used)",
+            adapter_dir,
+            self.section,
+        )
         if cfg.fused_ops:
             log.info("fused low-rank forwards on %d LoRA layers", fuse_lora_layers(peft_model))
         return peft_model
@@ -189,8 +195,11 @@ class OftMethod(LoraMethod):
         targets = resolve_targets(model, opts.target, "oft.target")
         # peft would silently change a block size (or count) that does not divide a layer's inputs
         key, value = ("oft.rank", opts.rank) if opts.rank else ("oft.block_size", opts.block_size)
-        widths = {module.in_features for name, module in model.named_modules()
-                  if matches(name, targets) and hasattr(module, "in_features")}
+        widths = {
+            module.in_features
+            for name, module in model.named_modules()
+            if matches(name, targets) and hasattr(module, "in_features")
+        }
         if any(width % value for width in widths):
             raise ConfigError(
                 f"{key}={value} does not divide the input size of every target layer ({', '.join(map(str, sorted(widths)))}); "

@@ -39,13 +39,17 @@ class OftOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    block_size: int = Field(32, ge=0, description="size of each orthogonal block (must divide the target layers' inputs)")
+    block_size: int = Field(
+        32, ge=0, description="size of each orthogonal block (must divide the target layers' inputs)"
+    )
     rank: int = Field(0, ge=0, description="number of blocks per layer instead of block_size (0: use block_size)")
     dropout: float = Field(0.0, ge=0, lt=1, description="probability of setting a block to identity while training")
     target: TargetModules = Field(
         "all", description="module names to adapt (q_proj, self_attn.v_proj...), or all linear layers but the head"
     )
-    modules_to_save: list[str] = Field(default_factory=list, description="modules trained in full and saved with the adapter")
+    modules_to_save: list[str] = Field(
+        default_factory=list, description="modules trained in full and saved with the adapter"
+    )
     coft: bool = Field(False, description="constrained OFT: keep each rotation within eps of the identity")
     eps: float = Field(6e-5, gt=0, description="coft: how far a rotation may move")
     block_share: bool = Field(False, description="one rotation shared by all blocks of a layer")
@@ -55,5 +59,7 @@ class OftOptions(BaseModel):
     @model_validator(mode="after")
     def _blocks_given(self) -> OftOptions:
         if self.rank == 0 and self.block_size == 0:
-            raise ValueError("oft.block_size and oft.rank are both 0; give the block size (e.g. 32) or the number of blocks")
+            raise ValueError(
+                "oft.block_size and oft.rank are both 0; give the block size (e.g. 32) or the number of blocks"
+            )
         return self

@@ -49,7 +49,9 @@ def test_registered_with_its_own_section():
 def test_settings_reach_peft_and_start_from_the_base_model(tiny_causal_lm, batch):
     base = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
     reference = logits(base, batch)
-    model = OFT.apply(AutoModelForCausalLM.from_pretrained(tiny_causal_lm), config("oft.block_size=16", "oft.target=[q_proj,v_proj]"))
+    model = OFT.apply(
+        AutoModelForCausalLM.from_pretrained(tiny_causal_lm), config("oft.block_size=16", "oft.target=[q_proj,v_proj]")
+    )
     peft_config = model.peft_config["default"]
     assert isinstance(peft_config, OFTConfig)
     assert (peft_config.oft_block_size, peft_config.r, set(peft_config.target_modules)) == (16, 0, {"q_proj", "v_proj"})
@@ -84,14 +86,20 @@ def test_block_size_that_does_not_divide_is_one_sentence(tiny_causal_lm):
     with pytest.raises(ConfigError) as err:
         OFT.apply(AutoModelForCausalLM.from_pretrained(tiny_causal_lm), config("oft.block_size=48"))
     message = str(err.value)
-    assert message == "oft.block_size=48 does not divide the input size of every target layer (64, 128); choose a divisor of 64"
+    assert (
+        message
+        == "oft.block_size=48 does not divide the input size of every target layer (64, 128); choose a divisor of 64"
+    )
 
 
-@pytest.mark.parametrize(("overrides", "expected"), [
-    (["oft.block_size=0"], "config section 'oft': oft.block_size and oft.rank are both 0"),
-    (["oft.dropout=1"], "config key 'oft.dropout'"),
-    (["oft.rnak=4"], "unknown config key 'oft.rnak'; did you mean 'oft.rank'?"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["oft.block_size=0"], "config section 'oft': oft.block_size and oft.rank are both 0"),
+        (["oft.dropout=1"], "config key 'oft.dropout'"),
+        (["oft.rnak=4"], "unknown config key 'oft.rnak'; did you mean 'oft.rank'?"),
+    ],
+)
 def test_bad_options_are_one_sentence(overrides, expected):
     with pytest.raises(ConfigError) as err:
         factory.load_config(None, overrides)

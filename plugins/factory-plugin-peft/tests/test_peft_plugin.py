@@ -102,8 +102,13 @@ def test_method_trains_only_the_adapter(name, tiny_causal_lm, batch):
 
 @pytest.mark.parametrize(
     ("name", "field", "value"),
-    [("lora", "use_dora", False), ("dora", "use_dora", True), ("rslora", "use_rslora", True),
-     ("pissa", "init_lora_weights", "pissa_niter_4"), ("loraplus", "init_lora_weights", True)],
+    [
+        ("lora", "use_dora", False),
+        ("dora", "use_dora", True),
+        ("rslora", "use_rslora", True),
+        ("pissa", "init_lora_weights", "pissa_niter_4"),
+        ("loraplus", "init_lora_weights", True),
+    ],
 )
 def test_variant_reaches_peft(name, field, value, tiny_causal_lm):
     cfg = config("lora.rank=4", "lora.alpha=8")
@@ -241,9 +246,15 @@ def test_pissa_refuses_what_it_cannot_save(tiny_causal_lm):
 
 @pytest.mark.parametrize(
     ("override", "key"),
-    [("lora.rank=0", "lora.rank"), ("lora.rank=-2", "lora.rank"), ("lora.alpha=0", "lora.alpha"),
-     ("lora.dropout=1.5", "lora.dropout"), ("lora.loraplus_lr_ratio=0", "lora.loraplus_lr_ratio"),
-     ("lora.target=[]", "lora.target"), ("lora.ranks=8", "lora.ranks")],
+    [
+        ("lora.rank=0", "lora.rank"),
+        ("lora.rank=-2", "lora.rank"),
+        ("lora.alpha=0", "lora.alpha"),
+        ("lora.dropout=1.5", "lora.dropout"),
+        ("lora.loraplus_lr_ratio=0", "lora.loraplus_lr_ratio"),
+        ("lora.target=[]", "lora.target"),
+        ("lora.ranks=8", "lora.ranks"),
+    ],
 )
 def test_bad_options_are_one_sentence(override, key):
     with pytest.raises(ConfigError) as err:
@@ -352,8 +363,11 @@ def test_q_k_v_run_as_one_stacked_matmul_over_one_weight(tiny_causal_lm, batch, 
     model = _adapted(tiny_causal_lm)
     calls = []
     stacked = fused.stacked_low_rank_linear
-    monkeypatch.setattr(fused, "stacked_low_rank_linear", lambda x, w, b, adapters: calls.append(len(adapters))
-                        or stacked(x, w, b, adapters))
+    monkeypatch.setattr(
+        fused,
+        "stacked_low_rank_linear",
+        lambda x, w, b, adapters: calls.append(len(adapters)) or stacked(x, w, b, adapters),
+    )
     _step(model, batch)
     assert calls == [3] * model.config.num_hidden_layers
     attn = _attention(model)

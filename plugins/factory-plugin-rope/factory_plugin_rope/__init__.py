@@ -24,9 +24,15 @@ class RopeScalingOptions(BaseModel):
     original_max_position_embeddings: int | None = Field(
         None, gt=0, description="the context the model was trained for (default: its max_position_embeddings)"
     )
-    beta_fast: float | None = Field(None, gt=0, description="yarn: rotations where extrapolation ends (transformers: 32)")
-    beta_slow: float | None = Field(None, gt=0, description="yarn: rotations where interpolation starts (transformers: 1)")
-    attention_factor: float | None = Field(None, gt=0, description="yarn: attention temperature (default 0.1 ln(factor) + 1)")
+    beta_fast: float | None = Field(
+        None, gt=0, description="yarn: rotations where extrapolation ends (transformers: 32)"
+    )
+    beta_slow: float | None = Field(
+        None, gt=0, description="yarn: rotations where interpolation starts (transformers: 1)"
+    )
+    attention_factor: float | None = Field(
+        None, gt=0, description="yarn: attention temperature (default 0.1 ln(factor) + 1)"
+    )
     low_freq_factor: float = Field(1.0, gt=0, description="llama3: wavelengths above original / this are interpolated")
     high_freq_factor: float = Field(4.0, gt=0, description="llama3: wavelengths below original / this are kept")
 

@@ -18,7 +18,9 @@ LONG = 1300  # past the tiny model's 512 positions
 
 
 def config(model, *overrides: str) -> factory.RunConfig:
-    return factory.load_config(None, [f"model={model}", "patches=[rope-scaling]", "precision=fp32", "method=full", *overrides])
+    return factory.load_config(
+        None, [f"model={model}", "patches=[rope-scaling]", "precision=fp32", "method=full", *overrides]
+    )
 
 
 def loaded(cfg) -> torch.nn.Module:
@@ -46,19 +48,34 @@ def test_contract():
     [
         (["rope_scaling.type=linear", "rope_scaling.factor=4"], {"rope_type": "linear", "factor": 4.0}, 2048),
         (["rope_scaling.type=dynamic", "rope_scaling.factor=4"], {"rope_type": "dynamic", "factor": 4.0}, 512),
-        (["rope_scaling.type=yarn", "rope_scaling.factor=4", "rope_scaling.beta_fast=16"],
-         {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 512, "beta_fast": 16.0}, 2048),
-        (["rope_scaling.type=llama3", "rope_scaling.factor=8", "rope_scaling.original_max_position_embeddings=256"],
-         {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 256,
-          "low_freq_factor": 1.0, "high_freq_factor": 4.0}, 2048),
+        (
+            ["rope_scaling.type=yarn", "rope_scaling.factor=4", "rope_scaling.beta_fast=16"],
+            {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 512, "beta_fast": 16.0},
+            2048,
+        ),
+        (
+            ["rope_scaling.type=llama3", "rope_scaling.factor=8", "rope_scaling.original_max_position_embeddings=256"],
+            {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "original_max_position_embeddings": 256,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+            },
+            2048,
+        ),
     ],
 )
-def test_same_model_as_plain_transformers_with_these_rope_parameters(overrides, expected, max_positions, tiny_causal_lm, ids):
+def test_same_model_as_plain_transformers_with_these_rope_parameters(
+    overrides, expected, max_positions, tiny_causal_lm, ids
+):
     ours = loaded(config(tiny_causal_lm, *overrides))
     reference_config = AutoConfig.from_pretrained(tiny_causal_lm)
     reference_config.rope_parameters = {"rope_theta": 10000.0, **expected}
     reference_config.max_position_embeddings = max_positions
-    reference = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, config=reference_config, dtype=torch.float32).eval()
+    reference = AutoModelForCausalLM.from_pretrained(
+        tiny_causal_lm, config=reference_config, dtype=torch.float32
+    ).eval()
     assert ours.config.rope_parameters == reference_config.rope_parameters
     assert ours.config.max_position_embeddings == max_positions
     inv_freq, scaling = ROPE_INIT_FUNCTIONS[expected["rope_type"]](reference_config, torch.device("cpu"))
@@ -111,8 +128,10 @@ def test_training_loads_through_the_patch(tmp_path, ids):
     assert model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize(("override", "key"), [("rope_scaling.type=ntk", "rope_scaling.type"),
-                                               ("rope_scaling.factor=1", "rope_scaling.factor")])
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("rope_scaling.type=ntk", "rope_scaling.type"), ("rope_scaling.factor=1", "rope_scaling.factor")],
+)
 def test_bad_options_are_one_sentence(override, key):
     with pytest.raises(ConfigError) as err:
         factory.load_config(None, [override])

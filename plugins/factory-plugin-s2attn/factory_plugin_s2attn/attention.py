@@ -36,8 +36,14 @@ def _group_mask(mask: torch.Tensor, groups: int, group: int) -> torch.Tensor:
 
 
 def causal_groups(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: int, *, scale: float | None = None,
-    mask: torch.Tensor | None = None, dropout: float = 0.0,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    group: int,
+    *,
+    scale: float | None = None,
+    mask: torch.Tensor | None = None,
+    dropout: float = 0.0,
 ) -> torch.Tensor:
     """Causal attention inside consecutive groups of ``group`` tokens; tensors are ``(B, H, N, D)``.
 
@@ -51,7 +57,9 @@ def causal_groups(
         q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
     groups = (length + pad) // group
     # Groups go to the batch dimension: 4-D inputs let SDPA pick its fused kernel (no scores held).
-    q, k, v = (x.reshape(batch, heads, groups, group, dim).transpose(1, 2).reshape(-1, heads, group, dim) for x in (q, k, v))
+    q, k, v = (
+        x.reshape(batch, heads, groups, group, dim).transpose(1, 2).reshape(-1, heads, group, dim) for x in (q, k, v)
+    )
     if mask is None:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, dropout_p=dropout)
     else:
@@ -68,8 +76,15 @@ def causal_groups(
 
 
 def s2_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: int, *, shift: bool = True,
-    scale: float | None = None, mask: torch.Tensor | None = None, dropout: float = 0.0,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    group: int,
+    *,
+    shift: bool = True,
+    scale: float | None = None,
+    mask: torch.Tensor | None = None,
+    dropout: float = 0.0,
 ) -> torch.Tensor:
     """S2-Attn over ``(B, H, N, D)`` tensors (keys and values already repeated to H heads).
 
@@ -84,21 +99,36 @@ def s2_attention(
     for start, end, size in ((0, offset, offset), (offset, q.shape[2], group)):
         if end > start:
             sub = None if mask is None else mask[..., start:end, start:end]
-            parts.append(causal_groups(
-                q[:, half:, start:end], k[:, half:, start:end], v[:, half:, start:end], size,
-                scale=scale, mask=sub, dropout=dropout,
-            ))
+            parts.append(
+                causal_groups(
+                    q[:, half:, start:end],
+                    k[:, half:, start:end],
+                    v[:, half:, start:end],
+                    size,
+                    scale=scale,
+                    mask=sub,
+                    dropout=dropout,
+                )
+            )
     return torch.cat([plain, torch.cat(parts, dim=2)], dim=1)
 
 
 def s2_attention_forward(
-    module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None,
-    scaling: float | None = None, dropout: float = 0.0, **kwargs: Any,
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature: S2-Attn while training, SDPA (full attention) otherwise."""
     length = query.shape[2]
     if not module.training or key.shape[2] != length:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
     repeats = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, repeats), repeat_kv(value, repeats)
     group = max(1, int(length * module.s2attn_group_size_ratio))

@@ -13,4 +13,6 @@ class S2AttnOptions(BaseModel):
     group_size_ratio: float = Field(
         0.25, gt=0, le=1, description="tokens per attention group / sequence length (LongLoRA: 1/4)"
     )
-    shift: bool = Field(True, description="shift the groups of half the heads by half a group, so information flows between groups")
+    shift: bool = Field(
+        True, description="shift the groups of half the heads by half a group, so information flows between groups"
+    )

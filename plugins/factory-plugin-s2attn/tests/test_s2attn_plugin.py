@@ -54,7 +54,9 @@ def test_contract():
     assert rows[0]["provides"] == {"patches": ["s2attn"]}
 
 
-@pytest.mark.parametrize(("length", "group", "shift"), [(16, 4, True), (16, 4, False), (18, 4, True), (21, 6, True), (5, 8, True)])
+@pytest.mark.parametrize(
+    ("length", "group", "shift"), [(16, 4, True), (16, 4, False), (18, 4, True), (21, 6, True), (5, 8, True)]
+)
 def test_matches_the_reference(length, group, shift):
     q, k, v = qkv(length=length)
     torch.testing.assert_close(s2_attention(q, k, v, group, shift=shift), reference(q, k, v, group, shift))
@@ -78,8 +80,9 @@ def test_matches_the_reference_with_padding_and_packed_masks():
 def test_attention_function_trains_with_s2_and_serves_with_full_attention():
     q, _, _ = qkv(heads=4, length=16)
     k, v = qkv(heads=2, length=16, seed=1)[:2]  # grouped-query attention: 2 key/value heads
-    module = SimpleNamespace(training=True, s2attn_group_size_ratio=0.25, s2attn_shift=True, num_key_value_groups=2,
-                             is_causal=True)
+    module = SimpleNamespace(
+        training=True, s2attn_group_size_ratio=0.25, s2attn_shift=True, num_key_value_groups=2, is_causal=True
+    )
     out, weights = s2_attention_forward(module, q, k, v, None, scaling=1 / math.sqrt(8))
     assert weights is None and out.shape == (2, 16, 4, 8)
     expected = reference(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), 4, True)
@@ -95,14 +98,18 @@ def test_patched_model_uses_s2_while_training_only(tiny_causal_lm):
     full = plain(ids).logits
 
     def patched(*overrides):
-        cfg = factory.load_config(None, [f"model={tiny_causal_lm}", "patches=[s2attn]", "precision=fp32", "method=full", *overrides])
+        cfg = factory.load_config(
+            None, [f"model={tiny_causal_lm}", "patches=[s2attn]", "precision=fp32", "method=full", *overrides]
+        )
         return load_model(cfg, cfg.manager(), train=True).model
 
     model = patched()
     assert model.config._attn_implementation == "s2attn"
     assert model.model.layers[1].self_attn.s2attn_group_size_ratio == 0.25
     sparse = model(ids).logits
-    torch.testing.assert_close(sparse[:, :4], full[:, :4], rtol=1e-4, atol=1e-5)  # G = 8: tokens before G/2 see all they would
+    torch.testing.assert_close(
+        sparse[:, :4], full[:, :4], rtol=1e-4, atol=1e-5
+    )  # G = 8: tokens before G/2 see all they would
     assert (sparse[:, 4:] - full[:, 4:]).abs().max() > 1e-3  # later tokens see only their groups
     model.eval()
     torch.testing.assert_close(model(ids).logits, plain.eval()(ids).logits, rtol=1e-4, atol=1e-5)
@@ -113,9 +120,19 @@ def test_patched_model_uses_s2_while_training_only(tiny_causal_lm):
 
 def test_lora_training_through_factory(tiny_causal_lm, tmp_path):
     metrics = factory.finetune(
-        model=str(tiny_causal_lm), patches=["s2attn"], s2attn={"group_size_ratio": 0.5}, dataset="alpaca_en_demo",
-        dataset_dir=str(DEMO_DIR), max_samples=8, cutoff_len=64, batch_size=4, max_steps=3, logging_steps=1,
-        output_dir=str(tmp_path / "out"), precision="fp32", sample_prompt=None,
+        model=str(tiny_causal_lm),
+        patches=["s2attn"],
+        s2attn={"group_size_ratio": 0.5},
+        dataset="alpaca_en_demo",
+        dataset_dir=str(DEMO_DIR),
+        max_samples=8,
+        cutoff_len=64,
+        batch_size=4,
+        max_steps=3,
+        logging_steps=1,
+        output_dir=str(tmp_path / "out"),
+        precision="fp32",
+        sample_prompt=None,
     )
     losses = [e["loss"] for e in metrics["log_history"] if "loss" in e]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)

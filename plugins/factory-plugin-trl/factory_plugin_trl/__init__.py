@@ -34,10 +34,18 @@ STAGES: dict[str, tuple[type, str]] = {
 
 @hookimpl
 def register_data_kinds(register):
-    register("pairwise", "factory_plugin_trl.data:PAIRWISE", requires=NEEDS,
-             description="a prompt with a chosen and a rejected answer (rm, dpo, orpo, simpo)")
-    register("kto", "factory_plugin_trl.data:KTO_ROWS", requires=NEEDS,
-             description="a conversation whose answer is labelled desirable or not (kto)")
+    register(
+        "pairwise",
+        "factory_plugin_trl.data:PAIRWISE",
+        requires=NEEDS,
+        description="a prompt with a chosen and a rejected answer (rm, dpo, orpo, simpo)",
+    )
+    register(
+        "kto",
+        "factory_plugin_trl.data:KTO_ROWS",
+        requires=NEEDS,
+        description="a conversation whose answer is labelled desirable or not (kto)",
+    )
 
 
 @hookimpl

@@ -21,8 +21,16 @@ from factory_plugin_trl.value_head import DedupedCheckpoints, ValueHeadModel
 REFERENCE_BATCH = 8  # rows per batch of the reference pass, at least
 
 
-def trainer(setup: TrainerSetup, objective: Any, *, model: Any = None, trainer_cls: type = PreferenceTrainer,
-            train_dataset: Any = None, eval_dataset: Any = None, **extra: Any) -> PreferenceTrainer:
+def trainer(
+    setup: TrainerSetup,
+    objective: Any,
+    *,
+    model: Any = None,
+    trainer_cls: type = PreferenceTrainer,
+    train_dataset: Any = None,
+    eval_dataset: Any = None,
+    **extra: Any,
+) -> PreferenceTrainer:
     model = setup.model if model is None else model
     return trainer_cls(
         model=model,
@@ -38,8 +46,9 @@ def trainer(setup: TrainerSetup, objective: Any, *, model: Any = None, trainer_c
     )
 
 
-def with_reference(setup: TrainerSetup, columns: tuple[str, ...], datasets: tuple[Any, Any],
-                   ref_model: str | None = None) -> tuple[Any, Any]:
+def with_reference(
+    setup: TrainerSetup, columns: tuple[str, ...], datasets: tuple[Any, Any], ref_model: str | None = None
+) -> tuple[Any, Any]:
     """The train and eval rows with their reference log-probabilities (computed once, cached).
 
     The reference is the policy before training (see :func:`reference.as_reference`) or, with
@@ -53,7 +62,9 @@ def with_reference(setup: TrainerSetup, columns: tuple[str, ...], datasets: tupl
         try:
             separate = load_model(ref_cfg, setup.manager, train=False).model
         except FactoryError as exc:
-            raise ConfigError(f"dpo.ref_model '{ref_model}' cannot be loaded ({exc}); give a model folder or alias") from None
+            raise ConfigError(
+                f"dpo.ref_model '{ref_model}' cannot be loaded ({exc}); give a model folder or alias"
+            ) from None
         separate.requires_grad_(False)
         separate.to(device)
 
@@ -64,19 +75,32 @@ def with_reference(setup: TrainerSetup, columns: tuple[str, ...], datasets: tupl
         return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
     identity = {
-        "model": str(cfg.model), "adapter": cfg.adapter, "method": cfg.method, "quantization": cfg.quantization,
-        "precision": str(dtype), "seed": cfg.seed, "ref_model": ref_model,
+        "model": str(cfg.model),
+        "adapter": cfg.adapter,
+        "method": cfg.method,
+        "quantization": cfg.quantization,
+        "precision": str(dtype),
+        "seed": cfg.seed,
+        "ref_model": ref_model,
     }
     # No gradients and no optimizer state: bigger batches than training's keep the matrix units busy.
     batch_size = max(cfg.eval_batch_size or cfg.batch_size, REFERENCE_BATCH)
 
     def scored(dataset: Any) -> Any:
         if separate is not None:
-            return reference.compute(separate.eval(), dataset, setup.collator, columns, batch_size=batch_size,
-                                     autocast=autocast, device=device)
+            return reference.compute(
+                separate.eval(),
+                dataset,
+                setup.collator,
+                columns,
+                batch_size=batch_size,
+                autocast=autocast,
+                device=device,
+            )
         with reference.as_reference(setup.model) as model:
-            return reference.compute(model, dataset, setup.collator, columns, batch_size=batch_size,
-                                     autocast=autocast, device=device)
+            return reference.compute(
+                model, dataset, setup.collator, columns, batch_size=batch_size, autocast=autocast, device=device
+            )
 
     identity["weights"] = reference.model_identity(separate if separate is not None else setup.model)
     train, evaluation = (reference.attach(d, identity, columns, lambda d=d: scored(d)) for d in datasets)
@@ -86,22 +110,27 @@ def with_reference(setup: TrainerSetup, columns: tuple[str, ...], datasets: tupl
 def build_dpo(setup: TrainerSetup) -> Any:
     opts = setup.cfg.options("dpo")
     started = time.perf_counter()
-    train, evaluation = with_reference(setup, reference.PAIR_COLUMNS, (setup.train_dataset, setup.eval_dataset),
-                                       opts.ref_model)
+    train, evaluation = with_reference(
+        setup, reference.PAIR_COLUMNS, (setup.train_dataset, setup.eval_dataset), opts.ref_model
+    )
     objective = DPO(beta=opts.beta, loss=opts.loss, label_smoothing=opts.label_smoothing, ftx=opts.ftx)
-    return trainer(setup, objective, train_dataset=train, eval_dataset=evaluation,
-                   reference_seconds=time.perf_counter() - started)
+    return trainer(
+        setup, objective, train_dataset=train, eval_dataset=evaluation, reference_seconds=time.perf_counter() - started
+    )
 
 
 def build_kto(setup: TrainerSetup) -> Any:
     opts = setup.cfg.options("kto")
     started = time.perf_counter()
-    datasets = tuple(None if d is None else reference.with_kl_pairs(d, setup.cfg.batch_size)
-                     for d in (setup.train_dataset, setup.eval_dataset))
+    datasets = tuple(
+        None if d is None else reference.with_kl_pairs(d, setup.cfg.batch_size)
+        for d in (setup.train_dataset, setup.eval_dataset)
+    )
     train, evaluation = with_reference(setup, reference.KTO_COLUMNS, datasets)
     objective = KTO(beta=opts.beta, desirable_weight=opts.desirable_weight, undesirable_weight=opts.undesirable_weight)
-    return trainer(setup, objective, train_dataset=train, eval_dataset=evaluation,
-                   reference_seconds=time.perf_counter() - started)
+    return trainer(
+        setup, objective, train_dataset=train, eval_dataset=evaluation, reference_seconds=time.perf_counter() - started
+    )
 
 
 def build_simpo(setup: TrainerSetup) -> Any:
@@ -121,6 +150,6 @@ class RewardTrainer(DedupedCheckpoints, PreferenceTrainer):
 def build_rm(setup: TrainerSetup) -> Any:
     opts = setup.cfg.options("rm")
     model = ValueHeadModel(setup.model)
-    return trainer(setup, Reward(center=opts.center_rewards), model=model, trainer_cls=RewardTrainer,
-                   eval_before=opts.eval_before)
-
+    return trainer(
+        setup, Reward(center=opts.center_rewards), model=model, trainer_cls=RewardTrainer, eval_before=opts.eval_before
+    )

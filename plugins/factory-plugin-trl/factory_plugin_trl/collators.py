@@ -53,8 +53,13 @@ class PairCollator:
     def __call__(self, features: Features) -> dict[str, Any]:
         size = len(features)
         rows = [[(i, *_answer(f, "chosen")), (size + i, *_answer(f, "rejected"))] for i, f in enumerate(features)]
-        batch = sequence_batch(rows, self.pad_token_id, packed=self.packed, flatten=self.flatten,
-                               pad_to_multiple_of=self.pad_to_multiple_of)
+        batch = sequence_batch(
+            rows,
+            self.pad_token_id,
+            packed=self.packed,
+            flatten=self.flatten,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+        )
         return _references(features, batch)
 
 
@@ -75,8 +80,13 @@ class KTOCollator:
     def _batch(self, features: Features, name: str) -> dict[str, Any]:
         examples = [(i, *_answer(f, name)) for i, f in enumerate(features)]
         rows = [examples] if self.packed else [[example] for example in examples]
-        return sequence_batch(rows, self.pad_token_id, packed=self.packed, flatten=self.flatten,
-                              pad_to_multiple_of=self.pad_to_multiple_of)
+        return sequence_batch(
+            rows,
+            self.pad_token_id,
+            packed=self.packed,
+            flatten=self.flatten,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+        )
 
     def __call__(self, features: Features) -> dict[str, Any]:
         batch = self._batch(features, "completion")

@@ -46,8 +46,13 @@ def _prompt_piece(row: dict) -> tuple[str, list[int], list[int]]:
 class Pairwise(ConversationKind):
     """A prompt and two answers to it, the chosen one preferred."""
 
-    columns = {"prompt_input_ids": "ids", "chosen_input_ids": "ids", "chosen_labels": "ids",
-               "rejected_input_ids": "ids", "rejected_labels": "ids"}
+    columns = {
+        "prompt_input_ids": "ids",
+        "chosen_input_ids": "ids",
+        "chosen_labels": "ids",
+        "rejected_input_ids": "ids",
+        "rejected_labels": "ids",
+    }
 
     def conversation(self, record: dict) -> Conversation | str:
         messages = list(record.get("messages") or [])
@@ -57,8 +62,9 @@ class Pairwise(ConversationKind):
             return "its prompt does not end with a user turn"
         if not said(record["chosen"]):
             return "its chosen answer is empty"
-        return Conversation(messages, [record["chosen"], record["rejected"]], record.get("system") or "",
-                            record.get("tools") or "")
+        return Conversation(
+            messages, [record["chosen"], record["rejected"]], record.get("system") or "", record.get("tools") or ""
+        )
 
     def emit(self, record: dict, split: Split) -> dict[str, Any]:
         return _answers(split, ("chosen", "rejected"))
@@ -72,7 +78,9 @@ class Pairwise(ConversationKind):
         return 2 if record.get("chosen") is not None else 0
 
     def pieces(self, row: dict) -> list:
-        return [_prompt_piece(row)] + [(name, row[f"{name}_input_ids"], row[f"{name}_labels"]) for name in ("chosen", "rejected")]
+        return [_prompt_piece(row)] + [
+            (name, row[f"{name}_input_ids"], row[f"{name}_labels"]) for name in ("chosen", "rejected")
+        ]
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,16 @@ import torch.nn.functional as F
 
 
 def dpo_losses(
-    chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, *,
-    beta: float, loss: str = "sigmoid", label_smoothing: float = 0.0,
-    chosen_tokens: torch.Tensor | None = None, rejected_tokens: torch.Tensor | None = None,
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    *,
+    beta: float,
+    loss: str = "sigmoid",
+    label_smoothing: float = 0.0,
+    chosen_tokens: torch.Tensor | None = None,
+    rejected_tokens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-pair DPO loss from summed log-probabilities (TRL's ``DPOTrainer``, reverse-KL).
 
@@ -43,14 +50,21 @@ def kto_kl(policy_kl: torch.Tensor, reference_kl: torch.Tensor) -> torch.Tensor:
 
 
 def kto_losses(
-    chosen_ratio: torch.Tensor, rejected_ratio: torch.Tensor, kl: torch.Tensor, *,
-    beta: float, desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
+    chosen_ratio: torch.Tensor,
+    rejected_ratio: torch.Tensor,
+    kl: torch.Tensor,
+    *,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
 ) -> torch.Tensor:
     """Per-answer KTO loss (desirable answers first): Eq. 7 of the KTO paper, as TRL's ``KTOTrainer``."""
-    return torch.cat((
-        desirable_weight * (1 - torch.sigmoid(beta * (chosen_ratio - kl))),
-        undesirable_weight * (1 - torch.sigmoid(beta * (kl - rejected_ratio))),
-    ))
+    return torch.cat(
+        (
+            desirable_weight * (1 - torch.sigmoid(beta * (chosen_ratio - kl))),
+            undesirable_weight * (1 - torch.sigmoid(beta * (kl - rejected_ratio))),
+        )
+    )
 
 
 def simpo_losses(chosen_mean: torch.Tensor, rejected_mean: torch.Tensor, *, beta: float, gamma: float) -> torch.Tensor:

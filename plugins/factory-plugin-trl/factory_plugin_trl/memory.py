@@ -39,7 +39,9 @@ def child(args: dict[str, Any]) -> None:
 def run_child(args: dict[str, Any]) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, "-m", "factory_plugin_trl.memory", "--child", json.dumps(args)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith(MARK)]
     if proc.returncode != 0 or not lines:
@@ -63,8 +65,18 @@ def main(argv: list[str] | None = None) -> None:
 
     work = Path(opts.workdir or tempfile.mkdtemp(prefix="factory-trl-memory-"))
     work.mkdir(parents=True, exist_ok=True)
-    common = dict(model=opts.model, method="lora", dataset_dir=str(Path(opts.dataset_dir).resolve()), max_samples=16,
-                  cutoff_len=256, batch_size=2, max_steps=opts.steps, logging_steps=1, seed=0, overwrite_output_dir=True)
+    common = dict(
+        model=opts.model,
+        method="lora",
+        dataset_dir=str(Path(opts.dataset_dir).resolve()),
+        max_samples=16,
+        cutoff_len=256,
+        batch_size=2,
+        max_steps=opts.steps,
+        logging_steps=1,
+        seed=0,
+        overwrite_output_dir=True,
+    )
     rm_dir = work / "rm"
     run_child({**common, "stage": "rm", "dataset": "dpo_en_demo", "max_steps": 1, "output_dir": str(rm_dir)})
 
@@ -80,7 +92,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:14s} peak {results[name]['peak_mb']:8.1f} MB", flush=True)
     saved = results["ppo separate"]["peak_mb"] - results["ppo shared"]["peak_mb"]
     print(f"ppo: sharing the base saves {saved:.0f} MB of peak memory")
-    (work / "memory.json").write_text(json.dumps({"model": opts.model, "steps": opts.steps, "results": results}, indent=2))
+    (work / "memory.json").write_text(
+        json.dumps({"model": opts.model, "steps": opts.steps, "results": results}, indent=2)
+    )
     print(f"written to {work / 'memory.json'}")
 
 

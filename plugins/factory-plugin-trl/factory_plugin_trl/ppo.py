@@ -82,7 +82,9 @@ class PPOModels(CheckpointableWrapper):
     the shared base), so checkpoints hold only what trains.
     """
 
-    def __init__(self, policy: Any, value: ValueHeadModel, reward: ValueHeadModel | None, reference: Any | None) -> None:
+    def __init__(
+        self, policy: Any, value: ValueHeadModel, reward: ValueHeadModel | None, reference: Any | None
+    ) -> None:
         super().__init__()
         self.policy = policy
         self.value = value
@@ -125,10 +127,14 @@ def read_rm_run(folder: str) -> dict[str, Any]:
     path = Path(folder)
     saved = path / "factory_config.yaml"
     if not path.is_dir() or not saved.is_file():
-        raise ConfigError(f"ppo.reward_model '{folder}' is not the output_dir of a factory run; train one with stage=rm")
+        raise ConfigError(
+            f"ppo.reward_model '{folder}' is not the output_dir of a factory run; train one with stage=rm"
+        )
     run = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
     if run.get("stage") != "rm":
-        raise ConfigError(f"ppo.reward_model '{folder}' is the output of stage {run.get('stage')}, not rm; give an rm run's output_dir")
+        raise ConfigError(
+            f"ppo.reward_model '{folder}' is the output of stage {run.get('stage')}, not rm; give an rm run's output_dir"
+        )
     return run
 
 
@@ -201,7 +207,9 @@ def build_ppo(setup: TrainerSetup) -> PPOTrainer:
                 f"'{cfg.model}'; train the reward model on the same base model (they must share a tokenizer)"
             )
     reward_function = load_reward_function(opts.reward_function) if opts.reward_function else None
-    models = shared_models(setup, rm_dir) if opts.share_base and is_peft(setup.model) else separate_models(setup, rm_dir)
+    models = (
+        shared_models(setup, rm_dir) if opts.share_base and is_peft(setup.model) else separate_models(setup, rm_dir)
+    )
     optimizer = _optimizer(setup, models)
     stop_ids, _ = stop_tokens(setup.tokenizer, setup.template, setup.model)
     return PPOTrainer(
@@ -257,7 +265,9 @@ def whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values - mean) * torch.rsqrt(var + 1e-8) * mask
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimates and returns over the answer tokens (values past the end are 0)."""
     advantages = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[:, 0])
@@ -286,8 +296,15 @@ class KLController:
 class PPOTrainer(DedupedCheckpoints, Trainer):
     """A Trainer whose step is one PPO iteration on a batch of prompts (see the module docstring)."""
 
-    def __init__(self, *, models: PPOModels, options: Any, reward_function: RewardFunction | None,
-                 stop_ids: list[int], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        models: PPOModels,
+        options: Any,
+        reward_function: RewardFunction | None,
+        stop_ids: list[int],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(model=models, **kwargs)
         self.models = models
         self.opts = options
@@ -311,18 +328,28 @@ class PPOTrainer(DedupedCheckpoints, Trainer):
             decoder, head = parts
             with self.compute_loss_context_manager(), self.accelerator.autocast():
                 hidden = decoder(
-                    input_ids=ids, attention_mask=rollout["attention_mask"], position_ids=rollout["position_ids"],
+                    input_ids=ids,
+                    attention_mask=rollout["attention_mask"],
+                    position_ids=rollout["position_ids"],
                     use_cache=False,
                 ).last_hidden_state[:, start - 1 : -1]
             answers = ids[:, start:]
-            logps = chunked_token_logprobs(hidden.flatten(0, 1), head, answers.flatten(), workspace=self.logits_workspace,
-                                           temperature=self.opts.temperature)
+            logps = chunked_token_logprobs(
+                hidden.flatten(0, 1),
+                head,
+                answers.flatten(),
+                workspace=self.logits_workspace,
+                temperature=self.opts.temperature,
+            )
             return logps.view(answers.shape)
         # a model that transforms its logits (soft-capping, scaling): its own head on the answer positions
         with self.compute_loss_context_manager():
             logits = model(
-                input_ids=ids, attention_mask=rollout["attention_mask"], position_ids=rollout["position_ids"],
-                use_cache=False, logits_to_keep=ids.shape[1] - start + 1,
+                input_ids=ids,
+                attention_mask=rollout["attention_mask"],
+                position_ids=rollout["position_ids"],
+                use_cache=False,
+                logits_to_keep=ids.shape[1] - start + 1,
             ).logits[:, :-1]
         return selective_log_softmax(logits.float() / self.opts.temperature, ids[:, start:])
 
@@ -337,8 +364,14 @@ class PPOTrainer(DedupedCheckpoints, Trainer):
         if self.reward_function is not None:
             start = batch["prompt_length"]
             tok = self.processing_class
-            prompts = [tok.decode(ids[m.bool()]) for ids, m in zip(batch["input_ids"][:, :start], batch["attention_mask"][:, :start])]
-            answers = [tok.decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(batch["input_ids"][:, start:], mask)]
+            prompts = [
+                tok.decode(ids[m.bool()])
+                for ids, m in zip(batch["input_ids"][:, :start], batch["attention_mask"][:, :start])
+            ]
+            answers = [
+                tok.decode(ids[m.bool()], skip_special_tokens=True)
+                for ids, m in zip(batch["input_ids"][:, start:], mask)
+            ]
             scores = self.reward_function(prompts, answers)
             if len(scores) != len(answers):
                 raise ConfigError(
@@ -359,9 +392,15 @@ class PPOTrainer(DedupedCheckpoints, Trainer):
         start = prompts["input_ids"].shape[1]
         sampling = {"top_k": opts.top_k} if opts.top_k else {}
         output = models.policy.generate(
-            **prompts, do_sample=True, max_new_tokens=opts.max_new_tokens, temperature=opts.temperature,
-            top_p=opts.top_p, eos_token_id=self.stop_ids.tolist(), pad_token_id=self.processing_class.pad_token_id,
-            use_cache=True, **sampling,
+            **prompts,
+            do_sample=True,
+            max_new_tokens=opts.max_new_tokens,
+            temperature=opts.temperature,
+            top_p=opts.top_p,
+            eos_token_id=self.stop_ids.tolist(),
+            pad_token_id=self.processing_class.pad_token_id,
+            use_cache=True,
+            **sampling,
         )
         answers = output[:, start:]
         stops = torch.isin(answers, self.stop_ids).long()
@@ -385,8 +424,9 @@ class PPOTrainer(DedupedCheckpoints, Trainer):
         last = last_positions(mask)
         rewards[torch.arange(len(last)), last] += scores
         advantages, returns = gae(rewards, values, mask, opts.gamma, opts.lam)
-        rollout = Rollout(**batch, mask=mask, logprobs=logprobs, values=values,
-                          advantages=whiten(advantages, mask), returns=returns)
+        rollout = Rollout(
+            **batch, mask=mask, logprobs=logprobs, values=values, advantages=whiten(advantages, mask), returns=returns
+        )
         stats = {
             "reward": scores.mean().item(),
             "kl": kl.sum(1).mean().item(),

@@ -33,8 +33,9 @@ from factory_plugin_trl.sequences import SequenceLogps, count_sequences, sequenc
 Metrics = dict[str, float]
 
 
-def _pair_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, logps: SequenceLogps,
-                  half: int, *, means: bool) -> Metrics:
+def _pair_metrics(
+    chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, logps: SequenceLogps, half: int, *, means: bool
+) -> Metrics:
     values = logps.means if means else logps.sums
     return {
         "rewards/chosen": chosen_rewards.mean().item(),
@@ -64,9 +65,17 @@ class DPO:
         half = len(logps.sums) // 2
         chosen, rejected = logps.sums[:half], logps.sums[half:]
         ref_chosen, ref_rejected = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-        losses = dpo_losses(chosen, rejected, ref_chosen, ref_rejected, beta=self.beta, loss=self.loss,
-                            label_smoothing=self.label_smoothing, chosen_tokens=logps.tokens[:half],
-                            rejected_tokens=logps.tokens[half:])
+        losses = dpo_losses(
+            chosen,
+            rejected,
+            ref_chosen,
+            ref_rejected,
+            beta=self.beta,
+            loss=self.loss,
+            label_smoothing=self.label_smoothing,
+            chosen_tokens=logps.tokens[:half],
+            rejected_tokens=logps.tokens[half:],
+        )
         loss = losses.mean()
         if self.ftx:
             loss = loss + self.ftx * _chosen_nll(logps, half)
@@ -106,8 +115,12 @@ class ORPO:
         nll = _chosen_nll(logps, half)
         loss = nll - (self.beta * ratio).mean()
         metrics = _pair_metrics(self.beta * chosen.detach(), self.beta * rejected.detach(), logps, half, means=True)
-        return loss, {**metrics, "nll_loss": nll.item(), "log_odds_ratio": ratio.mean().item(),
-                      "log_odds_chosen": log_odds.mean().item()}
+        return loss, {
+            **metrics,
+            "nll_loss": nll.item(),
+            "log_odds_ratio": ratio.mean().item(),
+            "log_odds_chosen": log_odds.mean().item(),
+        }
 
 
 @dataclass(frozen=True)
@@ -124,8 +137,14 @@ class KTO:
         desirable = batch["label"].to(torch.bool)
         ratios = logps - batch["ref_logps"]
         kl = kto_kl(policy_kl, batch["ref_KL_logps"])
-        losses = kto_losses(ratios[desirable], ratios[~desirable], kl, beta=self.beta,
-                            desirable_weight=self.desirable_weight, undesirable_weight=self.undesirable_weight)
+        losses = kto_losses(
+            ratios[desirable],
+            ratios[~desirable],
+            kl,
+            beta=self.beta,
+            desirable_weight=self.desirable_weight,
+            undesirable_weight=self.undesirable_weight,
+        )
         metrics = {"kl": kl.item()}
         for name, rows in (("chosen", desirable), ("rejected", ~desirable)):
             if rows.any():
@@ -149,8 +168,11 @@ class Reward:
         loss = reward_loss(chosen, rejected, self.center)
         detached = scores.detach()
         return loss, {
-            "min_reward": detached.min().item(), "mean_reward": detached.mean().item(), "max_reward": detached.max().item(),
-            "accuracy": (chosen > rejected).float().mean().item(), "margin": (chosen - rejected).mean().item(),
+            "min_reward": detached.min().item(),
+            "mean_reward": detached.mean().item(),
+            "max_reward": detached.max().item(),
+            "accuracy": (chosen > rejected).float().mean().item(),
+            "margin": (chosen - rejected).mean().item(),
         }
 
 
@@ -162,8 +184,14 @@ class PreferenceTrainer(FactoryTrainer):
     forward and log-probabilities are :meth:`forward_and_logprobs`).
     """
 
-    def __init__(self, *args: Any, objective: Any, eval_before: bool = False, reference_seconds: float | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        objective: Any,
+        eval_before: bool = False,
+        reference_seconds: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.reference_seconds = reference_seconds
         self.objective = objective
@@ -182,10 +210,13 @@ class PreferenceTrainer(FactoryTrainer):
 
     def forward_and_logprobs(self, model: Any, batch: dict[str, Any], prefix: str = "") -> SequenceLogps:
         """The decoder over the batch and each sequence's log-probability (``prefix``: KTO's ``KL_`` rows)."""
-        return sequence_logps(model, batch, workspace=self.logits_workspace, prefix=prefix,
-                              autocast=lambda: self.forward_context(model))
+        return sequence_logps(
+            model, batch, workspace=self.logits_workspace, prefix=prefix, autocast=lambda: self.forward_context(model)
+        )
 
-    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
         mode = "train" if model.training else "eval"
         loss, metrics = self.objective(self, model, inputs)
         for key, value in metrics.items():
@@ -195,7 +226,9 @@ class PreferenceTrainer(FactoryTrainer):
             self._epoch_accuracy.append(metrics[key])
         return (loss, None) if return_outputs else loss
 
-    def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None) -> Any:
+    def prediction_step(
+        self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None
+    ) -> Any:
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)

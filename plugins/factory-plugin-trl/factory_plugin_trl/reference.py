@@ -62,6 +62,7 @@ def with_kl_pairs(dataset: Any, batch_size: int) -> Any:
     TRL's rotation (``(x_1, y_n), (x_2, y_1), ...``), fixed in the data so the pairs' reference
     log-probabilities can be computed once.
     """
+
     def rotate(rows: dict[str, list]) -> dict[str, list]:
         return {
             "KL_completion_input_ids": rows["completion_input_ids"][-1:] + rows["completion_input_ids"][:-1],
@@ -84,9 +85,9 @@ def model_identity(model: Any) -> str:
 
 
 # The code that computes the values is part of the cache key: editing it invalidates older caches.
-CODE_VERSION = hashlib.sha256(b"".join(
-    (Path(__file__).parent / name).read_bytes() for name in ("reference.py", "sequences.py", "collators.py")
-)).hexdigest()[:12]
+CODE_VERSION = hashlib.sha256(
+    b"".join((Path(__file__).parent / name).read_bytes() for name in ("reference.py", "sequences.py", "collators.py"))
+).hexdigest()[:12]
 
 
 def _cache_file(dataset: Any, key: str) -> Path | None:
@@ -117,8 +118,14 @@ def as_training_computes(model: Any) -> Iterator[None]:
 
 
 def compute(
-    model: Any, dataset: Any, collator: Callable[[list], dict], columns: tuple[str, ...], *,
-    batch_size: int, autocast: Callable[[], AbstractContextManager], device: torch.device,
+    model: Any,
+    dataset: Any,
+    collator: Callable[[list], dict],
+    columns: tuple[str, ...],
+    *,
+    batch_size: int,
+    autocast: Callable[[], AbstractContextManager],
+    device: torch.device,
 ) -> dict[str, np.ndarray]:
     """One pass over ``dataset`` in order: the reference log-probabilities of each row, per column."""
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collator, shuffle=False)
@@ -141,13 +148,19 @@ def compute(
 
 
 def attach(
-    dataset: Any, identity: dict[str, Any], columns: tuple[str, ...], run: Callable[[], dict[str, np.ndarray]],
+    dataset: Any,
+    identity: dict[str, Any],
+    columns: tuple[str, ...],
+    run: Callable[[], dict[str, np.ndarray]],
 ) -> Any:
     """``dataset`` with the reference columns added: read from the cache when this data and model were seen, else ``run()``."""
     if dataset is None:
         return None
-    key = hashlib.sha256(json.dumps([getattr(dataset, "_fingerprint", None), identity, CODE_VERSION], sort_keys=True,
-                                    default=str).encode()).hexdigest()[:20]
+    key = hashlib.sha256(
+        json.dumps(
+            [getattr(dataset, "_fingerprint", None), identity, CODE_VERSION], sort_keys=True, default=str
+        ).encode()
+    ).hexdigest()[:20]
     cache = _cache_file(dataset, key)
     if cache is not None and cache.is_file():
         with np.load(cache) as stored:
@@ -162,4 +175,3 @@ def attach(
     for name in columns:
         dataset = dataset.add_column(name, values[name].astype(np.float32).tolist())
     return dataset
-

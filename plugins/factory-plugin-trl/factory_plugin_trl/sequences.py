@@ -18,7 +18,15 @@ import torch
 
 from factory.plugin_api import IGNORE_INDEX, LogitsWorkspace, chunked_token_logprobs, split_head
 
-MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+MODEL_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "position_ids",
+    "cu_seq_lens_q",
+    "cu_seq_lens_k",
+    "max_length_q",
+    "max_length_k",
+)
 
 
 @dataclass
@@ -46,8 +54,12 @@ def count_sequences(batch: dict[str, Any], prefix: str = "") -> int:
 
 
 def sequence_logps(
-    model: Any, batch: dict[str, Any], *, workspace: LogitsWorkspace | None = None,
-    autocast: Callable[[], AbstractContextManager] = nullcontext, prefix: str = "",
+    model: Any,
+    batch: dict[str, Any],
+    *,
+    workspace: LogitsWorkspace | None = None,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+    prefix: str = "",
 ) -> SequenceLogps:
     """The summed log-probabilities of every sequence in ``batch`` under ``model`` (gradients flow when enabled)."""
     labels, sequence_ids = batch[prefix + "labels"], batch[prefix + "sequence_ids"]

@@ -16,8 +16,16 @@ from factory.plugin_api import ConfigError, PluginManager, RunConfig
 
 REWARDS_PLOT = "training_rewards.png"
 # Logged per stage and plotted against step (whichever of them the stage logs).
-PLOTTED = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "accuracy", "margin",
-           "kl", "reward")
+PLOTTED = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "accuracy",
+    "margin",
+    "kl",
+    "reward",
+)
 
 
 def check_kto(cfg: RunConfig) -> None:
@@ -36,7 +44,9 @@ def check_ppo(cfg: RunConfig) -> None:
             "or ppo.reward_function to 'module:function'"
         )
     if cfg.packing:
-        raise ConfigError("packing=true does not apply to stage ppo, which generates one answer per prompt; set packing: false")
+        raise ConfigError(
+            "packing=true does not apply to stage ppo, which generates one answer per prompt; set packing: false"
+        )
     if cfg.gradient_accumulation_steps != 1:
         raise ConfigError(
             f"stage ppo takes its optimizer steps per batch of generated answers, so gradient_accumulation_steps="
@@ -68,7 +78,9 @@ def plot_rewards(out: Path, log_history: list[dict[str, Any]]) -> Path | None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, points in sorted(series.items()):
-        ax.plot([s for s, _ in points], [v for _, v in points], marker="o" if key.startswith("eval_") else None, label=key)
+        ax.plot(
+            [s for s, _ in points], [v for _, v in points], marker="o" if key.startswith("eval_") else None, label=key
+        )
     ax.set_xlabel("step")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)

@@ -117,8 +117,13 @@ class ValueHeadModel(CheckpointableWrapper):
     def device(self) -> torch.device:
         return self.v_head.weight.device
 
-    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               position_ids: torch.Tensor | None = None, **extra: Any) -> torch.Tensor:
+    def values(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **extra: Any,
+    ) -> torch.Tensor:
         """One float32 scalar per position, shape ``(batch, length)`` (``extra``: varlen attention arguments)."""
         hidden = decoder_of(self.model)(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False, **extra
@@ -134,15 +139,20 @@ class ValueHeadModel(CheckpointableWrapper):
         index = torch.arange(owners.numel(), device=owners.device)
         valid = owners >= 0
         last = torch.zeros(count, dtype=torch.long, device=owners.device).scatter_reduce(
-            0, owners[valid], index[valid], reduce="amax", include_self=False)
+            0, owners[valid], index[valid], reduce="amax", include_self=False
+        )
         return values[last]
 
-    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def scores(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """One scalar per sequence: the head at its last token."""
         values = self.values(input_ids, attention_mask, position_ids)
         return values.gather(1, last_positions(attention_mask)[:, None]).squeeze(1)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> SequenceClassifierOutputWithPast:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any
+    ) -> SequenceClassifierOutputWithPast:
         """Sequence scores as a classifier's ``(batch, 1)`` logits, which TRL's RewardTrainer reads."""
         return SequenceClassifierOutputWithPast(logits=self.scores(input_ids, attention_mask)[:, None])
 
@@ -157,7 +167,10 @@ class ValueHeadModel(CheckpointableWrapper):
 
 
 def save_head(head: torch.nn.Linear, output_dir: str | Path) -> None:
-    tensors = {"weight": head.weight.detach().float().cpu().contiguous(), "bias": head.bias.detach().float().cpu().contiguous()}
+    tensors = {
+        "weight": head.weight.detach().float().cpu().contiguous(),
+        "bias": head.bias.detach().float().cpu().contiguous(),
+    }
     save_file(tensors, str(Path(output_dir) / HEAD_FILE))
 
 

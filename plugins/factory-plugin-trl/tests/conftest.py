@@ -14,9 +14,20 @@ DATASETS = {"kto": "kto_en_demo", "ppo": "kto_en_demo"}  # ppo reads prompts fro
 def stage_args(model: Any, stage: str, out: Path, **extra: Any) -> dict[str, Any]:
     """A short run of ``stage`` on the demo data (tiny defaults; tests override what they measure)."""
     args: dict[str, Any] = dict(
-        model=str(model), stage=stage, dataset=DATASETS.get(stage, "dpo_en_demo"), dataset_dir=str(DEMO_DIR),
-        max_samples=8, cutoff_len=64, batch_size=2, max_steps=2, learning_rate=5e-3, logging_steps=1,
-        output_dir=str(out), precision="fp32", seed=3, lr_scheduler="constant",
+        model=str(model),
+        stage=stage,
+        dataset=DATASETS.get(stage, "dpo_en_demo"),
+        dataset_dir=str(DEMO_DIR),
+        max_samples=8,
+        cutoff_len=64,
+        batch_size=2,
+        max_steps=2,
+        learning_rate=5e-3,
+        logging_steps=1,
+        output_dir=str(out),
+        precision="fp32",
+        seed=3,
+        lr_scheduler="constant",
     )
     args.update(extra)
     return args

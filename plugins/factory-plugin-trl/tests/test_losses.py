@@ -60,21 +60,34 @@ def factory_trainer() -> types.SimpleNamespace:
 
 def pair_rows() -> list[dict]:
     return [
-        {"prompt_input_ids": p, "chosen_input_ids": c, "chosen_labels": c, "rejected_input_ids": r, "rejected_labels": r}
+        {
+            "prompt_input_ids": p,
+            "chosen_input_ids": c,
+            "chosen_labels": c,
+            "rejected_input_ids": r,
+            "rejected_labels": r,
+        }
         for p, c, r in PAIRS
     ]
 
 
 def with_reference(rows: list[dict], ref, collator, columns) -> list[dict]:
-    values = reference.compute(ref, Dataset.from_list(rows), collator, columns, batch_size=2,
-                               autocast=nullcontext, device=torch.device("cpu"))
+    values = reference.compute(
+        ref, Dataset.from_list(rows), collator, columns, batch_size=2, autocast=nullcontext, device=torch.device("cpu")
+    )
     return [{**row, **{name: float(values[name][i]) for name in columns}} for i, row in enumerate(rows)]
 
 
 def trl_args(config_cls, tmp_path, **fields):
     """fp32 (TRL's configs default to bf16, which would autocast its reference), CPU, no reporting."""
-    return config_cls(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False,
-                      per_device_train_batch_size=len(PAIRS), **fields)
+    return config_cls(
+        output_dir=str(tmp_path),
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        per_device_train_batch_size=len(PAIRS),
+        **fields,
+    )
 
 
 class _Pretokenized:
@@ -93,8 +106,13 @@ def trl_dpo_loss(policy, ref, tokenizer, tmp_path, pairs, **config):
 
     rows = [{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r} for p, c, r in pairs]
     policy, ref = copy.deepcopy(policy), copy.deepcopy(ref)  # TRL patches the models it is given
-    trainer = Trainer(model=policy, ref_model=ref, args=trl_args(DPOConfig, tmp_path, **config),
-                      train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer = Trainer(
+        model=policy,
+        ref_model=ref,
+        args=trl_args(DPOConfig, tmp_path, **config),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
     batch = trainer.data_collator(rows)
     policy.train()
     with torch.no_grad():
@@ -103,8 +121,9 @@ def trl_dpo_loss(policy, ref, tokenizer, tmp_path, pairs, **config):
     return loss.item(), metrics
 
 
-@pytest.mark.parametrize(("loss", "beta", "ftx"), [("sigmoid", 0.1, 0.0), ("ipo", 0.5, 0.0), ("hinge", 0.3, 0.0),
-                                                    ("sigmoid", 0.2, 0.7)])
+@pytest.mark.parametrize(
+    ("loss", "beta", "ftx"), [("sigmoid", 0.1, 0.0), ("ipo", 0.5, 0.0), ("hinge", 0.3, 0.0), ("sigmoid", 0.2, 0.7)]
+)
 @pytest.mark.parametrize("packed", [True, False])
 def test_dpo_equals_trl(models, tmp_path, loss, beta, ftx, packed):
     policy, ref, tokenizer = models
@@ -113,10 +132,18 @@ def test_dpo_equals_trl(models, tmp_path, loss, beta, ftx, packed):
     with torch.no_grad():
         ours, metrics = DPO(beta=beta, loss=loss, ftx=ftx)(factory_trainer(), policy, collator(rows))
     types_, weights = ([loss, "sft"], [1.0, ftx]) if ftx else ([loss], None)
-    theirs, trl_metrics = trl_dpo_loss(policy, ref, tokenizer, tmp_path, PAIRS, beta=beta, loss_type=types_,
-                                       loss_weights=weights)
+    theirs, trl_metrics = trl_dpo_loss(
+        policy, ref, tokenizer, tmp_path, PAIRS, beta=beta, loss_type=types_, loss_weights=weights
+    )
     assert ours.item() == pytest.approx(theirs, rel=1e-5, abs=1e-6)
-    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"):
+    for key in (
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+    ):
         # rewards are beta times differences of log-probabilities of about -30: fp32 leaves ~1e-6 of them
         assert metrics[key] == pytest.approx(trl_metrics[key], rel=1e-5, abs=1e-5), key
     assert abs(metrics["rewards/margins"]) > 1e-3  # the reference really differs from the policy
@@ -132,8 +159,9 @@ def test_dpo_label_smoothing_equals_trl_conservative_loss(models, tmp_path, smoo
     for row, pair in zip(rows, PAIRS):
         with torch.no_grad():
             ours, _ = DPO(beta=0.5, label_smoothing=smoothing)(factory_trainer(), policy, collator([row]))
-        theirs, _ = trl_dpo_loss(policy, ref, tokenizer, tmp_path, [pair], beta=0.5, loss_type=["aot_unpaired"],
-                                 label_smoothing=smoothing)
+        theirs, _ = trl_dpo_loss(
+            policy, ref, tokenizer, tmp_path, [pair], beta=0.5, loss_type=["aot_unpaired"], label_smoothing=smoothing
+        )
         plain, _ = trl_dpo_loss(policy, ref, tokenizer, tmp_path, [pair], beta=0.5, loss_type=["sigmoid"])
         assert ours.item() == pytest.approx(theirs, rel=1e-5)
         assert ours.item() != pytest.approx(plain, rel=1e-3)  # smoothing changed the loss
@@ -146,22 +174,34 @@ def test_kto_equals_trl(models, tmp_path):
     from trl import KTOConfig, KTOTrainer
 
     policy, ref, tokenizer = models
-    rows = [{"prompt_input_ids": p, "completion_input_ids": c, "completion_labels": c, "label": d} for p, c, d in KTO_ROWS]
+    rows = [
+        {"prompt_input_ids": p, "completion_input_ids": c, "completion_labels": c, "label": d} for p, c, d in KTO_ROWS
+    ]
     rows = reference.with_kl_pairs(Dataset.from_list(rows), batch_size=len(rows)).to_list()
     collator = KTOCollator(tokenizer.pad_token_id)
     rows = with_reference(rows, ref, collator, reference.KTO_COLUMNS)
     with torch.no_grad():
-        ours, metrics = KTO(beta=0.3, desirable_weight=1.5, undesirable_weight=0.8)(factory_trainer(), policy, collator(rows))
+        ours, metrics = KTO(beta=0.3, desirable_weight=1.5, undesirable_weight=0.8)(
+            factory_trainer(), policy, collator(rows)
+        )
 
     class Trainer(_Pretokenized, KTOTrainer):
         pass
 
-    trl_rows = [{"prompt_ids": r["prompt_input_ids"], "completion_ids": r["completion_input_ids"],
-                 "KL_completion_ids": r["KL_completion_input_ids"], "label": r["label"]} for r in rows]
+    trl_rows = [
+        {
+            "prompt_ids": r["prompt_input_ids"],
+            "completion_ids": r["completion_input_ids"],
+            "KL_completion_ids": r["KL_completion_input_ids"],
+            "label": r["label"],
+        }
+        for r in rows
+    ]
     args = trl_args(KTOConfig, tmp_path, beta=0.3, desirable_weight=1.5, undesirable_weight=0.8)
     policy, ref = copy.deepcopy(policy), copy.deepcopy(ref)  # TRL patches the models it is given
-    trainer = Trainer(model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_list(trl_rows),
-                      processing_class=tokenizer)
+    trainer = Trainer(
+        model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_list(trl_rows), processing_class=tokenizer
+    )
     # TRL's own rotation of completions gives the same mismatched pairs as the data set above
     assert [r["KL_completion_ids"] for r in trl_rows] == [r["completion_ids"] for r in trl_rows[-1:] + trl_rows[:-1]]
     policy.train()
@@ -190,7 +230,9 @@ def padded_average_logps(policy, tokenizer):
     logits = policy(input_ids=ids, attention_mask=mask).logits
     logps = CPOTrainer.get_batch_logps(logits, labels, average_log_prob=True)
     half = len(PAIRS)
-    nll = torch.nn.functional.cross_entropy(logits[:half, :-1].flatten(0, 1), labels[:half, 1:].flatten(), ignore_index=-100)
+    nll = torch.nn.functional.cross_entropy(
+        logits[:half, :-1].flatten(0, 1), labels[:half, 1:].flatten(), ignore_index=-100
+    )
     return logps[:half], logps[half:], nll
 
 
@@ -200,10 +242,18 @@ def test_simpo_equals_trl(models, beta, gamma, ftx):
 
     policy, _, tokenizer = models
     with torch.no_grad():
-        ours, metrics = SimPO(beta=beta, gamma=gamma, ftx=ftx)(factory_trainer(), policy, PairCollator(tokenizer.pad_token_id)(pair_rows()))
+        ours, metrics = SimPO(beta=beta, gamma=gamma, ftx=ftx)(
+            factory_trainer(), policy, PairCollator(tokenizer.pad_token_id)(pair_rows())
+        )
         chosen, rejected, nll = padded_average_logps(policy, tokenizer)
-    trl_self = types.SimpleNamespace(alpha=0.0, loss_type="simpo", simpo_gamma=gamma, beta=beta, label_smoothing=0.0,
-                                     accelerator=types.SimpleNamespace(device=torch.device("cpu")))
+    trl_self = types.SimpleNamespace(
+        alpha=0.0,
+        loss_type="simpo",
+        simpo_gamma=gamma,
+        beta=beta,
+        label_smoothing=0.0,
+        accelerator=types.SimpleNamespace(device=torch.device("cpu")),
+    )
     losses, chosen_rewards, rejected_rewards = CPOTrainer.cpo_loss(trl_self, chosen, rejected)
     assert ours.item() == pytest.approx((losses.mean() + ftx * nll).item(), rel=1e-5)
     assert metrics["rewards/margins"] == pytest.approx((chosen_rewards - rejected_rewards).mean().item(), rel=1e-5)
@@ -236,14 +286,20 @@ def test_reward_loss_equals_trl(models, tmp_path, center):
     model = ValueHeadModel(policy)
     torch.nn.init.normal_(model.v_head.weight, std=0.5)  # scores far from zero, so ranking and centring matter
     with torch.no_grad():
-        ours, metrics = Reward(center=center)(factory_trainer(), model, PairCollator(tokenizer.pad_token_id)(pair_rows()))
+        ours, metrics = Reward(center=center)(
+            factory_trainer(), model, PairCollator(tokenizer.pad_token_id)(pair_rows())
+        )
 
     class Trainer(_Pretokenized, RewardTrainer):
         pass
 
     rows = [{"chosen_ids": p + c, "rejected_ids": p + r} for p, c, r in PAIRS]
-    trainer = Trainer(model=model, args=trl_args(RewardConfig, tmp_path, center_rewards_coefficient=center),
-                      train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer = Trainer(
+        model=model,
+        args=trl_args(RewardConfig, tmp_path, center_rewards_coefficient=center),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
     model.train()
     with torch.no_grad():
         theirs = trainer.compute_loss(model, trainer.data_collator(rows)).item()

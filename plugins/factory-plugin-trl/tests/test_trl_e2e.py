@@ -24,8 +24,17 @@ REAL = dict(precision="auto", cutoff_len=256)  # bf16 where the CPU has it
     [("dpo", {"beta": 0.1}), ("simpo", {"beta": 2.0, "gamma": 0.5}), ("orpo", {"beta": 0.1})],
 )
 def test_margin_rises_on_the_training_batches(tmp_path, stage, options):
-    metrics = run(SMOL, stage, tmp_path / "out", **REAL, max_samples=2, batch_size=2, max_steps=4,
-                  learning_rate=1e-3, **{stage: options})
+    metrics = run(
+        SMOL,
+        stage,
+        tmp_path / "out",
+        **REAL,
+        max_samples=2,
+        batch_size=2,
+        max_steps=4,
+        learning_rate=1e-3,
+        **{stage: options},
+    )
     margins = logged(metrics, "rewards/margins")
     assert len(margins) == 4
     assert margins[-1] > margins[0] and max(margins[1:]) > margins[0], margins
@@ -43,8 +52,20 @@ def reward_model(tmp_path_factory):
     """An rm run on dpo_en_demo: 15 batches of the 240 training pairs, 60 held out (val_size), scored before and after
     (0.42 of the held-out pairs ranked right before, 0.62 after; 30 batches reached 0.61)."""
     out = tmp_path_factory.mktemp("rm") / "out"
-    metrics = run(SMOL, "rm", out, precision="auto", cutoff_len=128, max_samples=300, val_size=60, batch_size=8,
-                  max_steps=15, learning_rate=5e-4, eval_steps=1000, logging_steps=5)
+    metrics = run(
+        SMOL,
+        "rm",
+        out,
+        precision="auto",
+        cutoff_len=128,
+        max_samples=300,
+        val_size=60,
+        batch_size=8,
+        max_steps=15,
+        learning_rate=5e-4,
+        eval_steps=1000,
+        logging_steps=5,
+    )
     return out, metrics
 
 
@@ -57,8 +78,17 @@ def test_reward_model_ranks_held_out_pairs_above_chance(reward_model):
 
 def test_ppo_with_the_trained_reward_model(reward_model, tmp_path):
     rm_dir, _ = reward_model
-    metrics = run(SMOL, "ppo", tmp_path / "out", **REAL, max_samples=4, batch_size=2, max_steps=2, learning_rate=1e-4,
-                  ppo={"reward_model": str(rm_dir), "max_new_tokens": 16})
+    metrics = run(
+        SMOL,
+        "ppo",
+        tmp_path / "out",
+        **REAL,
+        max_samples=4,
+        batch_size=2,
+        max_steps=2,
+        learning_rate=1e-4,
+        ppo={"reward_model": str(rm_dir), "max_new_tokens": 16},
+    )
     assert logged(metrics, "kl")[0] == 0.0
     assert all(math.isfinite(x) for key in ("reward", "policy_loss", "value_loss") for x in logged(metrics, key))
     assert 0 < logged(metrics, "response_length")[0] <= 16

@@ -55,22 +55,38 @@ def test_contract():
 
 
 def test_plugins_list_shows_each_stage_and_its_plugin():
-    proc = subprocess.run([sys.executable, "-m", "factory.cli", "plugins", "list", "--json"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "factory.cli", "plugins", "list", "--json"], capture_output=True, text=True, check=True
+    )
     rows = [row for row in json.loads(proc.stdout) if "stages" in row["provides"]]
     givers = {stage: row["distribution"] for row in rows for stage in row["provides"]["stages"]}
     assert {stage: givers.get(stage) for stage in STAGES} == dict.fromkeys(STAGES, "factory-plugin-trl")
-    table = subprocess.run([sys.executable, "-m", "factory.cli", "plugins", "list"], capture_output=True, text=True,
-                           check=True, env={**os.environ, "COLUMNS": "200"}).stdout
+    table = subprocess.run(
+        [sys.executable, "-m", "factory.cli", "plugins", "list"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "200"},
+    ).stdout
     lines = table.splitlines()
     first = next(i for i, line in enumerate(lines) if "factory-plugin-trl" in line)
-    stages = next(line for line in lines[first:first + 3] if "stages:" in line)  # one line per kind it provides
+    stages = next(line for line in lines[first : first + 3] if "stages:" in line)  # one line per kind it provides
     assert all(stage in stages for stage in STAGES), stages
 
 
 def test_options_reach_their_sections():
-    cfg = factory.load_config(None, ["stage=dpo", "dpo.beta=0.3", "dpo.loss=ipo", "simpo.gamma=0.7", "kto.desirable_weight=2",
-                                     "ppo.kl_coef=0.2", "ppo.target_kl=6"])
+    cfg = factory.load_config(
+        None,
+        [
+            "stage=dpo",
+            "dpo.beta=0.3",
+            "dpo.loss=ipo",
+            "simpo.gamma=0.7",
+            "kto.desirable_weight=2",
+            "ppo.kl_coef=0.2",
+            "ppo.target_kl=6",
+        ],
+    )
     assert (cfg.options("dpo").beta, cfg.options("dpo").loss) == (0.3, "ipo")
     assert cfg.options("simpo").gamma == 0.7 and cfg.options("kto").desirable_weight == 2
     assert (cfg.options("ppo").kl_coef, cfg.options("ppo").target_kl) == (0.2, 6)
@@ -88,8 +104,10 @@ def test_options_reach_their_sections():
         (dict(stage="kto", batch_size=1), "batch_size=1 is too small; set batch_size to 2 or more"),
         (dict(stage="ppo"), "stage ppo needs exactly one reward source"),
         (dict(stage="ppo", ppo={"reward_function": REWARD_FUNCTION, "reward_model": "x"}), "exactly one reward source"),
-        (dict(stage="ppo", ppo={"reward_function": REWARD_FUNCTION}, gradient_accumulation_steps=2),
-         "gradient_accumulation_steps=2 does not apply"),
+        (
+            dict(stage="ppo", ppo={"reward_function": REWARD_FUNCTION}, gradient_accumulation_steps=2),
+            "gradient_accumulation_steps=2 does not apply",
+        ),
         (dict(stage="ppo", ppo={"reward_function": "no_such_module:f"}), "is not an importable callable"),
     ],
 )
@@ -157,8 +175,17 @@ def test_prompts_are_what_precedes_the_final_answer_left_padded():
 )
 def test_dpo_starts_from_a_reference_equal_to_the_policy(tiny_causal_lm, tmp_path, method, loss, expected):
     extra = {"freeze": {"layers": 1}} if method == "freeze" else {}
-    metrics = run(tiny_causal_lm, "dpo", tmp_path / "out", method=method, max_steps=3, max_samples=10, val_size=2,
-                  dpo={"loss": loss, "beta": 0.2}, **extra)
+    metrics = run(
+        tiny_causal_lm,
+        "dpo",
+        tmp_path / "out",
+        method=method,
+        max_steps=3,
+        max_samples=10,
+        val_size=2,
+        dpo={"loss": loss, "beta": 0.2},
+        **extra,
+    )
     assert logged(metrics, "loss")[0] == pytest.approx(expected, rel=1e-5)
     assert logged(metrics, "rewards/margins")[0] == 0.0
     margins = logged(metrics, "rewards/margins")
@@ -222,8 +249,9 @@ def test_dpo_reference_is_the_base_computed_once(tiny_causal_lm, tmp_path):
         built.append(builders.build_dpo(setup))
         return built[-1]
 
-    cfg = factory.load_config(stage_args(tiny_causal_lm, "dpo", tmp_path / "out", max_samples=7, max_steps=1,
-                                         overwrite_output_dir=True))
+    cfg = factory.load_config(
+        stage_args(tiny_causal_lm, "dpo", tmp_path / "out", max_samples=7, max_steps=1, overwrite_output_dir=True)
+    )
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(builders.reference, "compute", counting)
         run_training(cfg, cfg.manager(), "pairwise", build_trainer=capture)
@@ -271,10 +299,20 @@ def test_sequence_logps_of_packed_pairs_equal_padded_rows(tiny_causal_lm, packed
 
     model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32)
     rows = [
-        {"prompt_input_ids": [5, 6, 7], "chosen_input_ids": [8, 9, 10], "chosen_labels": [8, 9, 10],
-         "rejected_input_ids": [11, 12], "rejected_labels": [11, -100]},
-        {"prompt_input_ids": [13, 14], "chosen_input_ids": [15], "chosen_labels": [15],
-         "rejected_input_ids": [16, 17, 18, 19], "rejected_labels": [16, 17, 18, 19]},
+        {
+            "prompt_input_ids": [5, 6, 7],
+            "chosen_input_ids": [8, 9, 10],
+            "chosen_labels": [8, 9, 10],
+            "rejected_input_ids": [11, 12],
+            "rejected_labels": [11, -100],
+        },
+        {
+            "prompt_input_ids": [13, 14],
+            "chosen_input_ids": [15],
+            "chosen_labels": [15],
+            "rejected_input_ids": [16, 17, 18, 19],
+            "rejected_labels": [16, 17, 18, 19],
+        },
     ]
     with torch.no_grad():
         got = sequence_logps(model, PairCollator(0, packed=packed)(rows))
@@ -290,8 +328,9 @@ def test_sequence_logps_of_packed_pairs_equal_padded_rows(tiny_causal_lm, packed
             counts.append(len(picked))
     torch.testing.assert_close(got.sums, torch.tensor(expected), rtol=1e-5, atol=1e-5)
     assert got.tokens.tolist() == counts
-    torch.testing.assert_close(got.means, torch.tensor(expected) / torch.tensor(counts, dtype=torch.float32),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        got.means, torch.tensor(expected) / torch.tensor(counts, dtype=torch.float32), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("stage", ["simpo", "orpo"])
@@ -328,7 +367,9 @@ def test_rm_saves_the_adapter_and_the_head_and_reports_accuracy_before_and_after
     assert logged(metrics, "accuracy") and logged(metrics, "margin")
 
 
-@pytest.mark.parametrize(("stage", "extra"), [("rm", {}), ("ppo", {"ppo": {"reward_function": REWARD_FUNCTION, "max_new_tokens": 4}})])
+@pytest.mark.parametrize(
+    ("stage", "extra"), [("rm", {}), ("ppo", {"ppo": {"reward_function": REWARD_FUNCTION, "max_new_tokens": 4}})]
+)
 def test_wrapper_models_checkpoint_and_resume(tiny_causal_lm, tmp_path, stage, extra):
     """rm's and ppo's models are wrappers, not PreTrainedModels: checkpoints hold their state dict, tied weights once."""
     from safetensors.torch import load_file
@@ -354,7 +395,9 @@ def test_saved_reward_model_scores_like_the_trainer(rm_run, tiny_causal_lm):
     cfg = factory.load_config(stage_args(tiny_causal_lm, "rm", out, max_samples=12, val_size=4))
     manager = cfg.manager()
     tokenizer = AutoTokenizer.from_pretrained(tiny_causal_lm)
-    _, eval_rows, collator, _ = build_datasets(cfg, manager, tokenizer, get_template(cfg.template, tokenizer, manager), "pairwise")
+    _, eval_rows, collator, _ = build_datasets(
+        cfg, manager, tokenizer, get_template(cfg.template, tokenizer, manager), "pairwise"
+    )
     scorer = load_reward_model(out, cfg, manager)
     batch = collator(list(eval_rows))  # pairs packed one per row, as the trainer saw them
     with torch.no_grad():
@@ -368,7 +411,9 @@ def test_saved_reward_model_scores_like_the_trainer(rm_run, tiny_causal_lm):
 
 def test_ppo_with_a_reward_function_on_a_shared_base(tiny_causal_lm, tmp_path):
     out = tmp_path / "out"
-    metrics = run(tiny_causal_lm, "ppo", out, max_steps=3, ppo={"reward_function": REWARD_FUNCTION, "max_new_tokens": 6})
+    metrics = run(
+        tiny_causal_lm, "ppo", out, max_steps=3, ppo={"reward_function": REWARD_FUNCTION, "max_new_tokens": 6}
+    )
     assert logged(metrics, "kl")[0] == 0.0  # the first answers come from the untrained policy
     assert all(0 < length <= 6 for length in logged(metrics, "response_length"))
     assert logged(metrics, "kl_coef") == [0.05] * 3  # fixed without target_kl
@@ -385,8 +430,14 @@ def test_ppo_with_a_reward_function_on_a_shared_base(tiny_causal_lm, tmp_path):
 
 def test_ppo_adaptive_kl_control_follows_its_rule(tiny_causal_lm, tmp_path):
     target, horizon, batch = 0.01, 20, 2
-    metrics = run(tiny_causal_lm, "ppo", tmp_path / "out", max_steps=4, batch_size=batch,
-                  ppo={"reward_function": REWARD_FUNCTION, "max_new_tokens": 6, "target_kl": target, "kl_horizon": horizon})
+    metrics = run(
+        tiny_causal_lm,
+        "ppo",
+        tmp_path / "out",
+        max_steps=4,
+        batch_size=batch,
+        ppo={"reward_function": REWARD_FUNCTION, "max_new_tokens": 6, "target_kl": target, "kl_horizon": horizon},
+    )
     kl, coef = logged(metrics, "kl"), logged(metrics, "kl_coef")
     for step in range(3):  # each step's coefficient comes from the previous one and its measured KL
         error = min(max(kl[step] / target - 1, -0.2), 0.2)
@@ -396,8 +447,13 @@ def test_ppo_adaptive_kl_control_follows_its_rule(tiny_causal_lm, tmp_path):
 @pytest.mark.parametrize("share_base", [True, False])
 def test_ppo_with_the_reward_model_of_an_rm_run(rm_run, tiny_causal_lm, tmp_path, share_base):
     out, _ = rm_run
-    metrics = run(tiny_causal_lm, "ppo", tmp_path / "out", max_steps=2,
-                  ppo={"reward_model": str(out), "share_base": share_base, "max_new_tokens": 6})
+    metrics = run(
+        tiny_causal_lm,
+        "ppo",
+        tmp_path / "out",
+        max_steps=2,
+        ppo={"reward_model": str(out), "share_base": share_base, "max_new_tokens": 6},
+    )
     assert logged(metrics, "kl")[0] == 0.0
     assert all(math.isfinite(r) for r in logged(metrics, "reward"))
 

@@ -82,7 +82,7 @@ class VLLMEngine(Engine):
             outputs = self._engine.generate({"prompt_token_ids": ids}, params, request_id, lora_request=self._lora)
             async for output in outputs:
                 completion = output.outputs[0]
-                stream.push(completion.text[len(sent):])
+                stream.push(completion.text[len(sent) :])
                 sent, tokens = completion.text, len(completion.token_ids)
                 if output.finished:
                     self._finish(stream, sent, "length" if completion.finish_reason == "length" else "stop", tokens)

@@ -50,11 +50,24 @@ def test_engine_args_map_the_config():
     cfg = config("model=/models/base")
     plan = ServePlan("/models/base", "/models/base")
     assert engine_args(cfg, cfg.options("vllm"), plan) == {
-        "model": "/models/base", "tokenizer": "/models/base", "dtype": "auto", "trust_remote_code": False,
-        "seed": 42, "gpu_memory_utilization": 0.9, "tensor_parallel_size": 1, "enforce_eager": False,
+        "model": "/models/base",
+        "tokenizer": "/models/base",
+        "dtype": "auto",
+        "trust_remote_code": False,
+        "seed": 42,
+        "gpu_memory_utilization": 0.9,
+        "tensor_parallel_size": 1,
+        "enforce_eager": False,
     }
-    cfg = config("precision=bf16", "seed=3", "max_batch_size=32", "trust_remote_code=true",
-                 "vllm.max_model_len=4096", "vllm.tensor_parallel_size=2", "vllm.max_lora_rank=16")
+    cfg = config(
+        "precision=bf16",
+        "seed=3",
+        "max_batch_size=32",
+        "trust_remote_code=true",
+        "vllm.max_model_len=4096",
+        "vllm.tensor_parallel_size=2",
+        "vllm.max_lora_rank=16",
+    )
     args = engine_args(cfg, cfg.options("vllm"), ServePlan("/m", "/m", lora="/a"))
     assert (args["dtype"], args["seed"], args["max_num_seqs"], args["trust_remote_code"]) == ("bfloat16", 3, 32, True)
     assert (args["max_model_len"], args["tensor_parallel_size"]) == (4096, 2)
@@ -62,10 +75,18 @@ def test_engine_args_map_the_config():
 
 
 def test_sampling_args_map_a_request():
-    greedy = GenerationRequest(messages=[{"role": "user", "content": "hi"}], max_new_tokens=50, top_p=0.5, stop=("END",))
+    greedy = GenerationRequest(
+        messages=[{"role": "user", "content": "hi"}], max_new_tokens=50, top_p=0.5, stop=("END",)
+    )
     assert sampling_args(greedy, [7], ("<|end|>",), 40) == {
-        "n": 1, "max_tokens": 40, "temperature": 0.0, "top_p": 1.0, "seed": None,
-        "stop": ["END", "<|end|>"], "stop_token_ids": [7], "skip_special_tokens": True,
+        "n": 1,
+        "max_tokens": 40,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "seed": None,
+        "stop": ["END", "<|end|>"],
+        "stop_token_ids": [7],
+        "skip_special_tokens": True,
     }
     sampled = GenerationRequest(messages=[{"role": "user", "content": "hi"}], temperature=0.7, top_p=0.9, seed=5)
     args = sampling_args(sampled, [], (), 256)
@@ -124,8 +145,9 @@ class FakeAsyncEngine:
             done = count == len(words) or count == limit
             reason = ("stop" if count == len(words) else "length") if done else None
             text = " ".join(words[:count]) + ("" if done else " ")
-            yield SimpleNamespace(finished=done, outputs=[SimpleNamespace(text=text, token_ids=list(range(count)),
-                                                                          finish_reason=reason)])
+            yield SimpleNamespace(
+                finished=done, outputs=[SimpleNamespace(text=text, token_ids=list(range(count)), finish_reason=reason)]
+            )
 
     async def abort(self, request_id):
         self.aborted.append(request_id)
@@ -143,7 +165,11 @@ def fake_vllm(monkeypatch):
     vllm.AsyncLLMEngine = SimpleNamespace(from_engine_args=FakeAsyncEngine)
     request_module = ModuleType("vllm.lora.request")
     request_module.LoRARequest = lambda name, number, path: (name, number, path)
-    for name, module in {"vllm": vllm, "vllm.lora": ModuleType("vllm.lora"), "vllm.lora.request": request_module}.items():
+    for name, module in {
+        "vllm": vllm,
+        "vllm.lora": ModuleType("vllm.lora"),
+        "vllm.lora.request": request_module,
+    }.items():
         monkeypatch.setitem(sys.modules, name, module)
 
 

@@ -5,4 +5,8 @@ from factory.plugin_api import hookimpl
 
 @hookimpl
 def register_commands(register):
-    register("webui", "factory_plugin_webui.command:WEBUI", description="fine-tune, chat, evaluate and export from a web page")
+    register(
+        "webui",
+        "factory_plugin_webui.command:WEBUI",
+        description="fine-tune, chat, evaluate and export from a web page",
+    )

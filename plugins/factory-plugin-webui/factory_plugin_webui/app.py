@@ -34,10 +34,33 @@ span.prompt { color: #6b7280; }
 # Field kinds whose value is typed in, so can be wrong: each gets an error line beneath it.
 TYPED = ("text", "number", "yaml")
 CHAT_KEYS = ("model", "adapter", "template", "system", "max_new_tokens", "temperature", "top_p")
-EVAL_KEYS = ("model", "adapter", "template", "task", "task_dir", "subjects", "eval_split", "n_shot", "eval_prompt",
-             "dataset", "dataset_dir", "max_samples", "max_new_tokens")
-EXPORT_KEYS = ("model", "adapter", "template", "precision", "overwrite_output_dir", "export_dir", "export_max_shard_size",
-               "export_ollama", "export_hub_repo", "export_hub_private")
+EVAL_KEYS = (
+    "model",
+    "adapter",
+    "template",
+    "task",
+    "task_dir",
+    "subjects",
+    "eval_split",
+    "n_shot",
+    "eval_prompt",
+    "dataset",
+    "dataset_dir",
+    "max_samples",
+    "max_new_tokens",
+)
+EXPORT_KEYS = (
+    "model",
+    "adapter",
+    "template",
+    "precision",
+    "overwrite_output_dir",
+    "export_dir",
+    "export_max_shard_size",
+    "export_ollama",
+    "export_hub_repo",
+    "export_hub_private",
+)
 
 
 def elem(key: str) -> str:
@@ -57,7 +80,7 @@ class Form:
     def render(self, specs: list[FieldSpec], values: dict[str, Any], columns: int = 3) -> None:
         for start in range(0, len(specs), columns):
             with gr.Row():
-                for spec in specs[start:start + columns]:
+                for spec in specs[start : start + columns]:
                     with gr.Column(min_width=220):
                         self._field(spec, values)
 
@@ -71,8 +94,13 @@ class Form:
             choices = list(spec.choices)
             if spec.kind == "choice" and value not in [v for _, v in choices]:
                 choices.append((str(value), value))
-            box = gr.Dropdown(choices=choices, value=value, multiselect=spec.kind == "multi",
-                              allow_custom_value=spec.key in ("model", "dataset"), **common)
+            box = gr.Dropdown(
+                choices=choices,
+                value=value,
+                multiselect=spec.kind == "multi",
+                allow_custom_value=spec.key in ("model", "dataset"),
+                **common,
+            )
         else:
             box = gr.Textbox(value=value, max_lines=1, **common)
         self.inputs.append(box)
@@ -80,8 +108,11 @@ class Form:
             self.page.labelled.append((box, "field", spec.key))
         if spec.kind in TYPED:  # a value typed in can be wrong; a choice from a list cannot
             self.checked.append(spec)
-            self.errors.append(gr.Markdown("", visible=False, elem_id=f"{self.name}-error-{elem(spec.key)}",
-                                           elem_classes=["field-error"]))
+            self.errors.append(
+                gr.Markdown(
+                    "", visible=False, elem_id=f"{self.name}-error-{elem(spec.key)}", elem_classes=["field-error"]
+                )
+            )
 
     def input(self, key: str) -> Any:
         return self.inputs[[s.key for s in self.specs].index(key)]
@@ -134,8 +165,12 @@ class Page:
             with gr.Row():
                 self._t(gr.Markdown(f"## {labels.text('title', 'en')}"), "title")
                 # labelled in both languages, and never an output of its own change (that would fire it again)
-                lang = gr.Radio(choices=[(v, k) for k, v in labels.LANGUAGES.items()], value="en",
-                                label="Language / 语言", elem_id="language")
+                lang = gr.Radio(
+                    choices=[(v, k) for k, v in labels.LANGUAGES.items()],
+                    value="en",
+                    label="Language / 语言",
+                    elem_id="language",
+                )
             with gr.Tabs():
                 with self._t(gr.Tab("Train", id="train", elem_id="tab-train"), "tab.train"):
                     self._train(demo)
@@ -190,20 +225,30 @@ class Page:
         status = gr.Markdown("", elem_id="train-status")
         preview = gr.HTML("", elem_id="train-preview-rows")
         with gr.Row():
-            settings_path = self._t(gr.Textbox(str(Path.cwd() / "webui-settings.yaml"), label="Settings file (YAML)",
-                                               elem_id="settings-path", max_lines=1), "settings_file")
+            settings_path = self._t(
+                gr.Textbox(
+                    str(Path.cwd() / "webui-settings.yaml"),
+                    label="Settings file (YAML)",
+                    elem_id="settings-path",
+                    max_lines=1,
+                ),
+                "settings_file",
+            )
             save_btn = self._t(gr.Button("Save settings", elem_id="settings-save"), "save")
             load_btn = self._t(gr.Button("Load settings", elem_id="settings-load"), "load")
-        settings_file = gr.File(label="settings", interactive=True, file_types=[".yaml", ".yml"], elem_id="settings-file")
+        settings_file = gr.File(
+            label="settings", interactive=True, file_types=[".yaml", ".yml"], elem_id="settings-file"
+        )
         with gr.Row():
-            yaml_box = self._t(gr.Code("", language="yaml", label="YAML for factory finetune FILE",
-                                       elem_id="train-yaml"), "yaml")
+            yaml_box = self._t(
+                gr.Code("", language="yaml", label="YAML for factory finetune FILE", elem_id="train-yaml"), "yaml"
+            )
             command = self._t(gr.Textbox("", label="Command line", lines=3, elem_id="train-command-line"), "command")
         progress = self._t(gr.Markdown("", elem_id="train-progress"), "progress")
-        loss_plot = self._t(gr.LinePlot(x="step", y="loss", label="Loss curve", elem_id="train-loss",
-                                        height=260), "loss")
-        log = self._t(gr.Textbox("", label="Log", lines=10, max_lines=10, elem_id="train-log",
-                                 autoscroll=True), "log")
+        loss_plot = self._t(
+            gr.LinePlot(x="step", y="loss", label="Loss curve", elem_id="train-loss", height=260), "loss"
+        )
+        log = self._t(gr.Textbox("", label="Log", lines=10, max_lines=10, elem_id="train-log", autoscroll=True), "log")
 
         inputs = form.inputs
         errors = form.errors
@@ -260,8 +305,11 @@ class Page:
             target = Path(path).expanduser()
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(to_yaml(data), encoding="utf-8")
-            return [f"saved to {target}; run it with `{command_line(data, str(target))}`",
-                    *form.error_updates(None, None), gr.update(value=str(target))]
+            return [
+                f"saved to {target}; run it with `{command_line(data, str(target))}`",
+                *form.error_updates(None, None),
+                gr.update(value=str(target)),
+            ]
 
         def load(path: Any) -> list[Any]:
             source = getattr(path, "name", path)
@@ -284,8 +332,9 @@ class Page:
         for key in ("model", "template"):
             form.input(key).change(describe_model, inputs, model_info)
         dataset_dir = form.input("dataset_dir")
-        dataset_dir.change(lambda folder: gr.update(choices=dataset_names(folder or None)), dataset_dir,
-                           form.input("dataset"))
+        dataset_dir.change(
+            lambda folder: gr.update(choices=dataset_names(folder or None)), dataset_dir, form.input("dataset")
+        )
         timer.tick(refresh, shown, watched, show_progress="hidden")
         demo.load(refresh, None, watched)
 
@@ -295,14 +344,14 @@ class Page:
         specs = self._specs(groups=("model", "data", "serve"), keys=CHAT_KEYS, plugin_sections=False)
         form = Form(self, "chat")
         form.render(specs, self.values, columns=4)
-        tools = self._t(gr.Textbox("", label="Tools (JSON list of function specs)", lines=2, elem_id="chat-tools"),
-                        "chat.tools")
+        tools = self._t(
+            gr.Textbox("", label="Tools (JSON list of function specs)", lines=2, elem_id="chat-tools"), "chat.tools"
+        )
         with gr.Row():
             load_btn = self._t(gr.Button("Load model", elem_id="chat-load"), "chat.load")
             unload_btn = self._t(gr.Button("Unload", elem_id="chat-unload"), "chat.unload")
         status = gr.Markdown("", elem_id="chat-status")
-        chatbot = self._t(gr.Chatbot(label="Conversation", elem_id="chat-history", height=320),
-                          "chat.history")
+        chatbot = self._t(gr.Chatbot(label="Conversation", elem_id="chat-history", height=320), "chat.history")
         with gr.Row():
             message = self._t(gr.Textbox("", label="Message", elem_id="chat-message", scale=4), "chat.message")
             send_btn = self._t(gr.Button("Send", variant="primary", elem_id="chat-send", scale=1), "chat.send")
@@ -348,20 +397,27 @@ class Page:
         start_btn = self._t(gr.Button("Start evaluation", variant="primary", elem_id="eval-start"), "eval.start")
         status = gr.Markdown("", elem_id="eval-status")
         progress = self._t(gr.Markdown("", elem_id="eval-progress"), "progress")
-        table = self._t(gr.Dataframe(label="Results history", elem_id="eval-history", interactive=False),
-                        "eval.history")
+        table = self._t(
+            gr.Dataframe(label="Results history", elem_id="eval-history", interactive=False), "eval.history"
+        )
         with gr.Row():
             first = self._t(gr.Dropdown([], label="First run", elem_id="eval-first"), "eval.first")
             second = self._t(gr.Dropdown([], label="Second run", elem_id="eval-second"), "eval.second")
-        chart = self._t(gr.BarPlot(x="subject", y="score", color="run", label="Compare two runs",
-                                   elem_id="eval-compare", height=280), "eval.compare")
+        chart = self._t(
+            gr.BarPlot(
+                x="subject", y="score", color="run", label="Compare two runs", elem_id="eval-compare", height=280
+            ),
+            "eval.compare",
+        )
 
         def start(*values: Any) -> list[Any]:
             data = form.config(values)
             result = check(data)
             if result.error:
-                return [gr.update(value="" if form.placed(result.key) else f"⚠ {result.error}"),
-                        *form.error_updates(result.error, result.key)]
+                return [
+                    gr.update(value="" if form.placed(result.key) else f"⚠ {result.error}"),
+                    *form.error_updates(result.error, result.key),
+                ]
             try:
                 job = self.desk.submit(data, finetune=False)
             except FactoryError as exc:
@@ -378,11 +434,27 @@ class Page:
             ticking = gr.Timer(active=_watching(job))
             if now == seen:
                 return [gr.skip()] * 4 + [seen, ticking]
-            rows = [{"run": r["run"], "task": r["task"], "model": r["model"], "adapter": r.get("adapter") or "",
-                     "metric": r["metric"], "score": round(r["score"], 4), "n": r["n"]} for r in runs]
+            rows = [
+                {
+                    "run": r["run"],
+                    "task": r["task"],
+                    "model": r["model"],
+                    "adapter": r.get("adapter") or "",
+                    "metric": r["metric"],
+                    "score": round(r["score"], 4),
+                    "n": r["n"],
+                }
+                for r in runs
+            ]
             a, b = _pair(names, a, b)
-            return [text, _frame(rows, ("run", "task", "model", "adapter", "metric", "score", "n")),
-                    gr.update(choices=names, value=a), gr.update(choices=names, value=b), now, ticking]
+            return [
+                text,
+                _frame(rows, ("run", "task", "model", "adapter", "metric", "score", "n")),
+                gr.update(choices=names, value=a),
+                gr.update(choices=names, value=b),
+                now,
+                ticking,
+            ]
 
         def compare(a: str | None, b: str | None) -> Any:
             rows = []
@@ -440,13 +512,25 @@ class Page:
 
         def refresh(a: str | None = None, b: str | None = None) -> list[Any]:
             runs = self.desk.runs("train")
-            rows = [{"run": r["run"], "status": r["status"], "stage": r["stage"], "method": r["method"],
-                     "model": r["model"], "final loss": r.get("metrics", {}).get("last_loss"),
-                     "steps": (r.get("progress") or {}).get("step")} for r in runs]
+            rows = [
+                {
+                    "run": r["run"],
+                    "status": r["status"],
+                    "stage": r["stage"],
+                    "method": r["method"],
+                    "model": r["model"],
+                    "final loss": r.get("metrics", {}).get("last_loss"),
+                    "steps": (r.get("progress") or {}).get("step"),
+                }
+                for r in runs
+            ]
             names = [r["run"] for r in runs]
             a, b = _pair(names, a, b)  # the two newest, until the user picks others
-            return [_frame(rows, ("run", "status", "stage", "method", "model", "final loss", "steps")),
-                    gr.update(choices=names, value=a), gr.update(choices=names, value=b)]
+            return [
+                _frame(rows, ("run", "status", "stage", "method", "model", "final loss", "steps")),
+                gr.update(choices=names, value=a),
+                gr.update(choices=names, value=b),
+            ]
 
         def curve(ref: str | None) -> Any:
             points = [p for p in self.desk.run(ref).get("loss_curve") or [] if "loss" in p] if ref else []
@@ -485,6 +569,13 @@ def serve(base: Any, *, host: str, port: int, key: str | None) -> None:
     demo = build(base)
     auth = (lambda _user, password: password == key) if key else None
     demo.queue(default_concurrency_limit=4).launch(
-        server_name=host, server_port=port, auth=auth, share=False, footer_links=[], quiet=True, inbrowser=False,
-        css=CSS, ssr_mode=False,
+        server_name=host,
+        server_port=port,
+        auth=auth,
+        share=False,
+        footer_links=[],
+        quiet=True,
+        inbrowser=False,
+        css=CSS,
+        ssr_mode=False,
     )

@@ -41,8 +41,12 @@ def webui_server(args: list[str], *, env: dict[str, str] | None = None, log: Pat
     """``factory webui ARGS`` in a subprocess; yields its URL once the page answers, and stops it afterwards."""
     port = free_port()
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "factory.cli", "webui", f"port={port}", *args],
-                                stdout=out, stderr=out, env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "factory.cli", "webui", f"port={port}", *args],
+            stdout=out,
+            stderr=out,
+            env={**os.environ, **(env or {})},
+        )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + timeout
     try:
@@ -73,8 +77,14 @@ def chromium(width: int = 1400, height: int = 1000) -> Any:
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 f"--window-size={width},{height}", "--lang=en-US"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        f"--window-size={width},{height}",
+        "--lang=en-US",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
@@ -106,7 +116,9 @@ class Page:
         return self.driver.find_element("css selector", css)
 
     def tab(self, label: str) -> None:
-        buttons = [b for b in self.driver.find_elements("css selector", "button[role='tab']") if b.text.strip() == label]
+        buttons = [
+            b for b in self.driver.find_elements("css selector", "button[role='tab']") if b.text.strip() == label
+        ]
         assert buttons, f"no tab {label!r}"
         buttons[0].click()
         time.sleep(0.5)

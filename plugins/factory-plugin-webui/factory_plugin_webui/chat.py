@@ -23,9 +23,13 @@ def check_tools(text: str) -> str:
     try:
         tools = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"tools are not valid JSON ({exc.msg} at line {exc.lineno}); give a JSON list of function specs") from None
+        raise ConfigError(
+            f"tools are not valid JSON ({exc.msg} at line {exc.lineno}); give a JSON list of function specs"
+        ) from None
     if not isinstance(tools, list) or not all(isinstance(tool, dict) for tool in tools):
-        raise ConfigError("tools must be a JSON list of function specs, e.g. [{\"name\": \"get_weather\", \"parameters\": {}}]")
+        raise ConfigError(
+            'tools must be a JSON list of function specs, e.g. [{"name": "get_weather", "parameters": {}}]'
+        )
     return json.dumps(tools, ensure_ascii=False)
 
 
@@ -52,8 +56,9 @@ class ChatDesk:
     def answer(self, cfg: Any, messages: Sequence[dict[str, Any]], tools: str) -> Iterator[str]:
         """The answer so far, after each streamed piece."""
         engine = self._ensure(cfg)
-        request = GenerationRequest.from_config(cfg, [{"role": m["role"], "content": m["content"]} for m in messages],
-                                                tools=check_tools(tools))
+        request = GenerationRequest.from_config(
+            cfg, [{"role": m["role"], "content": m["content"]} for m in messages], tools=check_tools(tools)
+        )
         text = ""
         for delta in engine.stream(request):
             text += delta

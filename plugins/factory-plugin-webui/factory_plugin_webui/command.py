@@ -36,7 +36,9 @@ def parse_address(items: list[str]) -> tuple[str, int, list[str]]:
             host = value.strip()
         elif key == "port":
             if not value.strip().isdigit() or not 0 < int(value) < 65536:
-                raise ConfigError(f"webui port '{value}' is not a port number; give one between 1 and 65535, e.g. port=7860")
+                raise ConfigError(
+                    f"webui port '{value}' is not a port number; give one between 1 and 65535, e.g. port=7860"
+                )
             port = int(value)
         else:
             rest.append(item)
@@ -60,10 +62,15 @@ class WebUICommand:
     help = "fine-tune, chat, evaluate and export from a web page"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("args", nargs="*", metavar="[CONFIG] KEY=VALUE",
-                            help="host=127.0.0.1 port=7860, and any config key as the page's starting value")
-        parser.add_argument("--share-on-network", action="store_true",
-                            help=f"allow a non-loopback host (needs {KEY_ENV})")
+        parser.add_argument(
+            "args",
+            nargs="*",
+            metavar="[CONFIG] KEY=VALUE",
+            help="host=127.0.0.1 port=7860, and any config key as the page's starting value",
+        )
+        parser.add_argument(
+            "--share-on-network", action="store_true", help=f"allow a non-loopback host (needs {KEY_ENV})"
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         items = list(args.args)

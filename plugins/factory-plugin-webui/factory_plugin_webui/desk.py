@@ -88,15 +88,24 @@ class Desk:
         """Start a local worker for the queue unless the page's own one is still alive."""
         if self._worker is not None and self._worker.poll() is None:
             return
-        args = [sys.executable, "-m", "factory.cli", "worker", "kinds=finetune,eval,predict",
-                "--exit-idle", f"{WORKER_IDLE_SECONDS:g}", f"jobs.poll_seconds={min(self.base.jobs.poll_seconds, 1.0)}",
-                f"jobs.heartbeat_seconds={min(self.base.jobs.heartbeat_seconds, HEARTBEAT_SECONDS)}"]
+        args = [
+            sys.executable,
+            "-m",
+            "factory.cli",
+            "worker",
+            "kinds=finetune,eval,predict",
+            "--exit-idle",
+            f"{WORKER_IDLE_SECONDS:g}",
+            f"jobs.poll_seconds={min(self.base.jobs.poll_seconds, 1.0)}",
+            f"jobs.heartbeat_seconds={min(self.base.jobs.heartbeat_seconds, HEARTBEAT_SECONDS)}",
+        ]
         if self.base.results_db:
             args.append(f"results_db={self.base.results_db}")
         self.outputs.mkdir(parents=True, exist_ok=True)
         with open(self.outputs / "webui-worker.log", "ab") as log:
-            self._worker = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                            start_new_session=True)
+            self._worker = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            )
 
     def stop(self, kind: str) -> str:
         """Cancel the queued or running job of ``kind`` (a running one stops at its next step); what happened."""
@@ -124,8 +133,9 @@ class Desk:
 
     def log_text(self, job_id: int, limit: int = 200) -> str:
         lines = self.queue.logs(job_id)[-limit:]
-        return "\n".join(f"{time.strftime('%H:%M:%S', time.localtime(line.at))} {line.level:5} {line.message}"
-                         for line in lines)
+        return "\n".join(
+            f"{time.strftime('%H:%M:%S', time.localtime(line.at))} {line.level:5} {line.message}" for line in lines
+        )
 
     def run(self, ref: str) -> dict[str, Any]:
         return run_details(self.queue.db, ref)

@@ -125,8 +125,13 @@ def _registry_choices(manager: Any, kind: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def fields(manager: Any, *, groups: Iterable[str] = TRAIN_GROUPS, keys: Iterable[str] | None = None,
-           plugin_sections: bool = True) -> list[FieldSpec]:
+def fields(
+    manager: Any,
+    *,
+    groups: Iterable[str] = TRAIN_GROUPS,
+    keys: Iterable[str] | None = None,
+    plugin_sections: bool = True,
+) -> list[FieldSpec]:
     """The fields of the core keys in ``groups`` (in the config's order; only ``keys`` when given) and of every
     plugin section."""
     schema = config_schema(manager)
@@ -156,16 +161,36 @@ def fields(manager: Any, *, groups: Iterable[str] = TRAIN_GROUPS, keys: Iterable
             inner_defs = section.get("$defs", {})
             for option, prop in section.get("properties", {}).items():
                 kind, optional, enums = _kind(prop, inner_defs)
-                out.append(_spec(f"{name}.{option}", name, kind, prop, tuple((e, e) for e in enums), optional,
-                                 section["x-factory-plugin"], tuple(section.get("x-factory-used-by", ()))))
+                out.append(
+                    _spec(
+                        f"{name}.{option}",
+                        name,
+                        kind,
+                        prop,
+                        tuple((e, e) for e in enums),
+                        optional,
+                        section["x-factory-plugin"],
+                        tuple(section.get("x-factory-used-by", ())),
+                    )
+                )
     return out
 
 
-def _spec(key: str, group: str, kind: str, prop: Mapping[str, Any], choices: tuple[tuple[str, str], ...],
-          optional: bool, plugin: str | None = None, used_by: tuple[str, ...] = ()) -> FieldSpec:
+def _spec(
+    key: str,
+    group: str,
+    kind: str,
+    prop: Mapping[str, Any],
+    choices: tuple[tuple[str, str], ...],
+    optional: bool,
+    plugin: str | None = None,
+    used_by: tuple[str, ...] = (),
+) -> FieldSpec:
     if kind == "tristate":
         choices = (("default", ""), ("true", "true"), ("false", "false"))
-    return FieldSpec(key, group, kind, prop.get("default"), prop.get("description", ""), choices, optional, plugin, used_by)
+    return FieldSpec(
+        key, group, kind, prop.get("default"), prop.get("description", ""), choices, optional, plugin, used_by
+    )
 
 
 def to_config(specs: Iterable[FieldSpec], values: Iterable[Any]) -> dict[str, Any]:
@@ -218,9 +243,16 @@ def error_key(message: str) -> str | None:
     match = _KEY_IN_MESSAGE.search(message)
     if match:
         return match.group(1)
-    for label, key in (("method", "method"), ("stage", "stage"), ("optimizer", "optimizer"),
-                       ("quantization", "quantization"), ("patch", "patches"), ("lr_scheduler", "lr_scheduler"),
-                       ("template", "template"), ("callback", "callbacks")):
+    for label, key in (
+        ("method", "method"),
+        ("stage", "stage"),
+        ("optimizer", "optimizer"),
+        ("quantization", "quantization"),
+        ("patch", "patches"),
+        ("lr_scheduler", "lr_scheduler"),
+        ("template", "template"),
+        ("callback", "callbacks"),
+    ):
         if message.startswith(f"{label} '"):
             return key
     return None

@@ -68,7 +68,9 @@ def _spans(tokenizer: Any, ids: list[int], labels: list[int]) -> str:
     for end in range(1, len(ids) + 1):
         if end == len(ids) or trained[end] != trained[start]:
             text = html.escape(tokenizer.decode(ids[start:end], skip_special_tokens=False))
-            out.append(f'<mark class="trained">{text}</mark>' if trained[start] else f'<span class="prompt">{text}</span>')
+            out.append(
+                f'<mark class="trained">{text}</mark>' if trained[start] else f'<span class="prompt">{text}</span>'
+            )
             start = end
     return "".join(out)
 
@@ -85,11 +87,15 @@ def preview_html(cfg: Any, n: int = 3) -> str:
         data_kind = manager.load("data_kinds", kind)
     except FactoryError as exc:
         return f'<p class="error">{html.escape(str(exc))}</p>'
-    parts = [f"<p>{html.escape(cfg.datasets[0])} · {kind} data · {len(rows)} rows · "
-             '<mark class="trained">trained text</mark> is highlighted</p>']
+    parts = [
+        f"<p>{html.escape(cfg.datasets[0])} · {kind} data · {len(rows)} rows · "
+        '<mark class="trained">trained text</mark> is highlighted</p>'
+    ]
     for index in range(min(n, len(rows))):
         pieces = row_pieces(rows[index], data_kind)  # the data kind's own view of a row
         total = sum(len(ids) for _, ids, _ in pieces)
-        body = "".join((f"<b>{title}</b><br>" if title else "") + _spans(tokenizer, ids, labels) for title, ids, labels in pieces)
+        body = "".join(
+            (f"<b>{title}</b><br>" if title else "") + _spans(tokenizer, ids, labels) for title, ids, labels in pieces
+        )
         parts.append(f'<div class="row"><b>example {index + 1} · {total} tokens</b><pre>{body}</pre></div>')
     return "\n".join(parts)

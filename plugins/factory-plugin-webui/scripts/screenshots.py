@@ -19,7 +19,9 @@ def main() -> int:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "docs" / "images" / "webui").resolve()
     env = {**os.environ, "FACTORY_WEBUI_SCREENSHOTS": str(out)}
     tests = PLUGIN / "tests" / "test_webui_browser.py"
-    code = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)], env=env).returncode
+    code = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)], env=env
+    ).returncode
     for path in sorted(out.glob("*.png")):
         print(f"{path} ({path.stat().st_size // 1024} KiB)")
     return code

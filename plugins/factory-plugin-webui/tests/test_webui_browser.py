@@ -37,15 +37,44 @@ def workspace(tmp_path_factory) -> Path:
 def server(workspace):
     """The page's URL: SmolLM2, LoRA, 8 demo rows, a few steps; the probe callback on; its own database."""
     site = workspace / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(HERE / "fixtures" / "probe")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(HERE / "fixtures" / "probe"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     db = workspace / "results.db"
-    args = [f"model={resolve_alias('smollm2-135m-instruct')}", f"dataset_dir={DEMO}", "dataset=alpaca_en_demo",
-            "max_samples=8", "batch_size=2", "max_steps=4", "logging_steps=1", "cutoff_len=256", "sample_prompt=null",
-            "callbacks=[probe]", "max_new_tokens=24", f"task_dir={CMMLU}", f"results_db={db}",
-            f"jobs.output_dir={workspace / 'jobs'}"]
-    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), "FACTORY_RESULTS_DB": str(db),
-           "FACTORY_WEBUI_WORKER_IDLE": "30"}  # the detached worker does not outlive the tests by long
+    args = [
+        f"model={resolve_alias('smollm2-135m-instruct')}",
+        f"dataset_dir={DEMO}",
+        "dataset=alpaca_en_demo",
+        "max_samples=8",
+        "batch_size=2",
+        "max_steps=4",
+        "logging_steps=1",
+        "cutoff_len=256",
+        "sample_prompt=null",
+        "callbacks=[probe]",
+        "max_new_tokens=24",
+        f"task_dir={CMMLU}",
+        f"results_db={db}",
+        f"jobs.output_dir={workspace / 'jobs'}",
+    ]
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+        "FACTORY_RESULTS_DB": str(db),
+        "FACTORY_WEBUI_WORKER_IDLE": "30",
+    }  # the detached worker does not outlive the tests by long
     with webui_server(args, env=env, log=workspace / "webui.log") as url:
         yield url, JobQueue(str(db))
 
@@ -67,7 +96,10 @@ def test_bad_learning_rate_shows_the_cli_sentence_and_starts_nothing(page, serve
     page.type("train-learning-rate", "abc")
     page.click("train-start")
     error = page.wait(lambda: page.text("train-error-learning-rate"), 30, "the error under learning_rate")
-    assert error == "⚠ config key 'learning_rate': Input should be a valid number, unable to parse string as a number (got 'abc')"
+    assert (
+        error
+        == "⚠ config key 'learning_rate': Input should be a valid number, unable to parse string as a number (got 'abc')"
+    )
     time.sleep(1)
     assert len(queue.list(limit=None)) == before
     page.type("train-learning-rate", "0.0002")
@@ -80,8 +112,9 @@ def test_model_type_and_auto_template_are_shown(page):
 
 def test_preview_renders_rows_through_the_template_with_trained_spans(page):
     page.click("train-preview")
-    trained = page.wait(lambda: page.driver.find_elements("css selector", "#train-preview-rows mark.trained"), 120,
-                        "the preview rows")
+    trained = page.wait(
+        lambda: page.driver.find_elements("css selector", "#train-preview-rows mark.trained"), 120, "the preview rows"
+    )
     text = page.text("train-preview-rows")
     assert "alpaca_en_demo · supervised data · 8 rows" in text
     assert "<|im_start|>assistant" in text  # SmolLM2's own chat template renders the rows
@@ -127,7 +160,9 @@ def test_lora_finetune_from_the_train_tab(page, server, workspace):
     page.type("train-probe-greeting", "hello from the page")
     page.type("train-probe-repeats", "3")
     page.click("train-start")
-    status = page.wait(lambda: "queued finetune job" in page.text("train-status") and page.text("train-status"), 30, "the job")
+    status = page.wait(
+        lambda: "queued finetune job" in page.text("train-status") and page.text("train-status"), 30, "the job"
+    )
     job_id = int(status.split()[-1])
     # a second Start does not start a second run on this machine
     page.click("train-start")
@@ -140,12 +175,18 @@ def test_lora_finetune_from_the_train_tab(page, server, workspace):
     page.wait(lambda: "succeeded" in page.text("train-progress"), 600, "the run to finish", every=1.0)
     progress = page.text("train-progress")
     assert "4/4 steps" in progress and "tokens/s" in progress
-    page.wait(lambda: page.driver.find_elements("css selector", "#train-loss canvas, #train-loss svg"), 30, "the loss curve")
+    page.wait(
+        lambda: page.driver.find_elements("css selector", "#train-loss canvas, #train-loss svg"), 30, "the loss curve"
+    )
     assert "loss" in page.value("train-log")
     job = queue.get(job_id)
     assert job.status == "succeeded" and job.run
     out = Path(job.config["output_dir"])
-    assert json.loads((out / "probe.json").read_text()) == {"greeting": "hello from the page", "repeats": 3, "mode": "quiet"}
+    assert json.loads((out / "probe.json").read_text()) == {
+        "greeting": "hello from the page",
+        "repeats": 3,
+        "mode": "quiet",
+    }
     assert (out / "adapter_config.json").is_file()
 
 
@@ -181,17 +222,23 @@ def test_one_subject_cmmlu_job_from_the_evaluate_tab(page, server):
     page.type("eval-n-shot", "0")
     page.type("eval-max-samples", "12")
     page.click("eval-start")
-    status = page.wait(lambda: "queued eval job" in page.text("eval-status") and page.text("eval-status"), 30, "the job")
+    status = page.wait(
+        lambda: "queued eval job" in page.text("eval-status") and page.text("eval-status"), 30, "the job"
+    )
     job_id = int(status.split()[-1])
     page.wait(lambda: "succeeded" in page.text("eval-progress"), 600, "the evaluation", every=1.0)
     job = server[1].get(job_id)
     score = job.result["score"] if job.result and "score" in job.result else None
-    table = page.wait(lambda: "cmmlu" in page.text("eval-history") and page.text("eval-history"), 30, "the results table")
+    table = page.wait(
+        lambda: "cmmlu" in page.text("eval-history") and page.text("eval-history"), 30, "the results table"
+    )
     assert job.run in table
     if score is not None:
         assert f"{round(score, 4):g}"[:4] in table
     # the newest runs are compared per subject (here the one run, on its one subject)
-    page.wait(lambda: page.driver.find_elements("css selector", "#eval-compare canvas, #eval-compare svg"), 30, "the chart")
+    page.wait(
+        lambda: page.driver.find_elements("css selector", "#eval-compare canvas, #eval-compare svg"), 30, "the chart"
+    )
 
 
 @pytest.mark.e2e
@@ -200,8 +247,11 @@ def test_runs_tab_shows_the_training_run_and_its_loss_curve(page, server):
     page.tab("Runs")
     page.click("runs-refresh")
     page.wait(lambda: server[1].get(job.id).run in page.text("runs-table"), 30, "the run in the table")
-    page.wait(lambda: page.driver.find_elements("css selector", "#runs-first-plot canvas, #runs-first-plot svg"), 30,
-              "the run's loss curve")
+    page.wait(
+        lambda: page.driver.find_elements("css selector", "#runs-first-plot canvas, #runs-first-plot svg"),
+        30,
+        "the run's loss curve",
+    )
 
 
 @pytest.mark.e2e

@@ -18,8 +18,10 @@ def test_a_second_training_run_is_refused_while_one_is_queued(base):
     first = queue.submit("finetune", {"model": "smollm2-135m-instruct", "max_steps": 1})
     with pytest.raises(AlreadyTraining) as caught:
         Desk(base).submit({"max_steps": 2}, finetune=True)
-    assert str(caught.value) == (f"finetune job {first.id} is already queued on this machine; stop it or wait for it "
-                                 "to finish before starting another")
+    assert str(caught.value) == (
+        f"finetune job {first.id} is already queued on this machine; stop it or wait for it "
+        "to finish before starting another"
+    )
     assert [job.id for job in queue.list(limit=None)] == [first.id]
 
 
@@ -36,13 +38,23 @@ def test_latest_prefers_the_running_job_and_the_page_reads_progress_from_the_dat
     old = queue.submit("finetune", {"max_steps": 1})
     claimed = queue.claim("w1", ["finetune"])
     assert claimed.id == old.id
-    queue.heartbeat(old.id, "w1", done=3, total=8, eta_s=12.4, progress={"unit": "steps", "tokens_per_s": 512.3, "loss": 2.5})
+    queue.heartbeat(
+        old.id, "w1", done=3, total=8, eta_s=12.4, progress={"unit": "steps", "tokens_per_s": 512.3, "loss": 2.5}
+    )
     desk = Desk(base)
     job = desk.latest(("finetune",))
     assert job.id == old.id
-    assert progress_text(job) == f"job {old.id} · finetune · running · 3/8 steps · ETA 12 s · 512 tokens/s · loss 2.5000"
-    run = {"progress": {"step": 4, "total": 8, "eta_s": 9.0, "tokens_per_s": 600.0}, "loss_curve": [{"step": 4, "loss": 2.25}]}
-    assert progress_text(job, run) == f"job {old.id} · finetune · running · 4/8 steps · ETA 9 s · 600 tokens/s · loss 2.2500"
+    assert (
+        progress_text(job) == f"job {old.id} · finetune · running · 3/8 steps · ETA 12 s · 512 tokens/s · loss 2.5000"
+    )
+    run = {
+        "progress": {"step": 4, "total": 8, "eta_s": 9.0, "tokens_per_s": 600.0},
+        "loss_curve": [{"step": 4, "loss": 2.25}],
+    }
+    assert (
+        progress_text(job, run)
+        == f"job {old.id} · finetune · running · 4/8 steps · ETA 9 s · 600 tokens/s · loss 2.2500"
+    )
     assert progress_text(None) == "no job yet"
 
 

@@ -20,16 +20,36 @@ FIXTURES = HERE / "fixtures"
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "factory.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "factory.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
 def probe_site(tmp_path_factory) -> Path:
     """The third-party probe plugin, pip-installed into a folder of its own (kept off the test environment)."""
     target = tmp_path_factory.mktemp("probe-site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(FIXTURES / "probe")], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(FIXTURES / "probe"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return target
 
 
@@ -49,7 +69,9 @@ def test_every_core_key_and_every_plugin_option_is_a_field():
     keys = {spec.key for spec in fields(manager)}
     # the oracle: the config model's own fields and each plugin section's options model
     core = {k for g in TRAIN_GROUPS for k in CONFIG_GROUPS[g]} - PAGE_KEYS
-    plugin = {f"{name}.{option}" for name, (options, _) in manager.sections().items() for option in options.model_fields}
+    plugin = {
+        f"{name}.{option}" for name, (options, _) in manager.sections().items() for option in options.model_fields
+    }
     assert keys == core | plugin
     assert "lora.rank" in keys  # the peft plugin's options, with no UI code in it
 
@@ -60,7 +82,12 @@ def test_field_kinds_come_from_the_schema():
     specs = {spec.key: spec for spec in fields(PluginManager())}
     assert specs["gradient_checkpointing"].kind == "bool"
     assert specs["packing"].kind == "tristate"  # bool | None: true, false, or the default
-    assert specs["precision"].kind == "choice" and [v for _, v in specs["precision"].choices] == ["auto", "bf16", "fp16", "fp32"]
+    assert specs["precision"].kind == "choice" and [v for _, v in specs["precision"].choices] == [
+        "auto",
+        "bf16",
+        "fp16",
+        "fp32",
+    ]
     assert specs["learning_rate"].kind == "number" and specs["learning_rate"].default == RunConfig().learning_rate
     assert specs["method"].kind == "choice" and "lora" in [v for _, v in specs["method"].choices]
     assert specs["patches"].kind == "multi"
@@ -97,8 +124,16 @@ def test_saved_settings_are_what_factory_finetune_reads(tmp_path):
     from factory.plugin_api import PluginManager
 
     specs = fields(PluginManager())
-    changed = {"learning_rate": "2e-4", "lora.rank": "4", "max_steps": "3", "dataset": "[identity, alpaca_en_demo]",
-               "sample_prompt": "", "gradient_checkpointing": True, "template": "chatml", "output_dir": str(tmp_path / "o")}
+    changed = {
+        "learning_rate": "2e-4",
+        "lora.rank": "4",
+        "max_steps": "3",
+        "dataset": "[identity, alpaca_en_demo]",
+        "sample_prompt": "",
+        "gradient_checkpointing": True,
+        "template": "chatml",
+        "output_dir": str(tmp_path / "o"),
+    }
     values = [changed.get(spec.key, spec.shown(spec.default)) for spec in specs]
     data = to_config(specs, values)
     assert data["lora"] == {"rank": 4} and data["learning_rate"] == 2e-4 and data["sample_prompt"] is None
@@ -150,10 +185,14 @@ def test_network_host_needs_the_flag_and_a_key():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: webui host '0.0.0.0' is reachable from the network; add --share-on-network and set FACTORY_WEBUI_KEY "
-        "to a secret key to allow it, or use host=127.0.0.1"]
+        "to a secret key to allow it, or use host=127.0.0.1"
+    ]
     proc = run_cli("webui", "host=0.0.0.0", "--share-on-network", env={"FACTORY_WEBUI_KEY": ""})
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: webui host '0.0.0.0' needs an auth key on the network; set FACTORY_WEBUI_KEY to a secret key"
+    assert (
+        proc.stderr.strip()
+        == "error: webui host '0.0.0.0' needs an auth key on the network; set FACTORY_WEBUI_KEY to a secret key"
+    )
 
 
 def test_address_parsing():
