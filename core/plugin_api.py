@@ -50,6 +50,7 @@ _LAZY: dict[str, str] = {
     "ModelFacts": "factory.model.facts",
     "LoadedModel": "factory.model.loader",
     "supports_packed_positions": "factory.model.loader",
+    "shares_prefixes": "factory.model.attention",
     # data
     "IGNORE_INDEX": "factory.data.tokenize",
     "pad": "factory.data.collator",

@@ -139,7 +139,31 @@ class FlatteningCollator:
         }
 
 
-Example = tuple[int, Sequence[int], Sequence[int]]  # (sequence id, input ids, labels)
+# (sequence id, input ids, labels[, shared]): ``shared`` > 0 makes the example continue the first ``shared``
+# tokens of its row's last example with shared == 0 (a pair's rejected answer after the prompt that the
+# chosen one already holds); its ids and labels are only what follows them.
+Example = tuple[int, Sequence[int], Sequence[int]] | tuple[int, Sequence[int], Sequence[int], int]
+
+
+def _shared(example: Example) -> int:
+    return example[3] if len(example) > 3 else 0
+
+
+def _materialized(row: Sequence[Example]) -> list[tuple[int, Sequence[int], Sequence[int]]]:
+    """``row`` with every shared prefix copied into its example: the layout of models that cannot share."""
+    out, owner = [], None
+    for example in row:
+        sid, ids, labels = example[:3]
+        shared = _shared(example)
+        if shared:
+            if owner is None:
+                raise ValueError("an example that shares a prefix must follow one that holds it")
+            ids = list(owner[1][:shared]) + list(ids)
+            labels = [IGNORE_INDEX] * shared + list(labels)
+        else:
+            owner = example
+        out.append((sid, ids, labels))
+    return out
 
 
 def sequence_batch(
@@ -149,6 +173,7 @@ def sequence_batch(
     packed: bool,
     flatten: bool = False,
     pad_to_multiple_of: int | None = None,
+    share_prefixes: bool = False,
 ) -> dict[str, Any]:
     """Examples grouped in rows -> one batch, plus ``sequence_ids`` (the example of each token, -1 for padding).
 
@@ -158,7 +183,14 @@ def sequence_batch(
     with FlashAttention's varlen arguments, and otherwise each example is its own padded row
     (for models that cannot take restarting positions). A label at an example's first token is
     dropped, so no example predicts across a seam.
+
+    Examples that share a prefix (see :data:`Example`) hold a copy of it, unless ``share_prefixes``
+    and ``flatten``: then the prefix is computed once (see :func:`_shared_prefix_batch`), for a model
+    whose attention honours ``hidden_key_bands`` (:func:`factory.model.attention.shares_prefixes`).
     """
+    if share_prefixes and flatten:
+        return _shared_prefix_batch(rows, pad_id, pad_to_multiple_of)
+    rows = [_materialized(row) for row in rows]
     examples = [example for row in rows for example in row]
     if not packed:
         batch = _padded_batch(
@@ -203,3 +235,69 @@ def pad_token_id(tokenizer: Any) -> int:
         f"tokenizer '{getattr(tokenizer, 'name_or_path', tokenizer)}' has neither a pad nor an eos token; "
         "set tokenizer.pad_token before training"
     )
+
+
+def _shared_prefix_batch(rows: Sequence[Sequence[Example]], pad_id: int, multiple: int | None) -> dict[str, Any]:
+    """The batch as one row in which an example continuing a shared prefix does not repeat it.
+
+    A group is an example and those that continue it: ``[prompt, chosen, rejected]`` for a pair,
+    the rejected answer's positions continuing from the prompt's end. ``cu_seq_lens_q/k`` bound the
+    groups; ``hidden_key_bands`` lists ``(query start, query end, key start, key end)``: queries of a
+    continuing example must not see the keys between the shared prefix and itself (the chosen
+    answer). Since the token before a continuing example is not its predecessor, the trained
+    targets are given explicitly: ``target_index`` (the position whose output predicts each target),
+    ``target_ids`` and ``target_sequence``; ``labels`` keeps the per-position form for the rest, with
+    every seam dropped.
+    """
+    ids, positions, labels, owners, predictors = [], [], [], [], []
+    edges, bands = [0], []
+    offset = group = 0
+    for row in rows:
+        if row and _shared(row[0]):
+            raise ValueError("an example that shares a prefix must follow one that holds it")
+        for example in row:
+            sid, tokens, marks = example[:3]
+            shared, length = _shared(example), len(tokens)
+            if not shared and offset:
+                edges.append(offset)
+            if not shared:
+                group = offset
+            predictor = offset - 1 + np.arange(length)
+            predictor[0] = group + shared - 1 if shared else -1
+            if shared:
+                bands.append((offset, offset + length, group + shared, offset))
+            ids.append(np.asarray(tokens, dtype=np.int64))
+            positions.append(np.arange(shared, shared + length))
+            labels.append(np.asarray(marks, dtype=np.int64))
+            owners.append(np.full(length, sid, dtype=np.int64))
+            predictors.append(predictor)
+            offset += length
+    flat_labels, flat_predictors, flat_owners = (np.concatenate(x) for x in (labels, predictors, owners))
+    trained = (flat_labels != IGNORE_INDEX) & (flat_predictors >= 0)
+    seams = np.cumsum([0] + [len(x) for x in ids[:-1]])
+    per_position = flat_labels.copy()
+    per_position[seams] = IGNORE_INDEX  # no shifted reading ever crosses into another example
+    extra = _target_length(offset, multiple) - offset
+    if extra:
+        edges.append(offset)
+        ids.append(np.full(extra, pad_id, dtype=np.int64))
+        positions.append(np.arange(extra))
+        per_position = np.concatenate((per_position, np.full(extra, IGNORE_INDEX)))
+        flat_owners = np.concatenate((flat_owners, np.full(extra, -1)))
+    edges.append(offset + extra)
+    cu_seq_lens = torch.tensor(edges, dtype=torch.int32)
+    max_length = int(np.diff(edges).max())
+    return {
+        "input_ids": torch.from_numpy(np.concatenate(ids))[None],
+        "labels": torch.from_numpy(per_position)[None],
+        "position_ids": torch.from_numpy(np.concatenate(positions))[None],
+        "sequence_ids": torch.from_numpy(flat_owners)[None],
+        "cu_seq_lens_q": cu_seq_lens,
+        "cu_seq_lens_k": cu_seq_lens,
+        "max_length_q": max_length,
+        "max_length_k": max_length,
+        "hidden_key_bands": tuple(bands),
+        "target_index": torch.from_numpy(flat_predictors[trained]),
+        "target_ids": torch.from_numpy(flat_labels[trained]),
+        "target_sequence": torch.from_numpy(flat_owners[: len(flat_predictors)][trained]),
+    }

@@ -51,17 +51,62 @@ def _causal_bias(length: int, heads: int, dtype: torch.dtype, device: torch.devi
     return bias[: length * heads, :length]
 
 
-def _blocks(edges: tuple[int, ...]) -> list[tuple[int, int, int]]:
+Bands = tuple[tuple[int, int, int, int], ...]
+"""``(query start, query end, key start, key end)``: queries in the first range do not see keys in the second."""
+
+
+def _blocks(edges: tuple[int, ...], bands: Bands = ()) -> list[tuple[int, int, int]]:
     """``(example start, block start, block end)`` for equal query blocks of about :data:`ATTENTION_BLOCK` positions.
 
-    ``edges`` are the example boundaries along the sequence (``(0, L)`` for one example).
+    ``edges`` are the example boundaries along the sequence (``(0, L)`` for one example). A band's
+    query range starts a block of its own, so each block is wholly inside a band or outside all.
     """
     blocks = []
+    starts = {band[0] for band in bands}
     for first, last in zip(edges, edges[1:]):
-        count = max(1, round((last - first) / ATTENTION_BLOCK))
-        cuts = [first + (last - first) * i // count for i in range(count + 1)]
-        blocks += [(first, start, end) for start, end in zip(cuts, cuts[1:])]
+        segments = [first, *sorted(cut for cut in starts if first < cut < last), last]
+        for low, high in zip(segments, segments[1:]):
+            count = max(1, round((high - low) / ATTENTION_BLOCK))
+            cuts = [low + (high - low) * i // count for i in range(count + 1)]
+            blocks += [(first, start, end) for start, end in zip(cuts, cuts[1:])]
     return blocks
+
+
+_BAND_MASKS: dict[tuple, list[torch.Tensor | None]] = {}
+
+
+def _block_masks(
+    edges: tuple[int, ...], bands: Bands, per_group: int, dtype: torch.dtype, device: torch.device
+) -> list[torch.Tensor]:
+    """Each block's additive mask (stacked rows, its keys): causal, and -inf over the keys a band hides.
+
+    Every layer of a forward pass reads the same masks; only the latest batch's are kept.
+    """
+    key = (edges, bands, per_group, dtype, device)
+    if key not in _BAND_MASKS:
+        _BAND_MASKS.clear()
+        longest = max(b - a for a, b in zip(edges, edges[1:]))
+        causal = _causal_bias(longest, per_group, dtype, device)
+        masks = []
+        for first, start, end in _blocks(edges, bands):
+            mask = causal[(start - first) * per_group : (end - first) * per_group, : end - first]
+            hidden = [band for band in bands if band[0] <= start and end <= band[1]]
+            if hidden:
+                mask = mask.clone()
+                for _, _, key_start, key_end in hidden:
+                    mask[:, key_start - first : key_end - first] = float("-inf")
+            masks.append(mask)
+        _BAND_MASKS[key] = masks
+    return _BAND_MASKS[key]
+
+
+def band_mask(length: int, first: int, bands: Bands, device: torch.device) -> torch.Tensor:
+    """The boolean ``length x length`` mask (True = attend) of one example starting at ``first``: causal minus its bands."""
+    allowed = torch.ones(length, length, dtype=torch.bool, device=device).tril_()
+    for query_start, query_end, key_start, key_end in bands:
+        if first <= query_start < first + length:
+            allowed[query_start - first : query_end - first, key_start - first : key_end - first] = False
+    return allowed
 
 
 class GroupedCausalAttention(torch.autograd.Function):
@@ -88,27 +133,30 @@ class GroupedCausalAttention(torch.autograd.Function):
         value: torch.Tensor,
         scale: float,
         edges: tuple[int, ...] | None = None,
+        bands: Bands = (),
     ) -> torch.Tensor:
-        """``(batch, heads, L, D)`` query, ``(batch, groups, L, D)`` key and value -> ``(batch, L, heads, D)``."""
+        """``(batch, heads, L, D)`` query, ``(batch, groups, L, D)`` key and value -> ``(batch, L, heads, D)``.
+
+        ``bands``: keys some queries do not see on top of causality (see :data:`Bands`).
+        """
         batch, heads, length, dim = query.shape
         groups = key.shape[1]
         per_group = heads // groups
         edges = edges or (0, length)
         with torch.autocast(query.device.type, enabled=False):
-            bias = _causal_bias(max(b - a for a, b in zip(edges, edges[1:])), per_group, query.dtype, query.device)
+            masks = _block_masks(edges, bands, per_group, query.dtype, query.device)
             out = query.new_empty(batch, length, heads, dim)
             saved = []
-            for first, start, end in _blocks(edges):
+            for (first, start, end), mask in zip(_blocks(edges, bands), masks):
                 rows = _stacked(query[:, :, start:end], groups)
                 keys, values = (
                     t[:, :, first:end].reshape(batch * groups, end - first, dim).contiguous() for t in (key, value)
                 )
-                mask = bias[(start - first) * per_group : (end - first) * per_group, : end - first]
                 # scale * q @ k.T + mask in one op, over the keys this block sees
                 probs = torch.softmax(torch.baddbmm(mask, rows, keys.transpose(1, 2), alpha=scale), -1)
                 _unstack(torch.bmm(probs, values), out[:, start:end], groups)
                 saved += [rows, keys, values, probs]
-        ctx.scale, ctx.edges, ctx.groups = scale, edges, groups
+        ctx.scale, ctx.edges, ctx.bands, ctx.groups = scale, edges, bands, groups
         ctx.save_for_backward(*saved)
         return out
 
@@ -123,7 +171,9 @@ class GroupedCausalAttention(torch.autograd.Function):
         sums: tuple[torch.Tensor, torch.Tensor] | None = None
         # Backwards through each example: its last block sees all its keys; earlier blocks add into a
         # prefix, summed in fp32 when the example has several.
-        blocks = list(zip(_blocks(ctx.edges), *[iter(saved)] * 4))  # the forward saved four tensors per block
+        blocks = list(
+            zip(_blocks(ctx.edges, ctx.bands), *[iter(saved)] * 4)
+        )  # the forward saved four tensors per block
         for (first, start, end), rows, keys, values, probs in reversed(blocks):
             grad = _stacked(grad_out[:, start:end].transpose(1, 2), groups)
             part_value = torch.bmm(probs.transpose(1, 2), grad)
@@ -143,7 +193,7 @@ class GroupedCausalAttention(torch.autograd.Function):
                 grad_key[:, first:example_end], grad_value[:, first:example_end] = sums
                 sums = None
         shape = (batch, groups, length, dim)
-        return grad_query.transpose(1, 2), grad_key.view(shape), grad_value.view(shape), None, None
+        return grad_query.transpose(1, 2), grad_key.view(shape), grad_value.view(shape), None, None, None
 
 
 def _stacked(heads_first: torch.Tensor, groups: int) -> torch.Tensor:
@@ -209,28 +259,49 @@ def varlen_sdpa_forward(
     """``sdpa_attention_forward``, causal within each example when the batch is a flattened row.
 
     A row whose examples all fit :class:`GroupedCausalAttention` takes one call of it; otherwise each
-    example takes its own call (grouped or SDPA's).
+    example takes its own call (grouped or SDPA's). ``hidden_key_bands`` (a shared-prefix batch, see
+    :func:`factory.data.collator.sequence_batch`) hide keys from some queries on top of causality.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    bands: Bands = kwargs.pop("hidden_key_bands", None) or ()
     edges = _split_bounds(query, key, kwargs) if getattr(module, "is_causal", True) else None
     if edges is None:
+        if bands:
+            raise ValueError("hidden_key_bands need a flattened batch (cu_seq_lens_q over one row)")
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     lengths = [b - a for a, b in zip(edges, edges[1:])]
-    if _grouped_fits(query, key, value, max(lengths), dropout, kwargs):
-        return GroupedCausalAttention.apply(query, key, value, scale, tuple(edges)), None
+    # Banded examples always take the grouped kernel when training on CPU: it masks per block, and
+    # their blocks skip the causal upper half as for any long example.
+    longest = max(lengths) if not bands else 0
+    if _grouped_fits(query, key, value, longest, dropout, kwargs):
+        return GroupedCausalAttention.apply(query, key, value, scale, tuple(edges), bands), None
     parts = []
-    for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2)):
-        if _grouped_fits(q, k, v, q.shape[2], dropout, kwargs):
+    splits = [t.split(lengths, 2) for t in (query, key, value)]
+    for first, q, k, v in zip(edges, *splits):
+        mine = tuple(band for band in bands if first <= band[0] < first + q.shape[2])
+        if not mine and _grouped_fits(q, k, v, q.shape[2], dropout, kwargs):
             parts.append(GroupedCausalAttention.apply(q, k, v, scale))
+        elif mine:
+            mask = band_mask(q.shape[2], first, mine, q.device)[None, None]
+            parts.append(sdpa_attention_forward(module, q, k, v, mask, dropout=dropout, scaling=scaling)[0])
         else:
             parts.append(
                 sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True)[0]
             )
     return torch.cat(parts, dim=1), None
+
+
+def shares_prefixes(model: Any) -> bool:
+    """Whether ``model``'s attention is this module's, which honours a shared-prefix batch's ``hidden_key_bands``.
+
+    Any other attention would ignore the bands and let a pair's rejected answer see its chosen one.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(getattr(base, "config", None), "_attn_implementation", None) == VARLEN_SDPA
 
 
 def register_varlen_sdpa() -> str:

@@ -42,23 +42,33 @@ class PairCollator:
     ``packed``: each pair is one row (prompt + chosen, then prompt + rejected, positions
     restarting), so no pair is padded to the longest answer in the batch; ``flatten`` makes the
     whole batch one row for varlen attention. Otherwise (models that cannot take restarting
-    positions) every answer is its own padded row.
+    positions) every answer is its own padded row. ``share_prompt`` (with ``flatten``, for a model
+    whose attention :func:`~factory.plugin_api.shares_prefixes`) computes each prompt once: the
+    rejected answer follows the chosen one and attends to the prompt but not to it.
     """
 
     pad_token_id: int
     packed: bool = True
     flatten: bool = False
     pad_to_multiple_of: int | None = None
+    share_prompt: bool = False
 
     def __call__(self, features: Features) -> dict[str, Any]:
         size = len(features)
-        rows = [[(i, *_answer(f, "chosen")), (size + i, *_answer(f, "rejected"))] for i, f in enumerate(features)]
+        rows = [
+            [
+                (i, *_answer(f, "chosen")),
+                (size + i, list(f["rejected_input_ids"]), list(f["rejected_labels"]), len(f["prompt_input_ids"])),
+            ]
+            for i, f in enumerate(features)
+        ]
         batch = sequence_batch(
             rows,
             self.pad_token_id,
             packed=self.packed,
             flatten=self.flatten,
             pad_to_multiple_of=self.pad_to_multiple_of,
+            share_prefixes=self.share_prompt,
         )
         return _references(features, batch)
 

@@ -26,6 +26,7 @@ MODEL_KEYS = (
     "cu_seq_lens_k",
     "max_length_q",
     "max_length_k",
+    "hidden_key_bands",
 )
 
 
@@ -61,24 +62,31 @@ def sequence_logps(
     autocast: Callable[[], AbstractContextManager] = nullcontext,
     prefix: str = "",
 ) -> SequenceLogps:
-    """The summed log-probabilities of every sequence in ``batch`` under ``model`` (gradients flow when enabled)."""
-    labels, sequence_ids = batch[prefix + "labels"], batch[prefix + "sequence_ids"]
+    """The summed log-probabilities of every sequence in ``batch`` under ``model`` (gradients flow when enabled).
+
+    The trained targets are the shifted labels, or given explicitly (``target_index``, ``target_ids``,
+    ``target_sequence``) by a shared-prefix batch, where a position can predict two targets.
+    """
     count = count_sequences(batch, prefix)
-    targets = labels[:, 1:]
-    keep = targets != IGNORE_INDEX
+    explicit = prefix + "target_index" in batch
+    if explicit:
+        index, targets, owners = (batch[prefix + key] for key in ("target_index", "target_ids", "target_sequence"))
+    else:
+        shifted = batch[prefix + "labels"][:, 1:]
+        keep = shifted != IGNORE_INDEX
+        targets, owners = shifted[keep], batch[prefix + "sequence_ids"][:, 1:][keep]
     parts = split_head(model)
     with autocast():
         if parts is not None:
             decoder, head = parts
-            hidden = decoder(**model_inputs(batch, prefix), use_cache=False).last_hidden_state
+            outputs = decoder(**model_inputs(batch, prefix), use_cache=False).last_hidden_state
         else:  # a model that transforms its logits (soft-capping, scaling): its own head, kept rows only
-            logits = model(**model_inputs(batch, prefix), use_cache=False).logits
+            outputs = model(**model_inputs(batch, prefix), use_cache=False).logits
+    rows = outputs.flatten(0, 1)[index] if explicit else outputs[:, :-1][keep]
     if parts is not None:
-        token_logps = chunked_token_logprobs(hidden[:, :-1][keep], head, targets[keep], workspace=workspace)
+        token_logps = chunked_token_logprobs(rows, head, targets, workspace=workspace)
     else:
-        picked = logits[:, :-1][keep].float()
-        token_logps = torch.log_softmax(picked, -1).gather(1, targets[keep][:, None])[:, 0]
-    owners = sequence_ids[:, 1:][keep]
+        token_logps = torch.log_softmax(rows.float(), -1).gather(1, targets[:, None])[:, 0]
     sums = torch.zeros(count, dtype=torch.float32, device=token_logps.device).index_add(0, owners, token_logps)
     tokens = torch.bincount(owners, minlength=count)
     return SequenceLogps(sums, tokens, token_logps, owners)
