@@ -154,7 +154,9 @@ def test_a_row_of_short_examples_takes_one_grouped_call_per_layer(tiny_causal_lm
     calls = []
     real_apply = attention.GroupedCausalAttention.apply
     monkeypatch.setattr(
-        attention.GroupedCausalAttention, "apply", lambda q, *a: calls.append(a[-1]) or real_apply(q, *a)
+        attention.GroupedCausalAttention,
+        "apply",
+        lambda q, k, v, scale, *rest: calls.append(rest[0]) or real_apply(q, k, v, scale, *rest),
     )
 
     batch = FlatteningCollator(pad_token_id=0)([{"input_ids": r, "labels": r} for r in rows])

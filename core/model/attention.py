@@ -82,7 +82,7 @@ def _block_masks(
 
     Every layer of a forward pass reads the same masks; only the latest batch's are kept.
     """
-    key = (edges, bands, per_group, dtype, device)
+    key = (edges, bands, per_group, dtype, device, ATTENTION_BLOCK)
     if key not in _BAND_MASKS:
         _BAND_MASKS.clear()
         longest = max(b - a for a, b in zip(edges, edges[1:]))

@@ -55,13 +55,7 @@ class PairCollator:
 
     def __call__(self, features: Features) -> dict[str, Any]:
         size = len(features)
-        rows = [
-            [
-                (i, *_answer(f, "chosen")),
-                (size + i, list(f["rejected_input_ids"]), list(f["rejected_labels"]), len(f["prompt_input_ids"])),
-            ]
-            for i, f in enumerate(features)
-        ]
+        rows = [[(i, *_answer(f, "chosen")), (size + i, *self._rejected(f))] for i, f in enumerate(features)]
         batch = sequence_batch(
             rows,
             self.pad_token_id,
@@ -71,6 +65,15 @@ class PairCollator:
             share_prefixes=self.share_prompt,
         )
         return _references(features, batch)
+
+    @staticmethod
+    def _rejected(f: dict[str, Any]) -> tuple[list[int], list[int], int]:
+        """The rejected answer continuing its prompt (shared with the chosen answer), or, empty, with the prompt copied."""
+        if not len(
+            f["rejected_input_ids"]
+        ):  # nothing of its own: its last token, which a reward reads, is the prompt's
+            return (*_answer(f, "rejected"), 0)
+        return list(f["rejected_input_ids"]), list(f["rejected_labels"]), len(f["prompt_input_ids"])
 
 
 @dataclass

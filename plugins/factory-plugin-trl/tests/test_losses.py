@@ -25,6 +25,7 @@ from factory_plugin_trl.sequences import sequence_logps
 from factory_plugin_trl.value_head import ValueHeadModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from factory.plugin_api import register_varlen_sdpa
 from factory.testing import build_tiny_causal_lm
 
 PAIRS = [  # token ids: prompt, chosen, rejected (different lengths, so padding and packing differ)
@@ -41,13 +42,37 @@ KTO_ROWS = [  # prompt, completion, desirable
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """A tiny policy and a different tiny reference (fp32), and the policy's tokenizer."""
-    policy_dir = build_tiny_causal_lm(tmp_path_factory.mktemp("policy"), seed=0)
-    ref_dir = build_tiny_causal_lm(tmp_path_factory.mktemp("reference"), seed=1)
-    policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
-    ref = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32).eval()
+def model_dirs(tmp_path_factory):
+    return (
+        build_tiny_causal_lm(tmp_path_factory.mktemp("policy"), seed=0),
+        build_tiny_causal_lm(tmp_path_factory.mktemp("reference"), seed=1),
+    )
+
+
+def _load(model_dirs, **kwargs):
+    policy_dir, ref_dir = model_dirs
+    policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32, **kwargs)
+    ref = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32, **kwargs).eval()
     return policy, ref, AutoTokenizer.from_pretrained(policy_dir)
+
+
+@pytest.fixture(scope="module")
+def models(model_dirs):
+    """A tiny policy and a different tiny reference (fp32), and the policy's tokenizer."""
+    return _load(model_dirs)
+
+
+@pytest.fixture(scope="module")
+def varlen_models(model_dirs):
+    """The same models with factory's padding-free attention, which can share a pair's prompt."""
+    return _load(model_dirs, attn_implementation=register_varlen_sdpa())
+
+
+LAYOUTS = {  # PairCollator fields: every answer its own padded row; a pair per row; the batch one row, prompts once
+    "padded": {"packed": False},
+    "packed": {"packed": True},
+    "shared": {"packed": True, "flatten": True, "share_prompt": True},
+}
 
 
 def factory_trainer() -> types.SimpleNamespace:
@@ -124,13 +149,14 @@ def trl_dpo_loss(policy, ref, tokenizer, tmp_path, pairs, **config):
 @pytest.mark.parametrize(
     ("loss", "beta", "ftx"), [("sigmoid", 0.1, 0.0), ("ipo", 0.5, 0.0), ("hinge", 0.3, 0.0), ("sigmoid", 0.2, 0.7)]
 )
-@pytest.mark.parametrize("packed", [True, False])
-def test_dpo_equals_trl(models, tmp_path, loss, beta, ftx, packed):
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_dpo_equals_trl(models, varlen_models, tmp_path, loss, beta, ftx, layout):
     policy, ref, tokenizer = models
-    collator = PairCollator(tokenizer.pad_token_id, packed=packed)
-    rows = with_reference(pair_rows(), ref, collator, reference.PAIR_COLUMNS)
+    ours_policy, ours_ref, _ = varlen_models if layout == "shared" else models
+    collator = PairCollator(tokenizer.pad_token_id, **LAYOUTS[layout])
+    rows = with_reference(pair_rows(), ours_ref, collator, reference.PAIR_COLUMNS)
     with torch.no_grad():
-        ours, metrics = DPO(beta=beta, loss=loss, ftx=ftx)(factory_trainer(), policy, collator(rows))
+        ours, metrics = DPO(beta=beta, loss=loss, ftx=ftx)(factory_trainer(), ours_policy, collator(rows))
     types_, weights = ([loss, "sft"], [1.0, ftx]) if ftx else ([loss], None)
     theirs, trl_metrics = trl_dpo_loss(
         policy, ref, tokenizer, tmp_path, PAIRS, beta=beta, loss_type=types_, loss_weights=weights
@@ -260,12 +286,15 @@ def test_simpo_equals_trl(models, beta, gamma, ftx):
     assert metrics["nll_loss"] == pytest.approx(nll.item(), rel=1e-5)
 
 
-def test_orpo_equals_trl(models):
+@pytest.mark.parametrize("layout", ["packed", "shared"])
+def test_orpo_equals_trl(models, varlen_models, layout):
     from trl.experimental.orpo import ORPOTrainer
 
     policy, _, tokenizer = models
+    ours_policy = (varlen_models if layout == "shared" else models)[0]
+    batch = PairCollator(tokenizer.pad_token_id, **LAYOUTS[layout])(pair_rows())
     with torch.no_grad():
-        ours, metrics = ORPO(beta=0.25)(factory_trainer(), policy, PairCollator(tokenizer.pad_token_id)(pair_rows()))
+        ours, metrics = ORPO(beta=0.25)(factory_trainer(), ours_policy, batch)
         chosen, rejected, nll = padded_average_logps(policy, tokenizer)
     trl_self = types.SimpleNamespace(beta=0.25, accelerator=types.SimpleNamespace(device=torch.device("cpu")))
     losses, _, _, ratio, log_odds = ORPOTrainer.odds_ratio_loss(trl_self, chosen, rejected)
@@ -277,17 +306,21 @@ def test_orpo_equals_trl(models):
 # -- reward model --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("center", [None, 0.05])
-def test_reward_loss_equals_trl(models, tmp_path, center):
+@pytest.mark.parametrize(("center", "layout"), [(None, "packed"), (0.05, "packed"), (0.05, "shared")])
+def test_reward_loss_equals_trl(models, varlen_models, tmp_path, center, layout):
     from trl import RewardConfig, RewardTrainer
 
     policy, _, tokenizer = models
     torch.manual_seed(0)
     model = ValueHeadModel(policy)
     torch.nn.init.normal_(model.v_head.weight, std=0.5)  # scores far from zero, so ranking and centring matter
+    ours_model = model
+    if layout == "shared":  # the same head over the varlen copy of the policy
+        ours_model = ValueHeadModel(varlen_models[0])
+        ours_model.v_head.load_state_dict(model.v_head.state_dict())
     with torch.no_grad():
         ours, metrics = Reward(center=center)(
-            factory_trainer(), model, PairCollator(tokenizer.pad_token_id)(pair_rows())
+            factory_trainer(), ours_model, PairCollator(tokenizer.pad_token_id, **LAYOUTS[layout])(pair_rows())
         )
 
     class Trainer(_Pretokenized, RewardTrainer):
@@ -307,3 +340,27 @@ def test_reward_loss_equals_trl(models, tmp_path, center):
     trl_metrics = {key: values[-1] for key, values in trainer._metrics["train"].items()}
     for key in ("accuracy", "margin", "min_reward", "max_reward", "mean_reward"):
         assert metrics[key] == pytest.approx(trl_metrics[key], rel=1e-5, abs=1e-6), key
+
+
+def test_the_policy_shares_prompts_only_where_its_attention_hides_the_chosen_answer(models, varlen_models):
+    from factory_plugin_trl.builders import policy_collator
+
+    plain, varlen = models[0], varlen_models[0]
+    flat = PairCollator(0, packed=True, flatten=True)
+    chosen = {
+        (name, flatten): policy_collator(types.SimpleNamespace(model=model, collator=collator)).share_prompt
+        for name, model in (("plain", plain), ("varlen", varlen))
+        for flatten, collator in ((True, flat), (False, PairCollator(0, packed=True)))
+    }
+    assert chosen == {("plain", True): False, ("plain", False): False, ("varlen", True): True, ("varlen", False): False}
+    kto = KTOCollator(0, packed=True, flatten=True)
+    assert policy_collator(types.SimpleNamespace(model=varlen, collator=kto)) is kto
+
+
+def test_an_empty_rejected_answer_keeps_its_prompt_in_every_layout():
+    row = {"prompt_input_ids": [5, 6], "chosen_input_ids": [7], "chosen_labels": [7]}
+    row |= {"rejected_input_ids": [], "rejected_labels": []}
+    for layout, fields in LAYOUTS.items():
+        batch = PairCollator(0, **fields)([row])
+        rejected = batch["input_ids"][batch["sequence_ids"] == 1].tolist()
+        assert rejected == [5, 6], layout  # a reward reads its last token: the prompt's, as in TRL
