@@ -1,12 +1,15 @@
 """NF4/FP4 weights of ``bnb.nn.Linear4bit`` dequantized in torch, bit for bit as bitsandbytes does.
 
-Why not ``bitsandbytes.functional.dequantize_4bit``: on CPU it runs in bitsandbytes' own C library,
-which is linked against the system's OpenMP runtime, while torch ships its own. In a training step
-the two thread pools take turns on the same cores, and torch's threads, still spinning after each
-matmul, starve bitsandbytes' ones: on the 2-vCPU machine one 1536 x 576 weight took 15-24 ms to
-dequantize between matmuls against ~0.25 ms single-threaded, so a SmolLM2 step spent seconds there.
-The same arithmetic as torch ops runs on torch's own pool (~0.6 ms for that weight), and the
-tests check it gives exactly bitsandbytes' bits (NF4 and FP4, with and without double quantization).
+Why not ``bitsandbytes.functional.dequantize_4bit``: on CPU it runs in bitsandbytes' C library, whose
+OpenMP runtime (the system's libgomp) is a second thread pool beside torch's own. On the shared 2-vCPU
+machine a parallel region waits whenever one of its threads is not scheduled, and the two pools
+take turns on the same cores: one 1536 x 576 NF4 weight took 14-16 ms (median) to dequantize with
+two threads, and 12-16 ms more when interleaved with a matmul, against 0.16 ms single-threaded. torch's
+own parallel ops stall the same way there (a 1M-element multiply: 8 ms on two threads, 0.1 ms on one),
+so this decoder works in chunks just under torch's grain size, where every op runs on the calling
+thread and opens no parallel region: 0.9-1.6 ms for that weight on the loaded machine, 0.9 ms on
+one thread (the price against bitsandbytes on a quiet machine). The tests check it gives exactly
+bitsandbytes' bits (NF4 and FP4, with and without double quantization).
 
 The arithmetic, as bitsandbytes defines it: each byte holds two 4-bit codes (high nibble first),
 each code indexes the 16-value table of its data type, and each block of ``blocksize`` values is
@@ -26,15 +29,25 @@ from bitsandbytes.nn.modules import fix_4bit_weight_quant_state_from_module
 
 from factory.plugin_api import PluginError, attach_dequantizer
 
+# torch runs an elementwise op on the calling thread below 32768 elements (``at::internal::GRAIN_SIZE``):
+# work is cut into chunks just under it (see the module's docstring for why).
+_SERIAL = 32767
+
 
 def _scale_blocks(values: torch.Tensor, absmax: torch.Tensor, blocksize: int, out: torch.Tensor) -> torch.Tensor:
-    """``values`` (flat fp32) times each block's absmax, computed in fp32 and written rounded into ``out``."""
-    count = values.numel()
-    full = count - count % blocksize
-    flat = out.view(-1)
-    torch.mul(values[:full].view(-1, blocksize), absmax[: full // blocksize, None], out=flat[:full].view(-1, blocksize))
-    if full < count:  # a last, shorter block
-        torch.mul(values[full:], absmax[full // blocksize], out=flat[full:])
+    """``values`` (flat fp32) times each block's absmax, in fp32, written rounded into ``out`` (flat)."""
+    step = _SERIAL // blocksize * blocksize
+    for start in range(0, values.numel(), step):
+        part = values[start : start + step]
+        full = part.numel() - part.numel() % blocksize
+        first = start // blocksize
+        torch.mul(
+            part[:full].view(-1, blocksize),
+            absmax[first : first + full // blocksize, None],
+            out=out[start : start + full].view(-1, blocksize),
+        )
+        if full < part.numel():  # a last, shorter block
+            torch.mul(part[full:], absmax[first + full // blocksize], out=out[start + full : start + part.numel()])
     return out
 
 
@@ -59,8 +72,9 @@ class FourBitWeight:
 
     def __init__(self, layer: Linear4bit) -> None:
         self.layer = layer
-        self.dtype: torch.dtype = layer.compute_dtype or self._state().dtype
-        code = self._state().code.float()
+        state = self._state()
+        self.dtype: torch.dtype = layer.compute_dtype or state.dtype
+        code = state.code.float()
         byte = torch.arange(256, device=code.device)
         # Both values of a byte as one 8-byte entry: a single gather per byte instead of two per value.
         self.pairs = torch.stack([code[byte >> 4], code[byte & 15]], dim=1).view(torch.int64).view(-1)
@@ -77,9 +91,18 @@ class FourBitWeight:
                 "factory cannot dequantize; load the model with quantization=bnb-4bit, which prevents the repacking"
             )
         packed = self.layer.weight.data.view(torch.uint8).view(-1)
-        values = self.pairs.index_select(0, packed.int()).view(torch.float32)[: math.prod(state.shape)]
-        dense = torch.empty(state.shape, dtype=state.dtype, device=packed.device)
-        return _scale_blocks(values, _absmax(state), state.blocksize, dense).to(self.dtype)
+        absmax, blocksize, count = _absmax(state), state.blocksize, math.prod(state.shape)
+        dense = torch.empty(count, dtype=state.dtype, device=packed.device)
+        step = _SERIAL // blocksize * blocksize  # values per chunk: whole blocks, an even number
+        index = torch.empty(step // 2, dtype=torch.int32, device=packed.device)
+        pairs = torch.empty(step // 2, dtype=torch.int64, device=packed.device)
+        for start in range(0, count, step):
+            end = min(start + step, count)
+            chunk = packed[start // 2 : (end + 1) // 2]
+            index_ = index[: chunk.numel()].copy_(chunk)
+            values = torch.index_select(self.pairs, 0, index_, out=pairs[: chunk.numel()]).view(torch.float32)
+            _scale_blocks(values[: end - start], absmax[start // blocksize :], blocksize, dense[start:end])
+        return dense.view(state.shape).to(self.dtype)
 
 
 def attach_dequantizers(model: Any) -> int:

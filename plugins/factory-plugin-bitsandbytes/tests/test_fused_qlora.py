@@ -43,7 +43,8 @@ def bnb_dense(layer: bnb.nn.Linear4bit) -> torch.Tensor:
     [
         ((1536, 576), torch.bfloat16),  # SmolLM2's MLP, quantized from bf16 as transformers loads it
         ((100, 200), torch.float32),  # neither the 64-value nor the 256-scale blocks divide it
-        ((7, 9), torch.bfloat16),  # an odd row: the last byte holds one value
+        ((7, 9), torch.bfloat16),  # an odd count: the last byte holds one value
+        ((333, 197), torch.bfloat16),  # several chunks, the last one ending in a shorter block and half a byte
     ],
 )
 def test_dequantizer_gives_bitsandbytes_bits(shape, dtype, quant_type, double_quant):
