@@ -10,8 +10,9 @@ Fixtures:
 
 And :func:`check_plugin_contract`, which every plugin's own tests call,
 :func:`write_quantized_checkpoint`, which turns the tiny model into a pre-quantized checkpoint for
-the quantization plugins' tests, and :func:`check_resume`, which checks that a run resumed from a
-checkpoint ends where the uninterrupted run does.
+the quantization plugins' tests, :func:`check_resume`, which checks that a run resumed from a
+checkpoint ends where the uninterrupted run does, and for optimizer plugins :func:`optimizer_step`,
+:func:`check_optimizer_reload`, :func:`check_layerwise_steps` and :func:`check_optimizer_resume`.
 
 This module is imported at pytest start-up, so it imports nothing heavy at module level.
 """
@@ -268,4 +269,127 @@ def check_resume(out: str | Path, overrides: list[str], *, steps: int = 4) -> di
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), f"{key} differs after resuming from checkpoint-{half}"
+    return metrics
+
+
+def optimizer_step(model: Any, optimizer: Any, batch: Any) -> float:
+    """One causal-LM training step on ``batch`` (its own labels): backward, step, zero the gradients; the loss."""
+    loss = model(batch, labels=batch).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss.item()
+
+
+def _decaying(optimizer: Any, factor: float = 0.1) -> Any:
+    """A learning rate that falls by ``factor`` of its start every step (0: constant), so a resumed or copied
+    schedule that is off by one step shows."""
+    import torch
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 - i * factor)
+
+
+def check_optimizer_reload(
+    model_path: str | Path,
+    create: Callable[[Any], Any],
+    batch: Any,
+    *,
+    before: int = 2,
+    after: int = 2,
+    schedule: bool = True,
+) -> None:
+    """Step a model ``before`` times, checkpoint weights, optimizer and learning-rate schedule in memory, reload
+    them as the Trainer does (weights first, ``torch.load(weights_only=True)``) into a fresh model and optimizer,
+    and step both ``after`` more times: the weights must be identical.
+
+    ``create(model)`` builds the optimizer under test. The reloaded side starts from another global seed, as a new
+    process would, so state the optimizer draws at random must come back from the checkpoint. With
+    ``schedule=False`` the learning rate stays constant (no scheduler is attached).
+    """
+    import io
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    straight = AutoModelForCausalLM.from_pretrained(model_path)
+    optimizer = create(straight)
+    decay = 0.1 if schedule else 0.0
+    lr_schedule = _decaying(optimizer, decay)
+
+    def advance(model: Any, optimizer: Any, lr_schedule: Any, steps: int) -> None:
+        for _ in range(steps):
+            optimizer_step(model, optimizer, batch)
+            lr_schedule.step()
+
+    advance(straight, optimizer, lr_schedule, before)
+    buffer = io.BytesIO()
+    torch.save(
+        {"model": straight.state_dict(), "optimizer": optimizer.state_dict(), "lr": lr_schedule.state_dict()}, buffer
+    )
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    advance(straight, optimizer, lr_schedule, after)  # the uninterrupted run goes on
+
+    torch.manual_seed(1)
+    resumed = AutoModelForCausalLM.from_pretrained(model_path)
+    resumed.load_state_dict(saved["model"])
+    resumed_optimizer = create(resumed)
+    resumed_schedule = _decaying(resumed_optimizer, decay)  # built before the states load, as the Trainer does
+    resumed_optimizer.load_state_dict(saved["optimizer"])
+    resumed_schedule.load_state_dict(saved["lr"])
+    advance(resumed, resumed_optimizer, resumed_schedule, after)
+    for (name, a), b in zip(straight.named_parameters(), resumed.parameters()):
+        assert torch.equal(a, b), f"{name} differs after reloading at step {before}"
+
+
+def check_layerwise_steps(
+    model_path: str | Path, layerwise: Callable[[Any], Any], reference: Callable[[Any], Any], batch: Any, steps: int
+) -> Any:
+    """A layer-wise optimizer (each weight stepped inside backward) against a ``reference`` optimizer stepping every
+    weight after backward, both on a decaying learning rate: no gradient may outlive backward, every weight must
+    train, and the weights must agree after ``steps`` steps. Returns the layer-wise optimizer.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ours_model, theirs_model = (AutoModelForCausalLM.from_pretrained(model_path) for _ in range(2))
+    ours, theirs = layerwise(ours_model), reference(theirs_model)
+    ours_lr, theirs_lr = _decaying(ours), _decaying(theirs)
+    start = {name: p.detach().clone() for name, p in ours_model.named_parameters()}
+    for _ in range(steps):
+        ours_model(batch, labels=batch).loss.backward()
+        assert all(p.grad is None for p in ours_model.parameters()), "a gradient outlived its weight's step"
+        ours.step()
+        ours.zero_grad()
+        ours_lr.step()
+        optimizer_step(theirs_model, theirs, batch)
+        theirs_lr.step()
+    for (name, a), b in zip(ours_model.named_parameters(), theirs_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7, msg=name)
+        assert not torch.equal(a, start[name]), f"{name} did not train"
+    return ours
+
+
+def check_optimizer_resume(out: str | Path, model: str | Path, data_dir: str | Path, *overrides: str) -> dict[str, Any]:
+    """:func:`check_resume` for a full fine-tune of ``model`` on the demo set in ``data_dir`` (16 rows, four steps
+    of four) with the optimizer ``overrides`` name; also asserts the loss falls. Returns the run's metrics."""
+    metrics = check_resume(
+        out,
+        [
+            f"model={model}",
+            "dataset=alpaca_en_demo",
+            f"dataset_dir={data_dir}",
+            "max_samples=16",
+            "cutoff_len=64",
+            "batch_size=4",
+            "learning_rate=1e-2",
+            "logging_steps=1",
+            "precision=fp32",
+            "method=full",
+            *overrides,
+        ],
+    )
+    losses = [entry["loss"] for entry in metrics["log_history"] if "loss" in entry]
+    assert len(losses) == 4 and losses[-1] < losses[0], losses
     return metrics
