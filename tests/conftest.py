@@ -21,6 +21,14 @@ def smollm2_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_greedy(smollm2_path: Path) -> Callable[[list[dict], int], str]:
+    """The inference tests' oracle, loaded once: SmolLM2's greedy answers straight from transformers."""
+    from infer_helpers import transformers_greedy
+
+    return transformers_greedy(smollm2_path)
+
+
+@pytest.fixture(scope="session")
 def demo_dir() -> Path:
     assert DEMO_DIR.is_dir(), f"shared demo data missing at {DEMO_DIR}"
     return DEMO_DIR
