@@ -19,6 +19,7 @@ This module is imported at pytest start-up, so it imports nothing heavy at modul
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -112,45 +113,60 @@ def tiny_causal_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm"))
 
 
+# One fresh interpreter reports on every distribution named in argv[1] ({distribution: backend modules}):
+# the plugin manager imports every plugin's entry points anyway, so "heavy" is measured as in a probe of one.
 _CONTRACT_PROBE = r"""
-import importlib.metadata, json, sys
-from factory.plugins import PluginManager, ENTRY_POINT_GROUP
-dist, backends = sys.argv[1], json.loads(sys.argv[2])
+import json, sys
+from factory.plugins import PluginManager
+backends = json.loads(sys.argv[1])
 before = set(sys.modules)
 manager = PluginManager()
-mine = [r for r in manager.records.values() if r.distribution == dist]
-heavy = sorted(m for m in set(sys.modules) - before
-               if m.split(".")[0] in set(backends) | {"torch"})
-options = {}
-for kind in manager._impls:
-    for name, impls in manager._impls[kind].items():
-        for impl in impls:
-            if impl.distribution == dist and impl.options is not None:
-                try:
-                    impl.options()
-                    options[f"{kind}.{name}"] = None
-                except Exception as exc:
-                    options[f"{kind}.{name}"] = f"{exc.__class__.__name__}: {exc}"
-conflicts = [f"{kind}.{name}: " + " vs ".join(i.distribution for i in impls)
-             for (kind, name), impls in manager.conflicts().items()
-             if any(i.distribution == dist for i in impls)]
-mine_sections = {impl.section for kind in manager._impls for impls in manager._impls[kind].values()
-                 for impl in impls if impl.distribution == dist and impl.section}
-sections_error = next((msg for name, msg in manager.section_conflicts().items() if name in mine_sections), None)
-rows = [row for row in manager.listing() if row["distribution"] == dist]
-contracts = {}
-for kind in manager._impls:
-    for name, impls in manager._impls[kind].items():
-        for impl in impls:
-            if impl.distribution == dist and impl.unavailable_reason() is None:
-                try:
-                    impl.load()
-                    contracts[f"{kind}.{name}"] = None
-                except Exception as exc:
-                    contracts[f"{kind}.{name}"] = str(exc)
-print(json.dumps({"records": [r.__dict__ for r in mine], "heavy": heavy, "options": options,
-                  "conflicts": conflicts, "sections_error": sections_error, "rows": rows, "contracts": contracts}))
+imported = set(sys.modules) - before
+impls = [(kind, name, impl) for kind in manager._impls for name, group in manager._impls[kind].items() for impl in group]
+
+
+def report(dist):
+    mine = [r for r in manager.records.values() if r.distribution == dist]
+    heavy = sorted(m for m in imported if m.split(".")[0] in set(backends[dist]) | {"torch"})
+    options = {}
+    for kind, name, impl in impls:
+        if impl.distribution == dist and impl.options is not None:
+            try:
+                impl.options()
+                options[f"{kind}.{name}"] = None
+            except Exception as exc:
+                options[f"{kind}.{name}"] = f"{exc.__class__.__name__}: {exc}"
+    conflicts = [f"{kind}.{name}: " + " vs ".join(i.distribution for i in group)
+                 for (kind, name), group in manager.conflicts().items()
+                 if any(i.distribution == dist for i in group)]
+    sections = {impl.section for _, _, impl in impls if impl.distribution == dist and impl.section}
+    sections_error = next((msg for name, msg in manager.section_conflicts().items() if name in sections), None)
+    rows = [row for row in manager.listing() if row["distribution"] == dist]
+    contracts = {}
+    for kind, name, impl in impls:
+        if impl.distribution == dist and impl.unavailable_reason() is None:
+            try:
+                impl.load()
+                contracts[f"{kind}.{name}"] = None
+            except Exception as exc:
+                contracts[f"{kind}.{name}"] = str(exc)
+    return {"records": [r.__dict__ for r in mine], "heavy": heavy, "options": options, "conflicts": conflicts,
+            "sections_error": sections_error, "rows": rows, "contracts": contracts}
+
+
+print(json.dumps({dist: report(dist) for dist in backends}))
 """
+
+# Probe reports by environment: the plugin tests of one session share a single probe of every installed plugin.
+_CONTRACT_REPORTS: dict[tuple[str, ...], dict[str, Any]] = {}
+
+
+@functools.cache
+def _packages_distributions() -> dict[str, list[str]]:
+    """Top-level module -> distributions, read once (it walks every installed distribution)."""
+    import importlib.metadata
+
+    return importlib.metadata.packages_distributions()
 
 
 def _backend_modules(distribution: str) -> list[str]:
@@ -163,16 +179,48 @@ def _backend_modules(distribution: str) -> list[str]:
     names = {Requirement(r).name.lower().replace("_", "-") for r in reqs if "extra ==" not in r}
     names.discard("factory-core")
     modules = []
-    for module, dists in importlib.metadata.packages_distributions().items():
+    for module, dists in _packages_distributions().items():
         if any(d.lower().replace("_", "-") in names for d in dists):
             modules.append(module)
     return sorted(set(modules))
 
 
+def _probe(distributions: list[str]) -> tuple[dict[str, Any] | None, str]:
+    """Run the contract probe over ``distributions`` in a fresh interpreter: its reports, or None and its stderr."""
+    backends = {dist: _backend_modules(dist) for dist in distributions}
+    proc = subprocess.run(
+        [sys.executable, "-c", _CONTRACT_PROBE, json.dumps(backends)], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        return None, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1]), ""
+
+
+def _contract_report(distribution: str) -> dict[str, Any]:
+    """The probe's report on ``distribution``, from one probe of every installed plugin per environment.
+
+    Should that shared probe crash (a plugin taking the interpreter down), the distribution gets a probe of its own.
+    """
+    import importlib.metadata
+    import os
+
+    environment = sorted(f"{k}={v}" for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST")
+    key = (sys.executable, *sys.path, *environment)
+    if key not in _CONTRACT_REPORTS:
+        installed = {ep.dist.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.dist}
+        _CONTRACT_REPORTS[key] = _probe(sorted(installed))[0] or {}
+    if distribution in _CONTRACT_REPORTS[key]:
+        return _CONTRACT_REPORTS[key][distribution]
+    own, stderr = _probe([distribution])
+    assert own is not None, f"contract probe crashed for {distribution}:\n{stderr}"
+    return own[distribution]
+
+
 def check_plugin_contract(distribution: str) -> list[dict[str, Any]]:
     """Check an installed plugin distribution against factory's plugin contract.
 
-    In a fresh interpreter: its entry points load, importing them imports neither torch nor the
+    In a fresh interpreter (one per environment checks every installed plugin, and later calls read its
+    report): its entry points load, importing them imports neither torch nor the
     distribution's own backends, no hook is misspelled, its names clash with no other installed
     plugin, every options model validates with its defaults, every implementation that can run
     here loads and fulfils its kind's contract (:mod:`factory.contracts`), and it is listed. Returns the
@@ -186,15 +234,7 @@ def check_plugin_contract(distribution: str) -> list[dict[str, Any]]:
         if ep.dist and ep.dist.name == distribution
     ]
     assert eps, f"{distribution} declares no entry point in group '{ENTRY_POINT_GROUP}' (or is not installed)"
-    backends = _backend_modules(distribution)
-    proc = subprocess.run(
-        [sys.executable, "-c", _CONTRACT_PROBE, distribution, json.dumps(backends)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, f"contract probe crashed for {distribution}:\n{proc.stderr}"
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = _contract_report(distribution)
     problems = []
     for record in report["records"]:
         if record["error"]:
