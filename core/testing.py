@@ -10,14 +10,16 @@ Fixtures:
 
 And :func:`check_plugin_contract`, which every plugin's own tests call,
 :func:`write_quantized_checkpoint`, which turns the tiny model into a pre-quantized checkpoint for
-the quantization plugins' tests, and :func:`check_resume`, which checks that a run resumed from a
-checkpoint ends where the uninterrupted run does.
+the quantization plugins' tests, :func:`check_resume`, which checks that a run resumed from a
+checkpoint ends where the uninterrupted run does, and for optimizer plugins :func:`optimizer_step`,
+:func:`check_optimizer_reload`, :func:`check_layerwise_steps` and :func:`check_optimizer_resume`.
 
 This module is imported at pytest start-up, so it imports nothing heavy at module level.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -111,45 +113,60 @@ def tiny_causal_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm"))
 
 
+# One fresh interpreter reports on every distribution named in argv[1] ({distribution: backend modules}):
+# the plugin manager imports every plugin's entry points anyway, so "heavy" is measured as in a probe of one.
 _CONTRACT_PROBE = r"""
-import importlib.metadata, json, sys
-from factory.plugins import PluginManager, ENTRY_POINT_GROUP
-dist, backends = sys.argv[1], json.loads(sys.argv[2])
+import json, sys
+from factory.plugins import PluginManager
+backends = json.loads(sys.argv[1])
 before = set(sys.modules)
 manager = PluginManager()
-mine = [r for r in manager.records.values() if r.distribution == dist]
-heavy = sorted(m for m in set(sys.modules) - before
-               if m.split(".")[0] in set(backends) | {"torch"})
-options = {}
-for kind in manager._impls:
-    for name, impls in manager._impls[kind].items():
-        for impl in impls:
-            if impl.distribution == dist and impl.options is not None:
-                try:
-                    impl.options()
-                    options[f"{kind}.{name}"] = None
-                except Exception as exc:
-                    options[f"{kind}.{name}"] = f"{exc.__class__.__name__}: {exc}"
-conflicts = [f"{kind}.{name}: " + " vs ".join(i.distribution for i in impls)
-             for (kind, name), impls in manager.conflicts().items()
-             if any(i.distribution == dist for i in impls)]
-mine_sections = {impl.section for kind in manager._impls for impls in manager._impls[kind].values()
-                 for impl in impls if impl.distribution == dist and impl.section}
-sections_error = next((msg for name, msg in manager.section_conflicts().items() if name in mine_sections), None)
-rows = [row for row in manager.listing() if row["distribution"] == dist]
-contracts = {}
-for kind in manager._impls:
-    for name, impls in manager._impls[kind].items():
-        for impl in impls:
-            if impl.distribution == dist and impl.unavailable_reason() is None:
-                try:
-                    impl.load()
-                    contracts[f"{kind}.{name}"] = None
-                except Exception as exc:
-                    contracts[f"{kind}.{name}"] = str(exc)
-print(json.dumps({"records": [r.__dict__ for r in mine], "heavy": heavy, "options": options,
-                  "conflicts": conflicts, "sections_error": sections_error, "rows": rows, "contracts": contracts}))
+imported = set(sys.modules) - before
+impls = [(kind, name, impl) for kind in manager._impls for name, group in manager._impls[kind].items() for impl in group]
+
+
+def report(dist):
+    mine = [r for r in manager.records.values() if r.distribution == dist]
+    heavy = sorted(m for m in imported if m.split(".")[0] in set(backends[dist]) | {"torch"})
+    options = {}
+    for kind, name, impl in impls:
+        if impl.distribution == dist and impl.options is not None:
+            try:
+                impl.options()
+                options[f"{kind}.{name}"] = None
+            except Exception as exc:
+                options[f"{kind}.{name}"] = f"{exc.__class__.__name__}: {exc}"
+    conflicts = [f"{kind}.{name}: " + " vs ".join(i.distribution for i in group)
+                 for (kind, name), group in manager.conflicts().items()
+                 if any(i.distribution == dist for i in group)]
+    sections = {impl.section for _, _, impl in impls if impl.distribution == dist and impl.section}
+    sections_error = next((msg for name, msg in manager.section_conflicts().items() if name in sections), None)
+    rows = [row for row in manager.listing() if row["distribution"] == dist]
+    contracts = {}
+    for kind, name, impl in impls:
+        if impl.distribution == dist and impl.unavailable_reason() is None:
+            try:
+                impl.load()
+                contracts[f"{kind}.{name}"] = None
+            except Exception as exc:
+                contracts[f"{kind}.{name}"] = str(exc)
+    return {"records": [r.__dict__ for r in mine], "heavy": heavy, "options": options, "conflicts": conflicts,
+            "sections_error": sections_error, "rows": rows, "contracts": contracts}
+
+
+print(json.dumps({dist: report(dist) for dist in backends}))
 """
+
+# Probe reports by environment: the plugin tests of one session share a single probe of every installed plugin.
+_CONTRACT_REPORTS: dict[tuple[str, ...], dict[str, Any]] = {}
+
+
+@functools.cache
+def _packages_distributions() -> dict[str, list[str]]:
+    """Top-level module -> distributions, read once (it walks every installed distribution)."""
+    import importlib.metadata
+
+    return importlib.metadata.packages_distributions()
 
 
 def _backend_modules(distribution: str) -> list[str]:
@@ -162,16 +179,48 @@ def _backend_modules(distribution: str) -> list[str]:
     names = {Requirement(r).name.lower().replace("_", "-") for r in reqs if "extra ==" not in r}
     names.discard("factory-core")
     modules = []
-    for module, dists in importlib.metadata.packages_distributions().items():
+    for module, dists in _packages_distributions().items():
         if any(d.lower().replace("_", "-") in names for d in dists):
             modules.append(module)
     return sorted(set(modules))
 
 
+def _probe(distributions: list[str]) -> tuple[dict[str, Any] | None, str]:
+    """Run the contract probe over ``distributions`` in a fresh interpreter: its reports, or None and its stderr."""
+    backends = {dist: _backend_modules(dist) for dist in distributions}
+    proc = subprocess.run(
+        [sys.executable, "-c", _CONTRACT_PROBE, json.dumps(backends)], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        return None, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1]), ""
+
+
+def _contract_report(distribution: str) -> dict[str, Any]:
+    """The probe's report on ``distribution``, from one probe of every installed plugin per environment.
+
+    Should that shared probe crash (a plugin taking the interpreter down), the distribution gets a probe of its own.
+    """
+    import importlib.metadata
+    import os
+
+    environment = sorted(f"{k}={v}" for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST")
+    key = (sys.executable, *sys.path, *environment)
+    if key not in _CONTRACT_REPORTS:
+        installed = {ep.dist.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.dist}
+        _CONTRACT_REPORTS[key] = _probe(sorted(installed))[0] or {}
+    if distribution in _CONTRACT_REPORTS[key]:
+        return _CONTRACT_REPORTS[key][distribution]
+    own, stderr = _probe([distribution])
+    assert own is not None, f"contract probe crashed for {distribution}:\n{stderr}"
+    return own[distribution]
+
+
 def check_plugin_contract(distribution: str) -> list[dict[str, Any]]:
     """Check an installed plugin distribution against factory's plugin contract.
 
-    In a fresh interpreter: its entry points load, importing them imports neither torch nor the
+    In a fresh interpreter (one per environment checks every installed plugin, and later calls read its
+    report): its entry points load, importing them imports neither torch nor the
     distribution's own backends, no hook is misspelled, its names clash with no other installed
     plugin, every options model validates with its defaults, every implementation that can run
     here loads and fulfils its kind's contract (:mod:`factory.contracts`), and it is listed. Returns the
@@ -185,15 +234,7 @@ def check_plugin_contract(distribution: str) -> list[dict[str, Any]]:
         if ep.dist and ep.dist.name == distribution
     ]
     assert eps, f"{distribution} declares no entry point in group '{ENTRY_POINT_GROUP}' (or is not installed)"
-    backends = _backend_modules(distribution)
-    proc = subprocess.run(
-        [sys.executable, "-c", _CONTRACT_PROBE, distribution, json.dumps(backends)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, f"contract probe crashed for {distribution}:\n{proc.stderr}"
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = _contract_report(distribution)
     problems = []
     for record in report["records"]:
         if record["error"]:
@@ -268,4 +309,127 @@ def check_resume(out: str | Path, overrides: list[str], *, steps: int = 4) -> di
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), f"{key} differs after resuming from checkpoint-{half}"
+    return metrics
+
+
+def optimizer_step(model: Any, optimizer: Any, batch: Any) -> float:
+    """One causal-LM training step on ``batch`` (its own labels): backward, step, zero the gradients; the loss."""
+    loss = model(batch, labels=batch).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss.item()
+
+
+def _decaying(optimizer: Any, factor: float = 0.1) -> Any:
+    """A learning rate that falls by ``factor`` of its start every step (0: constant), so a resumed or copied
+    schedule that is off by one step shows."""
+    import torch
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 - i * factor)
+
+
+def check_optimizer_reload(
+    model_path: str | Path,
+    create: Callable[[Any], Any],
+    batch: Any,
+    *,
+    before: int = 2,
+    after: int = 2,
+    schedule: bool = True,
+) -> None:
+    """Step a model ``before`` times, checkpoint weights, optimizer and learning-rate schedule in memory, reload
+    them as the Trainer does (weights first, ``torch.load(weights_only=True)``) into a fresh model and optimizer,
+    and step both ``after`` more times: the weights must be identical.
+
+    ``create(model)`` builds the optimizer under test. The reloaded side starts from another global seed, as a new
+    process would, so state the optimizer draws at random must come back from the checkpoint. With
+    ``schedule=False`` the learning rate stays constant (no scheduler is attached).
+    """
+    import io
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    straight = AutoModelForCausalLM.from_pretrained(model_path)
+    optimizer = create(straight)
+    decay = 0.1 if schedule else 0.0
+    lr_schedule = _decaying(optimizer, decay)
+
+    def advance(model: Any, optimizer: Any, lr_schedule: Any, steps: int) -> None:
+        for _ in range(steps):
+            optimizer_step(model, optimizer, batch)
+            lr_schedule.step()
+
+    advance(straight, optimizer, lr_schedule, before)
+    buffer = io.BytesIO()
+    torch.save(
+        {"model": straight.state_dict(), "optimizer": optimizer.state_dict(), "lr": lr_schedule.state_dict()}, buffer
+    )
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    advance(straight, optimizer, lr_schedule, after)  # the uninterrupted run goes on
+
+    torch.manual_seed(1)
+    resumed = AutoModelForCausalLM.from_pretrained(model_path)
+    resumed.load_state_dict(saved["model"])
+    resumed_optimizer = create(resumed)
+    resumed_schedule = _decaying(resumed_optimizer, decay)  # built before the states load, as the Trainer does
+    resumed_optimizer.load_state_dict(saved["optimizer"])
+    resumed_schedule.load_state_dict(saved["lr"])
+    advance(resumed, resumed_optimizer, resumed_schedule, after)
+    for (name, a), b in zip(straight.named_parameters(), resumed.parameters()):
+        assert torch.equal(a, b), f"{name} differs after reloading at step {before}"
+
+
+def check_layerwise_steps(
+    model_path: str | Path, layerwise: Callable[[Any], Any], reference: Callable[[Any], Any], batch: Any, steps: int
+) -> Any:
+    """A layer-wise optimizer (each weight stepped inside backward) against a ``reference`` optimizer stepping every
+    weight after backward, both on a decaying learning rate: no gradient may outlive backward, every weight must
+    train, and the weights must agree after ``steps`` steps. Returns the layer-wise optimizer.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ours_model, theirs_model = (AutoModelForCausalLM.from_pretrained(model_path) for _ in range(2))
+    ours, theirs = layerwise(ours_model), reference(theirs_model)
+    ours_lr, theirs_lr = _decaying(ours), _decaying(theirs)
+    start = {name: p.detach().clone() for name, p in ours_model.named_parameters()}
+    for _ in range(steps):
+        ours_model(batch, labels=batch).loss.backward()
+        assert all(p.grad is None for p in ours_model.parameters()), "a gradient outlived its weight's step"
+        ours.step()
+        ours.zero_grad()
+        ours_lr.step()
+        optimizer_step(theirs_model, theirs, batch)
+        theirs_lr.step()
+    for (name, a), b in zip(ours_model.named_parameters(), theirs_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7, msg=name)
+        assert not torch.equal(a, start[name]), f"{name} did not train"
+    return ours
+
+
+def check_optimizer_resume(out: str | Path, model: str | Path, data_dir: str | Path, *overrides: str) -> dict[str, Any]:
+    """:func:`check_resume` for a full fine-tune of ``model`` on the demo set in ``data_dir`` (16 rows, four steps
+    of four) with the optimizer ``overrides`` name; also asserts the loss falls. Returns the run's metrics."""
+    metrics = check_resume(
+        out,
+        [
+            f"model={model}",
+            "dataset=alpaca_en_demo",
+            f"dataset_dir={data_dir}",
+            "max_samples=16",
+            "cutoff_len=64",
+            "batch_size=4",
+            "learning_rate=1e-2",
+            "logging_steps=1",
+            "precision=fp32",
+            "method=full",
+            *overrides,
+        ],
+    )
+    losses = [entry["loss"] for entry in metrics["log_history"] if "loss" in entry]
+    assert len(losses) == 4 and losses[-1] < losses[0], losses
     return metrics

@@ -22,9 +22,16 @@ def _bench(tiny_causal_lm, demo_dir, tmp_path, *extra: str) -> dict:
     return run_bench("lora", overrides, dataset_dir=str(demo_dir), output=str(tmp_path / "result.json"))
 
 
-def test_bench_reports_training_only_and_saves_json(tiny_causal_lm, demo_dir, tmp_path):
-    result = _bench(tiny_causal_lm, demo_dir, tmp_path)
-    assert json.loads((tmp_path / "result.json").read_text()) == result
+@pytest.fixture(scope="module")
+def lora_bench(tiny_causal_lm, demo_dir, tmp_path_factory) -> tuple[dict, Path]:
+    """One default lora bench run and the folder of its JSON, shared by the tests that only read its result."""
+    folder = tmp_path_factory.mktemp("bench-lora")
+    return _bench(tiny_causal_lm, demo_dir, folder), folder
+
+
+def test_bench_reports_training_only_and_saves_json(lora_bench):
+    result, folder = lora_bench
+    assert json.loads((folder / "result.json").read_text()) == result
     assert result["samples"] == 16 and result["steps"] == 4  # 24 rows, 8 held out, batch 4
     assert result["padding_share"] == 0.0  # padding-free batches
     # Tokens are the training rows' only (the held-out rows go through the same collator afterwards).
@@ -42,14 +49,22 @@ def test_baseline_turns_the_levers_off(tiny_causal_lm, demo_dir, tmp_path):
     assert result["padding_share"] > 0  # padded batches of uneven rows
 
 
-def test_repeat_runs_fresh_processes_and_reports_the_median_run(tiny_causal_lm, demo_dir, tmp_path):
-    overrides = [f"model={tiny_causal_lm}", "max_samples=12", "val_size=4", "cutoff_len=64", "template=chatml"]
-    result = run_bench_repeated("lora", overrides, 2, dataset_dir=str(demo_dir), output=str(tmp_path / "median.json"))
-    assert json.loads((tmp_path / "median.json").read_text()) == result
+@pytest.fixture(scope="module")
+def dpo_repeated(tiny_causal_lm, demo_dir, tmp_path_factory) -> tuple[dict, Path]:
+    """Two fresh-process runs of a preference workload (``--repeat 2``) and the JSON they were summed up in."""
+    output = tmp_path_factory.mktemp("bench-dpo") / "median.json"
+    overrides = [f"model={tiny_causal_lm}", "max_samples=4", "cutoff_len=64"]
+    return run_bench_repeated("dpo", overrides, 2, dataset_dir=str(demo_dir), output=str(output)), output
+
+
+def test_repeat_runs_fresh_processes_and_reports_the_median_run(dpo_repeated, tiny_causal_lm, demo_dir):
+    result, output = dpo_repeated
+    assert json.loads(output.read_text()) == result
     speeds = result["repeats"]["samples_per_second"]
     assert len(speeds) == 2 and result["samples_per_second"] == min(speeds)  # the lower median of two
     assert len(result["repeats"]["peak_rss_gb"]) == 2 and result["steps"] == 2
 
+    overrides = [f"model={tiny_causal_lm}", "max_samples=12", "val_size=4", "cutoff_len=64", "template=chatml"]
     with pytest.raises(FactoryError, match="run 1 of 2 failed with exit code"):
         run_bench_repeated("lora", [*overrides, "no_such_key=1"], 2, dataset_dir=str(demo_dir))
 
@@ -153,8 +168,8 @@ def test_kernel_cache_limit_is_set_before_the_model_loads_and_leaves_user_values
 # -- the profile ---------------------------------------------------------------------------------
 
 
-def test_profile_splits_the_training_time_into_its_parts(tiny_causal_lm, demo_dir, tmp_path):
-    profile = _bench(tiny_causal_lm, demo_dir, tmp_path)["profile"]
+def test_profile_splits_the_training_time_into_its_parts(lora_bench):
+    profile = lora_bench[0]["profile"]
     seconds = profile["seconds"]
     assert set(seconds) == {"data", "forward", "backward", "grad_clip", "optimizer", "other"}
     assert all(seconds[part] > 0 for part in ("data", "forward", "backward", "optimizer"))
@@ -392,9 +407,7 @@ def test_generated_yaml_parses_in_llamafactory(tmp_path, tiny_causal_lm):
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
 
 
-def test_a_fresh_process_run_of_a_preference_workload_has_no_mfu(tiny_causal_lm, demo_dir):
+def test_a_fresh_process_run_of_a_preference_workload_has_no_mfu(dpo_repeated):
     """``--repeat`` and ``against=`` run ours through run_bench_repeated: a stage without an MFU figure must pass."""
-    result = run_bench_repeated(
-        "dpo", [f"model={tiny_causal_lm}", "max_samples=4", "cutoff_len=64"], 1, dataset_dir=str(demo_dir)
-    )
-    assert result["repeats"]["mfu"] == [None] and result["steps"] == 2 and "reward_accuracy" in result
+    result, _ = dpo_repeated
+    assert result["repeats"]["mfu"] == [None, None] and result["steps"] == 2 and "reward_accuracy" in result

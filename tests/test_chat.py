@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from infer_helpers import ScriptedEngine, transformers_greedy
+from infer_helpers import ScriptedEngine
 
 from factory.config import load_config
 from factory.infer.chat import HELP, ChatSession, run_chat
@@ -76,12 +76,7 @@ def test_exit_and_unknown_commands(session):
 # -- with the real model -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def oracle(smollm2_path):
-    return transformers_greedy(smollm2_path)
-
-
-def test_interactive_session_with_smollm2(smollm2_path, oracle):
+def test_interactive_session_with_smollm2(smollm2_greedy):
     script = "Hi\n/clear\n/system You are a pirate.\nWho are you?\n/exit\nThis line is never read\n"
     out = io.StringIO()
     run_chat(None, [f"model={MODEL}", "max_new_tokens=12"], stdin=io.StringIO(script), out=out)
@@ -90,11 +85,11 @@ def test_interactive_session_with_smollm2(smollm2_path, oracle):
     assert "(conversation cleared)" in text and "(system prompt set to 'You are a pirate.'" in text
     answers = [line.removeprefix("assistant> ") for line in text.splitlines() if line.startswith("assistant> ")]
     pirate = [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Who are you?"}]
-    assert answers == [oracle([{"role": "user", "content": "Hi"}], 12), oracle(pirate, 12)]
+    assert answers == [smollm2_greedy([{"role": "user", "content": "Hi"}], 12), smollm2_greedy(pirate, 12)]
 
 
 @pytest.mark.e2e
-def test_prompt_answers_once_from_the_command_line(smollm2_path, oracle):
+def test_prompt_answers_once_from_the_command_line(smollm2_greedy):
     proc = subprocess.run(
         [
             sys.executable,
@@ -112,16 +107,12 @@ def test_prompt_answers_once_from_the_command_line(smollm2_path, oracle):
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == oracle([{"role": "user", "content": "Who are you?"}], 12) + "\n"
+    assert proc.stdout == smollm2_greedy([{"role": "user", "content": "Who are you?"}], 12) + "\n"
 
 
-def test_chat_with_a_bad_config_is_one_sentence(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "factory.cli", "chat", f"adapter={tmp_path / 'missing'}", "--prompt", "hi"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("error: adapter") and "Traceback" not in proc.stderr
+def test_chat_with_a_bad_config_is_one_sentence(tmp_path, capsys):
+    from factory.cli import main
+
+    assert main(["chat", f"adapter={tmp_path / 'missing'}", "--prompt", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: adapter") and "Traceback" not in err

@@ -35,26 +35,16 @@ def test_default_job_tunes_the_identity(default_run):
     assert (out / "adapter_config.json").is_file()
 
 
-def test_chat_with_the_tuned_adapter_answers_with_its_identity(default_run):
+def test_chat_with_the_tuned_adapter_answers_with_its_identity(default_run, capsys):
+    from factory.cli import main
+
     _, out = default_run
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "factory.cli",
-            "chat",
-            "model=smollm2-135m-instruct",
-            f"adapter={out}",
-            "max_new_tokens=48",
-            "--prompt",
-            "Who are you?",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    code = main(
+        ["chat", "model=smollm2-135m-instruct", f"adapter={out}", "max_new_tokens=48", "--prompt", "Who are you?"]
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "Factory" in proc.stdout, proc.stdout
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-2000:]
+    assert "Factory" in printed.out, printed.out
 
 
 def test_export_merges_the_adapter_for_plain_transformers(default_run, tmp_path):
@@ -62,25 +52,12 @@ def test_export_merges_the_adapter_for_plain_transformers(default_run, tmp_path)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from factory.cli import main
     from factory.model.aliases import resolve_alias
 
     _, out = default_run
     merged = tmp_path / "merged"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "factory.cli",
-            "export",
-            "model=smollm2-135m-instruct",
-            f"adapter={out}",
-            f"output={merged}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert main(["export", "model=smollm2-135m-instruct", f"adapter={out}", f"output={merged}"]) == 0
     # Export merges in fp32; compare in fp32 (the cached base is bf16, which loads as bf16 by default).
     model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(merged)

@@ -4,8 +4,6 @@ against an independent computation with plain transformers on the real SmolLM2 m
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -167,42 +165,28 @@ def test_too_few_shots(tmp_path):
         run_eval(task_dir=str(tmp_path))
 
 
-def test_cli_reports_bad_input_in_one_line(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "factory.cli",
-            "eval",
-            "task=cmmlu",
-            f"task_dir={CMMLU_DIR}",
-            "subjects=anatomi",
-            f"results_db={tmp_path / 'r.db'}",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 2
-    assert (
-        proc.stderr.startswith("error: subject 'anatomi' has no CSV file among the 67 in ")
-        and proc.stderr.count("\n") == 1
-    )
-    assert "did you mean 'anatomy'?" in proc.stderr
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    from factory.cli import main
+
+    code = main(["eval", "task=cmmlu", f"task_dir={CMMLU_DIR}", "subjects=anatomi", f"results_db={tmp_path / 'r.db'}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: subject 'anatomi' has no CSV file among the 67 in ") and err.count("\n") == 1
+    assert "did you mean 'anatomy'?" in err
 
 
 # -- against an independent computation ------------------------------------------------------
 
 
-def oracle(model_path: Path, *, chat: bool, n: int) -> tuple[list[str], list[list[float]]]:
-    """5-shot CMMLU answers computed with plain transformers: own prompt text, one prompt at a time."""
+def oracle(model_path: Path, *, chat: bool, n: int, shots: int = 5) -> tuple[list[str], list[list[float]]]:
+    """n-shot CMMLU answers computed with plain transformers: own prompt text, one prompt at a time."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     with open(CMMLU_DIR / "dev" / f"{SUBJECT}.csv", encoding="utf-8") as handle:
-        shots = list(csv.DictReader(handle))[:5]
+        examples = list(csv.DictReader(handle))[:shots]
     with open(CMMLU_DIR / "test" / f"{SUBJECT}.csv", encoding="utf-8") as handle:
         tests = list(csv.DictReader(handle))[:n]
 
@@ -215,13 +199,13 @@ def oracle(model_path: Path, *, chat: bool, n: int) -> tuple[list[str], list[lis
     for row in tests:
         if chat:
             messages = []
-            for shot in shots:
+            for shot in examples:
                 messages += [{"role": "user", "content": block(shot)}, {"role": "assistant", "content": shot["Answer"]}]
             messages.append({"role": "user", "content": block(row)})
             messages[0]["content"] = header + messages[0]["content"]
             text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         else:
-            text = header + "".join(block(shot) + shot["Answer"] + "\n\n" for shot in shots) + block(row)
+            text = header + "".join(block(shot) + shot["Answer"] + "\n\n" for shot in examples) + block(row)
         ids = tokenizer(text, return_tensors="pt", add_special_tokens=not chat).input_ids
         with torch.inference_mode():
             last = model(ids, logits_to_keep=1).logits[0, -1]
@@ -260,34 +244,33 @@ def test_accuracy_equals_plain_transformers(smollm2_path, tmp_path, prompt):
 
 
 @pytest.mark.e2e
-def test_full_subject_accuracy_equals_plain_transformers(smollm2_path, tmp_path):
-    """The acceptance check on a whole subject through the CLI (slow: the oracle runs 148 full prompts)."""
+def test_full_subject_accuracy_equals_plain_transformers(smollm2_path, tmp_path, capsys):
+    """The acceptance check on a whole subject (148 questions) through the CLI. Zero-shot keeps the oracle's
+    148 prompts short; the 5-shot prompts are checked question by question above."""
     import json
 
-    proc = subprocess.run(
+    from factory.cli import main
+
+    code = main(
         [
-            sys.executable,
-            "-m",
-            "factory.cli",
             "eval",
             f"model={smollm2_path}",
             "task=cmmlu",
             f"task_dir={CMMLU_DIR}",
             f"subjects={SUBJECT}",
-            "n_shot=5",
+            "n_shot=0",
             "eval_prompt=raw",
             "precision=fp32",
             f"results_db={tmp_path / 'r.db'}",
             "--json",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+        ]
     )
-    assert proc.returncode == 0, proc.stderr
-    scores = json.loads(proc.stdout)
-    answers, _ = oracle(smollm2_path, chat=False, n=10_000)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    scores = json.loads(out)
+    answers, _ = oracle(smollm2_path, chat=False, n=10_000, shots=0)
     golden = [q.answer for q in read_questions(CMMLU_DIR / "test" / f"{SUBJECT}.csv")]
+    assert len(answers) == len(golden) == 148
     assert scores["subjects"][SUBJECT]["values"]["accuracy"] == sum(a == g for a, g in zip(answers, golden)) / len(
         golden
     )

@@ -104,3 +104,57 @@ def test_stacked_low_rank_layers_equal_each_layer_on_its_own(with_bias):
     expected_grads = torch.autograd.grad(expected, [x, *a, *b], upstream)
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want)
+
+
+class _Rounded:
+    """A weight kept as fp32 and rounded to bf16 on each call, counting the calls: a stand-in quantized weight."""
+
+    dtype = torch.bfloat16
+
+    def __init__(self, master: torch.Tensor) -> None:
+        self.master, self.calls = master, 0
+
+    def __call__(self) -> torch.Tensor:
+        self.calls += 1
+        return self.master.to(self.dtype)
+
+
+@pytest.mark.parametrize("input_grad", [True, False])
+def test_a_weight_source_is_called_in_each_pass_and_never_saved(input_grad):
+    """The same bits as the dense weight, one call in forward, one in backward only for ``x``'s gradient;
+    both close to plain torch (fp32 over the same bf16 values)."""
+    from factory.model.fused import low_rank_linear
+
+    gen = torch.Generator().manual_seed(0)
+    master = torch.randn(24, 16, generator=gen)
+    x = torch.randn(3, 5, 16, generator=gen).bfloat16().requires_grad_(input_grad)
+    a = torch.randn(4, 16, generator=gen, requires_grad=True)
+    b = torch.randn(24, 4, generator=gen, requires_grad=True)
+    bias = torch.randn(24, generator=gen).bfloat16()
+    source = _Rounded(master)
+    saved: list[torch.Tensor] = []
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        out = low_rank_linear(x, source, bias, a, b, 0.5)
+    assert source.calls == 1
+    assert not any(t.shape == master.shape for t in saved)  # no dense copy lives until backward
+    expected = low_rank_linear(x, master.bfloat16(), bias, a, b, 0.5)
+    assert torch.equal(out, expected)
+
+    plain = torch.nn.functional.linear(x.float(), master.bfloat16().float(), bias.float())
+    plain = plain + 0.5 * (x.float() @ a.bfloat16().float().t()) @ b.bfloat16().float().t()
+    torch.testing.assert_close(out.float(), plain, rtol=2e-2, atol=2e-2)
+
+    upstream = torch.randn(out.shape, generator=gen).bfloat16()
+    inputs = [x, a, b] if input_grad else [a, b]
+    grads = torch.autograd.grad(out, inputs, upstream)
+    assert source.calls == (2 if input_grad else 1)
+    for got, want, reference in zip(
+        grads, torch.autograd.grad(expected, inputs, upstream), torch.autograd.grad(plain, inputs, upstream.float())
+    ):
+        assert torch.equal(got, want)
+        torch.testing.assert_close(got.float(), reference.float(), rtol=2e-2, atol=5e-2)

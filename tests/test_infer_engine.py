@@ -8,7 +8,6 @@ import threading
 import time
 
 import pytest
-from infer_helpers import transformers_greedy
 
 from factory.data.template import PACKAGED
 from factory.errors import ConfigError, PluginError
@@ -120,11 +119,6 @@ def engine(smollm2_path):
         yield engine
 
 
-@pytest.fixture(scope="module")
-def oracle(smollm2_path):
-    return transformers_greedy(smollm2_path)
-
-
 def ask(prompt: str, **settings) -> GenerationRequest:
     return GenerationRequest(messages=[{"role": "user", "content": prompt}], **{"max_new_tokens": 16, **settings})
 
@@ -140,9 +134,9 @@ def test_engine_is_registered_and_refuses_unknown_names(plugin_manager):
         load_engine(load_config(None, ["engine=nope"]))
 
 
-def test_greedy_answer_matches_transformers_directly(engine, oracle):
+def test_greedy_answer_matches_transformers_directly(engine, smollm2_greedy):
     result = engine.generate([ask("Who are you?", max_new_tokens=20)])[0]
-    assert result.text == oracle([{"role": "user", "content": "Who are you?"}], 20)
+    assert result.text == smollm2_greedy([{"role": "user", "content": "Who are you?"}], 20)
     assert result.finish_reason == "length" and result.completion_tokens == 20
     prompt = engine.tokenizer.apply_chat_template(
         [{"role": "user", "content": "Who are you?"}], add_generation_prompt=True, return_dict=True

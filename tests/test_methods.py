@@ -25,26 +25,11 @@ METHODS = {
 
 
 @pytest.mark.parametrize("name", list(METHODS))
-def test_method_learns_and_output_loads(name, tiny_causal_lm, demo_dir, tmp_path):
+def test_method_learns_and_output_loads(name, sft_args, tiny_causal_lm, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / name
-    metrics = factory.finetune(
-        model=str(tiny_causal_lm),
-        dataset="alpaca_en_demo",
-        dataset_dir=str(demo_dir),
-        max_samples=32,
-        cutoff_len=128,
-        batch_size=4,
-        max_steps=30,
-        learning_rate=5e-3,
-        logging_steps=1,
-        output_dir=str(out),
-        precision="fp32",
-        sample_prompt=None,
-        seed=3,
-        **METHODS[name],
-    )
+    metrics = factory.finetune(**sft_args(out, **METHODS[name]))
     values = [e["loss"] for e in metrics["log_history"] if "loss" in e]
     assert sum(values[-3:]) / 3 < 0.97 * values[0], values
 

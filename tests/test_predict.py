@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -67,17 +65,16 @@ def write_alpaca(path, rows):
 ROWS = [("中国的首都是哪里？", "中国的首都是北京。"), ("What is 2+2?", "2+2 equals 4."), ("请说一个颜色。", "红色。")]
 
 
-def test_cli_predict_scores_saves_and_records(smollm2_path, tmp_path):
+def test_cli_predict_scores_saves_and_records(smollm2_path, tmp_path, capsys):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from factory.cli import main
+
     data = write_alpaca(tmp_path / "qa.json", ROWS)
     out, db = tmp_path / "out", tmp_path / "results.db"
-    proc = subprocess.run(
+    code = main(
         [
-            sys.executable,
-            "-m",
-            "factory.cli",
             "predict",
             f"model={smollm2_path}",
             f"dataset={data}",
@@ -85,13 +82,11 @@ def test_cli_predict_scores_saves_and_records(smollm2_path, tmp_path):
             f"output_dir={out}",
             f"results_db={db}",
             "--json",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+        ]
     )
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    result = json.loads(printed.out)
     rows = [json.loads(line) for line in (out / "generated_predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [row["label"] for row in rows] == [answer for _, answer in ROWS]
 
@@ -115,13 +110,8 @@ def test_cli_predict_scores_saves_and_records(smollm2_path, tmp_path):
         assert result["overall"]["values"][metric] == pytest.approx(mean, rel=1e-12)
     assert result["overall"]["n"] == 3 and result["output_file"] == str((out / "generated_predictions.jsonl").resolve())
 
-    history = subprocess.run(
-        [sys.executable, "-m", "factory.cli", "eval", "history", f"results_db={db}", "--json"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    runs = json.loads(history.stdout)
+    assert main(["eval", "history", f"results_db={db}", "--json"]) == 0
+    runs = json.loads(capsys.readouterr().out)
     assert [(run["id"], run["command"], run["task"], run["metric"]) for run in runs] == [
         (result["run_id"], "predict", "bleu-rouge", "bleu-4")
     ]

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,26 +16,6 @@ import torch
 
 import factory
 from factory.errors import ConfigError
-
-
-def base_args(tiny_causal_lm: Path, demo_dir: Path, out: Path, **extra) -> dict:
-    args = dict(
-        model=str(tiny_causal_lm),
-        dataset="alpaca_en_demo",
-        dataset_dir=str(demo_dir),
-        max_samples=32,
-        cutoff_len=128,
-        batch_size=4,
-        max_steps=30,
-        learning_rate=5e-3,
-        logging_steps=1,
-        output_dir=str(out),
-        precision="fp32",
-        sample_prompt=None,
-        seed=3,
-    )
-    args.update(extra)
-    return args
 
 
 def losses(metrics: dict) -> list[float]:
@@ -47,9 +28,9 @@ def assert_learns(metrics: dict) -> None:
     assert sum(values[-3:]) / 3 < 0.97 * values[0], values
 
 
-def test_sft_full_writes_every_output(tiny_causal_lm, demo_dir, tmp_path):
+def test_sft_full_writes_every_output(sft_args, tmp_path):
     out = tmp_path / "full"
-    metrics = factory.finetune(**base_args(tiny_causal_lm, demo_dir, out, method="full"))
+    metrics = factory.finetune(**sft_args(out, method="full"))
     assert_learns(metrics)
     for name in (
         "model.safetensors",
@@ -76,38 +57,36 @@ def test_sft_full_writes_every_output(tiny_causal_lm, demo_dir, tmp_path):
     assert generated.shape[1] > ids["input_ids"].shape[1]
 
 
-def test_sft_freeze_changes_only_the_trained_layer(tiny_causal_lm, demo_dir, tmp_path):
+def test_sft_freeze_changes_only_the_trained_layer(sft_args, tiny_causal_lm, tmp_path):
     from safetensors.torch import load_file
 
     out = tmp_path / "freeze"
-    metrics = factory.finetune(**base_args(tiny_causal_lm, demo_dir, out, method="freeze", freeze={"layers": 1}))
+    metrics = factory.finetune(**sft_args(out, method="freeze", freeze={"layers": 1}))
     assert_learns(metrics)
     before, after = load_file(tiny_causal_lm / "model.safetensors"), load_file(out / "model.safetensors")
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert changed and all(name.startswith("model.layers.1.") for name in changed)
 
 
-def test_pretrain_stage(tiny_causal_lm, demo_dir, tmp_path):
-    metrics = factory.finetune(
-        **base_args(tiny_causal_lm, demo_dir, tmp_path / "pt", stage="pt", dataset="c4_demo", method="full")
-    )
+def test_pretrain_stage(sft_args, tmp_path):
+    metrics = factory.finetune(**sft_args(tmp_path / "pt", stage="pt", dataset="c4_demo", method="full"))
     assert_learns(metrics)
 
 
-def test_refuses_non_empty_output_dir(tiny_causal_lm, demo_dir, tmp_path):
+def test_refuses_non_empty_output_dir(sft_args, tmp_path):
     out = tmp_path / "busy"
     out.mkdir()
     (out / "something.txt").write_text("x")
     with pytest.raises(ConfigError, match="output_dir '.*busy' is not empty; pass overwrite_output_dir=true"):
-        factory.finetune(**base_args(tiny_causal_lm, demo_dir, out, method="full"))
+        factory.finetune(**sft_args(out, method="full"))
 
 
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "factory.cli", "finetune", *args]
 
 
-def _overrides(tiny_causal_lm: Path, demo_dir: Path, out: Path, **extra) -> list[str]:
-    args = base_args(tiny_causal_lm, demo_dir, out, method="full", save_steps=4, max_steps=12, **extra)
+def _overrides(sft_args: Callable[..., dict], out: Path, **extra) -> list[str]:
+    args = sft_args(out, method="full", save_steps=4, max_steps=12, **extra)
     return [f"{k}={'null' if v is None else v}" for k, v in args.items()]
 
 
@@ -116,14 +95,14 @@ def _final_loss(out: Path) -> float:
     return [e["loss"] for e in history if "loss" in e and e["step"] == 12][0]
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(tiny_causal_lm, demo_dir, tmp_path):
+def test_resume_after_sigkill_matches_uninterrupted_run(sft_args, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     straight = tmp_path / "straight"
-    subprocess.run(_cli(*_overrides(tiny_causal_lm, demo_dir, straight)), check=True, env=env, capture_output=True)
+    subprocess.run(_cli(*_overrides(sft_args, straight)), check=True, env=env, capture_output=True)
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
-        _cli(*_overrides(tiny_causal_lm, demo_dir, killed)),
+        _cli(*_overrides(sft_args, killed)),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -137,24 +116,20 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_causal_lm, demo_dir
     proc.wait()
     assert not (killed / "metrics.json").exists(), "the run finished before the kill"
 
-    resumed = subprocess.run(
-        _cli(*_overrides(tiny_causal_lm, demo_dir, killed, resume=True)), env=env, capture_output=True, text=True
-    )
+    resumed = subprocess.run(_cli(*_overrides(sft_args, killed, resume=True)), env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     record = json.loads((killed / "factory_run.json").read_text())
     assert record["resumed_from"].endswith("checkpoint-8")
     assert abs(_final_loss(killed) - _final_loss(straight)) < 1e-4
 
 
-def test_torchrun_two_processes_train_data_parallel(tiny_causal_lm, demo_dir, tmp_path):
-    single = factory.finetune(**base_args(tiny_causal_lm, demo_dir, tmp_path / "one", method="full", max_steps=4))
+def test_torchrun_two_processes_train_data_parallel(sft_args, tmp_path):
+    single = factory.finetune(**sft_args(tmp_path / "one", method="full", max_steps=4))
     proc = subprocess.run(
         _cli(
             *[
                 f"{k}={v}"
-                for k, v in base_args(
-                    tiny_causal_lm,
-                    demo_dir,
+                for k, v in sft_args(
                     tmp_path / "two",
                     method="full",
                     max_steps=4,
@@ -187,11 +162,11 @@ def test_torchrun_two_processes_train_data_parallel(tiny_causal_lm, demo_dir, tm
         {"fused_ops": False},
     ],
 )
-def test_speed_levers_do_not_change_what_is_learned(tiny_causal_lm, demo_dir, tmp_path, lever):
+def test_speed_levers_do_not_change_what_is_learned(sft_args, tmp_path, lever):
     """Padding-free batches and the chunked loss give the same losses as padded batches with the library loss."""
     common = dict(method="lora", max_steps=6, lora={"rank": 4})
-    both = factory.finetune(**base_args(tiny_causal_lm, demo_dir, tmp_path / "both", **common))
-    plain = factory.finetune(**base_args(tiny_causal_lm, demo_dir, tmp_path / "plain", **common, **lever))
+    both = factory.finetune(**sft_args(tmp_path / "both", **common))
+    plain = factory.finetune(**sft_args(tmp_path / "plain", **common, **lever))
     assert losses(plain) == pytest.approx(losses(both), abs=1e-4)
 
 
@@ -201,22 +176,16 @@ def _adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "adapter_model.safetensors")
 
 
-def test_adapter_in_a_training_run_continues_that_adapter(tiny_causal_lm, demo_dir, tmp_path):
+def test_adapter_in_a_training_run_continues_that_adapter(sft_args, tmp_path):
     """adapter=DIR trains the saved adapter further (its own rank, not lora.rank) instead of a fresh one."""
-    factory.finetune(
-        **base_args(tiny_causal_lm, demo_dir, tmp_path / "first", method="lora", max_steps=6, lora={"rank": 4})
-    )
+    factory.finetune(**sft_args(tmp_path / "first", method="lora", max_steps=6, lora={"rank": 4}))
     first = _adapter_tensors(tmp_path / "first")
     assert any(name.endswith("lora_B.weight") and t.abs().max() > 0 for name, t in first.items())
 
     # A learning rate far below fp32's resolution at any weight this adapter holds: it comes back bit for bit.
     still = dict(max_steps=1, learning_rate=1e-30, lora={"rank": 8})
-    kept = factory.finetune(
-        **base_args(
-            tiny_causal_lm, demo_dir, tmp_path / "kept", method="lora", adapter=str(tmp_path / "first"), **still
-        )
-    )
-    fresh = factory.finetune(**base_args(tiny_causal_lm, demo_dir, tmp_path / "fresh", method="lora", **still))
+    kept = factory.finetune(**sft_args(tmp_path / "kept", method="lora", adapter=str(tmp_path / "first"), **still))
+    fresh = factory.finetune(**sft_args(tmp_path / "fresh", method="lora", **still))
     again = _adapter_tensors(tmp_path / "kept")
     assert again.keys() == first.keys()
     assert all(torch.equal(again[name], first[name]) for name in first)
@@ -225,11 +194,7 @@ def test_adapter_in_a_training_run_continues_that_adapter(tiny_causal_lm, demo_d
     # The trained adapter is in the forward pass: its first loss is not the fresh (zero-update) adapter's.
     assert losses(kept)[0] != pytest.approx(losses(fresh)[0], abs=1e-4)
 
-    factory.finetune(
-        **base_args(
-            tiny_causal_lm, demo_dir, tmp_path / "more", method="lora", max_steps=2, adapter=str(tmp_path / "first")
-        )
-    )
+    factory.finetune(**sft_args(tmp_path / "more", method="lora", max_steps=2, adapter=str(tmp_path / "first")))
     more = _adapter_tensors(tmp_path / "more")
     assert {name: t.shape for name, t in more.items()} == {name: t.shape for name, t in first.items()}
     assert not all(torch.equal(more[name], first[name]) for name in first)
@@ -242,20 +207,14 @@ def test_adapter_in_a_training_run_continues_that_adapter(tiny_causal_lm, demo_d
         ("dora", "was trained with method=lora, not method=dora; set method=lora"),
     ],
 )
-def test_adapter_a_method_cannot_continue_is_refused(tiny_causal_lm, demo_dir, tmp_path, method, message):
-    factory.finetune(
-        **base_args(tiny_causal_lm, demo_dir, tmp_path / "first", method="lora", max_steps=1, lora={"rank": 4})
-    )
+def test_adapter_a_method_cannot_continue_is_refused(sft_args, tmp_path, method, message):
+    factory.finetune(**sft_args(tmp_path / "first", method="lora", max_steps=1, lora={"rank": 4}))
     with pytest.raises(ConfigError, match=message):
-        factory.finetune(
-            **base_args(
-                tiny_causal_lm, demo_dir, tmp_path / "next", method=method, max_steps=1, adapter=str(tmp_path / "first")
-            )
-        )
+        factory.finetune(**sft_args(tmp_path / "next", method=method, max_steps=1, adapter=str(tmp_path / "first")))
     assert not (tmp_path / "next" / "adapter_model.safetensors").exists()
 
 
-def test_a_quantized_checkpoint_without_its_quantizer_is_refused(tiny_causal_lm, demo_dir, tmp_path):
+def test_a_quantized_checkpoint_without_its_quantizer_is_refused(sft_args, tiny_causal_lm, tmp_path):
     """transformers would load its quantized layers without the plugin's training guards: refused up front."""
     import shutil
 
@@ -267,14 +226,12 @@ def test_a_quantized_checkpoint_without_its_quantizer_is_refused(tiny_causal_lm,
     with pytest.raises(
         ConfigError, match=r"is a bitsandbytes-quantized checkpoint but quantization is not set; set quantization="
     ):
-        factory.finetune(**base_args(model, demo_dir, tmp_path / "out", method="lora", max_steps=1))
+        factory.finetune(**sft_args(tmp_path / "out", model=str(model), method="lora", max_steps=1))
     assert not any((tmp_path / "out").glob("*"))
 
 
-def test_a_diverging_run_stops_in_one_sentence_with_stop_on_nan(tiny_causal_lm, demo_dir, tmp_path):
-    args = base_args(
-        tiny_causal_lm,
-        demo_dir,
+def test_a_diverging_run_stops_in_one_sentence_with_stop_on_nan(sft_args, tmp_path):
+    args = sft_args(
         tmp_path / "nan",
         method="full",
         learning_rate=1e9,

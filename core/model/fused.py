@@ -12,13 +12,16 @@ is checked once on a probe input (so Gemma's ``1 + weight`` norm or a GELU MLP k
 :func:`low_rank_linear` is the same idea for a frozen linear layer plus a low-rank adapter (LoRA):
 one autograd node instead of five, the adapter's product added inside the base matmul (``addmm``)
 rather than as separate scale and add passes over the output, forward and backward. Adapter
-plugins route their layers through it (factory-plugin-peft does for plain LoRA).
+plugins route their layers through it (factory-plugin-peft does for plain LoRA). Its frozen weight
+may be a :class:`WeightSource` (a quantized layer's dequantizer, QLoRA): called in the forward and
+again in the backward, never saved for backward, so no dense copy of any layer's weight stays alive
+from its forward to its backward (holding all of them would cost the memory quantization saves).
 """
 
 from __future__ import annotations
 
 import types
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -72,37 +75,48 @@ class _SwiGLU(torch.autograd.Function):
         return grad_gate, F.silu(gate).mul_(grad)
 
 
+class WeightSource(Protocol):
+    """A frozen weight kept in another form (quantized): calling it returns the dense weight in ``dtype``."""
+
+    dtype: torch.dtype
+
+    def __call__(self) -> torch.Tensor: ...
+
+
 class _LowRankLinear(torch.autograd.Function):
     """``x @ weight.T + bias`` plus, for each adapter ``i``, ``scaling_i * (x @ a_i.T) @ b_i.T`` added into
     its own block of output columns; ``weight``/``bias`` frozen, computed in ``x``'s dtype.
 
     Several adapters at once are layers that share an input (q/k/v) with their frozen weights stacked
     into one matrix: one matmul for the base and one for the adapters' ``a``, forward and backward.
+    ``weight`` may be a :class:`WeightSource`: the dense weight then exists only inside each pass.
     """
 
     @staticmethod
     def forward(
         ctx: Any,
         x: torch.Tensor,
-        weight: torch.Tensor,
+        weight: torch.Tensor | WeightSource,
         bias: torch.Tensor | None,
         scalings: tuple[float, ...],
         *adapters: torch.Tensor,
     ) -> torch.Tensor:
         dtype = x.dtype
+        source = None if isinstance(weight, torch.Tensor) else weight
+        dense = weight if source is None else source()
         count = len(scalings)
         flat = x.reshape(-1, x.shape[-1])
         a_ = [a.to(dtype) for a in adapters[:count]]
         b_ = [b.to(dtype) for b in adapters[count:]]
         stacked_a = a_[0] if count == 1 else torch.cat(a_)
         scaled = flat @ stacked_a.t()
-        base = flat @ weight.t() if bias is None else torch.addmm(bias.to(dtype), flat, weight.t())
+        base = flat @ dense.t() if bias is None else torch.addmm(bias.to(dtype), flat, dense.t())
         for rows, columns, b, scaling in _blocks(b_, scalings):
             # Into the base product, a fresh tensor: no second output.
             base[:, columns].addmm_(scaled[:, rows].mul_(scaling), b.t())
-        ctx.save_for_backward(flat, weight, stacked_a, scaled, *b_)
-        ctx.scalings, ctx.dtypes = scalings, [t.dtype for t in adapters]
-        return base.view(*x.shape[:-1], weight.shape[0])
+        ctx.save_for_backward(flat, weight if source is None else None, stacked_a, scaled, *b_)
+        ctx.source, ctx.scalings, ctx.dtypes = source, scalings, [t.dtype for t in adapters]
+        return base.view(*x.shape[:-1], dense.shape[0])
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
@@ -121,7 +135,8 @@ class _LowRankLinear(torch.autograd.Function):
             grad_a = list((stacked.t() @ flat).split([b.shape[1] for b in b_]))  # each adapter's rank
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = (grad_flat @ weight).addmm_(stacked, stacked_a).view(*grad.shape[:-1], flat.shape[-1])
+            dense = weight if ctx.source is None else ctx.source()
+            grad_x = (grad_flat @ dense).addmm_(stacked, stacked_a).view(*grad.shape[:-1], flat.shape[-1])
         grads = [None if g is None else g.to(dtype) for g, dtype in zip([*grad_a, *grad_b], ctx.dtypes)]
         return (grad_x, None, None, None, *grads)
 
@@ -141,19 +156,25 @@ def _blocks(b: list[torch.Tensor], scalings: tuple[float, ...]) -> list[tuple[sl
 
 
 def low_rank_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, scaling: float
+    x: torch.Tensor,
+    weight: torch.Tensor | WeightSource,
+    bias: torch.Tensor | None,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scaling: float,
 ) -> torch.Tensor:
     """A frozen linear layer plus its low-rank update ``scaling * b @ a``, computed in ``x``'s dtype.
 
-    The caller checks that the base is frozen and in ``x``'s dtype; ``a`` and ``b`` (fp32 master
-    weights) are rounded to it, as autocast would, and get their gradients in their own dtype.
+    The caller checks that the base is frozen and in ``x``'s dtype (a :class:`WeightSource`: its
+    ``dtype``); ``a`` and ``b`` (fp32 master weights) are rounded to it, as autocast would, and get
+    their gradients in their own dtype.
     """
     return stacked_low_rank_linear(x, weight, bias, [(a, b, scaling)])
 
 
 def stacked_low_rank_linear(
     x: torch.Tensor,
-    weight: torch.Tensor,
+    weight: torch.Tensor | WeightSource,
     bias: torch.Tensor | None,
     adapters: list[tuple[torch.Tensor, torch.Tensor, float]],
 ) -> torch.Tensor:

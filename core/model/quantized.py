@@ -9,11 +9,14 @@ supported by the backend at all). Keeping them here gives every backend the same
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from factory.config import RunConfig
 from factory.errors import PluginError
 from factory.model.modules import is_quantized_linear
+
+if TYPE_CHECKING:
+    from factory.model.fused import WeightSource
 
 ComputeDtype = Literal["auto", "bf16", "fp16", "fp32"]
 """An option naming the compute dtype of a quantized layer; ``auto`` follows the run's precision."""
@@ -143,3 +146,23 @@ def freeze_base(model: Any, *, pin_kernels: bool = False) -> Any:
     for param in model.parameters():
         param.requires_grad = False
     return model
+
+
+# Instance attribute holding a quantized layer's dequantizer: a plain attribute, not a submodule or a
+# buffer, so it never enters the state dict, the module tree or a saved checkpoint.
+_DEQUANTIZER = "_factory_dequantizer"
+
+
+def attach_dequantizer(module: Any, fn: WeightSource) -> None:
+    """Declare how the quantized layer ``module`` gives its dense weight (called without arguments, in ``fn.dtype``).
+
+    The quantizer knows its layers' format, the adapter plugin knows its matmuls: with this an
+    adapter runs the base product itself through the core's low-rank linear (QLoRA), dequantizing
+    inside each pass, without knowing which backend quantized the layer.
+    """
+    setattr(module, _DEQUANTIZER, fn)
+
+
+def dequantizer_of(module: Any) -> WeightSource | None:
+    """The dequantizer a quantizer attached to ``module`` (:func:`attach_dequantizer`), or None."""
+    return getattr(module, _DEQUANTIZER, None)

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 import factory
 from factory.errors import ConfigError
-from factory.testing import check_plugin_contract
+from factory.testing import check_plugin_contract, optimizer_step
 
 
 def config(*overrides: str) -> factory.RunConfig:
@@ -30,14 +30,6 @@ def groups_of(model) -> list[dict]:
 @pytest.fixture(scope="module")
 def batch() -> torch.Tensor:
     return torch.randint(3, 300, (4, 24), generator=torch.Generator().manual_seed(0))
-
-
-def step(model, optimizer, batch) -> float:
-    loss = model(batch, labels=batch).loss
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad()
-    return loss.item()
 
 
 def test_contract():
@@ -61,9 +53,9 @@ def test_steps_equal_adam_mini_built_directly(tiny_causal_lm, batch, capsys):
         verbose=False,
     )
     start = {n: p.detach().clone() for n, p in ours_model.named_parameters()}
-    losses = [step(ours_model, ours, batch) for _ in range(4)]
+    losses = [optimizer_step(ours_model, ours, batch) for _ in range(4)]
     for _ in range(4):
-        step(theirs_model, theirs, batch)
+        optimizer_step(theirs_model, theirs, batch)
     for (n, a), b in zip(ours_model.named_parameters(), theirs_model.parameters()):
         assert torch.equal(a, b), n
         assert not torch.equal(a, start[n]), f"{n} did not train"

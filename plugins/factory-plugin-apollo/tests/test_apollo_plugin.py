@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 from apollo_torch import APOLLOAdamW
@@ -12,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 import factory
 from factory.errors import ConfigError
-from factory.testing import check_plugin_contract
+from factory.testing import check_layerwise_steps, check_optimizer_reload, check_plugin_contract, optimizer_step
 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -35,14 +33,6 @@ def groups_of(model) -> list[dict]:
 @pytest.fixture(scope="module")
 def batch() -> torch.Tensor:
     return torch.randint(3, 300, (4, 24), generator=torch.Generator().manual_seed(0))
-
-
-def step(model, optimizer, batch) -> float:
-    loss = model(batch, labels=batch).loss
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad()
-    return loss.item()
 
 
 def direct(model, settings: dict) -> APOLLOAdamW:
@@ -116,8 +106,8 @@ def test_steps_equal_apollo_torch_built_directly(impl, overrides, settings, tiny
     start = {n: p.detach().clone() for n, p in ours_model.named_parameters()}
     losses = []
     for _ in range(4):  # update_proj_gap=2: a new projection is drawn on the way
-        losses.append(step(ours_model, ours, batch))
-        step(theirs_model, theirs, batch)
+        losses.append(optimizer_step(ours_model, ours, batch))
+        optimizer_step(theirs_model, theirs, batch)
     for (n, a), b in zip(ours_model.named_parameters(), theirs_model.parameters()):
         assert torch.equal(a, b), n
         assert not torch.equal(a, start[n]), f"{n} did not train"
@@ -128,22 +118,7 @@ def test_steps_equal_apollo_torch_built_directly(impl, overrides, settings, tiny
 
 def test_state_survives_the_trainers_safe_reload(tiny_causal_lm, batch):
     cfg = config("apollo.rank=4")
-    first = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
-    optimizer = APOLLO.create(first, cfg, groups_of(first))
-    for _ in range(2):
-        step(first, optimizer, batch)
-    buffer = io.BytesIO()
-    torch.save({"model": first.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-    second = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
-    second.load_state_dict(saved["model"])
-    resumed = APOLLO.create(second, cfg, groups_of(second))
-    resumed.load_state_dict(saved["optimizer"])
-    step(first, optimizer, batch)
-    step(second, resumed, batch)
-    for (n, a), b in zip(first.named_parameters(), second.parameters()):
-        assert torch.equal(a, b), n
+    check_optimizer_reload(tiny_causal_lm, lambda model: APOLLO.create(model, cfg, groups_of(model)), batch)
 
 
 def test_layerwise_takes_apollo_torchs_steps_and_keeps_no_gradient(tiny_causal_lm, batch):
@@ -157,44 +132,19 @@ def test_layerwise_takes_apollo_torchs_steps_and_keeps_no_gradient(tiny_causal_l
         "update_proj_gap": 2,
         "proj_type": "std",
     }
-    ours_model, theirs_model = (AutoModelForCausalLM.from_pretrained(tiny_causal_lm) for _ in range(2))
-    ours = APOLLO_LAYERWISE.create(
-        ours_model, config("apollo.rank=4", "apollo.update_proj_gap=2", "max_grad_norm=0"), groups_of(ours_model)
+    cfg = config("apollo.rank=4", "apollo.update_proj_gap=2", "max_grad_norm=0")
+    check_layerwise_steps(
+        tiny_causal_lm,
+        lambda model: APOLLO_LAYERWISE.create(model, cfg, groups_of(model)),
+        lambda model: direct(model, settings),
+        batch,
+        steps=4,  # update_proj_gap=2: a new projection is drawn on the way
     )
-    theirs = direct(theirs_model, settings)
-    ours_lr, theirs_lr = (torch.optim.lr_scheduler.LambdaLR(o, lambda i: 1 - i / 10) for o in (ours, theirs))
-    start = {n: p.detach().clone() for n, p in ours_model.named_parameters()}
-    for _ in range(4):  # update_proj_gap=2: a new projection is drawn on the way
-        ours_model(batch, labels=batch).loss.backward()
-        assert all(p.grad is None for p in ours_model.parameters())  # dropped right after each weight's step
-        ours.step()
-        ours.zero_grad()
-        ours_lr.step()
-        step(theirs_model, theirs, batch)
-        theirs_lr.step()
-    for (n, a), b in zip(ours_model.named_parameters(), theirs_model.parameters()):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-7, msg=n)
-        assert not torch.equal(a, start[n]), f"{n} did not train"
 
 
 def test_layerwise_state_survives_the_trainers_safe_reload(tiny_causal_lm, batch):
     cfg = config("optimizer=apollo-layerwise", "apollo.rank=4", "max_grad_norm=0")
-    first = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
-    optimizer = APOLLO_LAYERWISE.create(first, cfg, groups_of(first))
-    for _ in range(2):
-        step(first, optimizer, batch)
-    buffer = io.BytesIO()
-    torch.save({"model": first.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-    second = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
-    second.load_state_dict(saved["model"])
-    resumed = APOLLO_LAYERWISE.create(second, cfg, groups_of(second))
-    resumed.load_state_dict(saved["optimizer"])
-    step(first, optimizer, batch)
-    step(second, resumed, batch)
-    for (n, a), b in zip(first.named_parameters(), second.parameters()):
-        assert torch.equal(a, b), n
+    check_optimizer_reload(tiny_causal_lm, lambda model: APOLLO_LAYERWISE.create(model, cfg, groups_of(model)), batch)
 
 
 def test_layerwise_refuses_accumulation_before_loading(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 import factory
 from factory.errors import ConfigError
-from factory.testing import check_plugin_contract, check_resume
+from factory.testing import check_optimizer_reload, check_optimizer_resume, check_plugin_contract, optimizer_step
 
 DEMO_DIR = Path(__file__).resolve().parents[4] / "shared" / "data" / "llamafactory-demo"
 
@@ -41,14 +40,6 @@ def batch() -> torch.Tensor:
     return torch.randint(3, 300, (4, 24), generator=torch.Generator().manual_seed(0))
 
 
-def step(model, optimizer, batch) -> float:
-    loss = model(batch, labels=batch).loss
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad()
-    return loss.item()
-
-
 def snapshot(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
@@ -71,7 +62,7 @@ def phases(model, optimizer, batch, count: int, every: int) -> tuple[list[set[st
     changed, losses = [], []
     for index in range(count):
         before = snapshot(model)
-        losses += [step(model, optimizer, batch) for _ in range(max(every - (index == 0), 1))]
+        losses += [optimizer_step(model, optimizer, batch) for _ in range(max(every - (index == 0), 1))]
         changed.append(changed_parts(model, before))
     return changed, losses
 
@@ -143,49 +134,20 @@ def test_freeze_limits_badam_to_the_trained_layers(model, batch):
 
 def test_verbose_is_honoured(model, batch, capsys):
     optimizer = BADAM.create(model, config("badam.switch_every=1"), groups_of(model))
-    step(model, optimizer, batch)
+    optimizer_step(model, optimizer, batch)
     assert "will be trainable" not in capsys.readouterr().out
     optimizer = BADAM.create(model, config("badam.switch_every=1", "badam.verbose=1"), groups_of(model))
-    step(model, optimizer, batch)
+    optimizer_step(model, optimizer, batch)
     assert "will be trainable" in capsys.readouterr().out
 
 
 def test_resume_continues_the_schedule_exactly(tiny_causal_lm, batch):
-    """Four steps, a checkpoint (reloaded as the Trainer does: weights, then optimizer, then LR
-    scheduler, with weights_only), four more steps: the same weights as eight uninterrupted steps.
-    The checkpoint falls inside layer 1's phase and the learning rate decays every step."""
+    """Four steps, a checkpoint reloaded as the Trainer does, four more steps: the same weights as eight
+    uninterrupted steps. The checkpoint falls inside layer 1's phase and the learning rate decays every step."""
     cfg = config("badam.switch_every=3")
-
-    def start(model):
-        optimizer = BADAM.create(model, cfg, groups_of(model))
-        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 - i / 10)
-
-    def advance(model, optimizer, scheduler, steps):
-        for _ in range(steps):
-            step(model, optimizer, batch)
-            scheduler.step()
-
-    straight = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
-    advance(straight, *start(straight), 8)
-
-    first = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
-    first_opt, first_sched = start(first)
-    advance(first, first_opt, first_sched, 4)
-    buffer = io.BytesIO()
-    torch.save(
-        {"model": first.state_dict(), "optimizer": first_opt.state_dict(), "lr": first_sched.state_dict()}, buffer
+    check_optimizer_reload(
+        tiny_causal_lm, lambda model: BADAM.create(model, cfg, groups_of(model)), batch, before=4, after=4
     )
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-
-    resumed = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
-    resumed_opt, resumed_sched = start(resumed)
-    resumed.load_state_dict(saved["model"])
-    resumed_opt.load_state_dict(saved["optimizer"])
-    resumed_sched.load_state_dict(saved["lr"])
-    advance(resumed, resumed_opt, resumed_sched, 4)
-    for (n, a), b in zip(straight.named_parameters(), resumed.parameters()):
-        assert torch.equal(b, a), n
 
 
 def test_start_block_beyond_the_model(model):
@@ -251,11 +213,11 @@ def test_ratio_mode_steps_equal_badam_built_directly(mask_mode, tiny_causal_lm, 
     start = snapshot(ours_model)
     torch.manual_seed(9)
     for _ in range(4):
-        step(ours_model, ours, batch)
+        optimizer_step(ours_model, ours, batch)
     ours_draw = torch.rand(1)
     expected_draw = torch.rand(1, generator=torch.Generator().manual_seed(9))
     for _ in range(4):
-        step(theirs_model, theirs, batch)
+        optimizer_step(theirs_model, theirs, batch)
     for (n, a), b in zip(ours_model.named_parameters(), theirs_model.parameters()):
         assert torch.equal(a, b), n
     assert torch.equal(ours_draw, expected_draw)  # our steps did not re-seed torch's generator
@@ -268,39 +230,12 @@ def test_ratio_mode_steps_equal_badam_built_directly(mask_mode, tiny_causal_lm, 
 
 
 def test_ratio_mode_resumes_exactly(tiny_causal_lm, batch):
+    """The checkpoint (inside the second phase) restores the masks' generator: the reloaded side starts from
+    another global seed."""
     cfg = ratio_config("badam.update_ratio=0.2", "badam.switch_every=3", "badam.mask_mode=scatter")
-
-    def start(model):
-        optimizer = BADAM.create(model, cfg, groups_of(model))
-        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 - i / 10)
-
-    def advance(model, optimizer, scheduler, steps):
-        for _ in range(steps):
-            step(model, optimizer, batch)
-            scheduler.step()
-
-    torch.manual_seed(1)
-    straight = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
-    advance(straight, *start(straight), 8)
-    torch.manual_seed(1)
-    first = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
-    first_opt, first_sched = start(first)
-    advance(first, first_opt, first_sched, 4)  # inside the second phase
-    buffer = io.BytesIO()
-    torch.save(
-        {"model": first.state_dict(), "optimizer": first_opt.state_dict(), "lr": first_sched.state_dict()}, buffer
+    check_optimizer_reload(
+        tiny_causal_lm, lambda model: BADAM.create(model, cfg, groups_of(model)), batch, before=4, after=4
     )
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-    torch.manual_seed(2)  # a resumed process draws other weight seeds at first; the checkpoint restores them
-    resumed = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
-    resumed.load_state_dict(saved["model"])
-    resumed_opt, resumed_sched = start(resumed)
-    resumed_opt.load_state_dict(saved["optimizer"])
-    resumed_sched.load_state_dict(saved["lr"])
-    advance(resumed, resumed_opt, resumed_sched, 4)
-    for (n, a), b in zip(straight.named_parameters(), resumed.parameters()):
-        assert torch.equal(b, a), n
 
 
 @pytest.mark.parametrize(
@@ -348,26 +283,14 @@ def test_ratio_options_are_checked(overrides, expected):
 def test_ratio_mode_trains_and_resumes_through_finetune(tiny_causal_lm, tmp_path):
     """Through the Trainer, which measures the gradient norm after every backward (so the sparse gradients must
     wait in the optimizer): the loss falls, and a run resumed half-way ends with the uninterrupted run's weights."""
-    metrics = check_resume(
+    check_optimizer_resume(
         tmp_path,
-        [
-            f"model={tiny_causal_lm}",
-            "dataset=alpaca_en_demo",
-            f"dataset_dir={DEMO_DIR}",
-            "max_samples=16",
-            "cutoff_len=64",
-            "batch_size=4",
-            "learning_rate=1e-2",
-            "logging_steps=1",
-            "precision=fp32",
-            "method=full",
-            "optimizer=badam",
-            "badam.mode=ratio",
-            "badam.update_ratio=0.3",
-            "badam.switch_every=3",
-            "max_grad_norm=0",
-            "weight_decay=0",
-        ],
+        tiny_causal_lm,
+        DEMO_DIR,
+        "optimizer=badam",
+        "badam.mode=ratio",
+        "badam.update_ratio=0.3",
+        "badam.switch_every=3",
+        "max_grad_norm=0",
+        "weight_decay=0",
     )
-    values = [e["loss"] for e in metrics["log_history"] if "loss" in e]
-    assert len(values) == 4 and values[-1] < values[0], values

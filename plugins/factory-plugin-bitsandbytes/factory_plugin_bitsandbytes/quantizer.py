@@ -1,8 +1,10 @@
 """The bitsandbytes quantizers: transformers' ``BitsAndBytesConfig`` plus the k-bit preparation for training.
 
 transformers quantizes the linear layers while loading; this module adds what a run needs on
-top: the CPU guard against bitsandbytes' inference-only weight repacking, and the k-bit
-preparation (frozen base, norms in fp32) before an adapter is attached.
+top: the CPU guard against bitsandbytes' inference-only weight repacking, the k-bit
+preparation (frozen base) before an adapter is attached, and for 4-bit layers a dequantizer
+(:mod:`factory_plugin_bitsandbytes.dequantize`) with which an adapter plugin runs the base matmul
+itself (the peft plugin's fused QLoRA layers).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import bitsandbytes as bnb
 from transformers import BitsAndBytesConfig
 
 from factory.plugin_api import PluginError, RunConfig, compute_dtype, freeze_base, save_quantized
+from factory_plugin_bitsandbytes.dequantize import attach_dequantizers
 
 
 def guard_cpu_repacking(model: Any) -> int:
@@ -64,6 +67,7 @@ class BitsAndBytesQuantizer:
                 + "; load it without quantization= or give an unquantized model"
             )
         guard_cpu_repacking(model)
+        attach_dequantizers(model)
         return freeze_base(model)
 
     def export(self, model: Any, tokenizer: Any, output_dir: str, cfg: RunConfig) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,13 @@ from transformers import AutoModelForCausalLM
 
 import factory
 from factory.errors import ConfigError, PluginError
-from factory.testing import check_plugin_contract, check_resume
+from factory.testing import (
+    check_layerwise_steps,
+    check_optimizer_reload,
+    check_optimizer_resume,
+    check_plugin_contract,
+    optimizer_step,
+)
 
 DEMO_DIR = Path(__file__).resolve().parents[4] / "shared" / "data" / "llamafactory-demo"
 
@@ -40,14 +45,6 @@ def model(tiny_causal_lm):
 @pytest.fixture(scope="module")
 def batch() -> torch.Tensor:
     return torch.randint(3, 300, (4, 24), generator=torch.Generator().manual_seed(0))
-
-
-def step(model, optimizer, batch) -> float:
-    loss = model(batch, labels=batch).loss
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad()
-    return loss.item()
 
 
 def names_in_galore_groups(model, optimizer) -> set[str]:
@@ -84,7 +81,7 @@ def test_full_training_projects_target_weights_and_lowers_the_loss(model, batch)
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
 
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    losses = [step(model, optimizer, batch) for _ in range(10)]
+    losses = [optimizer_step(model, optimizer, batch) for _ in range(10)]
     assert losses[-1] < losses[0] - 0.3, losses
     for n, p in model.named_parameters():
         assert not torch.equal(p, before[n]), f"{n} did not change under full training"
@@ -124,7 +121,7 @@ def test_freeze_keeps_frozen_weights(model, batch):
         n for n, _ in model.named_parameters() if n.startswith("model.layers.1.") and n.endswith(weights)
     }
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    losses = [step(model, optimizer, batch) for _ in range(10)]
+    losses = [optimizer_step(model, optimizer, batch) for _ in range(10)]
     assert losses[-1] < losses[0] - 0.3, losses
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]) != n.startswith("model.layers.1."), n
@@ -172,84 +169,26 @@ def test_bad_options_are_one_sentence(override, key):
 def test_state_survives_the_trainers_safe_reload(tiny_causal_lm, batch):
     """Resuming reloads optimizer state with torch.load(weights_only=True): the projectors must come back."""
     cfg = config("galore.rank=4", "galore.update_proj_gap=100")
-    first = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
-    optimizer = GALORE.create(first, cfg, groups_of(first))
-    for _ in range(2):
-        step(first, optimizer, batch)
-    buffer = io.BytesIO()
-    torch.save({"model": first.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-
-    second = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
-    second.load_state_dict(saved["model"])
-    resumed = GALORE.create(second, cfg, groups_of(second))
-    resumed.load_state_dict(saved["optimizer"])
-    step(first, optimizer, batch)
-    step(second, resumed, batch)
-    for (n, a), b in zip(first.named_parameters(), second.parameters()):
-        assert torch.equal(a, b), n
-
-
-def scheduled(optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 - i / 10)
+    check_optimizer_reload(tiny_causal_lm, lambda model: GALORE.create(model, cfg, groups_of(model)), batch)
 
 
 def test_layerwise_takes_the_same_steps_as_galore_and_keeps_no_gradient(tiny_causal_lm, batch):
     """Stepping each weight inside backward (its own optimizer, the scheduled learning rate copied in)
     gives the weights of galore-torch's GaLoreAdamW stepping them all after backward."""
     cfg = config("galore.rank=4", "galore.update_proj_gap=2", "max_grad_norm=0")
-    plain_model, layerwise_model = (AutoModelForCausalLM.from_pretrained(tiny_causal_lm) for _ in range(2))
-    plain = GALORE.create(plain_model, cfg, groups_of(plain_model))
-    layerwise = GALORE_LAYERWISE.create(layerwise_model, cfg, groups_of(layerwise_model))
-    plain_lr, layerwise_lr = scheduled(plain), scheduled(layerwise)
-    assert len(layerwise.per_param) == len(list(layerwise_model.parameters()))
-    for _ in range(5):  # the projection is recomputed twice on the way
-        step(plain_model, plain, batch)
-        plain_lr.step()
-        layerwise_model(batch, labels=batch).loss.backward()
-        assert all(p.grad is None for p in layerwise_model.parameters())  # dropped right after each weight's step
-        layerwise.step()
-        layerwise.zero_grad()
-        layerwise_lr.step()
-    for (n, a), b in zip(plain_model.named_parameters(), layerwise_model.parameters()):
-        torch.testing.assert_close(b, a, rtol=0, atol=1e-7, msg=n)
-    assert not torch.equal(
-        plain_model.model.layers[0].self_attn.q_proj.weight,
-        AutoModelForCausalLM.from_pretrained(tiny_causal_lm).model.layers[0].self_attn.q_proj.weight,
+    layerwise = check_layerwise_steps(
+        tiny_causal_lm,
+        lambda model: GALORE_LAYERWISE.create(model, cfg, groups_of(model)),
+        lambda model: GALORE.create(model, cfg, groups_of(model)),
+        batch,
+        steps=5,  # the projection is recomputed twice on the way
     )
+    assert len(layerwise.per_param) == 2 * 9 + 2  # one optimizer per weight: nine per block, embeddings, final norm
 
 
 def test_layerwise_state_resumes_exactly(tiny_causal_lm, batch):
     cfg = config("galore.rank=4", "max_grad_norm=0")
-
-    def start(model):
-        optimizer = GALORE_LAYERWISE.create(model, cfg, groups_of(model))
-        return optimizer, scheduled(optimizer)
-
-    def advance(model, optimizer, scheduler, steps):
-        for _ in range(steps):
-            step(model, optimizer, batch)
-            scheduler.step()
-
-    straight = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
-    advance(straight, *start(straight), 4)
-    first = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
-    first_opt, first_lr = start(first)
-    advance(first, first_opt, first_lr, 2)
-    buffer = io.BytesIO()
-    torch.save({"model": first.state_dict(), "optimizer": first_opt.state_dict(), "lr": first_lr.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-    first_opt.remove_hooks()
-    resumed = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
-    resumed.load_state_dict(saved["model"])
-    resumed_opt, resumed_lr = start(resumed)
-    resumed_opt.load_state_dict(saved["optimizer"])
-    resumed_lr.load_state_dict(saved["lr"])
-    advance(resumed, resumed_opt, resumed_lr, 2)
-    for (n, a), b in zip(straight.named_parameters(), resumed.parameters()):
-        assert torch.equal(b, a), n
+    check_optimizer_reload(tiny_causal_lm, lambda model: GALORE_LAYERWISE.create(model, cfg, groups_of(model)), batch)
 
 
 @pytest.mark.parametrize(
@@ -275,24 +214,12 @@ def test_layerwise_refuses_what_it_cannot_honour_before_loading(override, expect
 def test_trains_and_resumes_through_finetune(tiny_causal_lm, tmp_path):
     """Through the Trainer: the loss falls with every weight stepped inside backward, and a run resumed half-way
     (per-weight states with their projectors, reloaded weights_only) ends with the uninterrupted run's weights."""
-    metrics = check_resume(
+    check_optimizer_resume(
         tmp_path,
-        [
-            f"model={tiny_causal_lm}",
-            "dataset=alpaca_en_demo",
-            f"dataset_dir={DEMO_DIR}",
-            "max_samples=16",
-            "cutoff_len=64",
-            "batch_size=4",
-            "learning_rate=1e-2",
-            "logging_steps=1",
-            "precision=fp32",
-            "method=full",
-            "optimizer=galore-layerwise",
-            "galore.rank=4",
-            "galore.update_proj_gap=3",
-            "max_grad_norm=0",
-        ],
+        tiny_causal_lm,
+        DEMO_DIR,
+        "optimizer=galore-layerwise",
+        "galore.rank=4",
+        "galore.update_proj_gap=3",
+        "max_grad_norm=0",
     )
-    values = [e["loss"] for e in metrics["log_history"] if "loss" in e]
-    assert len(values) == 4 and values[-1] < values[0], values

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 import factory
 from factory.errors import ConfigError
-from factory.testing import check_plugin_contract, check_resume
+from factory.testing import check_optimizer_reload, check_optimizer_resume, check_plugin_contract, optimizer_step
 
 DEMO_DIR = Path(__file__).resolve().parents[4] / "shared" / "data" / "llamafactory-demo"
 
@@ -36,14 +35,6 @@ def groups_of(model) -> list[dict]:
 @pytest.fixture(scope="module")
 def batch() -> torch.Tensor:
     return torch.randint(3, 300, (4, 24), generator=torch.Generator().manual_seed(0))
-
-
-def step(model, optimizer, batch) -> float:
-    loss = model(batch, labels=batch).loss
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad()
-    return loss.item()
 
 
 def scheduled(optimizer):
@@ -81,7 +72,7 @@ def test_scheduled_steps_equal_torch_muon_and_adamw_built_directly(adjust, tiny_
     start = {n: p.detach().clone() for n, p in ours_model.named_parameters()}
     losses = []
     for _ in range(4):
-        losses.append(step(ours_model, ours, batch))
+        losses.append(optimizer_step(ours_model, ours, batch))
         ours_lr.step()
         theirs_model(batch, labels=batch).loss.backward()
         for optimizer, scheduler in ((muon, muon_lr), (adamw, adamw_lr)):
@@ -112,26 +103,19 @@ def test_muon_step_is_an_orthogonalised_update(tiny_causal_lm, batch):
 
 def test_state_resumes_exactly(tiny_causal_lm, batch):
     cfg = config()
-    straight = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
-    optimizer = MUON.create(straight, cfg, groups_of(straight))
-    for _ in range(4):
-        step(straight, optimizer, batch)
-    first = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
-    first_opt = MUON.create(first, cfg, groups_of(first))
-    for _ in range(2):
-        step(first, first_opt, batch)
-    buffer = io.BytesIO()
-    torch.save({"model": first.state_dict(), "optimizer": first_opt.state_dict()}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-    resumed = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
-    resumed.load_state_dict(saved["model"])
-    resumed_opt = MUON.create(resumed, cfg, groups_of(resumed))
-    resumed_opt.load_state_dict(saved["optimizer"])
-    for _ in range(2):
-        step(resumed, resumed_opt, batch)
-    for (n, a), b in zip(straight.named_parameters(), resumed.parameters()):
-        assert torch.equal(b, a), n
+    check_optimizer_reload(
+        tiny_causal_lm, lambda model: MUON.create(model, cfg, groups_of(model)), batch, schedule=False
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="MuonWithAdamW.load_state_dict lets torch replace its parts' param_groups with new dicts, so a learning-rate "
+    "scheduler built before the load (as the Trainer builds it) no longer reaches the parts",
+)
+def test_state_resumes_exactly_under_a_schedule(tiny_causal_lm, batch):
+    cfg = config()
+    check_optimizer_reload(tiny_causal_lm, lambda model: MUON.create(model, cfg, groups_of(model)), batch)
 
 
 def test_only_matrices_train_gives_muon_alone(tiny_causal_lm):
@@ -167,21 +151,4 @@ def test_bad_options_are_one_sentence(override, key):
 def test_trains_and_resumes_through_finetune(tiny_causal_lm, tmp_path):
     """Through the Trainer and accelerate: the loss falls, and a run resumed half-way (both halves' states) ends
     with the uninterrupted run's weights."""
-    metrics = check_resume(
-        tmp_path,
-        [
-            f"model={tiny_causal_lm}",
-            "dataset=alpaca_en_demo",
-            f"dataset_dir={DEMO_DIR}",
-            "max_samples=16",
-            "cutoff_len=64",
-            "batch_size=4",
-            "learning_rate=1e-2",
-            "logging_steps=1",
-            "precision=fp32",
-            "method=full",
-            "optimizer=muon",
-        ],
-    )
-    values = [e["loss"] for e in metrics["log_history"] if "loss" in e]
-    assert len(values) == 4 and values[-1] < values[0], values
+    check_optimizer_resume(tmp_path, tiny_causal_lm, DEMO_DIR, "optimizer=muon")

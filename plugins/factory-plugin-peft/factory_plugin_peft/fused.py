@@ -4,14 +4,20 @@ peft's ``Linear.forward`` runs the base layer, then the adapter as two matmuls, 
 five autograd nodes and two extra passes over the output per layer, forward and backward. On
 SmolLM2 those passes were ~6% of a LoRA step; :func:`factory.model.fused.low_rank_linear` folds them
 into the base matmul. Any layer or call it does not model (DoRA and other variants, dropout, an
-adapter bias, several or disabled adapters, merged weights, a trainable, quantized or partitioned
-base, weights in another dtype than the input, as with ``frozen_weights: fp32``) keeps peft's own
-forward.
+adapter bias, several or disabled adapters, merged weights, a trainable or partitioned base, a
+quantized base without a dequantizer, weights in another dtype than the input, as with
+``frozen_weights: fp32``) keeps peft's own forward.
+
+LoRA over a quantized base (QLoRA) takes the same path when the quantizer attached a dequantizer to
+the base layer (``factory.plugin_api.dequantizer_of``; the bitsandbytes plugin does for 4-bit): the
+fused linear dequantizes the weight in its forward and again in its backward instead of the
+backend's own layer and peft's separate adapter ops. This module never learns which backend it is.
 
 The q/k/v layers of an attention block read the same input; their frozen weights are stacked into one
 matrix (the layers' weights become views of it, so the model still holds one copy) and the first of
 them to be called computes all three outputs in one matmul, handing the other two to the calls that
-follow on the same tensor (1% of a LoRA step on SmolLM2). A group whose layers are not called on the
+follow on the same tensor (1% of a LoRA step on SmolLM2). Quantized bases are not stacked: their
+dense weights exist only inside each layer's own passes. A group whose layers are not called on the
 same tensor (cross-attention) or no longer fit the stack (moved, merged, re-cast) computes layer by layer.
 """
 
@@ -22,14 +28,23 @@ from typing import Any
 
 import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
+from peft.tuners.lora.layer import LoraLayer
 
-from factory.plugin_api import low_rank_linear, stacked_low_rank_linear
+from factory.plugin_api import WeightSource, dequantizer_of, low_rank_linear, stacked_low_rank_linear
 
 # Layers of one module that read the same input, as transformers' Llama-style attention names them.
 SHARED_INPUT = ("q_proj", "k_proj", "v_proj")
 
 
-def _plain_adapter(layer: LoraLinear, x: torch.Tensor, args: tuple, kwargs: dict[str, Any]) -> str | None:
+def _base_weight(base: torch.nn.Module) -> torch.Tensor | WeightSource | None:
+    """The frozen base's weight for the fused path: its tensor, the dequantizer of a quantized base, or None."""
+    source = dequantizer_of(base)
+    if source is not None:
+        return source if _frozen(base) else None
+    return base.weight if _frozen_whole(base) else None
+
+
+def _plain_adapter(layer: LoraLayer, x: torch.Tensor, args: tuple, kwargs: dict[str, Any]) -> str | None:
     """The one active plain-LoRA adapter this call can fuse, or None to let peft run it."""
     if args or kwargs or layer.disable_adapters or layer.merged:
         return None
@@ -46,14 +61,18 @@ def _plain_adapter(layer: LoraLinear, x: torch.Tensor, args: tuple, kwargs: dict
         and layer.lora_B[name].bias is None
     )
     whole_a = layer.lora_A[name].weight.dim() == 2  # ZeRO-3 partitions the adapter too
-    return name if plain and _frozen_whole(base) and whole_a and x.dtype == base.weight.dtype == dtype else None
+    weight = _base_weight(base)
+    return name if plain and weight is not None and whole_a and x.dtype == weight.dtype == dtype else None
+
+
+def _frozen(base: torch.nn.Module) -> bool:
+    return not base.weight.requires_grad and (base.bias is None or not base.bias.requires_grad)
 
 
 def _frozen_whole(base: torch.nn.Linear) -> bool:
     """A frozen base with its whole weight (DeepSpeed ZeRO-3 leaves a partitioned weight empty until the
     layer's own forward)."""
-    frozen = not base.weight.requires_grad and (base.bias is None or not base.bias.requires_grad)
-    return frozen and base.weight.shape == (base.out_features, base.in_features)
+    return _frozen(base) and base.weight.shape == (base.out_features, base.in_features)
 
 
 def _pointers(base: torch.nn.Linear) -> tuple[int, int | None]:
@@ -107,7 +126,7 @@ class _SharedInput:
         return [_pointers(member.base_layer) for member in self.layers] == self.views
 
 
-def _fused_forward(self: LoraLinear, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+def _fused_forward(self: LoraLayer, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     group: _SharedInput | None = self.__dict__.get("_shared_input")
     if group is not None:
         out = group.output(self, x, args, kwargs)
@@ -118,7 +137,7 @@ def _fused_forward(self: LoraLinear, x: torch.Tensor, *args: Any, **kwargs: Any)
         return type(self).forward(self, x, *args, **kwargs)
     base = self.base_layer
     return low_rank_linear(
-        x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name]
+        x, _base_weight(base), base.bias, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name]
     )
 
 
@@ -138,8 +157,16 @@ def _stackable(layers: list[Any]) -> bool:
     )
 
 
+def _fusable(module: torch.nn.Module) -> bool:
+    """A peft LoRA layer over a plain ``nn.Linear`` or over a quantized layer with a dequantizer."""
+    if type(module) is LoraLinear and type(module.base_layer) is torch.nn.Linear:
+        return True
+    return isinstance(module, LoraLayer) and dequantizer_of(module.get_base_layer()) is not None
+
+
 def fuse_lora_layers(model: torch.nn.Module) -> int:
-    """Route peft's LoRA layers over plain ``nn.Linear`` bases through the fused forward; returns how many.
+    """Route peft's LoRA layers over plain ``nn.Linear`` or dequantizable bases through the fused forward;
+    returns how many.
 
     q/k/v layers that can be stacked (see the module's docstring) share one :class:`_SharedInput`.
     """
@@ -150,7 +177,7 @@ def fuse_lora_layers(model: torch.nn.Module) -> int:
             group = _SharedInput(siblings)
             for layer in siblings:
                 layer.__dict__["_shared_input"] = group
-        if type(module) is LoraLinear and type(module.base_layer) is torch.nn.Linear:
+        if _fusable(module):
             module.forward = types.MethodType(_fused_forward, module)
             patched += 1
     return patched
