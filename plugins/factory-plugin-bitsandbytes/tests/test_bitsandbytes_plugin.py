@@ -108,26 +108,9 @@ def test_without_the_guard_an_eval_pass_breaks_base_gradients(tiny_causal_lm, id
     assert not torch.allclose(input_gradient(model, ids), before, rtol=1e-2, atol=1e-4)
 
 
-def test_qlora_trains_saves_and_reloads_on_the_unquantized_base(tiny_causal_lm, tmp_path):
+def test_qlora_trains_saves_and_reloads_on_the_unquantized_base(tiny_causal_lm, tmp_path, tiny_qlora_run):
     out = tmp_path / "qlora"
-    metrics = factory.finetune(
-        model=str(tiny_causal_lm),
-        quantization="bnb-4bit",
-        method="lora",
-        dataset="alpaca_en_demo",
-        dataset_dir=str(DEMO_DIR),
-        max_samples=8,
-        cutoff_len=96,
-        batch_size=4,
-        max_steps=12,
-        learning_rate=5e-2,
-        lr_scheduler="constant",
-        logging_steps=1,
-        output_dir=str(out),
-        precision="fp32",
-        sample_prompt=None,
-        seed=3,
-    )
+    metrics = tiny_qlora_run(tiny_causal_lm, out, max_steps=12, precision="fp32")
     losses = [e["loss"] for e in metrics["log_history"] if "loss" in e]
     assert sum(losses[-3:]) / 3 < 0.98 * losses[0], losses  # a random tiny model; the e2e test checks real learning
     assert (out / "adapter_model.safetensors").is_file()

@@ -105,32 +105,14 @@ def test_fused_qlora_layers_compute_what_peft_and_bitsandbytes_do(tiny_causal_lm
         assert (got - want).abs().max() <= 0.02 * want.abs().max()
 
 
-def finetune_losses(tiny: Path, tmp_path: Path, fused_ops: bool) -> list[float]:
-    metrics = factory.finetune(
-        model=str(tiny),
-        quantization="bnb-4bit",
-        method="lora",
-        dataset="alpaca_en_demo",
-        dataset_dir=str(DEMO_DIR),
-        max_samples=8,
-        cutoff_len=96,
-        batch_size=4,
-        max_steps=6,
-        learning_rate=5e-2,
-        lr_scheduler="constant",
-        logging_steps=1,
-        output_dir=str(tmp_path / f"fused-{fused_ops}"),
-        precision="bf16",
-        fused_ops=fused_ops,
-        sample_prompt=None,
-        seed=3,
-    )
+def finetune_losses(run, tiny: Path, tmp_path: Path, fused_ops: bool) -> list[float]:
+    metrics = run(tiny, tmp_path / f"fused-{fused_ops}", max_steps=6, precision="bf16", fused_ops=fused_ops)
     return [entry["loss"] for entry in metrics["log_history"] if "loss" in entry]
 
 
-def test_a_short_fused_qlora_run_learns_what_the_unfused_one_does(tiny_causal_lm, tmp_path):
-    fused = finetune_losses(tiny_causal_lm, tmp_path, True)
-    plain = finetune_losses(tiny_causal_lm, tmp_path, False)
+def test_a_short_fused_qlora_run_learns_what_the_unfused_one_does(tiny_causal_lm, tmp_path, tiny_qlora_run):
+    fused = finetune_losses(tiny_qlora_run, tiny_causal_lm, tmp_path, True)
+    plain = finetune_losses(tiny_qlora_run, tiny_causal_lm, tmp_path, False)
     assert len(fused) == len(plain) == 6
     assert fused[-1] < fused[0]
     for got, want in zip(fused, plain):
