@@ -171,9 +171,8 @@ class GroupedCausalAttention(torch.autograd.Function):
         sums: tuple[torch.Tensor, torch.Tensor] | None = None
         # Backwards through each example: its last block sees all its keys; earlier blocks add into a
         # prefix, summed in fp32 when the example has several.
-        blocks = list(
-            zip(_blocks(ctx.edges, ctx.bands), *[iter(saved)] * 4)
-        )  # the forward saved four tensors per block
+        # the forward saved four tensors per block
+        blocks = list(zip(_blocks(ctx.edges, ctx.bands), *[iter(saved)] * 4))
         for (first, start, end), rows, keys, values, probs in reversed(blocks):
             grad = _stacked(grad_out[:, start:end].transpose(1, 2), groups)
             part_value = torch.bmm(probs.transpose(1, 2), grad)
