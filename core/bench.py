@@ -76,6 +76,7 @@ BASELINE = {
     "fused_ops": False,
     "frozen_weights": "fp32",
     "kernel_cache_limit": False,
+    "reuse_memory": False,
 }
 
 
@@ -86,6 +87,7 @@ LEVERS = (
     "fused_ops",
     "frozen_weights",
     "kernel_cache_limit",
+    "reuse_memory",
     "trim_memory",
     "torch_compile",
     "precision",

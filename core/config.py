@@ -169,6 +169,10 @@ class RunConfig(BaseModel):
     kernel_cache_limit: bool = Field(
         True, description="bound torch's CPU kernel caches so each new batch shape does not keep its own (oneDNN)"
     )
+    reuse_memory: bool = Field(
+        True,
+        description="in training, keep freed memory for the next step instead of returning it to the system (glibc)",
+    )
     trim_memory: bool = Field(False, description="return freed heap memory to the system after every step (glibc)")
     sample_prompt: str | None = Field("Who are you?", description="after SFT, print the tuned model's answer to this")
 
@@ -426,6 +430,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "chunked_loss",
         "fused_ops",
         "kernel_cache_limit",
+        "reuse_memory",
         "trim_memory",
         "sample_prompt",
     ),

@@ -167,3 +167,32 @@ def test_a_row_of_short_examples_takes_one_grouped_call_per_layer(tiny_causal_lm
     mask = torch.arange(padded.shape[1]) < torch.tensor([len(r) for r in rows])[:, None]
     reference = _grads(plain, input_ids=padded, attention_mask=mask.long(), labels=padded.masked_fill(~mask, -100))
     assert torch.allclose(flat, reference, atol=1e-5)
+
+
+def test_fp32_weights_under_autocast_take_the_grouped_kernel(tiny_causal_lm, monkeypatch):
+    """Full fine-tuning: fp32 weights under bf16 autocast leave RoPE'd queries and keys in fp32 and values in bf16.
+    They are cast as autocast casts SDPA's inputs, so the grouped kernel still runs, and the gradients stay within
+    bf16 rounding of plain transformers' SDPA under the same autocast."""
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_causal_lm, dtype=torch.float32, attn_implementation=register_varlen_sdpa()
+    )
+    rows = _rows()
+    dtypes = []
+    real_apply = attention.GroupedCausalAttention.apply
+    monkeypatch.setattr(
+        attention.GroupedCausalAttention,
+        "apply",
+        lambda q, k, v, *rest: dtypes.append((q.dtype, k.dtype, v.dtype)) or real_apply(q, k, v, *rest),
+    )
+    batch = FlatteningCollator(pad_token_id=0)([{"input_ids": r, "labels": r} for r in rows])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        flat = _grads(model, **{k: v for k, v in batch.items() if k != "attention_mask"})
+    assert dtypes == [(torch.bfloat16,) * 3] * model.config.num_hidden_layers
+    plain = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32, attn_implementation="sdpa")
+    padded = torch.nn.utils.rnn.pad_sequence([torch.tensor(r) for r in rows], batch_first=True, padding_value=0)
+    mask = torch.arange(padded.shape[1]) < torch.tensor([len(r) for r in rows])[:, None]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = _grads(plain, input_ids=padded, attention_mask=mask.long(), labels=padded.masked_fill(~mask, -100))
+    assert flat.dtype == torch.float32
+    assert torch.allclose(flat, reference, atol=2e-2, rtol=5e-2)
+    assert torch.nn.functional.cosine_similarity(flat, reference, dim=0) > 0.999

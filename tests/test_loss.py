@@ -122,8 +122,50 @@ def test_a_workspace_is_reused_across_calls_without_changing_the_loss(tiny_causa
         (grad,) = torch.autograd.grad(loss, hidden)
         (grad_fresh,) = torch.autograd.grad(fresh, hidden_again)
         assert torch.equal(grad, grad_fresh)
-        buffers.append(workspace._buffer.data_ptr())
+        buffers.append(workspace._buffers["logits"].data_ptr())
     assert len(set(buffers)) == 1
+
+
+def test_a_trained_fp32_head_under_autocast_reuses_its_workspace_and_matches_the_library():
+    """Full fine-tuning: an fp32 head under bf16 autocast. The head's bf16 copy and each chunk's weight-gradient
+    product live in the workspace, and reusing it (a smaller call between two larger) changes no bit of the
+    gradients; they match the library's head and cross-entropy under the same autocast."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    workspace = loss_module.LogitsWorkspace()
+    kept = []
+    for rows in (9, 4, 9):
+        hidden = torch.randn(2, rows, 16)
+        labels = torch.randint(0, 50, (2, rows))
+        grads = []
+        for space in (workspace, loss_module.LogitsWorkspace(), None):
+            head.weight.grad = None
+            leaf = hidden.clone().requires_grad_(True)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                if space is None:
+                    logits = head(leaf)[:, :-1].reshape(-1, 50).float()
+                    loss = torch.nn.functional.cross_entropy(logits, labels[:, 1:].reshape(-1))
+                else:
+                    loss = chunked_causal_lm_loss(leaf, head, labels, chunk_tokens=5, workspace=space)
+            loss.backward()
+            grads.append((loss.detach(), leaf.grad, head.weight.grad))
+        assert head.weight.grad.dtype == torch.float32
+        (ours, fresh, library) = grads
+        assert all(torch.equal(a, b) for a, b in zip(ours, fresh))
+        for mine, theirs in zip(ours, library):
+            assert torch.allclose(mine.float(), theirs.float(), atol=2e-3, rtol=2e-2)
+        kept.append({name: t.data_ptr() for name, t in workspace._buffers.items()})
+    assert set(kept[0]) == {"logits", "weight", "weight_grad"} and kept[0] == kept[1] == kept[2]
+
+
+def test_the_chunked_loss_refuses_a_second_backward():
+    """Its backward scales the saved gradients in place, so a retained graph cannot be run twice."""
+    head = torch.nn.Linear(16, 50)
+    hidden = torch.randn(1, 6, 16, requires_grad=True)
+    loss = chunked_causal_lm_loss(hidden, head, torch.randint(0, 50, (1, 6)))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backpropagated once"):
+        loss.backward()
 
 
 @pytest.mark.parametrize("head_trains", [False, True])

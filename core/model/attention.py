@@ -271,6 +271,12 @@ def varlen_sdpa_forward(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
+    if torch.is_autocast_enabled(query.device.type):
+        # What autocast does to SDPA's inputs, done first so the grouped kernel sees one dtype: with
+        # fp32 weights (full fine-tuning) RoPE leaves queries and keys in fp32 and values in bf16,
+        # which sent every example to the slower flash kernel.
+        dtype = torch.get_autocast_dtype(query.device.type)
+        query, key, value = (t.to(dtype) if t.is_floating_point() else t for t in (query, key, value))
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     lengths = [b - a for a, b in zip(edges, edges[1:])]
     # Banded examples always take the grouped kernel when training on CPU: it masks per block, and

@@ -30,22 +30,38 @@ def _compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
 
 
 class LogitsWorkspace:
-    """One chunk's logits buffer, kept from call to call.
+    """The head's vocabulary-sized scratch matrices, kept from call to call.
 
     A fresh buffer per chunk (25 MB on SmolLM2, 78 MB on Qwen2.5's vocabulary) comes from new pages
     each time, and faulting them in cost as much as the chunk's head matmul (measured: 35 ms of 37,
-    ~3% of a LoRA step). Nothing in it outlives a call: the loss keeps only its gradients.
+    ~3% of a LoRA step). When the head trains (full fine-tuning), its weight in the compute dtype and
+    each chunk's weight-gradient product are as large as the head itself (56 MB each on SmolLM2)
+    and are kept here too. Nothing in it outlives a call: the loss keeps only its gradients.
     """
 
     def __init__(self) -> None:
-        self._buffer: torch.Tensor | None = None
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def _kept(self, name: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        kept = self._buffers.get(name)
+        if kept is None or kept.dtype != dtype or kept.device != device or kept.numel() < numel:
+            kept = self._buffers[name] = torch.empty(numel, dtype=dtype, device=device)
+        return kept[:numel]
 
     def take(self, rows: int, columns: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """A ``rows x columns`` matrix to overwrite, grown (never shrunk) as calls need."""
-        kept = self._buffer
-        if kept is None or kept.dtype != dtype or kept.device != device or kept.numel() < rows * columns:
-            kept = self._buffer = torch.empty(rows * columns, dtype=dtype, device=device)
-        return kept[: rows * columns].view(rows, columns)
+        return self._kept("logits", rows * columns, dtype, device).view(rows, columns)
+
+    def cast(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``weight`` in ``dtype``: itself when it already is, else a copy into a kept buffer (valid until the next call)."""
+        if weight.dtype == dtype:
+            return weight.detach()
+        return self._kept("weight", weight.numel(), dtype, weight.device).view(weight.shape).copy_(weight.detach())
+
+    def add_weight_grad(self, grad_weight: torch.Tensor, grad_logits: torch.Tensor, h: torch.Tensor) -> None:
+        """``grad_weight += grad_logits.T @ h``, the product in the compute dtype (as autograd's would be), added in fp32."""
+        product = self._kept("weight_grad", grad_weight.numel(), h.dtype, h.device).view(grad_weight.shape)
+        grad_weight.add_(torch.mm(grad_logits.t(), h, out=product))
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -63,7 +79,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     ) -> torch.Tensor:
         want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
         dtype = _compute_dtype(hidden, weight)
-        w = weight.to(dtype)
+        w = workspace.cast(weight, dtype)
         b = bias.to(dtype) if bias is not None else None
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
@@ -95,19 +111,25 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if want_hidden:
                 grad_hidden[part] = logits @ w
             if want_weight:
-                grad_weight += (logits.t() @ h).float()
+                workspace.add_weight_grad(grad_weight, logits, h)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        ctx.scaled = False
         return total
 
     @staticmethod
     def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[Any, ...]:
+        if ctx.scaled:
+            raise RuntimeError("the chunked loss can be backpropagated once: retain_graph=True is not supported")
+        ctx.scaled = True
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         weight_dtype, bias_dtype = ctx.dtypes
+        # The saved gradients are this node's own: scaled in place, so no second head-sized fp32
+        # matrix is allocated (hence once only).
         return (
-            None if grad_hidden is None else grad_hidden * grad_total.to(grad_hidden.dtype),
-            None if grad_weight is None else (grad_weight * grad_total).to(weight_dtype),
-            None if grad_bias is None else (grad_bias * grad_total).to(bias_dtype),
+            None if grad_hidden is None else grad_hidden.mul_(grad_total.to(grad_hidden.dtype)),
+            None if grad_weight is None else grad_weight.mul_(grad_total).to(weight_dtype),
+            None if grad_bias is None else grad_bias.mul_(grad_total).to(bias_dtype),
             None,
             None,
             None,
@@ -181,7 +203,7 @@ class _LinearTokenLogProbs(torch.autograd.Function):
     ) -> torch.Tensor:
         want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
         dtype = _compute_dtype(hidden, weight)
-        w = weight.to(dtype)
+        w = workspace.cast(weight, dtype)
         b = bias.to(dtype) if bias is not None else None
         eager = want_hidden and not (want_weight or want_bias)  # gradients now, backward only scales them
         grad_hidden = torch.empty_like(hidden) if eager else None
@@ -224,7 +246,7 @@ class _LinearTokenLogProbs(torch.autograd.Function):
         hidden, weight, bias, targets = ctx.saved_tensors
         want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
         dtype = ctx.dtype
-        w = weight.to(dtype)
+        w = ctx.workspace.cast(weight, dtype)
         b = bias.to(dtype) if bias is not None else None
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
@@ -247,7 +269,7 @@ class _LinearTokenLogProbs(torch.autograd.Function):
             if want_hidden:
                 grad_hidden[part] = logits @ w
             if want_weight:
-                grad_weight += (logits.t() @ h).float()
+                ctx.workspace.add_weight_grad(grad_weight, logits, h)
         return (
             grad_hidden,
             None if grad_weight is None else grad_weight.to(weight.dtype),

@@ -301,6 +301,7 @@ def _train(
 
     from factory.data.template import get_template
     from factory.data.worker import build_datasets
+    from factory.train.memory import reused_heap
 
     resume_from = _resume_point(out) if cfg.resume else None
     set_seed(cfg.seed)
@@ -326,21 +327,23 @@ def _train(
     setup = TrainerSetup(cfg, manager, loaded, template, train_ds, eval_ds, collator, callbacks, out)
     if record is not None:  # the record's callback reaches the trainer as every stage's callbacks do
         setup.callbacks.append(record.callback(setup))
-    trainer = build_trainer(setup) if build_trainer is not None else default_trainer(setup, trainer_cls)
-    for observer in list(_OBSERVERS):
-        observer(setup, trainer)
-    checkpoints.stage_checkpoints(trainer)
-    model = trainer.model
-    trainable, total = trainable_summary(model)
-    if trainer.is_world_process_zero():
-        print(
-            f"factory: {cfg.stage}/{cfg.method} on {cfg.model}: {trainable:,} of {total:,} parameters train "
-            f"({100 * trainable / max(total, 1):.2f}%), precision {resolve_precision(cfg.precision)}, output {out}"
-        )
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    metrics: dict[str, Any] = dict(result.metrics)
-    if eval_ds is not None:
-        metrics.update(final_evaluation(trainer))
+    # From the trainer's build (a stage's reference pass runs there) to the final evaluation.
+    with reused_heap(cfg.reuse_memory and not cfg.trim_memory):
+        trainer = build_trainer(setup) if build_trainer is not None else default_trainer(setup, trainer_cls)
+        for observer in list(_OBSERVERS):
+            observer(setup, trainer)
+        checkpoints.stage_checkpoints(trainer)
+        model = trainer.model
+        trainable, total = trainable_summary(model)
+        if trainer.is_world_process_zero():
+            print(
+                f"factory: {cfg.stage}/{cfg.method} on {cfg.model}: {trainable:,} of {total:,} parameters train "
+                f"({100 * trainable / max(total, 1):.2f}%), precision {resolve_precision(cfg.precision)}, output {out}"
+            )
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        metrics: dict[str, Any] = dict(result.metrics)
+        if eval_ds is not None:
+            metrics.update(final_evaluation(trainer))
     metrics["data"] = data_stats if isinstance(data_stats, dict) else getattr(data_stats, "__dict__", str(data_stats))
     metrics["trainable_parameters"] = trainable
     metrics["total_parameters"] = total
