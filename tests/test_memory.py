@@ -1,14 +1,17 @@
-"""reuse_memory: glibc keeps freed blocks for the next step instead of faulting fresh pages in."""
+"""reuse_memory: glibc keeps freed blocks for the next step instead of faulting fresh pages in.
+
+Each check runs in a fresh interpreter: glibc's allocator settings are process-wide, and the test
+process has already trained many times with its own.
+"""
 
 from __future__ import annotations
 
 import ctypes.util
-import resource
+import json
+import subprocess
+import sys
 
 import pytest
-import torch
-
-from factory.train.memory import reused_heap
 
 pytestmark = pytest.mark.skipif(
     ctypes.util.find_library("c") is None or not hasattr(ctypes.CDLL(ctypes.util.find_library("c")), "mallopt"),
@@ -18,29 +21,42 @@ pytestmark = pytest.mark.skipif(
 BLOCK = 64 * 2**20  # above glibc's largest mmap threshold (32 MB): always mmapped by default
 PAGES = BLOCK // 4096
 
+PROBE = f"""
+import json, resource, sys, torch
+from factory.train.memory import reused_heap
 
-def _faults_of_a_second_block() -> int:
-    """Minor page faults of writing a fresh tensor of most of BLOCK right after a BLOCK-sized one was freed.
-
-    A little smaller, as a training step's next activations or gradients are: an allocation of exactly the
-    freed size does not fit the freed chunk once torch's 64-byte alignment is added.
-    """
-    first = torch.empty(BLOCK, dtype=torch.uint8).fill_(1)
+def second_block():
+    # Page faults of writing a fresh tensor of most of BLOCK right after a BLOCK-sized one was freed: a little
+    # smaller, as a step's next activations or gradients are (exactly the freed size does not fit the freed
+    # chunk once torch's 64-byte alignment is added).
+    first = torch.empty({BLOCK}, dtype=torch.uint8).fill_(1)
     del first
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    second = torch.empty(BLOCK - 2**20, dtype=torch.uint8).fill_(2)
+    second = torch.empty({BLOCK - 2**20}, dtype=torch.uint8).fill_(2)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     del second
     return faults
 
+enabled = sys.argv[1] == "on"
+default = second_block()
+with reused_heap(enabled):
+    inside = second_block()
+print(json.dumps([default, inside, second_block()]))
+"""
+
+
+def _faults(switch: str) -> list[int]:
+    done = subprocess.run([sys.executable, "-c", PROBE, switch], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
 
 def test_freed_blocks_are_reused_inside_and_returned_outside():
-    assert _faults_of_a_second_block() > PAGES // 2  # the default: a fresh mapping, faulted in page by page
-    with reused_heap():
-        assert _faults_of_a_second_block() < PAGES // 20
-    assert _faults_of_a_second_block() > PAGES // 2  # defaults restored on exit
+    default, inside, after = _faults("on")
+    assert default > PAGES // 2  # the default: a fresh mapping, faulted in page by page
+    assert inside < PAGES // 20
+    assert after > PAGES // 2  # defaults restored on exit
 
 
 def test_switched_off_it_changes_nothing():
-    with reused_heap(False):
-        assert _faults_of_a_second_block() > PAGES // 2
+    assert all(faults > PAGES // 2 for faults in _faults("off"))
