@@ -96,11 +96,9 @@ def sequence_logps(
         if parts is not None:
             decoder, head = parts
             outputs = decoder(**model_inputs(batch, prefix), use_cache=False, **extra).last_hidden_state
-        else:  # a model that transforms its logits (soft-capping, scaling): its own head, kept rows only
-            if continues:
-                raise ValueError("continuations need a model whose head is a plain linear layer")
+        else:  # a model that transforms its logits (soft-capping, scaling) or a DDP wrapper: its own head
             outputs = model(**model_inputs(batch, prefix), use_cache=False, **extra).logits
-    if capture is not None and parts is not None:
+    if capture is not None:  # the rows a continuation reads: hidden states, or logits on the path above
         capture.hidden = outputs.detach()
     flat = outputs.flatten(0, 1)
     if continues:  # the answers' first tokens are predicted by their prompts' last positions, in the captured pass

@@ -357,12 +357,20 @@ def test_reward_loss_equals_trl(models, varlen_models, tmp_path, center, layout)
         assert metrics[key] == pytest.approx(trl_metrics[key], rel=1e-5, abs=1e-6), key
 
 
+@pytest.mark.parametrize("whole_model", [False, True])
 @pytest.mark.parametrize("grad", [True, False])
-def test_continued_mismatched_answers_score_as_when_each_follows_its_prompt(varlen_models, grad):
+def test_continued_mismatched_answers_score_as_when_each_follows_its_prompt(
+    varlen_models, grad, whole_model, monkeypatch
+):
     """The mismatched answers continuing the prompts' captured keys (only the answers computed) get the
     log-probabilities of the plain layout (``[prompt, answer]`` rows), and the rows themselves are unchanged,
-    also when one mismatched answer is empty."""
+    also when one mismatched answer is empty; through the decoder and chunked head, or through the whole
+    model's logits (a DDP wrapper, a model that transforms its logits)."""
     from factory.plugin_api import KeyCache
+    from factory_plugin_trl import sequences
+
+    if whole_model:
+        monkeypatch.setattr(sequences, "split_head", lambda model: None)
 
     policy = varlen_models[0]
     rows = kto_rows()
