@@ -366,8 +366,9 @@ def test_continued_mismatched_answers_score_as_when_each_follows_its_prompt(
     log-probabilities of the plain layout (``[prompt, answer]`` rows), and the rows themselves are unchanged,
     also when one mismatched answer is empty; through the decoder and chunked head, or through the whole
     model's logits (a DDP wrapper, a model that transforms its logits)."""
-    from factory.plugin_api import KeyCache
     from factory_plugin_trl import sequences
+
+    from factory.plugin_api import KeyCache
 
     if whole_model:
         monkeypatch.setattr(sequences, "split_head", lambda model: None)
