@@ -54,6 +54,7 @@ _LAZY: dict[str, str] = {
     "LoadedModel": "factory.model.loader",
     "supports_packed_positions": "factory.model.loader",
     "shares_prefixes": "factory.model.attention",
+    "KeyCache": "factory.model.attention",
     "register_varlen_sdpa": "factory.model.attention",
     # data
     "IGNORE_INDEX": "factory.data.tokenize",

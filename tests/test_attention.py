@@ -196,3 +196,44 @@ def test_fp32_weights_under_autocast_take_the_grouped_kernel(tiny_causal_lm, mon
     assert flat.dtype == torch.float32
     assert torch.allclose(flat, reference, atol=2e-2, rtol=5e-2)
     assert torch.nn.functional.cosine_similarity(flat, reference, dim=0) > 0.999
+
+
+def test_a_continuation_of_captured_prefixes_equals_the_whole_sequences(tiny_causal_lm):
+    """key_cache keeps a flattened forward's keys and values; prefix_keys continues some of its examples from a
+    prefix of each, computing only the new tokens: their hidden states equal those of each whole sequence alone."""
+    from factory.model.attention import KeyCache
+
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_causal_lm, dtype=torch.float32, attn_implementation=register_varlen_sdpa()
+    )
+    decoder = model.model
+    rows = _rows()  # lengths 7, 19, 1, 12
+    batch = FlatteningCollator(pad_token_id=0)([{"input_ids": r, "labels": r} for r in rows])
+    inputs = {k: v for k, v in batch.items() if k not in ("attention_mask", "labels")}
+    cache = KeyCache()
+    with torch.no_grad():
+        decoder(**inputs, key_cache=cache)
+    assert len(cache.layers) == model.config.num_hidden_layers
+    # continue the first 4 tokens of example 0 and the first 10 of example 1 with new tokens
+    spans, tails = ((0, 4), (7, 17)), ([150, 151, 152], [160, 161])
+    bounds = torch.tensor([0, 3, 5], dtype=torch.int32)
+    continuation = {
+        "input_ids": torch.tensor([tails[0] + tails[1]]),
+        "position_ids": torch.tensor([[4, 5, 6, 10, 11]]),
+        "cu_seq_lens_q": bounds,
+        "cu_seq_lens_k": bounds,
+        "max_length_q": 3,
+        "max_length_k": 3,
+    }
+    with torch.no_grad():
+        have = decoder(**continuation, prefix_keys=(cache, spans)).last_hidden_state[0]
+        want = [
+            decoder(input_ids=torch.tensor([rows[i][: end - start] + tail])).last_hidden_state[0, -len(tail) :]
+            for i, ((start, end), tail) in enumerate(zip(spans, tails))
+        ]
+    assert torch.allclose(have, torch.cat(want), atol=1e-5)
+    with pytest.raises(ValueError, match="without gradients"):
+        decoder(**continuation, prefix_keys=(cache, spans))
+    with pytest.raises(ValueError, match="2 examples"):
+        with torch.no_grad():
+            decoder(**continuation, prefix_keys=(cache, spans[:1]))

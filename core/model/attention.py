@@ -18,9 +18,11 @@ per layer for a 512-token SmolLM2 example.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 VARLEN_SDPA = "factory_sdpa_varlen"
 
@@ -53,6 +55,52 @@ def _causal_bias(length: int, heads: int, dtype: torch.dtype, device: torch.devi
 
 Bands = tuple[tuple[int, int, int, int], ...]
 """``(query start, query end, key start, key end)``: queries in the first range do not see keys in the second."""
+
+
+@dataclass
+class KeyCache:
+    """The keys and values of every attention layer of one padding-free forward, detached, for continuations.
+
+    Pass it as ``key_cache`` to a forward to fill it. A later no-gradient forward continues examples of
+    that row without recomputing their prefix: ``prefix_keys=(cache, spans)``, where ``spans[i]`` is the
+    ``(start, end)`` of the captured row that example ``i`` of the new row continues (its positions
+    start at ``end - start``). KTO's mismatched pairs use it: each prompt's keys come from the step's
+    own pass over ``[prompt, completion]``, so ``[prompt, other completion]`` costs only the completion.
+    ``hidden`` is for the caller (the captured forward's last hidden states).
+    """
+
+    layers: dict[Any, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    hidden: torch.Tensor | None = None
+
+
+def _continued(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    edges: list[int],
+    prefix: Any,
+    scale: float,
+) -> torch.Tensor:
+    """Attention of a row of continuations: example ``i`` sees its captured prefix, then itself causally."""
+    cache, spans = prefix
+    if torch.is_grad_enabled() and query.requires_grad:
+        raise ValueError("prefix_keys continue a captured forward without gradients; call it under torch.no_grad()")
+    if len(spans) != len(edges) - 1:
+        raise ValueError(f"prefix_keys name {len(spans)} prefixes for a row of {len(edges) - 1} examples")
+    kept_key, kept_value = cache.layers[module]
+    parts = []
+    for (first, last), (start, end) in zip(zip(edges, edges[1:]), spans):
+        length, before = last - first, end - start
+        keys = torch.cat([kept_key[:, :, start:end], key[:, :, first:last]], dim=2)
+        values = torch.cat([kept_value[:, :, start:end], value[:, :, first:last]], dim=2)
+        visible = torch.ones(length, before + length, dtype=torch.bool, device=query.device)
+        visible[:, before:].tril_()
+        out = F.scaled_dot_product_attention(
+            query[:, :, first:last], keys, values, attn_mask=visible, scale=scale, enable_gqa=True
+        )
+        parts.append(out.transpose(1, 2))
+    return torch.cat(parts, dim=1)
 
 
 def _blocks(edges: tuple[int, ...], bands: Bands = ()) -> list[tuple[int, int, int]]:
@@ -264,10 +312,14 @@ def varlen_sdpa_forward(
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     bands: Bands = kwargs.pop("hidden_key_bands", None) or ()
+    capture: KeyCache | None = kwargs.pop("key_cache", None)
+    prefix = kwargs.pop("prefix_keys", None)
     edges = _split_bounds(query, key, kwargs) if getattr(module, "is_causal", True) else None
     if edges is None:
-        if bands:
-            raise ValueError("hidden_key_bands need a flattened batch (cu_seq_lens_q over one row)")
+        if bands or capture is not None or prefix is not None:
+            raise ValueError(
+                "hidden_key_bands, key_cache and prefix_keys need a flattened causal batch (cu_seq_lens_q over one row)"
+            )
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
@@ -278,6 +330,14 @@ def varlen_sdpa_forward(
         dtype = torch.get_autocast_dtype(query.device.type)
         query, key, value = (t.to(dtype) if t.is_floating_point() else t for t in (query, key, value))
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if capture is not None:
+        capture.layers[module] = (key.detach(), value.detach())
+    if prefix is not None:
+        window = kwargs.get("sliding_window")
+        longest = max(end - start + b - a for (start, end), a, b in zip(prefix[1], edges, edges[1:]))
+        if window is not None and longest > window:
+            raise ValueError(f"prefix_keys continue {longest} positions, past the model's sliding window ({window})")
+        return _continued(module, query, key, value, edges, prefix, scale), None
     lengths = [b - a for a, b in zip(edges, edges[1:])]
     # Banded examples always take the grouped kernel when training on CPU: it masks per block, and
     # their blocks skip the causal upper half as for any long example.

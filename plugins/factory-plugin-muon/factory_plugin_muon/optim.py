@@ -44,8 +44,19 @@ class MuonWithAdamW(torch.optim.Optimizer):
         return {name: part.state_dict() for name, part in self.parts.items()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Each part loads its own, then the loaded settings go back into the group dicts this optimizer shares.
+
+        torch's ``load_state_dict`` gives a part new group dicts and a new state; a learning-rate
+        scheduler built before the load (as the Trainer builds it) holds the old dicts, so the
+        values are copied into those and both lists keep pointing at them.
+        """
         for name, part in self.parts.items():
+            shared = part.param_groups
             part.load_state_dict(state_dict[name])
+            for old, new in zip(shared, part.param_groups, strict=True):
+                old.update(new)
+            part.param_groups = shared
+        self.state = ChainMap(*(part.state for part in self.parts.values()))
 
 
 class Muon:

@@ -108,11 +108,6 @@ def test_state_resumes_exactly(tiny_causal_lm, batch):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MuonWithAdamW.load_state_dict lets torch replace its parts' param_groups with new dicts, so a learning-rate "
-    "scheduler built before the load (as the Trainer builds it) no longer reaches the parts",
-)
 def test_state_resumes_exactly_under_a_schedule(tiny_causal_lm, batch):
     cfg = config()
     check_optimizer_reload(tiny_causal_lm, lambda model: MUON.create(model, cfg, groups_of(model)), batch)

@@ -16,7 +16,7 @@ import torch
 
 from factory.plugin_api import ConfigError, FactoryError, TrainerSetup, load_model, shares_prefixes
 from factory_plugin_trl import reference
-from factory_plugin_trl.collators import PairCollator
+from factory_plugin_trl.collators import KTOCollator, PairCollator
 from factory_plugin_trl.preference import DPO, KTO, ORPO, PreferenceTrainer, Reward, SimPO
 from factory_plugin_trl.value_head import DedupedCheckpoints, ValueHeadModel
 
@@ -24,14 +24,19 @@ REFERENCE_BATCH = 8  # rows per batch of the reference pass, at least
 
 
 def policy_collator(setup: TrainerSetup) -> Any:
-    """The run's collator, computing each pair's prompt once when the policy's attention can share it.
+    """The run's collator, computing each prompt once when the policy's attention can share it.
 
     About a quarter of a preference pair's tokens are its prompt (dpo_en_demo), which the other
-    layouts compute twice, forward and backward.
+    layouts compute twice, forward and backward. KTO's mismatched answers continue the prompts of
+    the step's own pass (about half of kto_en_demo's tokens are prompt tokens).
     """
     collator = setup.collator
-    if isinstance(collator, PairCollator) and collator.flatten and shares_prefixes(setup.model):
+    if not (getattr(collator, "flatten", False) and shares_prefixes(setup.model)):
+        return collator
+    if isinstance(collator, PairCollator):
         return dataclasses.replace(collator, share_prompt=True)
+    if isinstance(collator, KTOCollator):
+        return dataclasses.replace(collator, continue_kl=True)
     return collator
 
 

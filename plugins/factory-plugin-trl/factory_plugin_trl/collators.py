@@ -82,13 +82,17 @@ class KTOCollator:
 
     The mismatched pairs (each prompt with another row's answer, columns ``KL_completion_*``) are
     fixed in the data set (see :func:`factory_plugin_trl.reference.with_kl_pairs`), so their
-    reference log-probabilities can be computed once.
+    reference log-probabilities can be computed once. ``continue_kl`` (with ``flatten``, for a model
+    whose attention :func:`~factory.plugin_api.shares_prefixes`) lays them out as continuations of
+    the prompts in the row of the rows themselves (see :meth:`_continuations`): the pass over them
+    then computes only the mismatched answers.
     """
 
     pad_token_id: int
     packed: bool = True
     flatten: bool = False
     pad_to_multiple_of: int | None = None
+    continue_kl: bool = False
 
     def _batch(self, features: Features, name: str) -> dict[str, Any]:
         examples = [(i, *_answer(f, name)) for i, f in enumerate(features)]
@@ -104,9 +108,66 @@ class KTOCollator:
     def __call__(self, features: Features) -> dict[str, Any]:
         batch = self._batch(features, "completion")
         if "KL_completion_input_ids" in features[0]:
-            batch.update({f"KL_{key}": value for key, value in self._batch(features, "KL_completion").items()})
+            kl = self._continuations(features) if self.continue_kl and self.flatten else None
+            kl = kl or self._batch(features, "KL_completion")
+            batch.update({f"KL_{key}": value for key, value in kl.items()})
         batch["label"] = torch.tensor([bool(f["label"]) for f in features])
         return _references(features, batch)
+
+    @staticmethod
+    def _continuations(features: Features) -> dict[str, Any] | None:
+        """The mismatched answers alone, one row, each continuing its prompt in the flattened row of :meth:`_batch`.
+
+        For :func:`~factory_plugin_trl.sequences.sequence_logps` with the :class:`~factory.plugin_api.KeyCache`
+        of the pass over that row: ``prefix_spans`` are the prompts' ranges there (positions continue
+        from each prompt's end), and the first token of each answer is predicted by its prompt's last
+        position, ``prompt_last`` in that row, whose hidden state is appended after this row's
+        (``target_index`` counts it from there). None when no row has a mismatched answer.
+        """
+        ids, positions, owners, spans, edges, prompt_last = [], [], [], [], [0], []
+        index, targets, target_owner = [], [], []
+        start = 0  # where row i begins in the flattened row of the rows themselves
+        for i, f in enumerate(features):
+            prompt, answer, marks = len(f["prompt_input_ids"]), f["KL_completion_input_ids"], f["KL_completion_labels"]
+            offset = edges[-1]
+            if len(answer):
+                spans.append((start, start + prompt))
+                edges.append(offset + len(answer))
+                ids.extend(answer)
+                positions.extend(range(prompt, prompt + len(answer)))
+                owners.extend([i] * len(answer))
+                for j, mark in enumerate(marks):
+                    if mark == IGNORE_INDEX or (j == 0 and prompt == 0):
+                        continue
+                    if j == 0:  # predicted by the prompt's last position, appended after this row
+                        index.append(-1 - len(prompt_last))
+                        prompt_last.append(start + prompt - 1)
+                    else:
+                        index.append(offset + j - 1)
+                    targets.append(mark)
+                    target_owner.append(i)
+            start += prompt + len(f["completion_input_ids"])
+        if not ids:
+            return None
+        length = len(ids)
+        index = [length - 1 - k if k < 0 else k for k in index]  # -1 - n -> length + n
+        bounds = torch.tensor(edges, dtype=torch.int32)
+        longest = int(np.diff(edges).max())
+        return {
+            "input_ids": torch.tensor([ids]),
+            "position_ids": torch.tensor([positions]),
+            "cu_seq_lens_q": bounds,
+            "cu_seq_lens_k": bounds,
+            "max_length_q": longest,
+            "max_length_k": longest,
+            "sequence_ids": torch.tensor([owners]),
+            "sequence_count": len(features),
+            "target_index": torch.tensor(index, dtype=torch.long),
+            "target_ids": torch.tensor(targets, dtype=torch.long),
+            "target_sequence": torch.tensor(target_owner, dtype=torch.long),
+            "prefix_spans": tuple(spans),
+            "prompt_last": torch.tensor(prompt_last, dtype=torch.long),
+        }
 
 
 def prompt_of(input_ids: Sequence[int], labels: Sequence[int]) -> list[int]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from factory.plugin_api import FactoryTrainer
+from factory.plugin_api import FactoryTrainer, KeyCache
 from factory_plugin_trl.losses import (
     dpo_losses,
     kto_kl,
@@ -131,9 +131,11 @@ class KTO:
     accuracy_key = None
 
     def __call__(self, trainer: PreferenceTrainer, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, Metrics]:
+        # The mismatched answers may continue the prompts of this pass (KTOCollator.continue_kl): keep its keys.
+        kept = KeyCache() if "KL_prefix_spans" in batch else None
+        logps = trainer.forward_and_logprobs(model, batch, capture=kept).sums
         with torch.no_grad():  # the KL estimate is a reference point, not trained through (as TRL)
-            policy_kl = trainer.forward_and_logprobs(model, batch, prefix="KL_").sums
-        logps = trainer.forward_and_logprobs(model, batch).sums
+            policy_kl = trainer.forward_and_logprobs(model, batch, prefix="KL_", after=kept).sums
         desirable = batch["label"].to(torch.bool)
         ratios = logps - batch["ref_logps"]
         kl = kto_kl(policy_kl, batch["ref_KL_logps"])
@@ -208,10 +210,26 @@ class PreferenceTrainer(FactoryTrainer):
         stack.enter_context(self._adapter_inputs_uncast(model))
         return stack
 
-    def forward_and_logprobs(self, model: Any, batch: dict[str, Any], prefix: str = "") -> SequenceLogps:
-        """The decoder over the batch and each sequence's log-probability (``prefix``: KTO's ``KL_`` rows)."""
+    def forward_and_logprobs(
+        self,
+        model: Any,
+        batch: dict[str, Any],
+        prefix: str = "",
+        capture: KeyCache | None = None,
+        after: KeyCache | None = None,
+    ) -> SequenceLogps:
+        """The decoder over the batch and each sequence's log-probability (``prefix``: KTO's ``KL_`` rows).
+
+        ``capture`` and ``after``: see :func:`~factory_plugin_trl.sequences.sequence_logps`.
+        """
         return sequence_logps(
-            model, batch, workspace=self.logits_workspace, prefix=prefix, autocast=lambda: self.forward_context(model)
+            model,
+            batch,
+            workspace=self.logits_workspace,
+            prefix=prefix,
+            autocast=lambda: self.forward_context(model),
+            capture=capture,
+            after=after,
         )
 
     def compute_loss(

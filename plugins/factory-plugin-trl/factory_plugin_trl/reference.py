@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from factory.plugin_api import LogitsWorkspace
+from factory.plugin_api import KeyCache, LogitsWorkspace
 from factory_plugin_trl.sequences import sequence_logps
 from factory_plugin_trl.value_head import is_peft
 
@@ -134,7 +134,9 @@ def compute(
     with as_training_computes(model):
         for batch in loader:
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            sums = sequence_logps(model, batch, workspace=workspace, autocast=autocast).sums.detach().cpu().numpy()
+            kept = KeyCache() if "KL_prefix_spans" in batch else None  # as KTO's policy pass keeps it
+            sums = sequence_logps(model, batch, workspace=workspace, autocast=autocast, capture=kept).sums
+            sums = sums.detach().cpu().numpy()
             if columns == PAIR_COLUMNS:
                 half = len(sums) // 2
                 values[columns[0]].append(sums[:half])
@@ -142,7 +144,9 @@ def compute(
             else:
                 values[columns[0]].append(sums)
                 with torch.no_grad():  # as KTO's policy pass over the mismatched pairs, which trains nothing
-                    kl = sequence_logps(model, batch, workspace=workspace, autocast=autocast, prefix="KL_").sums
+                    kl = sequence_logps(
+                        model, batch, workspace=workspace, autocast=autocast, prefix="KL_", after=kept
+                    ).sums
                 values[columns[1]].append(kl.cpu().numpy())
     return {name: np.concatenate(parts) if parts else np.zeros(0, np.float32) for name, parts in values.items()}
 

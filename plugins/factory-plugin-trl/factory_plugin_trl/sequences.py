@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from factory.plugin_api import IGNORE_INDEX, LogitsWorkspace, chunked_token_logprobs, split_head
+from factory.plugin_api import IGNORE_INDEX, KeyCache, LogitsWorkspace, chunked_token_logprobs, split_head
 
 MODEL_KEYS = (
     "input_ids",
@@ -51,6 +51,9 @@ def model_inputs(batch: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def count_sequences(batch: dict[str, Any], prefix: str = "") -> int:
+    """How many sequences the batch scores (a continuation batch names it: an empty answer has no token)."""
+    if prefix + "sequence_count" in batch:
+        return int(batch[prefix + "sequence_count"])
     return int(batch[prefix + "sequence_ids"].max()) + 1
 
 
@@ -61,11 +64,16 @@ def sequence_logps(
     workspace: LogitsWorkspace | None = None,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
     prefix: str = "",
+    capture: KeyCache | None = None,
+    after: KeyCache | None = None,
 ) -> SequenceLogps:
     """The summed log-probabilities of every sequence in ``batch`` under ``model`` (gradients flow when enabled).
 
     The trained targets are the shifted labels, or given explicitly (``target_index``, ``target_ids``,
     ``target_sequence``) by a shared-prefix batch, where a position can predict two targets.
+    ``capture`` keeps this pass's keys, values and last hidden states; ``after`` is such a capture,
+    which a batch of continuations (``prefix_spans``, ``prompt_last``: see
+    :meth:`~factory_plugin_trl.collators.KTOCollator._continuations`) extends without gradients.
     """
     count = count_sequences(batch, prefix)
     explicit = prefix + "target_index" in batch
@@ -75,14 +83,27 @@ def sequence_logps(
         shifted = batch[prefix + "labels"][:, 1:]
         keep = shifted != IGNORE_INDEX
         targets, owners = shifted[keep], batch[prefix + "sequence_ids"][:, 1:][keep]
+    continues = prefix + "prefix_spans" in batch
+    if continues and after is None:
+        raise ValueError("a batch of continuations needs the KeyCache of the pass over the rows it continues")
     parts = split_head(model)
+    extra: dict[str, Any] = {}
+    if capture is not None:
+        extra["key_cache"] = capture
+    if continues:
+        extra["prefix_keys"] = (after, batch[prefix + "prefix_spans"])
     with autocast():
         if parts is not None:
             decoder, head = parts
-            outputs = decoder(**model_inputs(batch, prefix), use_cache=False).last_hidden_state
-        else:  # a model that transforms its logits (soft-capping, scaling): its own head, kept rows only
-            outputs = model(**model_inputs(batch, prefix), use_cache=False).logits
-    rows = outputs.flatten(0, 1)[index] if explicit else outputs[:, :-1][keep]
+            outputs = decoder(**model_inputs(batch, prefix), use_cache=False, **extra).last_hidden_state
+        else:  # a model that transforms its logits (soft-capping, scaling) or a DDP wrapper: its own head
+            outputs = model(**model_inputs(batch, prefix), use_cache=False, **extra).logits
+    if capture is not None:  # the rows a continuation reads: hidden states, or logits on the path above
+        capture.hidden = outputs.detach()
+    flat = outputs.flatten(0, 1)
+    if continues:  # the answers' first tokens are predicted by their prompts' last positions, in the captured pass
+        flat = torch.cat([flat, after.hidden.flatten(0, 1)[batch[prefix + "prompt_last"]]])
+    rows = flat[index] if explicit else outputs[:, :-1][keep]
     if parts is not None:
         token_logps = chunked_token_logprobs(rows, head, targets, workspace=workspace)
     else:

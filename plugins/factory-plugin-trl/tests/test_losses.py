@@ -78,7 +78,9 @@ LAYOUTS = {  # PairCollator fields: every answer its own padded row; a pair per 
 def factory_trainer() -> types.SimpleNamespace:
     """What an objective asks of its trainer: sequence log-probabilities (here without autocast)."""
     return types.SimpleNamespace(
-        forward_and_logprobs=lambda model, batch, prefix="": sequence_logps(model, batch, prefix=prefix),
+        forward_and_logprobs=lambda model, batch, prefix="", **kept: sequence_logps(
+            model, batch, prefix=prefix, **kept
+        ),
         forward_context=lambda model: nullcontext(),
     )
 
@@ -196,15 +198,28 @@ def test_dpo_label_smoothing_equals_trl_conservative_loss(models, tmp_path, smoo
 # -- KTO ---------------------------------------------------------------------------------------
 
 
-def test_kto_equals_trl(models, tmp_path):
-    from trl import KTOConfig, KTOTrainer
+KTO_LAYOUTS = {  # KTOCollator fields: a row per example; all in one packed row; one row, mismatched answers continuing
+    "padded": {"packed": False},
+    "packed": {"packed": True},
+    "continued": {"packed": True, "flatten": True, "continue_kl": True},
+}
 
-    policy, ref, tokenizer = models
+
+def kto_rows() -> list[dict]:
     rows = [
         {"prompt_input_ids": p, "completion_input_ids": c, "completion_labels": c, "label": d} for p, c, d in KTO_ROWS
     ]
-    rows = reference.with_kl_pairs(Dataset.from_list(rows), batch_size=len(rows)).to_list()
-    collator = KTOCollator(tokenizer.pad_token_id)
+    return reference.with_kl_pairs(Dataset.from_list(rows), batch_size=len(rows)).to_list()
+
+
+@pytest.mark.parametrize("layout", list(KTO_LAYOUTS))
+def test_kto_equals_trl(models, varlen_models, layout, tmp_path):
+    from trl import KTOConfig, KTOTrainer
+
+    policy, ref, tokenizer = varlen_models if layout == "continued" else models
+    rows = kto_rows()
+    collator = KTOCollator(tokenizer.pad_token_id, **KTO_LAYOUTS[layout])
+    assert ("KL_prefix_spans" in collator(rows)) == (layout == "continued")
     rows = with_reference(rows, ref, collator, reference.KTO_COLUMNS)
     with torch.no_grad():
         ours, metrics = KTO(beta=0.3, desirable_weight=1.5, undesirable_weight=0.8)(
@@ -342,6 +357,43 @@ def test_reward_loss_equals_trl(models, varlen_models, tmp_path, center, layout)
         assert metrics[key] == pytest.approx(trl_metrics[key], rel=1e-5, abs=1e-6), key
 
 
+@pytest.mark.parametrize("whole_model", [False, True])
+@pytest.mark.parametrize("grad", [True, False])
+def test_continued_mismatched_answers_score_as_when_each_follows_its_prompt(
+    varlen_models, grad, whole_model, monkeypatch
+):
+    """The mismatched answers continuing the prompts' captured keys (only the answers computed) get the
+    log-probabilities of the plain layout (``[prompt, answer]`` rows), and the rows themselves are unchanged,
+    also when one mismatched answer is empty; through the decoder and chunked head, or through the whole
+    model's logits (a DDP wrapper, a model that transforms its logits)."""
+    from factory_plugin_trl import sequences
+
+    from factory.plugin_api import KeyCache
+
+    if whole_model:
+        monkeypatch.setattr(sequences, "split_head", lambda model: None)
+
+    policy = varlen_models[0]
+    rows = kto_rows()
+    rows[1]["KL_completion_input_ids"], rows[1]["KL_completion_labels"] = [], []
+    plain = KTOCollator(0, packed=True, flatten=True)(rows)
+    continued = KTOCollator(0, packed=True, flatten=True, continue_kl=True)(rows)
+    assert continued["KL_input_ids"].numel() == sum(len(r["KL_completion_input_ids"]) for r in rows)
+    with torch.set_grad_enabled(grad):
+        matched = sequence_logps(policy, plain)
+        kept = KeyCache()
+        again = sequence_logps(policy, continued, capture=kept)
+        with torch.no_grad():
+            want = sequence_logps(policy, plain, prefix="KL_").sums
+            have = sequence_logps(policy, continued, prefix="KL_", after=kept).sums
+    assert torch.equal(matched.sums, again.sums)
+    assert len(kept.layers) == policy.config.num_hidden_layers
+    assert have.shape == (len(rows),) and have[1] == want[1] == 0  # an empty answer scores nothing
+    assert torch.allclose(have, want, atol=1e-5) and (have[[0, 2, 3]] < -1).all(), (have, want)
+    with pytest.raises(ValueError, match="needs the KeyCache"):
+        sequence_logps(policy, continued, prefix="KL_")
+
+
 def test_the_policy_shares_prompts_only_where_its_attention_hides_the_chosen_answer(models, varlen_models):
     from factory_plugin_trl.builders import policy_collator
 
@@ -354,7 +406,8 @@ def test_the_policy_shares_prompts_only_where_its_attention_hides_the_chosen_ans
     }
     assert chosen == {("plain", True): False, ("plain", False): False, ("varlen", True): True, ("varlen", False): False}
     kto = KTOCollator(0, packed=True, flatten=True)
-    assert policy_collator(types.SimpleNamespace(model=varlen, collator=kto)) is kto
+    assert policy_collator(types.SimpleNamespace(model=varlen, collator=kto)).continue_kl
+    assert policy_collator(types.SimpleNamespace(model=plain, collator=kto)) is kto
 
 
 def test_an_empty_rejected_answer_keeps_its_prompt_in_every_layout():
