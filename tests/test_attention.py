@@ -237,3 +237,5 @@ def test_a_continuation_of_captured_prefixes_equals_the_whole_sequences(tiny_cau
     with pytest.raises(ValueError, match="2 examples"):
         with torch.no_grad():
             decoder(**continuation, prefix_keys=(cache, spans[:1]))
+    with pytest.raises(ValueError, match="^key_cache need a flattened batch"):
+        decoder(input_ids=torch.tensor([rows[0]]), key_cache=KeyCache())

@@ -316,10 +316,13 @@ def varlen_sdpa_forward(
     prefix = kwargs.pop("prefix_keys", None)
     edges = _split_bounds(query, key, kwargs) if getattr(module, "is_causal", True) else None
     if edges is None:
-        if bands or capture is not None or prefix is not None:
-            raise ValueError(
-                "hidden_key_bands, key_cache and prefix_keys need a flattened causal batch (cu_seq_lens_q over one row)"
-            )
+        given = [
+            name
+            for name, value in (("hidden_key_bands", bands), ("key_cache", capture), ("prefix_keys", prefix))
+            if value
+        ]
+        if given:
+            raise ValueError(f"{' and '.join(given)} need a flattened batch (cu_seq_lens_q over one row)")
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
