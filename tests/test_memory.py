@@ -19,7 +19,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 BLOCK = 64 * 2**20  # above glibc's largest mmap threshold (32 MB): always mmapped by default
-PAGES = BLOCK // 4096
 
 PROBE = f"""
 import json, resource, sys, torch
@@ -52,11 +51,13 @@ def _faults(switch: str) -> list[int]:
 
 
 def test_freed_blocks_are_reused_inside_and_returned_outside():
+    # Relative to the default, so huge pages (THP "always": 512 times fewer faults) do not matter.
     default, inside, after = _faults("on")
-    assert default > PAGES // 2  # the default: a fresh mapping, faulted in page by page
-    assert inside < PAGES // 20
-    assert after > PAGES // 2  # defaults restored on exit
+    assert default > 0  # the default: a fresh mapping, faulted in page by page
+    assert inside * 20 < default
+    assert after * 2 > default  # defaults restored on exit
 
 
 def test_switched_off_it_changes_nothing():
-    assert all(faults > PAGES // 2 for faults in _faults("off"))
+    faults = _faults("off")
+    assert min(faults) * 2 > max(faults) > 0
