@@ -28,7 +28,7 @@ def policy_collator(setup: TrainerSetup) -> Any:
 
     About a quarter of a preference pair's tokens are its prompt (dpo_en_demo), which the other
     layouts compute twice, forward and backward. KTO's mismatched answers continue the prompts of
-    the step's own pass (about half of kto_en_demo's tokens are prompt tokens).
+    the step's own pass (about 30% of kto_en_demo's tokens are prompt tokens).
     """
     collator = setup.collator
     if not (getattr(collator, "flatten", False) and shares_prefixes(setup.model)):
