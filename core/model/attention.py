@@ -346,9 +346,12 @@ def varlen_sdpa_forward(
         capture.layers[module] = (key.detach(), value.detach())
     if prefix is not None:
         window = kwargs.get("sliding_window")
-        longest = max(end - start + b - a for (start, end), a, b in zip(prefix[1], edges, edges[1:]))
-        if window is not None and longest > window:
-            raise ValueError(f"prefix_keys continue {longest} positions, past the model's sliding window ({window})")
+        if window is not None:
+            longest = max(end - start + b - a for (start, end), a, b in zip(prefix[1], edges, edges[1:]))
+            if longest > window:
+                raise ValueError(
+                    f"prefix_keys continue {longest} positions, past the model's sliding window ({window})"
+                )
         return _continued(module, query, key, value, edges, prefix, scale), None
     lengths = [b - a for a, b in zip(edges, edges[1:])]
     # Banded examples always take the grouped kernel when training on CPU: it masks per block, and

@@ -28,7 +28,7 @@ from factory_plugin_trl.losses import (
     reward_loss,
     simpo_losses,
 )
-from factory_plugin_trl.sequences import SequenceLogps, count_sequences, sequence_logps
+from factory_plugin_trl.sequences import SequenceLogps, continuation_cache, count_sequences, sequence_logps
 
 Metrics = dict[str, float]
 
@@ -131,8 +131,7 @@ class KTO:
     accuracy_key = None
 
     def __call__(self, trainer: PreferenceTrainer, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, Metrics]:
-        # The mismatched answers may continue the prompts of this pass (KTOCollator.continue_kl): keep its keys.
-        kept = KeyCache() if "KL_prefix_spans" in batch else None
+        kept = continuation_cache(batch)  # the mismatched answers may continue this pass's prompts
         logps = trainer.forward_and_logprobs(model, batch, capture=kept).sums
         with torch.no_grad():  # the KL estimate is a reference point, not trained through (as TRL)
             policy_kl = trainer.forward_and_logprobs(model, batch, prefix="KL_", after=kept).sums

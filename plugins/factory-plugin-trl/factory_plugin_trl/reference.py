@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from factory.plugin_api import KeyCache, LogitsWorkspace
-from factory_plugin_trl.sequences import sequence_logps
+from factory.plugin_api import LogitsWorkspace
+from factory_plugin_trl.sequences import continuation_cache, sequence_logps
 from factory_plugin_trl.value_head import is_peft
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def compute(
     with as_training_computes(model):
         for batch in loader:
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            kept = KeyCache() if "KL_prefix_spans" in batch else None  # as KTO's policy pass keeps it
+            kept = continuation_cache(batch)  # as KTO's policy pass keeps it
             sums = sequence_logps(model, batch, workspace=workspace, autocast=autocast, capture=kept).sums
             sums = sums.detach().cpu().numpy()
             if columns == PAIR_COLUMNS:

@@ -57,6 +57,11 @@ def count_sequences(batch: dict[str, Any], prefix: str = "") -> int:
     return int(batch[prefix + "sequence_ids"].max()) + 1
 
 
+def continuation_cache(batch: dict[str, Any], prefix: str = "KL_") -> KeyCache | None:
+    """An empty :class:`KeyCache` for the pass over ``batch`` when its ``prefix`` rows continue that pass, else None."""
+    return KeyCache() if prefix + "prefix_spans" in batch else None
+
+
 def sequence_logps(
     model: Any,
     batch: dict[str, Any],
