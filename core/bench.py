@@ -288,6 +288,7 @@ def run_bench(
         "steps": trainer.state.global_step,
         "final_train_loss": train_losses[-1] if train_losses else None,
         "train_loss": metrics.get("train_loss"),
+        "train_losses": train_losses,
         "eval_loss": metrics.get("eval_loss"),
         **reward_accuracy(history, metrics),
         "profile": profile.report(train_seconds, before_steps),

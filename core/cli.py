@@ -187,16 +187,11 @@ def cmd_bench(ns: argparse.Namespace) -> int:
             print(f"{name}: " + " ".join(f"{k}={v}" for k, v in settings.items()))
         return 0
     from factory.bench_llamafactory import run_against_llamafactory, side_by_side, split_against
-    from factory.errors import ConfigError
 
     against, lf_env, overrides = split_against(ns.overrides)
     if against:
-        if ns.repeat != 1:
-            raise ConfigError(
-                "--repeat does not apply with against=llamafactory (one run of each, side by side); drop it"
-            )
         result = run_against_llamafactory(
-            ns.workload, overrides, lf_env=lf_env, dataset_dir=ns.dataset_dir, output=ns.output
+            ns.workload, overrides, lf_env=lf_env, dataset_dir=ns.dataset_dir, output=ns.output, repeat=ns.repeat
         )
         print(json.dumps(result, indent=2))
         print(side_by_side(result))
@@ -559,7 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="N",
-        help="run N times, each in a fresh process; report the median run and every run's figures",
+        help="run N times, each in a fresh process; report the median run and every run's figures "
+        "(with against=llamafactory: N pairs, one after the other, and the pair with the median speed-up)",
     )
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
     p.set_defaults(func=cmd_bench)

@@ -152,6 +152,9 @@ class RunConfig(BaseModel):
     save_total_limit: int | None = Field(None, gt=0, le=MAX_COUNT)
     eval_steps: int | None = Field(None, gt=0, le=MAX_COUNT)
     seed: int = Field(42, ge=0, le=MAX_SEED)
+    shuffle: bool = Field(
+        True, description="draw training batches in a seeded random order; false keeps the data set's own order"
+    )
     nproc: int = Field(1, gt=0, le=1024, description="processes for data-parallel training (torchrun)")
     deepspeed: str | None = Field(
         None, description="DeepSpeed: zero2 or zero3 (factory's presets) or a DeepSpeed JSON config file"
@@ -422,6 +425,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "save_total_limit",
         "eval_steps",
         "seed",
+        "shuffle",
         "nproc",
         "deepspeed",
         "fsdp",

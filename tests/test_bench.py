@@ -254,24 +254,35 @@ def test_one_command_runs_both_and_prints_the_table(fake_lf, tmp_path, tiny_caus
         "max_samples=12",
         "val_size=4",
         "cutoff_len=64",
+        "shuffle=false",
         "against=llamafactory",
         f"lf_env={fake_lf}",
         "--dataset-dir",
         str(demo_dir),
         "--output",
         str(tmp_path / "both.json"),
+        "--repeat",
+        "2",
     ]
     assert main(args) == 0
     result = json.loads((tmp_path / "both.json").read_text())
     ours, theirs = result["factory"], result["llamafactory"]
     assert theirs["samples_per_second"] == 1.0 and theirs["peak_rss_gb"] > 0.3
+    assert theirs["train_losses"] == [0.693, 0.687]  # every logged step's loss, to pair with ours
     assert ours["samples"] == 8 and ours["steps"] == 2 and "profile" in ours  # a real run of ours
+    assert len(ours["train_losses"]) == 2 and ours["train_losses"][-1] == ours["final_train_loss"]
     assert result["ratio"]["speedup"] == round(ours["samples_per_second"] / 1.0, 3)
+    # Two pairs, one after the other; with two, the median pair is the slower one.
+    speedups = [pair["speedup"] for pair in result["pairs"]]
+    assert len(speedups) == 2 and result["ratio"]["speedup"] == min(speedups)
+    assert [pair["samples_per_second"][0] for pair in result["pairs"]] == [1.0, 1.0]
     job = json.loads((tmp_path / "seen.json").read_text())
     assert job["stage"] == "sft" and job["finetuning_type"] == "lora" and job["lora_target"] == "all"
     assert job["val_size"] == 4 and job["eval_strategy"] == "no" and job["max_samples"] == 12
+    assert job["disable_shuffling"] is True  # both tools train on the rows in the same order
     table = capsys.readouterr().out
     assert "samples/s" in table and "peak RSS (GB)" in table and "speed-up" in table
+    assert "speed-up of each of the 2 pairs" in table
 
 
 def test_against_needs_the_environment(monkeypatch):
@@ -297,6 +308,7 @@ LF_KEYS = {
     "stage",
     "do_train",
     "finetuning_type",
+    "disable_shuffling",
     "lora_rank",
     "lora_alpha",
     "lora_dropout",
@@ -365,10 +377,12 @@ def _workload_yamls(tmp_path, model):
     from factory.bench import workload_config
     from factory.bench_llamafactory import llamafactory_yaml
 
-    return {
+    jobs = {
         name: llamafactory_yaml(workload_config(name, [f"model={model}"]), str(tmp_path / name))
         for name in LF_WORKLOADS
     }
+    in_order = workload_config("dpo", [f"model={model}", "shuffle=false"])
+    return {**jobs, "dpo, in order": llamafactory_yaml(in_order, str(tmp_path / "dpo-in-order"))}
 
 
 def test_generated_yaml_is_llamafactory_yaml(tmp_path, tiny_causal_lm):
@@ -384,6 +398,7 @@ def test_generated_yaml_is_llamafactory_yaml(tmp_path, tiny_causal_lm):
         and jobs["dpo"]["max_samples"] == 40
         and jobs["dpo"]["per_device_train_batch_size"] == 2
     )
+    assert jobs["dpo, in order"]["disable_shuffling"] is True and "disable_shuffling" not in jobs["dpo"]
     assert jobs["qlora"]["quantization_bit"] == 4 and jobs["full"]["finetuning_type"] == "full"
     assert jobs["lora"]["lora_alpha"] == 16 and jobs["lora"]["lora_target"] == "all" and jobs["lora"]["bf16"] is True
     assert jobs["lora"]["model_name_or_path"] == str(Path(tiny_causal_lm).resolve())

@@ -99,3 +99,47 @@ def test_a_trained_fp32_head_computes_in_bf16_under_mixed_precision_like_the_lib
     assert torch.allclose(ours, ref, rtol=1e-3), (ours, ref)
     assert torch.allclose(ours_grad, ref_grad, atol=1e-3, rtol=5e-2)
     assert ours_grad.abs().sum() > 0
+
+
+def _batch_order(model: torch.nn.Module, tmp_path: Path, **settings: object) -> list[int]:
+    """The rows a run's Trainer draws, in order, from a data set whose row i holds the value i."""
+    from datasets import Dataset
+
+    from factory.config import load_config
+    from factory.train.run import training_arguments
+
+    rows = Dataset.from_dict({"row": list(range(24))})
+    args = training_arguments(load_config(batch_size=1, **settings), tmp_path, has_eval=False)
+    trainer = FactoryTrainer(
+        model=model, args=args, train_dataset=rows, data_collator=lambda batch: {"row": [r["row"] for r in batch]}
+    )
+    return [row for batch in trainer.get_train_dataloader() for row in batch["row"]]
+
+
+def test_shuffle_false_trains_on_the_rows_in_the_data_sets_order(trainer, tmp_path):
+    assert _batch_order(trainer.model, tmp_path, shuffle=False) == list(range(24))
+    shuffled = _batch_order(trainer.model, tmp_path)
+    assert sorted(shuffled) == list(range(24)) and shuffled != list(range(24))  # the default draws a permutation
+    assert _batch_order(trainer.model, tmp_path) == shuffled  # seeded: the same permutation every run
+    assert _batch_order(trainer.model, tmp_path, seed=7) != shuffled
+
+
+def test_shuffle_false_on_a_transformers_without_sequential_sampling_is_one_sentence(monkeypatch):
+    import dataclasses
+
+    import transformers
+
+    from factory.config import load_config
+    from factory.errors import ConfigError
+    from factory.train.preflight import check_training
+
+    @dataclasses.dataclass
+    class OldTrainingArguments:  # transformers before 5.2: no train_sampling_strategy
+        output_dir: str = "out"
+
+    check_training(load_config(shuffle=False))  # the installed transformers has it
+    monkeypatch.setattr(transformers, "TrainingArguments", OldTrainingArguments)
+    monkeypatch.setattr(transformers, "__version__", "4.57.1")
+    with pytest.raises(ConfigError, match=r"shuffle: false needs transformers 5.2 or newer .* 4.57.1 is installed"):
+        check_training(load_config(shuffle=False))
+    check_training(load_config())  # shuffling needs nothing new

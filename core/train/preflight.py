@@ -22,6 +22,8 @@ def check_training(cfg: RunConfig) -> None:
     _check_scheduler(cfg.lr_scheduler)
     check_distributed(cfg)
     _check_report_to(cfg.report_to)
+    if not cfg.shuffle:
+        check_sequential_order()
 
 
 def _check_scheduler(name: str) -> None:
@@ -31,6 +33,19 @@ def _check_scheduler(name: str) -> None:
     if name not in valid:
         raise ConfigError(
             f"lr_scheduler '{name}' is not a scheduler transformers knows{did_you_mean(name, valid)} (available: {one_of(valid)})"
+        )
+
+
+def check_sequential_order() -> None:
+    """``shuffle: false`` is the Trainer's ``train_sampling_strategy="sequential"``, which transformers 5.2 added."""
+    import dataclasses
+
+    import transformers
+
+    if "train_sampling_strategy" not in {field.name for field in dataclasses.fields(transformers.TrainingArguments)}:
+        raise ConfigError(
+            f"shuffle: false needs transformers 5.2 or newer (its train_sampling_strategy), and {transformers.__version__} "
+            "is installed; pip install -U 'transformers>=5.2' or drop shuffle: false"
         )
 
 

@@ -110,6 +110,8 @@ def training_arguments(cfg: RunConfig, out: Path, *, has_eval: bool, args_cls: A
         disable_tqdm=False,
         torch_compile=cfg.torch_compile,
     )
+    if not cfg.shuffle:
+        kwargs["train_sampling_strategy"] = "sequential"
     kwargs.update(overrides)
     return (args_cls or TrainingArguments)(**kwargs)
 
