@@ -169,6 +169,20 @@ def test_banded_grouped_attention_equals_sdpa_under_the_dense_mask(block, monkey
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=name)
 
 
+def test_a_bands_hidden_keys_are_left_out_of_its_blocks_not_scored_and_masked():
+    """The rejected answer's blocks score the prompt and their own answer only: no work on the chosen answer's keys."""
+    edges, bands = (0, 21, 30), ((14, 21, 6, 14),)
+    blocks = attention._blocks(edges, bands)
+    masks = attention._block_masks(edges, bands, 3, torch.float32, torch.device("cpu"))
+    assert [block for block, _ in zip(blocks, masks)] == [(0, 0, 14), (0, 14, 21), (21, 21, 30)]
+    widths = [(segments, tuple(mask.shape)) for mask, segments in masks]
+    assert widths == [(((0, 14),), (14 * 3, 14)), (((0, 6), (14, 21)), (7 * 3, 13)), (((21, 30),), (9 * 3, 9))]
+    # The kept columns are the causal mask's: the band's queries see keys 0-5 and themselves causally.
+    banded = masks[1][0].view(7, 3, 13)[:, 0]
+    assert torch.equal(banded[:, :6], torch.zeros(7, 6))
+    assert torch.equal(banded[:, 6:].isinf(), torch.ones(7, 7).triu(1).bool())
+
+
 def test_bands_need_a_flattened_row(models):
     varlen, _ = models
     with pytest.raises(ValueError, match="hidden_key_bands need a flattened batch"):
