@@ -179,16 +179,33 @@ def _check_workload(workload: str) -> None:
 
 
 # Figures of every run that ``--repeat`` lists beside the median run's.
-REPEATED = ("samples_per_second", "tokens_per_second", "peak_rss_gb", "mfu", "final_train_loss", "eval_loss")
+REPEATED = (
+    "samples_per_second",
+    "tokens_per_second",
+    "peak_rss_gb",
+    "mfu",
+    "final_train_loss",
+    "eval_loss",
+    "reference_seconds",
+)
 
 
 def run_bench_repeated(
-    workload: str, overrides: list[str], repeat: int, *, dataset_dir: str | None = None, output: str | None = None
+    workload: str,
+    overrides: list[str],
+    repeat: int,
+    *,
+    dataset_dir: str | None = None,
+    output: str | None = None,
+    cold: bool = False,
 ) -> dict[str, Any]:
     """Run ``workload`` ``repeat`` times, each in a fresh process, and return the median run plus every run's figures.
 
     A shared VM's speed drifts by up to ~10% between runs of the same job, so one run is a sample,
     not a measurement. Each run gets its own process because peak memory is a process's high-water mark.
+    ``cold``: each run gets an empty data set cache of its own, so what a stage computes once per data
+    set and caches (the tokenized rows, a preference stage's reference log-probabilities) is computed
+    in that run, as a user's first run computes it.
     """
     _check_workload(workload)
     if repeat < 1:
@@ -200,7 +217,8 @@ def run_bench_repeated(
             command = [sys.executable, "-m", "factory.cli", "bench", workload, *overrides, "--output", str(out)]
             if dataset_dir:
                 command += ["--dataset-dir", dataset_dir]
-            done = subprocess.run(command, stdout=subprocess.DEVNULL)
+            env = {**os.environ, "HF_DATASETS_CACHE": str(Path(tmp) / f"datasets{index}")} if cold else None
+            done = subprocess.run(command, stdout=subprocess.DEVNULL, env=env)
             if done.returncode != 0:
                 raise FactoryError(
                     f"factory bench: run {index + 1} of {repeat} failed with exit code {done.returncode}; its error is printed above"

@@ -6,7 +6,8 @@ same model folder, data sets, template, cutoff, batch, learning rate and schedul
 preference loss. Its training is timed the way it times itself (the Trainer's ``train_runtime`` and
 ``train_samples_per_second`` in ``all_results.json``; losses and reward accuracy from
 ``trainer_state.json``); its peak memory is the child's own high-water mark (``wait4``). Ours then
-runs in a fresh process of its own, so neither run's memory counts in the other's.
+runs in a fresh process of its own, so neither run's memory counts in the other's, with an empty data
+set cache, so nothing an earlier run computed (its reference log-probabilities) is read back.
 """
 
 from __future__ import annotations
@@ -341,7 +342,8 @@ def run_against_llamafactory(
             theirs.pop("log", None)
         pairs.append({"llamafactory": theirs})
         _save({"workload": workload, "overrides": overrides, "pairs": pairs}, output)  # kept should ours fail
-        ours = run_bench_repeated(workload, overrides, 1, dataset_dir=dataset_dir)
+        # Cold, as LLaMA-Factory computes its reference log-probabilities inside its steps on every run.
+        ours = run_bench_repeated(workload, overrides, 1, dataset_dir=dataset_dir, cold=True)
         pairs[-1].update(factory=ours, ratio=compare(theirs, ours))
     median = sorted(pairs, key=lambda pair: pair["ratio"]["speedup"] or 0.0)[(repeat - 1) // 2]
     result = {"workload": workload, "overrides": overrides, **median}

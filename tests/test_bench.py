@@ -51,18 +51,26 @@ def test_baseline_turns_the_levers_off(tiny_causal_lm, demo_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def dpo_repeated(tiny_causal_lm, demo_dir, tmp_path_factory) -> tuple[dict, Path]:
-    """Two fresh-process runs of a preference workload (``--repeat 2``) and the JSON they were summed up in."""
+    """Two fresh-process cold runs of a preference workload (``--repeat 2``), the JSON they were summed up in,
+    and the reference caches they left in the user's data set cache."""
+    from datasets import config
+
     output = tmp_path_factory.mktemp("bench-dpo") / "median.json"
     overrides = [f"model={tiny_causal_lm}", "max_samples=4", "cutoff_len=64"]
-    return run_bench_repeated("dpo", overrides, 2, dataset_dir=str(demo_dir), output=str(output)), output
+    caches = lambda: set(Path(config.HF_DATASETS_CACHE).rglob("factory-reference-*.npz"))  # noqa: E731
+    before = caches()
+    result = run_bench_repeated("dpo", overrides, 2, dataset_dir=str(demo_dir), output=str(output), cold=True)
+    return result, output, caches() - before
 
 
 def test_repeat_runs_fresh_processes_and_reports_the_median_run(dpo_repeated, tiny_causal_lm, demo_dir):
-    result, output = dpo_repeated
+    result, output, left = dpo_repeated
     assert json.loads(output.read_text()) == result
     speeds = result["repeats"]["samples_per_second"]
     assert len(speeds) == 2 and result["samples_per_second"] == min(speeds)  # the lower median of two
     assert len(result["repeats"]["peak_rss_gb"]) == 2 and result["steps"] == 2
+    # Cold: each run computed its reference pass and cached it in a data set cache of its own, not the user's.
+    assert left == set() and all(seconds > 0 for seconds in result["repeats"]["reference_seconds"])
 
     overrides = [f"model={tiny_causal_lm}", "max_samples=12", "val_size=4", "cutoff_len=64", "template=chatml"]
     with pytest.raises(FactoryError, match="run 1 of 2 failed with exit code"):
@@ -424,5 +432,5 @@ def test_generated_yaml_parses_in_llamafactory(tmp_path, tiny_causal_lm):
 
 def test_a_fresh_process_run_of_a_preference_workload_has_no_mfu(dpo_repeated):
     """``--repeat`` and ``against=`` run ours through run_bench_repeated: a stage without an MFU figure must pass."""
-    result, _ = dpo_repeated
+    result, _, _ = dpo_repeated
     assert result["repeats"]["mfu"] == [None, None] and result["steps"] == 2 and "reward_accuracy" in result
