@@ -120,8 +120,11 @@ def llamafactory_yaml(cfg: RunConfig, output_dir: str) -> dict[str, Any]:
     if cfg.template == "auto":
         raise _unsupported("template=auto", "name the template (e.g. template=chatml)")
     precision = resolve_precision(cfg.precision)
+    folder = _model_folder(cfg)
+    if precision == "fp32":
+        _check_fp32_counterpart(folder)
     job: dict[str, Any] = {
-        "model_name_or_path": _model_folder(cfg),
+        "model_name_or_path": folder,
         **_stage_keys(cfg),
         "do_train": True,
         **_method_keys(cfg),
@@ -162,6 +165,24 @@ def llamafactory_yaml(cfg: RunConfig, output_dir: str) -> dict[str, Any]:
         # train on the same examples and the clock sees training only.
         job.update(val_size=int(cfg.val_size) if cfg.val_size >= 1 else cfg.val_size, eval_strategy="no")
     return {key: value for key, value in job.items() if value is not None}
+
+
+def _check_fp32_counterpart(folder: str) -> None:
+    """Refuse an fp32 comparison that LLaMA-Factory would run in bf16.
+
+    With neither ``bf16`` nor ``fp16``, LLaMA-Factory 0.9.5 computes in the dtype its
+    ``infer_optim_dtype`` picks from the model's stored one: bf16 for a folder stored in bf16 (the
+    converted SmolLM2 is) or with none recorded. Its run would then round as a bf16 run does and be
+    compared with our fp32 one.
+    """
+    config = json.loads((Path(folder) / "config.json").read_text())
+    stored = config.get("torch_dtype") or config.get("dtype")
+    if stored != "float32":
+        raise _unsupported(
+            f"precision=fp32 with model '{folder}', stored in {stored or 'no recorded dtype'}",
+            "LLaMA-Factory would load and compute it in bfloat16; compare with precision=bf16, "
+            "or give a model folder saved in float32",
+        )
 
 
 def resolve_lf_env(value: str | None) -> Path:

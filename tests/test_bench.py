@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -291,6 +292,26 @@ def test_one_command_runs_both_and_prints_the_table(fake_lf, tmp_path, tiny_caus
     table = capsys.readouterr().out
     assert "samples/s" in table and "peak RSS (GB)" in table and "speed-up" in table
     assert "speed-up of each of the 2 pairs" in table
+
+
+def test_fp32_is_refused_where_llamafactory_would_compute_in_the_stored_bf16(tmp_path, tiny_causal_lm):
+    from factory.bench import workload_config
+    from factory.bench_llamafactory import llamafactory_yaml
+
+    stored_bf16 = tmp_path / "bf16-model"
+    shutil.copytree(tiny_causal_lm, stored_bf16)
+    config = json.loads((stored_bf16 / "config.json").read_text())
+    config.pop("torch_dtype", None)
+    (stored_bf16 / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
+    with pytest.raises(
+        ConfigError, match=r"precision=fp32 with model .* stored in bfloat16.* compare with precision=bf16"
+    ):
+        llamafactory_yaml(workload_config("dpo", [f"model={stored_bf16}", "precision=fp32"]), str(tmp_path / "out"))
+    float32 = tmp_path / "fp32-model"
+    shutil.copytree(tiny_causal_lm, float32)
+    (float32 / "config.json").write_text(json.dumps({**config, "dtype": "float32"}))
+    job = llamafactory_yaml(workload_config("dpo", [f"model={float32}", "precision=fp32"]), str(tmp_path / "out"))
+    assert job["bf16"] is False and job["fp16"] is False  # a float32 folder is computed in float32 by both
 
 
 def test_against_needs_the_environment(monkeypatch):
