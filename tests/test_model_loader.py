@@ -38,6 +38,20 @@ def test_full_method_loads_fp32_and_trains_everything(tiny_causal_lm, plugin_man
     assert loaded.model.training
 
 
+def test_hub_kernels_never_replace_the_forwards_factory_gives_a_model(tiny_causal_lm, plugin_manager):
+    """transformers 5.25 loads with Hub kernels on when ``kernels`` is installed and kernelizes again on
+    ``model.train()``, which swapped factory's fused RMSNorm out once training started; the loader turns them off."""
+    from factory.model.fused import _norm_forward
+
+    cfg = load_config(model=str(tiny_causal_lm), method="full", precision="bf16")
+    model = load_model(cfg, plugin_manager, train=True).model
+    model.eval()
+    model.train()  # where transformers re-kernelizes a model that loaded with Hub kernels
+    norms = [m for m in model.modules() if type(m).__name__.endswith("RMSNorm")]
+    assert norms and all(getattr(m.forward, "__func__", None) is _norm_forward for m in norms)
+    assert not getattr(model, "use_kernels", False)
+
+
 def test_freeze_keeps_frozen_weights_in_compute_dtype_and_trainables_fp32(tiny_causal_lm, plugin_manager):
     cfg = load_config(
         model=str(tiny_causal_lm),

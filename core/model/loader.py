@@ -53,6 +53,20 @@ def pick_loader(cfg: RunConfig, manager: PluginManager) -> Any:
     )
 
 
+def hub_kernels_off() -> dict[str, Any]:
+    """``use_kernels=False`` where transformers has Hub kernels, so a loaded model keeps the forwards we give it.
+
+    From transformers 5.25, with its ``kernels`` dependency installed, a model loads with Hub kernels
+    on by default, and ``model.train()`` kernelizes it again. That replaces the layers' forwards,
+    so factory's fused RMSNorm and SwiGLU and a patch plugin's kernels (Liger) silently stop running
+    once training starts. It would also fetch kernels from the Hub at run time. A patch that wants
+    Hub kernels can set ``use_kernels`` back in its ``before_load``.
+    """
+    import importlib.util
+
+    return {"use_kernels": False} if importlib.util.find_spec("transformers.integrations.hub_kernels") else {}
+
+
 def load_model(cfg: RunConfig, manager: PluginManager, *, train: bool) -> LoadedModel:
     """Load the model and tokenizer the config describes, ready to train (``train=True``) or to serve.
 
@@ -70,7 +84,11 @@ def load_model(cfg: RunConfig, manager: PluginManager, *, train: bool) -> Loaded
     full_weights = train and (getattr(adapter, "trains_all_weights", False) or cfg.frozen_weights == "fp32")
     load_dtype = torch.float32 if full_weights else compute_dtype
 
-    model_kwargs: dict[str, Any] = {"dtype": load_dtype, "attn_implementation": cfg.attn_implementation}
+    model_kwargs: dict[str, Any] = {
+        "dtype": load_dtype,
+        "attn_implementation": cfg.attn_implementation,
+        **hub_kernels_off(),
+    }
     patches = [manager.load("patches", name) for name in cfg.patches]
     quantizer = manager.load("quantizers", cfg.quantization) if cfg.quantization else None
     facts = ModelFacts()
