@@ -49,7 +49,7 @@ class Loader(Protocol):
         """Whether ``source`` (a folder, a file, a hub id, an alias) is something this loader reads; no side effects."""
 
     def load(self, source: str, cfg: Any, model_kwargs: dict) -> tuple[Any, Any]:
-        """The transformers causal LM and its tokenizer; ``model_kwargs`` holds what patches and quantizers set."""
+        """The transformers causal LM and its tokenizer; ``model_kwargs`` holds what patches and quantizers set, and ``use_kernels: False`` where transformers has Hub kernels (from 5.25 on by default and re-applied on ``model.train()``, replacing the forwards factory and patches give the layers); pass it on."""
 
 
 class Quantizer(Protocol):
@@ -177,7 +177,7 @@ class Patch(Protocol):
     """Model patches (``patches: [NAME, ...]``): attention implementations, fused kernels."""
 
     def before_load(self, cfg: Any, model_kwargs: dict) -> Any:
-        """Set loading options in ``model_kwargs``; return a ``ModelFacts`` of decisions and of what it replaces (or None); never write cfg."""
+        """Set loading options in ``model_kwargs`` (a patch that wants transformers' Hub kernels sets ``use_kernels`` back to True); return a ``ModelFacts`` of decisions and of what it replaces (or None); never write cfg."""
 
     def after_load(self, model: Any, cfg: Any) -> Any:
         """The loaded model, patched."""
